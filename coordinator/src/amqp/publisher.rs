@@ -1,0 +1,205 @@
+//! Publishing outbox messages as contract commands (section 4), with publisher confirms.
+//!
+//! [`Publisher::publish`] only sends; it hands back the confirm future so the caller can pipeline
+//! many messages and track their confirms concurrently.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+
+use super::{names, short, topology, BrokerError, Context};
+use crate::outbox::OutboxMessage;
+
+/// How long declaring a participant's queue may take before the connection is presumed dead.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why one message could not be sent.
+#[derive(Debug)]
+pub(super) enum PublishError {
+    /// Only this message is affected (e.g. its participant's queue cannot be declared).
+    Message(String),
+    /// The channel or connection is broken: the session has to start over.
+    Session(String),
+}
+
+/// The publishing side of one connection.
+pub(super) struct Publisher {
+    namespace: String,
+    exchange: ShortString,
+    reply_to: ShortString,
+    /// Separate from `channel` because a failed declaration closes its channel, which must not take
+    /// the confirms outstanding on the publishing channel with it.
+    topology: Channel,
+    channel: Channel,
+    /// Participants whose queue was declared on this connection.
+    declared: HashSet<String>,
+}
+
+impl Publisher {
+    /// Opens the publishing channel in confirm mode; `topology` is used for participant queues.
+    pub(super) async fn open(
+        connection: &Connection,
+        topology: Channel,
+        namespace: &str,
+    ) -> Result<Self, BrokerError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening the publishing channel")?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("enabling publisher confirms")?;
+        Ok(Publisher {
+            namespace: namespace.to_owned(),
+            exchange: short(&names::commands_exchange(namespace))?,
+            reply_to: short(&names::replies_queue(namespace))?,
+            topology,
+            channel,
+            declared: HashSet::new(),
+        })
+    }
+
+    /// Sends one message (declaring its participant's queue first if needed) and returns the future
+    /// of the broker's confirm.
+    pub(super) async fn publish(
+        &mut self,
+        connection: &Connection,
+        message: &OutboxMessage,
+    ) -> Result<PublisherConfirm, PublishError> {
+        self.ensure_participant(connection, &message.participant)
+            .await?;
+        let properties = properties(message, &self.reply_to)
+            .map_err(|e| PublishError::Message(e.to_string()))?;
+        let routing_key =
+            short(&message.participant).map_err(|e| PublishError::Message(e.to_string()))?;
+        self.channel
+            .basic_publish(
+                self.exchange.clone(),
+                routing_key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &message.body,
+                properties,
+            )
+            .await
+            .context("publishing")
+            .map_err(|e| PublishError::Session(e.to_string()))
+    }
+
+    /// Makes the next publish to `participant` declare its queue again: a returned message means
+    /// someone deleted it, and redeclaring heals that without waiting for a reconnection.
+    pub(super) fn forget_participant(&mut self, participant: &str) {
+        self.declared.remove(participant);
+    }
+
+    async fn ensure_participant(
+        &mut self,
+        connection: &Connection,
+        participant: &str,
+    ) -> Result<(), PublishError> {
+        if self.declared.contains(participant) {
+            return Ok(());
+        }
+        let declared = tokio::time::timeout(
+            DECLARE_TIMEOUT,
+            topology::declare_participant(&self.topology, &self.namespace, participant),
+        )
+        .await;
+        match declared {
+            Ok(Ok(())) => {
+                self.declared.insert(participant.to_owned());
+                Ok(())
+            }
+            Err(_) => Err(PublishError::Session(
+                BrokerError::Timeout(format!("declaring the queue of participant {participant}"))
+                    .to_string(),
+            )),
+            Ok(Err(error @ BrokerError::Invalid(_))) => {
+                Err(PublishError::Message(error.to_string()))
+            }
+            Ok(Err(error)) if connection.status().connected() => {
+                // A channel-level refusal (e.g. the queue exists with other arguments) closed only
+                // the declaring channel: open a fresh one and fail just this message.
+                log::warn!("cannot declare the queue of participant {participant}: {error}");
+                self.topology = connection
+                    .create_channel()
+                    .await
+                    .context("reopening the topology channel")
+                    .map_err(|e| PublishError::Session(e.to_string()))?;
+                Err(PublishError::Message(error.to_string()))
+            }
+            Ok(Err(error)) => Err(PublishError::Session(error.to_string())),
+        }
+    }
+}
+
+/// The contract's command properties (section 4).
+fn properties(
+    message: &OutboxMessage,
+    reply_to: &ShortString,
+) -> Result<BasicProperties, BrokerError> {
+    let id = short(&message.message_id.to_string())?;
+    let timestamp = u64::try_from(message.created_at.timestamp()).unwrap_or(0);
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(id.clone())
+        .with_correlation_id(id)
+        .with_reply_to(reply_to.clone())
+        .with_type(short(message.kind.as_str())?)
+        .with_content_type(short("application/json")?)
+        .with_timestamp(timestamp);
+    if let Some(traceparent) = &message.traceparent {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::LongString(traceparent.as_str().into()),
+        );
+        properties = properties.with_headers(headers);
+    }
+    Ok(properties)
+}
+
+/// What the broker said about one published message.
+#[derive(Debug, PartialEq)]
+pub(super) enum Confirmed {
+    /// Acknowledged and routed: it is in the participant's queue.
+    Stored,
+    /// Acknowledged but returned as unroutable: the participant's queue is gone.
+    Returned(String),
+    /// Nacked, or the channel died before the broker answered.
+    Failed(String),
+}
+
+impl Confirmed {
+    /// What it means for the outbox row.
+    pub(super) fn into_result(self) -> Result<(), String> {
+        match self {
+            Confirmed::Stored => Ok(()),
+            Confirmed::Returned(reason) | Confirmed::Failed(reason) => Err(reason),
+        }
+    }
+}
+
+/// Reads a resolved confirm.
+pub(super) fn confirmed(confirm: lapin::Result<Confirmation>) -> Confirmed {
+    match confirm {
+        Ok(Confirmation::Ack(None)) => Confirmed::Stored,
+        Ok(Confirmation::Ack(Some(returned))) | Ok(Confirmation::Nack(Some(returned))) => {
+            Confirmed::Returned(format!(
+                "returned by the broker: {} {} (no queue bound for routing key {})",
+                returned.reply_code, returned.reply_text, returned.delivery.routing_key
+            ))
+        }
+        Ok(Confirmation::Nack(None)) => Confirmed::Failed("nacked by the broker".to_owned()),
+        Ok(Confirmation::NotRequested) => {
+            Confirmed::Failed("the broker was not asked to confirm".to_owned())
+        }
+        Err(e) => Confirmed::Failed(format!("no confirm from the broker: {e}")),
+    }
+}

@@ -1,0 +1,756 @@
+//! Tests against the real RabbitMQ at 127.0.0.1:5672, each in its own namespace that it deletes again.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use lapin::message::BasicGetMessage;
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{json, Map, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::topology::dead_lettering_arguments;
+use super::*;
+use crate::messages::{idempotency_key, CommandMessage, Outcome, ReplyMessage};
+
+const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The coordinator side of one test: the broker task and the ends of its channels.
+struct Harness {
+    ns: String,
+    handle: Option<BrokerHandle>,
+    outbound: mpsc::UnboundedSender<OutboxMessage>,
+    published: mpsc::UnboundedReceiver<PublishResult>,
+    inbound: mpsc::Receiver<InboundDelivery>,
+    /// Participants whose queues the cleanup deletes.
+    participants: Vec<String>,
+}
+
+impl Harness {
+    async fn start(url: &str) -> Harness {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let ns = format!("t-{}", Uuid::new_v4());
+        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+        let (published_tx, published) = mpsc::unbounded_channel();
+        let (inbound_tx, inbound) = mpsc::channel(16);
+        let handle = start(
+            AmqpSettings {
+                url: url.to_owned(),
+                namespace: ns.clone(),
+                prefetch: 8,
+            },
+            outbound_rx,
+            published_tx,
+            inbound_tx,
+        );
+        Harness {
+            ns,
+            handle: Some(handle),
+            outbound,
+            published,
+            inbound,
+            participants: Vec::new(),
+        }
+    }
+
+    fn connected(&self) -> watch::Receiver<bool> {
+        self.handle.as_ref().expect("running").connected()
+    }
+
+    async fn wait_connected(&self, want: bool) {
+        let mut connected = self.connected();
+        tokio::time::timeout(WAIT, connected.wait_for(|c| *c == want))
+            .await
+            .unwrap_or_else(|_| panic!("connected never became {want}"))
+            .expect("broker task alive");
+    }
+
+    fn send(&mut self, message: OutboxMessage) {
+        if !self.participants.contains(&message.participant) {
+            self.participants.push(message.participant.clone());
+        }
+        self.outbound.send(message).expect("broker task alive");
+    }
+
+    async fn next_published(&mut self) -> PublishResult {
+        tokio::time::timeout(WAIT, self.published.recv())
+            .await
+            .expect("a publish result in time")
+            .expect("broker task alive")
+    }
+
+    async fn next_inbound(&mut self) -> InboundDelivery {
+        tokio::time::timeout(WAIT, self.inbound.recv())
+            .await
+            .expect("an inbound delivery in time")
+            .expect("broker task alive")
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(WAIT, handle.shutdown())
+                .await
+                .expect("shutdown in time");
+        }
+    }
+}
+
+impl Drop for Harness {
+    /// Deletes the test's namespace even when the test failed half-way.
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.task.abort();
+        }
+        let ns = self.ns.clone();
+        let participants = self.participants.clone();
+        let cleaned = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(delete_namespace(&ns, &participants));
+        })
+        .join();
+        if cleaned.is_err() {
+            eprintln!("cleaning up namespace {} failed", self.ns);
+        }
+    }
+}
+
+async fn delete_namespace(ns: &str, participants: &[String]) {
+    let connection = Connection::connect(BROKER, ConnectionProperties::default())
+        .await
+        .expect("connect for cleanup");
+    let channel = connection.create_channel().await.expect("channel");
+    let mut queues = vec![
+        names::replies_queue(ns),
+        names::dead_letters_queue(ns),
+        names::dead_commands_queue(ns),
+    ];
+    queues.extend(participants.iter().map(|p| names::participant_queue(ns, p)));
+    for queue in queues {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in [names::commands_exchange(ns), names::dead_exchange(ns)] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// A participant: a plain client on its own connection.
+async fn participant() -> (Connection, Channel) {
+    let connection = Connection::connect(BROKER, ConnectionProperties::default())
+        .await
+        .expect("participant connects");
+    let channel = connection.create_channel().await.expect("channel");
+    (connection, channel)
+}
+
+fn command(kind: CommandKind, step: Option<&str>, attempt: u32) -> CommandMessage {
+    let saga_id = Uuid::now_v7();
+    CommandMessage {
+        saga_id,
+        saga_name: "place-order".into(),
+        step: step.map(str::to_owned),
+        kind,
+        command: "charge".into(),
+        attempt,
+        idempotency_key: idempotency_key(saga_id, step, kind),
+        deadline: Utc::now(),
+        payload: json!({"amount_cents": 4200}),
+        saga_payload: Value::Null,
+        outputs: Map::new(),
+        action_output: None,
+    }
+}
+
+fn outbox(id: i64, participant: &str, command: &CommandMessage) -> OutboxMessage {
+    OutboxMessage {
+        id,
+        saga_id: command.saga_id,
+        message_id: Uuid::now_v7(),
+        participant: participant.to_owned(),
+        kind: command.kind,
+        body: serde_json::to_vec(command).expect("serializes"),
+        traceparent: None,
+        created_at: Utc.timestamp_opt(1_800_000_000, 0).single().expect("valid"),
+    }
+}
+
+/// Polls a queue until it yields a message.
+async fn get_one(channel: &Channel, queue: &str) -> BasicGetMessage {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .expect("basic.get");
+        if let Some(message) = got {
+            return message;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing arrived in {queue}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn message_count(channel: &Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue exists")
+        .message_count()
+}
+
+async fn publish_reply(channel: &Channel, ns: &str, body: &[u8]) {
+    channel
+        .basic_publish(
+            "".into(),
+            names::replies_queue(ns).as_str().into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_correlation_id("c-1".into()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("no confirm needed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declares_the_contract_topology() {
+    let mut h = Harness::start(BROKER).await;
+    h.wait_connected(true).await;
+    let ns = h.ns.clone();
+    let (conn, channel) = participant().await;
+
+    for (exchange, kind) in [
+        (names::commands_exchange(&ns), ExchangeKind::Direct),
+        (names::dead_exchange(&ns), ExchangeKind::Fanout),
+    ] {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                kind,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{exchange} exists: {e}"));
+    }
+    for queue in [
+        names::replies_queue(&ns),
+        names::dead_letters_queue(&ns),
+        names::dead_commands_queue(&ns),
+    ] {
+        assert_eq!(message_count(&channel, &queue).await, 0, "{queue}");
+    }
+
+    // The first command to a participant declares its queue.
+    let cmd = command(CommandKind::Action, Some("charge"), 1);
+    h.send(outbox(1, "payments", &cmd));
+    assert_eq!(h.next_published().await.result, Ok(()));
+
+    // Participants (and operators) redeclare with exactly the contract's arguments.
+    let mut contract_arguments = FieldTable::default();
+    contract_arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(format!("{ns}.dead").into()),
+    );
+    assert_eq!(contract_arguments, dead_lettering_arguments(&ns));
+    for queue in [
+        names::participant_queue(&ns, "payments"),
+        names::replies_queue(&ns),
+    ] {
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                contract_arguments.clone(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("redeclaring {queue}: {e}"));
+    }
+    assert_eq!(
+        message_count(&channel, &names::participant_queue(&ns, "payments")).await,
+        1
+    );
+    // ... and RabbitMQ really compares arguments: the queue does dead-letter.
+    let other = conn.create_channel().await.expect("channel");
+    assert!(other
+        .queue_declare(
+            names::participant_queue(&ns, "payments").as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .is_err());
+
+    // The dead fanout feeds both the operators' queue and the coordinator's.
+    channel
+        .basic_publish(
+            names::dead_exchange(&ns).as_str().into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("published");
+    get_one(&channel, &names::dead_letters_queue(&ns)).await;
+
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_commands_with_the_contract_properties() {
+    let mut h = Harness::start(BROKER).await;
+    h.wait_connected(true).await;
+    let ns = h.ns.clone();
+    let (_conn, channel) = participant().await;
+
+    let cmd = command(CommandKind::Compensation, Some("reserve"), 2);
+    let mut message = outbox(7, "inventory", &cmd);
+    message.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    h.send(message.clone());
+    assert_eq!(
+        h.next_published().await,
+        PublishResult {
+            outbox_id: 7,
+            result: Ok(())
+        }
+    );
+
+    let got = get_one(&channel, &names::participant_queue(&ns, "inventory")).await;
+    let delivery = &got.delivery;
+    assert_eq!(delivery.exchange.as_str(), names::commands_exchange(&ns));
+    assert_eq!(delivery.routing_key.as_str(), "inventory");
+    assert_eq!(delivery.data, message.body);
+    let p = &delivery.properties;
+    let id = message.message_id.to_string();
+    assert_eq!(*p.delivery_mode(), Some(2));
+    assert_eq!(
+        p.message_id().as_ref().map(|s| s.as_str()),
+        Some(id.as_str())
+    );
+    assert_eq!(
+        p.correlation_id().as_ref().map(|s| s.as_str()),
+        Some(id.as_str())
+    );
+    assert_eq!(
+        p.reply_to().as_ref().map(|s| s.as_str()),
+        Some(names::replies_queue(&ns).as_str())
+    );
+    assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some("compensation"));
+    assert_eq!(
+        p.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(*p.timestamp(), Some(1_800_000_000));
+    let headers = p.headers().as_ref().expect("headers");
+    match headers.inner().get("traceparent") {
+        Some(AMQPValue::LongString(s)) => assert_eq!(
+            s.as_bytes(),
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ),
+        other => panic!("traceparent header: {other:?}"),
+    }
+    let body: CommandMessage = serde_json::from_slice(&delivery.data).expect("a command");
+    assert_eq!(body, cmd);
+
+    // Without a trace context there is no header; many messages are pipelined and all confirmed.
+    for id in 100..150 {
+        let check = command(CommandKind::Check, None, 1);
+        h.send(outbox(id, "orders", &check));
+    }
+    let mut confirmed: Vec<i64> = Vec::new();
+    for _ in 100..150 {
+        let result = h.next_published().await;
+        assert_eq!(result.result, Ok(()));
+        confirmed.push(result.outbox_id);
+    }
+    confirmed.sort_unstable();
+    assert_eq!(confirmed, (100..150).collect::<Vec<_>>());
+    let got = get_one(&channel, &names::participant_queue(&ns, "orders")).await;
+    assert_eq!(got.delivery.properties.headers(), &None);
+    assert_eq!(
+        got.delivery.properties.kind().as_ref().map(|s| s.as_str()),
+        Some("check")
+    );
+
+    // A message nobody can route (its queue vanished) is an error, not a silent loss.
+    channel
+        .queue_delete(
+            names::participant_queue(&ns, "inventory").as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete");
+    h.send(outbox(8, "inventory", &cmd));
+    let result = h.next_published().await;
+    assert_eq!(result.outbox_id, 8);
+    assert!(result.result.is_err(), "{result:?}");
+    // ... and the next attempt declares the queue again.
+    h.send(outbox(9, "inventory", &cmd));
+    assert_eq!(h.next_published().await.result, Ok(()));
+    assert_eq!(
+        message_count(&channel, &names::participant_queue(&ns, "inventory")).await,
+        1
+    );
+
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_replies_and_settles_them() {
+    let mut h = Harness::start(BROKER).await;
+    h.wait_connected(true).await;
+    let ns = h.ns.clone();
+    let (_conn, channel) = participant().await;
+
+    let reply = ReplyMessage {
+        saga_id: Uuid::now_v7(),
+        step: Some("charge".into()),
+        kind: CommandKind::Action,
+        attempt: 2,
+        outcome: Outcome::Success,
+        output: Some(json!({"payment": "p-9"})),
+        error: None,
+    };
+    publish_reply(&channel, &ns, &serde_json::to_vec(&reply).expect("json")).await;
+
+    // Requeue hands it back, so it comes again.
+    let first = h.next_inbound().await;
+    assert_eq!(first.message, Inbound::Reply(reply.clone()));
+    first.settle.send(Settlement::Requeue).expect("task waits");
+    let second = h.next_inbound().await;
+    assert_eq!(second.message, Inbound::Reply(reply.clone()));
+    // Dropping the sender is a requeue too.
+    drop(second);
+    let third = h.next_inbound().await;
+    assert_eq!(third.message, Inbound::Reply(reply));
+    third.settle.send(Settlement::Ack).expect("task waits");
+
+    // Acked for good: after shutdown (which would requeue anything unacked) the queue is empty.
+    h.shutdown().await;
+    assert_eq!(message_count(&channel, &names::replies_queue(&ns)).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_replies_end_in_dead_letters() {
+    let mut h = Harness::start(BROKER).await;
+    h.wait_connected(true).await;
+    let ns = h.ns.clone();
+    let (_conn, channel) = participant().await;
+
+    publish_reply(&channel, &ns, b"{\"saga_id\": \"not a uuid\"}").await;
+    let dead = get_one(&channel, &names::dead_letters_queue(&ns)).await;
+    assert_eq!(dead.delivery.data, b"{\"saga_id\": \"not a uuid\"}");
+
+    // The coordinator saw it in its dead-commands copy too, and dropped it as not a command.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), h.inbound.recv())
+            .await
+            .is_err(),
+        "nothing is delivered for a malformed reply"
+    );
+    h.shutdown().await;
+    assert_eq!(message_count(&channel, &names::replies_queue(&ns)).await, 0);
+    assert_eq!(
+        message_count(&channel, &names::dead_commands_queue(&ns)).await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_a_participant_rejects_come_back_as_dead_lettered() {
+    let mut h = Harness::start(BROKER).await;
+    h.wait_connected(true).await;
+    let ns = h.ns.clone();
+    let (_conn, channel) = participant().await;
+
+    let cmd = command(CommandKind::Action, Some("reserve"), 3);
+    h.send(outbox(1, "inventory", &cmd));
+    assert_eq!(h.next_published().await.result, Ok(()));
+
+    let got = get_one(&channel, &names::participant_queue(&ns, "inventory")).await;
+    got.delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .expect("reject");
+
+    let dead = h.next_inbound().await;
+    assert_eq!(
+        dead.message,
+        Inbound::DeadLettered {
+            saga_id: cmd.saga_id,
+            step: Some("reserve".into()),
+            kind: CommandKind::Action,
+            attempt: 3,
+        }
+    );
+    dead.settle.send(Settlement::Ack).expect("task waits");
+    // Operators still find it in dead-letters.
+    let kept = get_one(&channel, &names::dead_letters_queue(&ns)).await;
+    assert_eq!(kept.delivery.data, serde_json::to_vec(&cmd).expect("json"));
+
+    h.shutdown().await;
+    assert_eq!(
+        message_count(&channel, &names::dead_commands_queue(&ns)).await,
+        0
+    );
+}
+
+/// A TCP proxy in front of the broker whose connections a test can sever.
+struct Proxy {
+    addr: SocketAddr,
+    accepting: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    listener: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let accepting = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let listener = tokio::spawn({
+            let accepting = accepting.clone();
+            let connections = connections.clone();
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !accepting.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let relay = tokio::spawn(async move {
+                        if let Ok(mut broker) = TcpStream::connect("127.0.0.1:5672").await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                        }
+                    });
+                    connections.lock().expect("lock").push(relay);
+                }
+            }
+        });
+        Proxy {
+            addr,
+            accepting,
+            connections,
+            listener,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    fn sever(&self) {
+        for relay in self.connections.lock().expect("lock").drain(..) {
+            relay.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.listener.abort();
+        self.sever();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_the_connection_is_severed() {
+    let proxy = Proxy::start().await;
+    let mut h = Harness::start(&proxy.url()).await;
+    h.wait_connected(true).await;
+    let ns = h.ns.clone();
+    let (_conn, channel) = participant().await;
+
+    let cmd = command(CommandKind::Action, Some("charge"), 1);
+    h.send(outbox(1, "payments", &cmd));
+    assert_eq!(h.next_published().await.result, Ok(()));
+
+    // Severed with the broker unreachable: disconnected, and publishes are refused at once.
+    proxy.accepting.store(false, Ordering::SeqCst);
+    proxy.sever();
+    h.wait_connected(false).await;
+    h.send(outbox(2, "payments", &cmd));
+    assert_eq!(
+        h.next_published().await,
+        PublishResult {
+            outbox_id: 2,
+            result: Err("not connected".into())
+        }
+    );
+
+    // Reachable again: it reconnects by itself and publishing works.
+    proxy.accepting.store(true, Ordering::SeqCst);
+    h.wait_connected(true).await;
+    h.send(outbox(3, "payments", &cmd));
+    assert_eq!(h.next_published().await.result, Ok(()));
+
+    // Severed while reachable: down and up again, consumers included. Going down is seen as a
+    // change of `connected` (it may be up again before this task looks at the value).
+    let mut connected = h.connected();
+    connected.borrow_and_update();
+    proxy.sever();
+    tokio::time::timeout(WAIT, connected.changed())
+        .await
+        .expect("the drop is noticed")
+        .expect("broker task alive");
+    h.wait_connected(true).await;
+    h.send(outbox(4, "payments", &cmd));
+    assert_eq!(h.next_published().await.result, Ok(()));
+    assert_eq!(
+        message_count(&channel, &names::participant_queue(&ns, "payments")).await,
+        3
+    );
+    let reply = ReplyMessage {
+        saga_id: cmd.saga_id,
+        step: Some("charge".into()),
+        kind: CommandKind::Action,
+        attempt: 1,
+        outcome: Outcome::Retry,
+        output: None,
+        error: Some("busy".into()),
+    };
+    publish_reply(&channel, &ns, &serde_json::to_vec(&reply).expect("json")).await;
+    let delivered = h.next_inbound().await;
+    assert_eq!(delivered.message, Inbound::Reply(reply));
+    delivered.settle.send(Settlement::Ack).expect("task waits");
+
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_publishes_while_the_broker_is_unreachable() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        listener.local_addr().expect("address").port()
+    };
+    let mut h = Harness::start(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")).await;
+    let cmd = command(CommandKind::Action, Some("charge"), 1);
+    for id in 1..=3 {
+        h.send(outbox(id, "payments", &cmd));
+        assert_eq!(
+            h.next_published().await,
+            PublishResult {
+                outbox_id: id,
+                result: Err("not connected".into())
+            }
+        );
+    }
+    assert!(!*h.connected().borrow());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_inbound_receiver_replies_stay_queued_and_publishing_goes_on() {
+    let mut h = Harness::start(BROKER).await;
+    h.wait_connected(true).await;
+    let ns = h.ns.clone();
+    let (_conn, channel) = participant().await;
+
+    let (_, closed) = mpsc::channel(1);
+    drop(std::mem::replace(&mut h.inbound, closed));
+    let reply = br#"{"saga_id": "0193a0a0-0000-7000-8000-000000000000", "step": "a", "kind": "action", "attempt": 1, "outcome": "success"}"#;
+    publish_reply(&channel, &ns, reply).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while message_count(&channel, &names::replies_queue(&ns)).await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reply is back in its queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let cmd = command(CommandKind::Action, Some("charge"), 1);
+    h.send(outbox(1, "payments", &cmd));
+    assert_eq!(h.next_published().await.result, Ok(()));
+    assert!(*h.connected().borrow());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stops_when_nobody_is_left_to_talk_to() {
+    let mut h = Harness::start(BROKER).await;
+    h.wait_connected(true).await;
+    let mut connected = h.connected();
+    let (_, closed) = mpsc::channel(1);
+    drop(std::mem::replace(&mut h.inbound, closed));
+    let (orphan, _) = mpsc::unbounded_channel();
+    drop(std::mem::replace(&mut h.outbound, orphan));
+    tokio::time::timeout(WAIT, connected.wait_for(|c| !*c))
+        .await
+        .expect("stops in time")
+        .expect("value seen before the task ended");
+    let handle = h.handle.take().expect("handle");
+    tokio::time::timeout(WAIT, handle.task)
+        .await
+        .expect("the task ends")
+        .expect("without panicking");
+}
+
+#[test]
+fn settings_do_not_show_the_password() {
+    let settings = AmqpSettings {
+        url: "amqp://guest:secret@rabbit:5672/%2f".into(),
+        namespace: "saga".into(),
+        prefetch: 10,
+    };
+    let shown = format!("{settings:?}");
+    assert!(!shown.contains("secret"), "{shown}");
+    assert!(
+        shown.contains("amqp://guest:***@rabbit:5672/%2f"),
+        "{shown}"
+    );
+    assert_eq!(redact_url("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
+}
+
+#[test]
+fn names_follow_the_contract() {
+    assert_eq!(names::commands_exchange("saga"), "saga.commands");
+    assert_eq!(
+        names::participant_queue("saga", "inventory"),
+        "saga.participant.inventory"
+    );
+    assert_eq!(names::replies_queue("saga"), "saga.replies");
+    assert_eq!(names::dead_exchange("saga"), "saga.dead");
+    assert_eq!(names::dead_letters_queue("saga"), "saga.dead-letters");
+    assert_eq!(
+        names::dead_commands_queue("saga"),
+        "saga.coordinator.dead-commands"
+    );
+}

@@ -1,0 +1,210 @@
+//! Wiring: starts every part of the coordinator in the right order and stops them in reverse.
+//!
+//! Start-up order matters for correctness: migrations, then the writer, then recovery of every
+//! unfinished saga (actors exist before any reply is routed), then the broker, the relay and the
+//! HTTP server. Shutdown stops taking requests first and lets the writer finish what is queued.
+
+use std::net::SocketAddr;
+use std::thread;
+
+use actix::Arbiter;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::amqp::{self, AmqpSettings, Inbound, InboundDelivery};
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::runtime::{relay, Registry};
+use crate::saga::machine::Event;
+use crate::store::{self, Store, Writer};
+
+/// Writer threads committing transitions (each holds one pooled connection while it writes).
+const WRITER_THREADS: usize = 2;
+
+/// Runs the coordinator until the HTTP server stops (SIGTERM/SIGINT for the binary, or
+/// [`Coordinator::stop`]). `on_listening` learns the bound address once requests are accepted.
+pub async fn run(
+    settings: Settings,
+    handle_signals: bool,
+    on_listening: impl FnOnce(SocketAddr, actix_web::dev::ServerHandle),
+) -> anyhow::Result<()> {
+    let url = settings.database_url.clone();
+    tokio::task::spawn_blocking(move || store::migrate(&url))
+        .await
+        .context("migration task failed")?
+        .context("cannot prepare the database")?;
+    let pool = store::pool(&settings.database_url, settings.db_pool_size)?;
+    let store = Store::new(pool.clone());
+    let (writer, writer_threads) = Writer::start(pool, WRITER_THREADS);
+
+    let (relay_tx, relay_rx) = mpsc::unbounded_channel();
+    let arbiters: Vec<Arbiter> = (0..settings.actor_threads.max(1))
+        .map(|_| Arbiter::new())
+        .collect();
+    let registry = Registry::new(
+        arbiters.iter().map(|a| a.handle()).collect(),
+        writer.clone(),
+        store.clone(),
+        relay_tx,
+    );
+    drop(writer);
+
+    let recovering = store.clone();
+    let unfinished = tokio::task::spawn_blocking(move || recovering.load_unfinished())
+        .await
+        .context("recovery task failed")??;
+    log::info!("resuming {} unfinished saga(s)", unfinished.len());
+    for saga in unfinished {
+        registry.adopt(saga);
+    }
+
+    let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
+    let (published_tx, published_rx) = mpsc::unbounded_channel();
+    let (inbound_tx, inbound_rx) = mpsc::channel(usize::from(settings.amqp_prefetch.max(16)) * 2);
+    let broker = amqp::start(
+        AmqpSettings {
+            url: settings.amqp_url.clone(),
+            namespace: settings.namespace.clone(),
+            prefetch: settings.amqp_prefetch,
+        },
+        outbound_rx,
+        published_tx,
+        inbound_tx,
+    );
+    let relay = relay::spawn(store.clone(), relay_rx, outbound_tx, published_rx);
+    let dispatcher = tokio::spawn(dispatch_inbound(inbound_rx, registry.clone()));
+
+    let state = web::Data::new(AppState {
+        registry: registry.clone(),
+        amqp_connected: broker.connected(),
+        api_token: settings.api_token.clone().filter(|t| !t.is_empty()),
+        max_body_bytes: settings.max_body_bytes,
+    });
+    let mut server =
+        HttpServer::new(move || App::new().configure(|cfg| http::configure(cfg, state.clone())))
+            .shutdown_timeout(settings.shutdown_grace().as_secs());
+    if !handle_signals {
+        server = server.disable_signals();
+    }
+    let server = server
+        .bind(&settings.http_addr)
+        .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .context("the HTTP server has no address")?;
+    let server = server.run();
+    on_listening(addr, server.handle());
+    let served = server.await;
+
+    log::info!("stopping: no new requests; finishing in-flight work");
+    broker.shutdown().await;
+    dispatcher.abort();
+    for arbiter in &arbiters {
+        arbiter.stop();
+    }
+    for arbiter in arbiters {
+        let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
+    }
+    relay.abort();
+    drop(registry);
+    // The writer threads end once every handle is gone and their queue is empty.
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in writer_threads {
+            let _ = t.join();
+        }
+    })
+    .await;
+    served.context("the HTTP server failed")
+}
+
+/// Routes replies and dead-lettered commands to their sagas, concurrently.
+async fn dispatch_inbound(mut inbound: mpsc::Receiver<InboundDelivery>, registry: Registry) {
+    while let Some(delivery) = inbound.recv().await {
+        let (saga_id, event) = match delivery.message {
+            Inbound::Reply(reply) => (reply.saga_id, Event::Reply(reply)),
+            Inbound::DeadLettered {
+                saga_id,
+                step,
+                kind,
+                attempt,
+            } => (
+                saga_id,
+                Event::DeadLettered {
+                    step,
+                    kind,
+                    attempt,
+                },
+            ),
+        };
+        let registry = registry.clone();
+        actix_rt::spawn(async move { registry.deliver(saga_id, event, delivery.settle).await });
+    }
+}
+
+/// A coordinator running on its own thread: for tests, benchmarks and embedding.
+pub struct Coordinator {
+    addr: SocketAddr,
+    server: actix_web::dev::ServerHandle,
+    thread: Option<thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Coordinator {
+    /// Starts the coordinator and returns once it accepts HTTP requests.
+    pub fn start(settings: Settings) -> anyhow::Result<Coordinator> {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let thread = thread::Builder::new()
+            .name("coordinator".into())
+            .spawn(move || {
+                actix_rt::System::new().block_on(run(settings, false, move |addr, handle| {
+                    let _ = ready_tx.send((addr, handle));
+                }))
+            })?;
+        match ready_rx.blocking_recv() {
+            Ok((addr, server)) => Ok(Coordinator {
+                addr,
+                server,
+                thread: Some(thread),
+            }),
+            Err(_) => match thread.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(anyhow::anyhow!("the coordinator stopped while starting")),
+            },
+        }
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Graceful stop: no new requests, in-flight writes finish. Blocks until done.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let server = self.server.clone();
+            // The server handle needs an async context; a small runtime of our own is enough.
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(server.stop(true));
+            }
+            match thread.join() {
+                Ok(Err(e)) => log::error!("the coordinator stopped with an error: {e:#}"),
+                Err(_) => log::error!("the coordinator thread panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

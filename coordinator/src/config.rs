@@ -1,0 +1,74 @@
+//! Typed settings, read from the environment (and command-line flags, which win).
+//!
+//! clap documents every setting in `coordinator serve --help`, with its environment variable and default.
+
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Postgres connection URL. The database is created if it is missing.
+    #[arg(
+        long,
+        env = "SAGA_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/saga"
+    )]
+    pub database_url: String,
+
+    /// RabbitMQ connection URL.
+    #[arg(
+        long,
+        env = "SAGA_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// Address the HTTP API and dashboard listen on (port 0 picks a free port).
+    #[arg(long, env = "SAGA_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+
+    /// Prefix of every AMQP exchange and queue name.
+    #[arg(long, env = "SAGA_NAMESPACE", default_value = "saga")]
+    pub namespace: String,
+
+    /// When set, every /api/ request needs `Authorization: Bearer <token>`.
+    #[arg(long, env = "SAGA_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "SAGA_MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    pub max_body_bytes: usize,
+
+    /// Postgres connections in the pool (HTTP reads, the writer and the outbox relay share it).
+    #[arg(long, env = "SAGA_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+
+    /// Unacknowledged replies RabbitMQ may hand the coordinator at once.
+    #[arg(long, env = "SAGA_AMQP_PREFETCH", default_value_t = 256)]
+    pub amqp_prefetch: u16,
+
+    /// Arbiters (threads) that run saga actors.
+    #[arg(long, env = "SAGA_ACTOR_THREADS", default_value_t = 2)]
+    pub actor_threads: usize,
+}
+
+impl Settings {
+    /// Settings from the environment and defaults only, for embedding the coordinator (tests, benchmarks).
+    pub fn from_env() -> Result<Self, String> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        Only::try_parse_from(["coordinator"])
+            .map(|only| only.settings)
+            .map_err(|e| e.to_string())
+    }
+
+    /// How long a graceful shutdown waits for in-flight work.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+}

@@ -1,0 +1,202 @@
+//! Handlers of `/api/v1/sagas`: submit, read, list, and the operator's actions.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::document::{saga_document, saga_summary};
+use super::error::ApiError;
+use super::AppState;
+use crate::outbox::command_message;
+use crate::saga::machine::{self, Decision, Event};
+use crate::saga::{Saga, SagaState, SubmissionMode};
+use crate::store::writer::{Persist, Written};
+use crate::store::ListFilter;
+use crate::submission::parse_submission;
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+pub async fn submit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let definition = parse_submission(&body).map_err(ApiError::Invalid)?;
+    if definition.mode == SubmissionMode::Prepare {
+        return Err(ApiError::invalid(
+            "mode",
+            "two-phase submission (\"prepare\") is not available in this version yet",
+        ));
+    }
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let now = Utc::now();
+    let saga = Saga::new(Uuid::now_v7(), definition, traceparent, now);
+    let mut rng = rand::rng();
+    let mut ctx = machine::Context { now, rng: &mut rng };
+    let Decision::Apply(start) = machine::handle(&saga, Event::Start, &mut ctx) else {
+        return Err(ApiError::Internal("a new saga did not start".into()));
+    };
+    let outbox = start
+        .commands
+        .iter()
+        .map(|c| command_message(&start.saga, c, now))
+        .collect();
+    let persist = Persist {
+        steps: (0..start.saga.steps.len()).collect(),
+        saga: start.saga,
+        log: start.log,
+        outbox,
+        is_new: true,
+    };
+    let mut started = persist.saga.clone();
+    match state.registry.writer().write(persist).await? {
+        Written::Saved { version, outbox } => {
+            started.version = version;
+            let doc = saga_document(&started);
+            if !started.state.is_final() {
+                state.registry.adopt(started);
+            }
+            // Only now: a reply must find the saga's actor.
+            state.registry.publish(outbox);
+            Ok(HttpResponse::Created()
+                .insert_header((
+                    "Location",
+                    format!("/api/v1/sagas/{}", doc["id"].as_str().unwrap_or_default()),
+                ))
+                .json(doc))
+        }
+        Written::Duplicate(existing) if existing.definition == started.definition => {
+            Ok(HttpResponse::Ok().json(saga_document(&existing)))
+        }
+        Written::Duplicate(existing) => Err(ApiError::Conflict(format!(
+            "key {:?} was already used by saga {} with a different definition",
+            existing.definition.key.as_deref().unwrap_or_default(),
+            existing.id
+        ))),
+    }
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no saga {raw:?}")))
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let store = state.registry.store().clone();
+    let saga = web::block(move || store.load(id))
+        .await??
+        .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))?;
+    Ok(HttpResponse::Ok().json(saga_document(&saga)))
+}
+
+pub async fn events(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let store = state.registry.store().clone();
+    let (exists, items) = web::block(move || -> Result<_, crate::store::StoreError> {
+        Ok((store.load(id)?.is_some(), store.events(id)?))
+    })
+    .await??;
+    if !exists {
+        return Err(ApiError::NotFound(format!("no saga {id}")));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    query: web::Query<Vec<(String, String)>>,
+) -> Result<HttpResponse, ApiError> {
+    let mut filter = ListFilter {
+        limit: DEFAULT_LIMIT,
+        ..ListFilter::default()
+    };
+    let mut errors = Vec::new();
+    for (key, value) in query.into_inner() {
+        match key.as_str() {
+            "state" => match value.parse::<SagaState>() {
+                Ok(s) => filter.states.push(s),
+                Err(_) => errors.push(field_error("state", format!("unknown state {value:?}"))),
+            },
+            "name" => filter.name = Some(value),
+            "limit" => match value.parse::<i64>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => filter.limit = n,
+                _ => errors.push(field_error(
+                    "limit",
+                    format!("must be an integer from 1 to {MAX_LIMIT}"),
+                )),
+            },
+            "before" => match Uuid::parse_str(&value) {
+                Ok(id) => filter.before = Some(id),
+                Err(_) => errors.push(field_error("before", "not a cursor from an earlier answer")),
+            },
+            other => errors.push(field_error(other, "unknown parameter")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    let store = state.registry.store().clone();
+    let limit = filter.limit;
+    let sagas = web::block(move || store.list(&filter)).await??;
+    let next = (sagas.len() as i64 == limit)
+        .then(|| sagas.last().map(|s| s.id.to_string()))
+        .flatten();
+    let items: Vec<Value> = sagas.iter().map(saga_summary).collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next })))
+}
+
+fn field_error(field: &str, message: impl Into<String>) -> crate::submission::FieldError {
+    crate::submission::FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+async fn operate(state: &AppState, id: &str, event: Event) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(id)?;
+    let saga = state.registry.operate(id, event).await?;
+    Ok(HttpResponse::Ok().json(saga_document(&saga)))
+}
+
+pub async fn abort(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    operate(&state, &id, Event::Abort).await
+}
+
+pub async fn retry(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    operate(&state, &id, Event::Retry).await
+}
+
+pub async fn resolve(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let note = match body.get("note") {
+        Some(Value::String(note)) if !note.trim().is_empty() => note.clone(),
+        _ => {
+            return Err(ApiError::invalid(
+                "note",
+                "say what was repaired: a non-empty string is required",
+            ))
+        }
+    };
+    operate(&state, &id, Event::Resolve { note }).await
+}

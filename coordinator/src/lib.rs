@@ -1,0 +1,15 @@
+//! The saga coordinator: runs distributed transactions across microservices.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the map of this crate.
+
+pub mod amqp;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod messages;
+pub mod outbox;
+pub mod runtime;
+pub mod saga;
+pub mod store;
+pub mod submission;

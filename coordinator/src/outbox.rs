@@ -1,0 +1,95 @@
+//! Outbox messages: commands that a committed transition produced and that still have to be published.
+//!
+//! A row is written in the same Postgres transaction as the transition it follows from, and deleted once
+//! RabbitMQ has confirmed it. This type is what travels between the persistence layer, the relay and
+//! the AMQP publisher; it knows neither diesel nor lapin.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::saga::CommandKind;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    /// The outbox row's id (assigned by Postgres; 0 before insertion).
+    pub id: i64,
+    pub saga_id: Uuid,
+    /// AMQP `message_id` and `correlation_id`: unique per attempt.
+    pub message_id: Uuid,
+    /// Routing key on `{ns}.commands`; also names the queue `{ns}.participant.{participant}`.
+    pub participant: String,
+    /// AMQP `type` property.
+    pub kind: CommandKind,
+    /// The JSON body (a serialized `messages::CommandMessage`).
+    pub body: Vec<u8>,
+    /// W3C trace context, sent as the `traceparent` header when present.
+    pub traceparent: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Turns a command the state machine decided on into the message participants receive
+/// (contract, section 4).
+pub fn command_message(
+    saga: &crate::saga::Saga,
+    command: &crate::saga::machine::Command,
+    now: DateTime<Utc>,
+) -> OutboxMessage {
+    use crate::messages::{idempotency_key, CommandMessage};
+    use serde_json::{Map, Value};
+
+    let def = &saga.definition;
+    let step = command.step.map(|i| (&def.steps[i], &saga.steps[i]));
+    let outputs: Map<String, Value> = def
+        .steps
+        .iter()
+        .zip(&saga.steps)
+        .filter_map(|(d, p)| p.output.clone().map(|o| (d.name.clone(), o)))
+        .collect();
+    let (participant, name, payload, action_output) = match (step, command.kind) {
+        (Some((d, p)), CommandKind::Compensation) => (
+            d.participant.clone(),
+            d.compensation.clone().unwrap_or_default(),
+            d.payload.clone(),
+            Some(p.output.clone().unwrap_or(Value::Null)),
+        ),
+        (Some((d, _)), _) => (
+            d.participant.clone(),
+            d.action.clone(),
+            d.payload.clone(),
+            None,
+        ),
+        (None, _) => {
+            let participant = match &def.check_back {
+                Some(crate::saga::CheckBack::Participant(p)) => p.clone(),
+                _ => String::new(),
+            };
+            (participant, "check".to_string(), Value::Null, None)
+        }
+    };
+    let step_name = step.map(|(d, _)| d.name.clone());
+    let body = CommandMessage {
+        saga_id: saga.id,
+        saga_name: def.name.clone(),
+        idempotency_key: idempotency_key(saga.id, step_name.as_deref(), command.kind),
+        step: step_name,
+        kind: command.kind,
+        command: name,
+        attempt: command.attempt,
+        deadline: command.deadline,
+        payload,
+        saga_payload: def.payload.clone(),
+        outputs,
+        action_output,
+    };
+    OutboxMessage {
+        id: 0,
+        saga_id: saga.id,
+        message_id: Uuid::now_v7(),
+        participant,
+        kind: command.kind,
+        // Serializing plain data into a Vec cannot fail.
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+        traceparent: saga.traceparent.clone(),
+        created_at: now,
+    }
+}

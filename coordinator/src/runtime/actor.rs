@@ -1,0 +1,209 @@
+//! One actix actor per in-flight saga: it feeds events to the state machine and executes the decision.
+//!
+//! Executing means, in this order: persist the transition and its commands (one Postgres transaction,
+//! through the writer), then adopt the new state, hand the commands to the outbox relay, settle the
+//! RabbitMQ delivery that caused it, and re-arm the one clock the saga needs. Each event is processed
+//! atomically (`AtomicResponse`): the next one waits until the previous transition is durable.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use tokio::sync::oneshot;
+
+use super::{EngineError, Registry};
+use crate::amqp::Settlement;
+use crate::outbox::command_message;
+use crate::saga::machine::{self, Context as MachineContext, Decision, Event};
+use crate::saga::{Saga, SagaState};
+use crate::store::writer::{Persist, Written};
+
+/// How long to wait before trying again after the database refused a transition.
+const PERSIST_RETRY: Duration = Duration::from_secs(1);
+
+pub struct SagaActor {
+    saga: Saga,
+    registry: Registry,
+    clock: Option<SpawnHandle>,
+}
+
+/// An event for the saga, with the RabbitMQ delivery to settle once it is handled (if it came from one).
+#[derive(Message)]
+#[rtype(result = "Result<Saga, EngineError>")]
+pub struct Deliver {
+    pub event: Event,
+    pub settle: Option<oneshot::Sender<Settlement>>,
+}
+
+/// The saga's clock went off.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ClockFired;
+
+impl SagaActor {
+    pub fn new(saga: Saga, registry: Registry) -> Self {
+        SagaActor {
+            saga,
+            registry,
+            clock: None,
+        }
+    }
+
+    /// Arms one timer for the earliest due time of the saga.
+    fn arm_clock(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.clock.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(due) = self.saga.next_due() {
+            let wait =
+                (due - Utc::now()).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(1);
+            self.clock = Some(ctx.notify_later(ClockFired, wait));
+        }
+    }
+
+    fn process(
+        &mut self,
+        event: Event,
+        settle: Option<oneshot::Sender<Settlement>>,
+    ) -> ResponseActFuture<Self, Result<Saga, EngineError>> {
+        let now = Utc::now();
+        let mut rng = rand::rng();
+        let mut machine_ctx = MachineContext { now, rng: &mut rng };
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            machine::handle(&self.saga, event, &mut machine_ctx)
+        }));
+        let transition = match decided {
+            Ok(Decision::Apply(t)) => t,
+            Ok(Decision::Ignore(reason)) => {
+                log::info!("saga {}: ignored: {reason}", self.saga.id);
+                settle_with(settle, Settlement::Ack);
+                return Box::pin(fut::ready(Ok(self.saga.clone())));
+            }
+            Ok(Decision::Reject(reason)) => {
+                settle_with(settle, Settlement::Ack);
+                return Box::pin(fut::ready(Err(EngineError::Conflict(reason))));
+            }
+            Err(_) => {
+                // A bug in the machine must not take other sagas down: this saga keeps its last
+                // durable state and the event is dropped (a reply will be retried by its timeout).
+                log::error!(
+                    "saga {}: the state machine panicked; event dropped",
+                    self.saga.id
+                );
+                settle_with(settle, Settlement::Ack);
+                return Box::pin(fut::ready(Err(EngineError::Internal(
+                    "the state machine failed on this event".into(),
+                ))));
+            }
+        };
+        let outbox = transition
+            .commands
+            .iter()
+            .map(|c| command_message(&transition.saga, c, now))
+            .collect();
+        let steps = (0..transition.saga.steps.len())
+            .filter(|&i| transition.saga.steps[i] != self.saga.steps[i])
+            .collect();
+        let persist = Persist {
+            saga: transition.saga,
+            steps,
+            log: transition.log,
+            outbox,
+            is_new: false,
+        };
+        let new_saga = persist.saga.clone();
+        let writer = self.registry.writer().clone();
+        Box::pin(
+            async move { writer.write(persist).await }
+                .into_actor(self)
+                .map(move |written, act, ctx| match written {
+                    Ok(Written::Saved { version, outbox }) => {
+                        act.saga = new_saga;
+                        act.saga.version = version;
+                        act.registry.publish(outbox);
+                        settle_with(settle, Settlement::Ack);
+                        if act.saga.state.is_final() {
+                            act.registry.forget(act.saga.id);
+                            ctx.stop();
+                        } else {
+                            act.arm_clock(ctx);
+                        }
+                        Ok(act.saga.clone())
+                    }
+                    Ok(Written::Duplicate(_)) => {
+                        settle_with(settle, Settlement::Requeue);
+                        Err(EngineError::Internal(
+                            "an existing saga was inserted again".into(),
+                        ))
+                    }
+                    Err(crate::store::StoreError::Conflict(id)) => {
+                        // Someone else wrote this saga (or our last commit went through although its
+                        // answer was lost): start over from what Postgres has.
+                        log::warn!("saga {id}: changed elsewhere; reloading it");
+                        settle_with(settle, Settlement::Requeue);
+                        act.registry.forget(id);
+                        act.registry.revive_later(id, Duration::ZERO);
+                        ctx.stop();
+                        Err(EngineError::Unavailable(
+                            "the saga was reloaded; try again".into(),
+                        ))
+                    }
+                    Err(e) => {
+                        log::error!("saga {}: cannot persist a transition: {e}", act.saga.id);
+                        settle_with(settle, Settlement::Requeue);
+                        // Timers are still due: try again soon rather than at the next due time.
+                        if let Some(handle) = act.clock.take() {
+                            ctx.cancel_future(handle);
+                        }
+                        act.clock = Some(ctx.notify_later(ClockFired, PERSIST_RETRY));
+                        Err(EngineError::Unavailable(e.to_string()))
+                    }
+                }),
+        )
+    }
+}
+
+fn settle_with(settle: Option<oneshot::Sender<Settlement>>, how: Settlement) {
+    if let Some(settle) = settle {
+        let _ = settle.send(how);
+    }
+}
+
+impl Actor for SagaActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Many thousands of replies may be queued for a busy saga; the mailbox only needs to hold
+        // what the broker's prefetch lets through.
+        ctx.set_mailbox_capacity(1024);
+        self.arm_clock(ctx);
+    }
+}
+
+impl Handler<Deliver> for SagaActor {
+    type Result = AtomicResponse<Self, Result<Saga, EngineError>>;
+
+    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> Self::Result {
+        AtomicResponse::new(self.process(msg.event, msg.settle))
+    }
+}
+
+impl Handler<ClockFired> for SagaActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, _: ClockFired, _: &mut Self::Context) -> Self::Result {
+        self.clock = None;
+        if self.saga.state.is_final() || self.saga.state == SagaState::Failed {
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        }
+        AtomicResponse::new(Box::pin(self.process(Event::TimerFired, None).map(
+            |_, act, ctx| {
+                // An ignored tick (the clock ran a little early) must not leave the saga unclocked.
+                if act.clock.is_none() && !act.saga.state.is_final() {
+                    act.arm_clock(ctx);
+                }
+            },
+        )))
+    }
+}

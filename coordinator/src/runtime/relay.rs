@@ -1,0 +1,95 @@
+//! The outbox relay: gets committed commands to RabbitMQ, and forgets them once confirmed.
+//!
+//! Fresh rows come straight from the actors after their transaction commits (the fast path). A sweep
+//! re-reads the outbox table every second for rows that are not on their way: those left by a crash,
+//! or whose publish failed while the broker was away. A row is deleted only after RabbitMQ confirmed
+//! it, so every command goes out at least once.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::amqp::PublishResult;
+use crate::outbox::OutboxMessage;
+use crate::store::Store;
+
+/// How often the outbox table is swept, and how old a row must be to be picked up by the sweep.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const SWEEP_BATCH: i64 = 5_000;
+/// Confirmed rows are deleted in batches, at least this often.
+const DELETE_EVERY: Duration = Duration::from_millis(20);
+
+pub fn spawn(
+    store: Store,
+    mut fresh: mpsc::UnboundedReceiver<Vec<OutboxMessage>>,
+    outbound: mpsc::UnboundedSender<OutboxMessage>,
+    mut results: mpsc::UnboundedReceiver<PublishResult>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // Rows handed to the publisher and not yet deleted or failed: never sent twice at once.
+        let mut on_the_way: HashSet<i64> = HashSet::new();
+        let mut confirmed: Vec<i64> = Vec::new();
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        let mut flush = tokio::time::interval(DELETE_EVERY);
+        loop {
+            tokio::select! {
+                batch = fresh.recv() => {
+                    let Some(batch) = batch else { break };
+                    for message in batch {
+                        if on_the_way.insert(message.id) && outbound.send(message).is_err() {
+                            return;
+                        }
+                    }
+                }
+                result = results.recv() => {
+                    let Some(result) = result else { break };
+                    match result.result {
+                        Ok(()) => confirmed.push(result.outbox_id),
+                        Err(reason) => {
+                            log::debug!("outbox row {} not published: {reason}", result.outbox_id);
+                            on_the_way.remove(&result.outbox_id);
+                        }
+                    }
+                }
+                _ = flush.tick(), if !confirmed.is_empty() => {
+                    let ids = std::mem::take(&mut confirmed);
+                    let store = store.clone();
+                    let done = tokio::task::spawn_blocking({
+                        let ids = ids.clone();
+                        move || store.delete_outbox(&ids)
+                    }).await;
+                    match done {
+                        Ok(Ok(())) => {
+                            for id in ids {
+                                on_the_way.remove(&id);
+                            }
+                        }
+                        _ => {
+                            log::warn!("cannot delete confirmed outbox rows; will try again");
+                            confirmed = ids;
+                        }
+                    }
+                }
+                _ = sweep.tick() => {
+                    let store = store.clone();
+                    let before = Utc::now() - chrono::Duration::from_std(SWEEP_EVERY).unwrap_or_default();
+                    let found = tokio::task::spawn_blocking(move || store.pending_outbox(before, SWEEP_BATCH)).await;
+                    match found {
+                        Ok(Ok(rows)) => {
+                            for message in rows {
+                                if on_the_way.insert(message.id) && outbound.send(message).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(Err(e)) => log::warn!("outbox sweep failed: {e}"),
+                        Err(e) => log::warn!("outbox sweep failed: {e}"),
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,661 @@
+//! The saga state machine: a pure function from (saga, event) to (saga, commands, log entries).
+//!
+//! Modelled on Erlang's `gen_statem`: `handle` decides, the caller executes. It never performs I/O, reads
+//! no clock and draws no randomness of its own: the time and the jitter source come in through
+//! [`Context`], so every decision can be replayed in a test. Timers are not armed here either: they are
+//! due times stored in the saga (see [`Saga::next_due`]); when one passes, the caller delivers
+//! [`Event::TimerFired`].
+//!
+//! The rules are the contract's (section 4, "Rules the coordinator keeps"):
+//! - steps run when every dependency has succeeded; the saga commits when every step has succeeded;
+//! - `retry` replies and timeouts retry with capped exponential backoff and jitter until the policy's
+//!   attempts run out; an action that runs out fails its step and the saga compensates;
+//! - a step is compensated when its action was dispatched and did not answer `failure`, in reverse
+//!   dependency order; a compensation that runs out of attempts leaves the saga `failed` for an operator;
+//! - a reply that is not awaited (duplicate, stale, unknown step) changes nothing.
+
+use chrono::{DateTime, Duration, Utc};
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::state::{CommandKind, Saga, SagaState, StepState, Timer, TimerPurpose};
+use crate::messages::{Outcome, ReplyMessage};
+
+/// What the machine needs from the outside world, passed in so that it stays pure.
+pub struct Context<'a, R: Rng> {
+    pub now: DateTime<Utc>,
+    /// Source of backoff jitter.
+    pub rng: &'a mut R,
+}
+
+/// Something that happened to a saga.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The saga was just submitted: dispatch the first steps (or wait for commit, if prepared).
+    Start,
+    /// A participant answered.
+    Reply(ReplyMessage),
+    /// A participant rejected a command without requeue: counts as `retry` at once.
+    DeadLettered {
+        step: Option<String>,
+        kind: CommandKind,
+        attempt: u32,
+    },
+    /// The time in [`Context::now`] has reached [`Saga::next_due`] (earlier deliveries are harmless).
+    TimerFired,
+    /// Operator or initiator: stop dispatching actions and compensate (a prepared saga just aborts).
+    Abort,
+    /// Operator: give exhausted compensations a fresh set of attempts.
+    Retry,
+    /// Operator: the saga was repaired by hand.
+    Resolve { note: String },
+    /// Initiator of a two-phase submission: start running.
+    Commit,
+}
+
+/// A command to send, described by position; the caller turns it into a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    /// `None` for the saga-level `check` command.
+    pub step: Option<usize>,
+    pub kind: CommandKind,
+    pub attempt: u32,
+    /// When this attempt counts as timed out.
+    pub deadline: DateTime<Utc>,
+}
+
+/// One entry for the saga's event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    pub kind: &'static str,
+    pub step: Option<usize>,
+    pub attempt: Option<u32>,
+    pub detail: Value,
+}
+
+/// The saga after an event, and what must happen because of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub saga: Saga,
+    pub commands: Vec<Command>,
+    pub log: Vec<LogEntry>,
+}
+
+/// The machine's answer to an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Persist this transition, then send its commands.
+    Apply(Transition),
+    /// Nothing changes (a duplicate or stale reply, a timer that is not due); the reason is for the log.
+    Ignore(String),
+    /// An operator request the saga's state does not allow (the API answers 409).
+    Reject(String),
+}
+
+/// Decides what `event` does to `saga`.
+pub fn handle<R: Rng>(saga: &Saga, event: Event, ctx: &mut Context<'_, R>) -> Decision {
+    let mut run = Run {
+        saga: saga.clone(),
+        commands: Vec::new(),
+        log: Vec::new(),
+        now: ctx.now,
+    };
+    let verdict = match event {
+        Event::Start => run.start(),
+        Event::Reply(reply) => run.reply(reply, ctx),
+        Event::DeadLettered {
+            step,
+            kind,
+            attempt,
+        } => run.dead_lettered(step, kind, attempt, ctx),
+        Event::TimerFired => run.timers(ctx),
+        Event::Abort => run.abort(),
+        Event::Retry => run.operator_retry(),
+        Event::Resolve { note } => run.resolve(note),
+        Event::Commit => run.commit(),
+    };
+    match verdict {
+        Verdict::Changed => {
+            run.saga.updated_at = ctx.now;
+            if run.saga.state.is_final() || run.saga.state == SagaState::Failed {
+                for step in &mut run.saga.steps {
+                    step.timer = None;
+                }
+            }
+            Decision::Apply(Transition {
+                saga: run.saga,
+                commands: run.commands,
+                log: run.log,
+            })
+        }
+        Verdict::Ignore(reason) => Decision::Ignore(reason),
+        Verdict::Reject(reason) => Decision::Reject(reason),
+    }
+}
+
+enum Verdict {
+    Changed,
+    Ignore(String),
+    Reject(String),
+}
+
+/// Working state of one `handle` call.
+struct Run {
+    saga: Saga,
+    commands: Vec<Command>,
+    log: Vec<LogEntry>,
+    now: DateTime<Utc>,
+}
+
+impl Run {
+    fn record(
+        &mut self,
+        kind: &'static str,
+        step: Option<usize>,
+        attempt: Option<u32>,
+        detail: Value,
+    ) {
+        self.log.push(LogEntry {
+            kind,
+            step,
+            attempt,
+            detail,
+        });
+    }
+
+    fn step_name(&self, step: usize) -> &str {
+        &self.saga.definition.steps[step].name
+    }
+
+    fn start(&mut self) -> Verdict {
+        let untouched = self
+            .saga
+            .steps
+            .iter()
+            .all(|s| s.state == StepState::Pending && s.attempts == 0);
+        if !untouched || self.saga.state.is_final() {
+            return Verdict::Ignore("the saga has already started".into());
+        }
+        if self.saga.definition.mode == super::SubmissionMode::Prepare {
+            self.saga.state = SagaState::Prepared;
+            let wait = Duration::milliseconds(self.saga.definition.prepare_timeout_ms as i64);
+            self.saga.check_back_at = Some(self.now + wait);
+            self.record("prepared", None, None, json!({}));
+            return Verdict::Changed;
+        }
+        self.saga.state = SagaState::Running;
+        self.record("started", None, None, json!({}));
+        self.advance();
+        Verdict::Changed
+    }
+
+    fn commit(&mut self) -> Verdict {
+        match self.saga.state {
+            SagaState::Prepared => {
+                self.saga.state = SagaState::Running;
+                self.saga.check_back_at = None;
+                self.record("committed_by_initiator", None, None, json!({}));
+                self.advance();
+                Verdict::Changed
+            }
+            SagaState::Aborted => Verdict::Reject("the saga was aborted".into()),
+            state => Verdict::Ignore(format!("the saga is already {state}")),
+        }
+    }
+
+    fn abort(&mut self) -> Verdict {
+        match self.saga.state {
+            SagaState::Prepared => {
+                self.saga.state = SagaState::Aborted;
+                self.saga.check_back_at = None;
+                self.record(
+                    "aborted",
+                    None,
+                    None,
+                    json!({"reason": "aborted before commit"}),
+                );
+                Verdict::Changed
+            }
+            SagaState::Running => {
+                self.begin_compensation("aborted".into());
+                Verdict::Changed
+            }
+            state => Verdict::Reject(format!(
+                "only a running or prepared saga can be aborted; this one is {state}"
+            )),
+        }
+    }
+
+    fn operator_retry(&mut self) -> Verdict {
+        if self.saga.state != SagaState::Failed {
+            return Verdict::Reject(format!(
+                "only a failed saga can be retried; this one is {}",
+                self.saga.state
+            ));
+        }
+        self.saga.state = SagaState::Compensating;
+        self.record("retry_requested", None, None, json!({}));
+        let exhausted: Vec<usize> = (0..self.saga.steps.len())
+            .filter(|&i| self.saga.steps[i].state == StepState::CompensationFailed)
+            .collect();
+        for i in exhausted {
+            let budget = self.saga.definition.steps[i]
+                .compensation_retry
+                .max_attempts;
+            let step = &mut self.saga.steps[i];
+            step.compensation_attempt_limit = step.compensation_attempts.saturating_add(budget);
+            self.dispatch(i, CommandKind::Compensation);
+        }
+        self.advance();
+        Verdict::Changed
+    }
+
+    fn resolve(&mut self, note: String) -> Verdict {
+        if self.saga.state != SagaState::Failed {
+            return Verdict::Reject(format!(
+                "only a failed saga can be resolved; this one is {}",
+                self.saga.state
+            ));
+        }
+        let dispatched = self.saga.steps.iter().any(|s| s.attempts > 0);
+        self.saga.state = if dispatched {
+            SagaState::Compensated
+        } else {
+            SagaState::Aborted
+        };
+        self.record("resolved", None, None, json!({"note": note}));
+        Verdict::Changed
+    }
+
+    fn reply<R: Rng>(&mut self, reply: ReplyMessage, ctx: &mut Context<'_, R>) -> Verdict {
+        if reply.kind == CommandKind::Check {
+            return self.check_reply(reply.outcome);
+        }
+        let Some(step) = reply
+            .step
+            .as_deref()
+            .and_then(|name| self.saga.definition.step_index(name))
+        else {
+            return Verdict::Ignore(format!("no step {:?} in this saga", reply.step));
+        };
+        if !self.awaits(step, reply.kind, reply.attempt) {
+            return Verdict::Ignore(format!(
+                "{} of step {} attempt {} is not awaited",
+                reply.kind,
+                self.step_name(step),
+                reply.attempt
+            ));
+        }
+        self.record(
+            "reply",
+            Some(step),
+            Some(reply.attempt),
+            json!({"kind": reply.kind, "outcome": reply.outcome, "error": reply.error}),
+        );
+        match (reply.kind, reply.outcome) {
+            (CommandKind::Action, Outcome::Success) => {
+                let s = &mut self.saga.steps[step];
+                s.state = StepState::Succeeded;
+                s.output = reply.output;
+                s.error = None;
+                s.timer = None;
+                self.advance();
+                Verdict::Changed
+            }
+            (CommandKind::Action, Outcome::Failure) => {
+                let s = &mut self.saga.steps[step];
+                s.state = StepState::Failed;
+                s.refused = true;
+                s.timer = None;
+                s.error = Some(
+                    reply
+                        .error
+                        .unwrap_or_else(|| "refused by the participant".into()),
+                );
+                let reason = format!("step {} failed", self.step_name(step));
+                self.begin_compensation(reason);
+                Verdict::Changed
+            }
+            (CommandKind::Compensation, Outcome::Success) => {
+                let s = &mut self.saga.steps[step];
+                s.state = StepState::Compensated;
+                s.timer = None;
+                s.error = None;
+                self.advance();
+                Verdict::Changed
+            }
+            (kind, Outcome::Retry) | (kind @ CommandKind::Compensation, Outcome::Failure) => {
+                // Only the newest attempt may ask for another one: a `retry` from an older attempt
+                // would otherwise start a second round of attempts beside the one already out.
+                let s = &self.saga.steps[step];
+                let latest = match kind {
+                    CommandKind::Action => s.attempts,
+                    _ => s.compensation_attempts,
+                };
+                let waiting = s.timer.map(|t| t.purpose) == Some(TimerPurpose::ReplyTimeout);
+                if reply.attempt != latest || !waiting {
+                    self.log.clear();
+                    return Verdict::Ignore(format!(
+                        "retry from attempt {} of step {} while attempt {latest} is current",
+                        reply.attempt,
+                        self.step_name(step)
+                    ));
+                }
+                let error = reply
+                    .error
+                    .unwrap_or_else(|| "participant asked to retry".into());
+                self.attempt_failed(step, kind, error, ctx);
+                Verdict::Changed
+            }
+            (kind, outcome) => {
+                self.log.clear();
+                Verdict::Ignore(format!(
+                    "outcome {outcome:?} is not an answer to a {kind} command"
+                ))
+            }
+        }
+    }
+
+    /// Check-back answers arrive before the coordinator asks in this version; committed and aborted
+    /// are still honoured so that an initiator's answer is never lost.
+    fn check_reply(&mut self, outcome: Outcome) -> Verdict {
+        if self.saga.state != SagaState::Prepared {
+            return Verdict::Ignore("the saga is not waiting for a check-back".into());
+        }
+        match outcome {
+            Outcome::Committed => self.commit(),
+            Outcome::Aborted => self.abort(),
+            other => Verdict::Ignore(format!("check-back answered {other:?}")),
+        }
+    }
+
+    fn dead_lettered<R: Rng>(
+        &mut self,
+        step: Option<String>,
+        kind: CommandKind,
+        attempt: u32,
+        ctx: &mut Context<'_, R>,
+    ) -> Verdict {
+        let Some(i) = step
+            .as_deref()
+            .and_then(|name| self.saga.definition.step_index(name))
+        else {
+            return Verdict::Ignore("dead-lettered command of no known step".into());
+        };
+        let s = &self.saga.steps[i];
+        let latest = match kind {
+            CommandKind::Action => s.attempts,
+            _ => s.compensation_attempts,
+        };
+        let waiting = s.timer.map(|t| t.purpose) == Some(TimerPurpose::ReplyTimeout);
+        if !self.awaits(i, kind, attempt) || attempt != latest || !waiting {
+            return Verdict::Ignore(format!(
+                "dead-lettered {kind} attempt {attempt} is not current"
+            ));
+        }
+        self.record(
+            "dead_lettered",
+            Some(i),
+            Some(attempt),
+            json!({"kind": kind}),
+        );
+        self.attempt_failed(i, kind, "the participant rejected the command".into(), ctx);
+        Verdict::Changed
+    }
+
+    fn timers<R: Rng>(&mut self, ctx: &mut Context<'_, R>) -> Verdict {
+        let now = self.now;
+        let mut changed = false;
+        if self.saga.state == SagaState::Running && self.saga.deadline.is_some_and(|d| d <= now) {
+            self.begin_compensation("saga timed out".into());
+            changed = true;
+        }
+        for i in 0..self.saga.steps.len() {
+            let s = &self.saga.steps[i];
+            let Some(timer) = s.timer.filter(|t| t.due_at <= now) else {
+                continue;
+            };
+            let kind = match (self.saga.state, s.state) {
+                (SagaState::Running, StepState::Running) => CommandKind::Action,
+                (SagaState::Compensating, StepState::Compensating) => CommandKind::Compensation,
+                _ => {
+                    // A timer left behind by a state change that did not clear it: drop it.
+                    self.saga.steps[i].timer = None;
+                    changed = true;
+                    continue;
+                }
+            };
+            changed = true;
+            match timer.purpose {
+                TimerPurpose::ReplyTimeout => {
+                    let attempt = match kind {
+                        CommandKind::Action => s.attempts,
+                        _ => s.compensation_attempts,
+                    };
+                    self.record("timed_out", Some(i), Some(attempt), json!({"kind": kind}));
+                    let error = format!(
+                        "no reply within {} ms",
+                        self.saga.definition.steps[i].timeout_ms
+                    );
+                    self.attempt_failed(i, kind, error, ctx);
+                }
+                TimerPurpose::Backoff => self.dispatch(i, kind),
+            }
+        }
+        if changed {
+            Verdict::Changed
+        } else {
+            Verdict::Ignore("no timer is due".into())
+        }
+    }
+
+    /// Whether a reply for this step, kind and attempt is one the saga is waiting for. Any attempt
+    /// counts, since all attempts share one idempotency key; attempts never sent do not.
+    fn awaits(&self, step: usize, kind: CommandKind, attempt: u32) -> bool {
+        let s = &self.saga.steps[step];
+        match kind {
+            CommandKind::Action => {
+                self.saga.state == SagaState::Running
+                    && s.state == StepState::Running
+                    && attempt <= s.attempts
+            }
+            CommandKind::Compensation => {
+                self.saga.state == SagaState::Compensating
+                    && s.state == StepState::Compensating
+                    && attempt <= s.compensation_attempts
+            }
+            CommandKind::Check => false,
+        }
+    }
+
+    /// The current attempt ended without success: back off and try again, or give up.
+    fn attempt_failed<R: Rng>(
+        &mut self,
+        step: usize,
+        kind: CommandKind,
+        error: String,
+        ctx: &mut Context<'_, R>,
+    ) {
+        let def = &self.saga.definition.steps[step];
+        let s = &self.saga.steps[step];
+        let (attempts, limit, policy) = match kind {
+            CommandKind::Action => (s.attempts, def.retry.max_attempts, &def.retry),
+            _ => (
+                s.compensation_attempts,
+                s.compensation_attempt_limit,
+                &def.compensation_retry,
+            ),
+        };
+        if attempts >= limit {
+            let error = format!("gave up after {attempts} attempts: {error}");
+            self.record(
+                "gave_up",
+                Some(step),
+                Some(attempts),
+                json!({"kind": kind, "error": error}),
+            );
+            let s = &mut self.saga.steps[step];
+            s.timer = None;
+            s.error = Some(error);
+            match kind {
+                CommandKind::Action => {
+                    // Outcome unknown: the step is compensated like any other that was dispatched.
+                    s.state = StepState::Failed;
+                    let reason = format!("step {} ran out of attempts", self.step_name(step));
+                    self.begin_compensation(reason);
+                }
+                _ => {
+                    s.state = StepState::CompensationFailed;
+                    self.advance();
+                }
+            }
+            return;
+        }
+        let base = policy.backoff_ms(attempts);
+        // Equal jitter: at least half the backoff, so retries never bunch up at zero.
+        let delay = base / 2 + ctx.rng.random_range(0..=base - base / 2);
+        let due_at = self.now + Duration::milliseconds(delay as i64);
+        self.record(
+            "retry_scheduled",
+            Some(step),
+            Some(attempts),
+            json!({"kind": kind, "error": error, "backoff_ms": delay}),
+        );
+        let s = &mut self.saga.steps[step];
+        s.error = Some(error);
+        s.timer = Some(Timer {
+            due_at,
+            purpose: TimerPurpose::Backoff,
+        });
+    }
+
+    /// Sends the next attempt of a step's action or compensation.
+    fn dispatch(&mut self, step: usize, kind: CommandKind) {
+        let timeout = Duration::milliseconds(self.saga.definition.steps[step].timeout_ms as i64);
+        let deadline = self.now + timeout;
+        let s = &mut self.saga.steps[step];
+        let attempt = match kind {
+            CommandKind::Action => {
+                s.state = StepState::Running;
+                s.attempts += 1;
+                s.attempts
+            }
+            _ => {
+                s.state = StepState::Compensating;
+                s.compensation_attempts += 1;
+                s.compensation_attempts
+            }
+        };
+        s.timer = Some(Timer {
+            due_at: deadline,
+            purpose: TimerPurpose::ReplyTimeout,
+        });
+        self.commands.push(Command {
+            step: Some(step),
+            kind,
+            attempt,
+            deadline,
+        });
+        self.record(
+            "dispatched",
+            Some(step),
+            Some(attempt),
+            json!({"kind": kind}),
+        );
+    }
+
+    /// Stops dispatching actions and starts undoing what may have taken effect.
+    fn begin_compensation(&mut self, reason: String) {
+        self.saga.state = SagaState::Compensating;
+        self.record("compensating", None, None, json!({"reason": reason}));
+        for s in &mut self.saga.steps {
+            if s.state == StepState::Running {
+                // In flight: it may or may not take effect, so it is compensated like a failed step.
+                s.state = StepState::Failed;
+                s.timer = None;
+                s.error = Some(format!("abandoned with its outcome unknown: {reason}"));
+            }
+        }
+        self.advance();
+    }
+
+    /// Whether a step's action may have taken effect and has a compensation to undo it.
+    fn needs_compensation(&self, step: usize) -> bool {
+        let s = &self.saga.steps[step];
+        s.attempts > 0 && !s.refused && self.saga.definition.steps[step].compensation.is_some()
+    }
+
+    /// Dispatches everything that may go now and detects the end of the saga.
+    fn advance(&mut self) {
+        match self.saga.state {
+            SagaState::Running => {
+                if self
+                    .saga
+                    .steps
+                    .iter()
+                    .all(|s| s.state == StepState::Succeeded)
+                {
+                    self.saga.state = SagaState::Committed;
+                    self.record("committed", None, None, json!({}));
+                    return;
+                }
+                let ready: Vec<usize> = (0..self.saga.steps.len())
+                    .filter(|&i| {
+                        self.saga.steps[i].state == StepState::Pending
+                            && self.saga.definition.steps[i]
+                                .after
+                                .iter()
+                                .all(|&d| self.saga.steps[d].state == StepState::Succeeded)
+                    })
+                    .collect();
+                for i in ready {
+                    self.dispatch(i, CommandKind::Action);
+                }
+            }
+            SagaState::Compensating => {
+                // Reverse dependency order: a step's compensation waits for those of its dependents.
+                let ready: Vec<usize> = (0..self.saga.steps.len())
+                    .filter(|&i| {
+                        self.needs_compensation(i)
+                            && matches!(
+                                self.saga.steps[i].state,
+                                StepState::Succeeded | StepState::Failed
+                            )
+                            && self.saga.definition.dependents(i).all(|d| {
+                                !self.needs_compensation(d)
+                                    || self.saga.steps[d].state == StepState::Compensated
+                            })
+                    })
+                    .collect();
+                for i in ready {
+                    self.dispatch(i, CommandKind::Compensation);
+                }
+                let in_flight = self
+                    .saga
+                    .steps
+                    .iter()
+                    .any(|s| s.state == StepState::Compensating);
+                if in_flight {
+                    return;
+                }
+                let all_undone = (0..self.saga.steps.len()).all(|i| {
+                    !self.needs_compensation(i)
+                        || self.saga.steps[i].state == StepState::Compensated
+                });
+                if all_undone {
+                    self.saga.state = SagaState::Compensated;
+                    self.record("compensated", None, None, json!({}));
+                } else {
+                    self.saga.state = SagaState::Failed;
+                    self.record(
+                        "failed",
+                        None,
+                        None,
+                        json!({"reason": "a compensation ran out of attempts: retry or resolve"}),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,770 @@
+//! Tests of the pure state machine: examples for each rule, and property tests over random event
+//! sequences for the invariants the contract promises.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::definition::{RetryPolicy, SagaDefinition, StepDefinition, SubmissionMode};
+use super::machine::{handle, Command, Context, Decision, Event, Transition};
+use super::state::{CommandKind, Saga, SagaState, StepState};
+use crate::messages::{Outcome, ReplyMessage};
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 21, 10, 0, 0)
+        .single()
+        .expect("valid time")
+}
+
+fn policy(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_backoff_ms: 100,
+        max_backoff_ms: 1_000,
+        multiplier: 2.0,
+    }
+}
+
+/// A definition from (name, has compensation, dependencies); `None` dependencies means sequential.
+fn definition(steps: &[(&str, bool, Option<Vec<usize>>)]) -> SagaDefinition {
+    SagaDefinition {
+        name: "test".into(),
+        key: None,
+        payload: json!({}),
+        timeout_ms: None,
+        mode: SubmissionMode::Run,
+        check_back: None,
+        prepare_timeout_ms: 10_000,
+        steps: steps
+            .iter()
+            .enumerate()
+            .map(|(i, (name, compensated, after))| StepDefinition {
+                name: (*name).into(),
+                participant: format!("p{i}"),
+                action: "do".into(),
+                compensation: compensated.then(|| "undo".into()),
+                payload: json!(null),
+                timeout_ms: 1_000,
+                retry: policy(3),
+                compensation_retry: policy(2),
+                after: after
+                    .clone()
+                    .unwrap_or_else(|| if i == 0 { vec![] } else { vec![i - 1] }),
+            })
+            .collect(),
+    }
+}
+
+fn sequential(names: &[&str]) -> SagaDefinition {
+    let steps: Vec<_> = names.iter().map(|n| (*n, true, None)).collect();
+    definition(&steps)
+}
+
+/// Drives one saga through events, keeping the clock and the jitter source.
+struct Harness {
+    saga: Saga,
+    now: DateTime<Utc>,
+    rng: StdRng,
+}
+
+impl Harness {
+    fn new(def: SagaDefinition) -> Self {
+        Harness {
+            saga: Saga::new(Uuid::nil(), def, None, t0()),
+            now: t0(),
+            rng: StdRng::seed_from_u64(7),
+        }
+    }
+
+    fn decide(&mut self, event: Event) -> Decision {
+        let mut ctx = Context {
+            now: self.now,
+            rng: &mut self.rng,
+        };
+        handle(&self.saga, event, &mut ctx)
+    }
+
+    /// Applies an event that must change the saga; returns the commands it issued.
+    fn apply(&mut self, event: Event) -> Vec<Command> {
+        match self.decide(event.clone()) {
+            Decision::Apply(Transition { saga, commands, .. }) => {
+                self.saga = saga;
+                commands
+            }
+            other => panic!("{event:?} should apply, got {other:?}"),
+        }
+    }
+
+    fn reply(&mut self, step: &str, kind: CommandKind, attempt: u32, outcome: Outcome) -> Decision {
+        let decision = self.decide(reply(step, kind, attempt, outcome));
+        if let Decision::Apply(t) = &decision {
+            self.saga = t.saga.clone();
+        }
+        decision
+    }
+
+    /// Advances the clock to the next due time and fires the timers.
+    fn fire_next_timer(&mut self) -> Vec<Command> {
+        let due = self.saga.next_due().expect("a timer is due");
+        self.now = self.now.max(due);
+        self.apply(Event::TimerFired)
+    }
+
+    fn step_state(&self, name: &str) -> StepState {
+        let i = self.saga.definition.step_index(name).expect("known step");
+        self.saga.steps[i].state
+    }
+}
+
+fn reply(step: &str, kind: CommandKind, attempt: u32, outcome: Outcome) -> Event {
+    Event::Reply(ReplyMessage {
+        saga_id: Uuid::nil(),
+        step: Some(step.into()),
+        kind,
+        attempt,
+        outcome,
+        output: Some(json!({"from": step})),
+        error: None,
+    })
+}
+
+fn names(h: &Harness, commands: &[Command]) -> Vec<String> {
+    commands
+        .iter()
+        .map(|c| {
+            let step = c
+                .step
+                .map(|i| h.saga.definition.steps[i].name.as_str())
+                .unwrap_or("-");
+            format!("{step}:{}:{}", c.kind, c.attempt)
+        })
+        .collect()
+}
+
+use CommandKind::{Action, Compensation};
+
+#[test]
+fn sequential_steps_run_one_after_another_and_commit() {
+    let mut h = Harness::new(sequential(&["reserve", "charge", "notify"]));
+    let first = h.apply(Event::Start);
+    assert_eq!(names(&h, &first), ["reserve:action:1"]);
+    assert_eq!(h.saga.state, SagaState::Running);
+    let Decision::Apply(t) = h.reply("reserve", Action, 1, Outcome::Success) else {
+        panic!("success applies")
+    };
+    assert_eq!(names(&h, &t.commands), ["charge:action:1"]);
+    h.reply("charge", Action, 1, Outcome::Success);
+    let Decision::Apply(t) = h.reply("notify", Action, 1, Outcome::Success) else {
+        panic!("success applies")
+    };
+    assert!(t.commands.is_empty());
+    assert_eq!(h.saga.state, SagaState::Committed);
+    assert_eq!(h.saga.next_due(), None);
+    assert_eq!(h.saga.steps[0].output, Some(json!({"from": "reserve"})));
+}
+
+#[test]
+fn business_failure_compensates_earlier_steps_in_reverse_order() {
+    let mut h = Harness::new(sequential(&["a", "b", "c"]));
+    h.apply(Event::Start);
+    h.reply("a", Action, 1, Outcome::Success);
+    h.reply("b", Action, 1, Outcome::Success);
+    let Decision::Apply(t) = h.reply("c", Action, 1, Outcome::Failure) else {
+        panic!("failure applies")
+    };
+    assert_eq!(h.saga.state, SagaState::Compensating);
+    assert_eq!(names(&h, &t.commands), ["b:compensation:1"]);
+    assert_eq!(h.step_state("c"), StepState::Failed);
+    let Decision::Apply(t) = h.reply("b", Compensation, 1, Outcome::Success) else {
+        panic!("compensation success applies")
+    };
+    assert_eq!(names(&h, &t.commands), ["a:compensation:1"]);
+    h.reply("a", Compensation, 1, Outcome::Success);
+    assert_eq!(h.saga.state, SagaState::Compensated);
+    assert_eq!(
+        h.step_state("c"),
+        StepState::Failed,
+        "a refused step is never compensated"
+    );
+}
+
+#[test]
+fn retry_replies_back_off_then_succeed() {
+    let mut h = Harness::new(sequential(&["a"]));
+    h.apply(Event::Start);
+    let Decision::Apply(t) = h.reply("a", Action, 1, Outcome::Retry) else {
+        panic!("retry applies")
+    };
+    assert!(
+        t.commands.is_empty(),
+        "the next attempt waits for its backoff"
+    );
+    let due = h.saga.next_due().expect("backoff timer");
+    let backoff = due - h.now;
+    assert!(backoff >= Duration::milliseconds(50) && backoff <= Duration::milliseconds(100));
+    assert!(
+        matches!(h.decide(Event::TimerFired), Decision::Ignore(_)),
+        "not due yet"
+    );
+    assert_eq!(
+        {
+            let c = h.fire_next_timer();
+            names(&h, &c)
+        },
+        ["a:action:2"]
+    );
+    h.reply("a", Action, 2, Outcome::Success);
+    assert_eq!(h.saga.state, SagaState::Committed);
+    assert_eq!(h.saga.steps[0].attempts, 2);
+}
+
+#[test]
+fn timeouts_exhaust_the_action_and_its_unknown_outcome_is_compensated() {
+    let mut h = Harness::new(sequential(&["a", "b"]));
+    h.apply(Event::Start);
+    h.reply("a", Action, 1, Outcome::Success);
+    // Three attempts of b, none answered: timeout, backoff, timeout, backoff, timeout.
+    let mut sent = vec![];
+    while h.saga.state == SagaState::Running {
+        sent.extend({
+            let c = h.fire_next_timer();
+            names(&h, &c)
+        });
+    }
+    assert_eq!(sent, ["b:action:2", "b:action:3", "b:compensation:1"]);
+    assert_eq!(h.saga.state, SagaState::Compensating);
+    assert_eq!(h.step_state("b"), StepState::Compensating);
+    let Decision::Apply(t) = h.reply("b", Compensation, 1, Outcome::Success) else {
+        panic!("applies")
+    };
+    assert_eq!(names(&h, &t.commands), ["a:compensation:1"]);
+    h.reply("a", Compensation, 1, Outcome::Success);
+    assert_eq!(h.saga.state, SagaState::Compensated);
+}
+
+#[test]
+fn independent_steps_run_in_parallel_and_a_join_waits_for_both() {
+    let def = definition(&[
+        ("a", true, Some(vec![])),
+        ("b", true, Some(vec![])),
+        ("c", true, Some(vec![0, 1])),
+    ]);
+    let mut h = Harness::new(def);
+    assert_eq!(
+        {
+            let c = h.apply(Event::Start);
+            names(&h, &c)
+        },
+        ["a:action:1", "b:action:1"]
+    );
+    let Decision::Apply(t) = h.reply("b", Action, 1, Outcome::Success) else {
+        panic!("applies")
+    };
+    assert!(t.commands.is_empty(), "c waits for a");
+    let Decision::Apply(t) = h.reply("a", Action, 1, Outcome::Success) else {
+        panic!("applies")
+    };
+    assert_eq!(names(&h, &t.commands), ["c:action:1"]);
+}
+
+#[test]
+fn parallel_failure_compensates_the_in_flight_sibling_too() {
+    let def = definition(&[("a", true, Some(vec![])), ("b", true, Some(vec![]))]);
+    let mut h = Harness::new(def);
+    h.apply(Event::Start);
+    let Decision::Apply(t) = h.reply("a", Action, 1, Outcome::Failure) else {
+        panic!("applies")
+    };
+    assert_eq!(names(&h, &t.commands), ["b:compensation:1"]);
+    assert!(matches!(
+        h.reply("b", Action, 1, Outcome::Success),
+        Decision::Ignore(_)
+    ));
+}
+
+#[test]
+fn duplicate_stale_and_unknown_replies_change_nothing() {
+    let mut h = Harness::new(sequential(&["a", "b"]));
+    h.apply(Event::Start);
+    h.reply("a", Action, 1, Outcome::Success);
+    assert!(
+        matches!(
+            h.reply("a", Action, 1, Outcome::Success),
+            Decision::Ignore(_)
+        ),
+        "duplicate"
+    );
+    assert!(
+        matches!(
+            h.reply("a", Action, 1, Outcome::Failure),
+            Decision::Ignore(_)
+        ),
+        "late contradiction"
+    );
+    assert!(
+        matches!(
+            h.reply("b", Action, 2, Outcome::Success),
+            Decision::Ignore(_)
+        ),
+        "attempt never sent"
+    );
+    assert!(
+        matches!(
+            h.reply("zz", Action, 1, Outcome::Success),
+            Decision::Ignore(_)
+        ),
+        "unknown step"
+    );
+    assert!(
+        matches!(
+            h.reply("b", Compensation, 1, Outcome::Success),
+            Decision::Ignore(_)
+        ),
+        "not compensating"
+    );
+    assert!(
+        matches!(
+            h.reply("b", Action, 1, Outcome::Pending),
+            Decision::Ignore(_)
+        ),
+        "check outcome"
+    );
+}
+
+#[test]
+fn an_older_attempts_success_counts_but_its_retry_does_not() {
+    let mut h = Harness::new(sequential(&["a"]));
+    h.apply(Event::Start);
+    h.fire_next_timer(); // attempt 1 times out
+    h.fire_next_timer(); // attempt 2 goes out
+    assert_eq!(h.saga.steps[0].attempts, 2);
+    assert!(matches!(
+        h.reply("a", Action, 1, Outcome::Retry),
+        Decision::Ignore(_)
+    ));
+    h.reply("a", Action, 1, Outcome::Success);
+    assert_eq!(h.saga.state, SagaState::Committed);
+}
+
+#[test]
+fn dead_lettered_command_counts_as_retry() {
+    let mut h = Harness::new(sequential(&["a"]));
+    h.apply(Event::Start);
+    let event = Event::DeadLettered {
+        step: Some("a".into()),
+        kind: Action,
+        attempt: 1,
+    };
+    assert!(h.apply(event.clone()).is_empty());
+    assert!(h.saga.steps[0].timer.is_some());
+    assert!(
+        matches!(h.decide(event), Decision::Ignore(_)),
+        "twice is once"
+    );
+    assert_eq!(
+        {
+            let c = h.fire_next_timer();
+            names(&h, &c)
+        },
+        ["a:action:2"]
+    );
+}
+
+#[test]
+fn a_compensation_that_keeps_failing_needs_an_operator() {
+    let mut h = Harness::new(sequential(&["a", "b"]));
+    h.apply(Event::Start);
+    h.reply("a", Action, 1, Outcome::Success);
+    h.reply("b", Action, 1, Outcome::Failure);
+    h.reply("a", Compensation, 1, Outcome::Failure);
+    assert_eq!(
+        {
+            let c = h.fire_next_timer();
+            names(&h, &c)
+        },
+        ["a:compensation:2"]
+    );
+    h.reply("a", Compensation, 2, Outcome::Retry);
+    assert_eq!(h.saga.state, SagaState::Failed);
+    assert_eq!(h.step_state("a"), StepState::CompensationFailed);
+    assert_eq!(h.saga.next_due(), None);
+    assert!(matches!(h.decide(Event::Abort), Decision::Reject(_)));
+
+    let resumed = h.apply(Event::Retry);
+    assert_eq!(
+        names(&h, &resumed),
+        ["a:compensation:3"],
+        "attempt numbers keep counting"
+    );
+    assert_eq!(h.saga.state, SagaState::Compensating);
+    h.reply("a", Compensation, 3, Outcome::Success);
+    assert_eq!(h.saga.state, SagaState::Compensated);
+}
+
+#[test]
+fn resolve_closes_a_failed_saga_with_the_operators_note() {
+    let mut h = Harness::new(sequential(&["a", "b"]));
+    h.apply(Event::Start);
+    h.reply("a", Action, 1, Outcome::Success);
+    h.reply("b", Action, 1, Outcome::Failure);
+    h.reply("a", Compensation, 1, Outcome::Retry);
+    h.fire_next_timer();
+    h.reply("a", Compensation, 2, Outcome::Retry);
+    assert_eq!(h.saga.state, SagaState::Failed);
+    let Decision::Apply(t) = h.decide(Event::Resolve {
+        note: "refunded by hand".into(),
+    }) else {
+        panic!("resolve applies")
+    };
+    assert_eq!(t.saga.state, SagaState::Compensated);
+    assert!(t.log.iter().any(|e| e.detail["note"] == "refunded by hand"));
+    assert!(matches!(
+        h.decide(Event::Resolve {
+            note: String::new()
+        })
+        .clone(),
+        Decision::Apply(_)
+    ));
+}
+
+#[test]
+fn operator_requests_in_the_wrong_state_are_rejected() {
+    let mut h = Harness::new(sequential(&["a"]));
+    h.apply(Event::Start);
+    assert!(matches!(h.decide(Event::Retry), Decision::Reject(_)));
+    assert!(matches!(
+        h.decide(Event::Resolve { note: "x".into() }),
+        Decision::Reject(_)
+    ));
+    h.reply("a", Action, 1, Outcome::Success);
+    assert!(matches!(h.decide(Event::Abort), Decision::Reject(_)));
+}
+
+#[test]
+fn abort_compensates_a_running_saga() {
+    let mut h = Harness::new(sequential(&["a", "b"]));
+    h.apply(Event::Start);
+    h.reply("a", Action, 1, Outcome::Success);
+    let commands = h.apply(Event::Abort);
+    assert_eq!(
+        names(&h, &commands),
+        ["b:compensation:1"],
+        "b was in flight"
+    );
+    h.reply("b", Compensation, 1, Outcome::Success);
+    h.reply("a", Compensation, 1, Outcome::Success);
+    assert_eq!(h.saga.state, SagaState::Compensated);
+}
+
+#[test]
+fn steps_without_compensation_are_skipped() {
+    let def = definition(&[("a", true, None), ("mail", false, None), ("c", true, None)]);
+    let mut h = Harness::new(def);
+    h.apply(Event::Start);
+    h.reply("a", Action, 1, Outcome::Success);
+    h.reply("mail", Action, 1, Outcome::Success);
+    let Decision::Apply(t) = h.reply("c", Action, 1, Outcome::Failure) else {
+        panic!("applies")
+    };
+    assert_eq!(names(&h, &t.commands), ["a:compensation:1"]);
+}
+
+#[test]
+fn a_saga_deadline_starts_compensation() {
+    let mut def = sequential(&["a", "b"]);
+    def.timeout_ms = Some(500);
+    let mut h = Harness::new(def);
+    h.apply(Event::Start);
+    h.reply("a", Action, 1, Outcome::Success);
+    assert_eq!(h.saga.next_due(), Some(t0() + Duration::milliseconds(500)));
+    let commands = h.fire_next_timer();
+    assert_eq!(h.saga.state, SagaState::Compensating);
+    assert_eq!(names(&h, &commands), ["b:compensation:1"]);
+}
+
+#[test]
+fn prepared_sagas_wait_for_commit_or_abort() {
+    let mut def = sequential(&["a"]);
+    def.mode = SubmissionMode::Prepare;
+    let mut h = Harness::new(def.clone());
+    assert!(h.apply(Event::Start).is_empty());
+    assert_eq!(h.saga.state, SagaState::Prepared);
+    assert_eq!(
+        {
+            let c = h.apply(Event::Commit);
+            names(&h, &c)
+        },
+        ["a:action:1"]
+    );
+    assert!(
+        matches!(h.decide(Event::Commit), Decision::Ignore(_)),
+        "commit is idempotent"
+    );
+
+    let mut h = Harness::new(def);
+    h.apply(Event::Start);
+    assert!(h.apply(Event::Abort).is_empty());
+    assert_eq!(h.saga.state, SagaState::Aborted);
+    assert!(matches!(h.decide(Event::Commit), Decision::Reject(_)));
+}
+
+#[test]
+fn backoff_is_capped_exponential() {
+    let p = RetryPolicy {
+        max_attempts: 10,
+        initial_backoff_ms: 100,
+        max_backoff_ms: 1_000,
+        multiplier: 3.0,
+    };
+    let delays: Vec<u64> = (1..=5).map(|n| p.backoff_ms(n)).collect();
+    assert_eq!(delays, [100, 300, 900, 1_000, 1_000]);
+}
+
+// ---- property tests ----------------------------------------------------------------------------
+
+/// A random saga shape: up to 5 steps, each depending on a random subset of earlier ones (or the
+/// sequential default), some without compensation, with small retry budgets so that exhaustion happens.
+fn arb_definition() -> impl Strategy<Value = SagaDefinition> {
+    (1usize..=5, any::<bool>(), any::<u64>()).prop_map(|(n, graph, seed)| {
+        use rand::Rng;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let steps = (0..n)
+            .map(|i| StepDefinition {
+                name: format!("s{i}"),
+                participant: "p".into(),
+                action: "do".into(),
+                compensation: rng.random_bool(0.8).then(|| "undo".into()),
+                payload: json!(null),
+                timeout_ms: rng.random_range(10..1_000),
+                retry: policy(rng.random_range(1..=3)),
+                compensation_retry: policy(rng.random_range(1..=3)),
+                after: if graph {
+                    (0..i).filter(|_| rng.random_bool(0.4)).collect()
+                } else if i == 0 {
+                    vec![]
+                } else {
+                    vec![i - 1]
+                },
+            })
+            .collect();
+        SagaDefinition {
+            steps,
+            ..sequential(&["x"])
+        }
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Stimulus {
+    /// A reply to a step; `attempt_back` picks an attempt counting back from the newest.
+    Reply {
+        step: usize,
+        compensation: bool,
+        attempt_back: u32,
+        outcome: Outcome,
+    },
+    Timer,
+    DeadLetter {
+        step: usize,
+        compensation: bool,
+    },
+    Abort,
+    Retry,
+    Resolve,
+}
+
+fn arb_outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        4 => Just(Outcome::Success),
+        2 => Just(Outcome::Failure),
+        2 => Just(Outcome::Retry),
+        1 => Just(Outcome::Pending),
+    ]
+}
+
+fn arb_stimulus() -> impl Strategy<Value = Stimulus> {
+    prop_oneof![
+        8 => (0usize..5, any::<bool>(), 0u32..3, arb_outcome()).prop_map(|(step, compensation, attempt_back, outcome)| {
+            Stimulus::Reply { step, compensation, attempt_back, outcome }
+        }),
+        4 => Just(Stimulus::Timer),
+        1 => (0usize..5, any::<bool>()).prop_map(|(step, compensation)| Stimulus::DeadLetter { step, compensation }),
+        1 => Just(Stimulus::Abort),
+        1 => Just(Stimulus::Retry),
+        1 => Just(Stimulus::Resolve),
+    ]
+}
+
+fn to_event(h: &Harness, stimulus: &Stimulus) -> Event {
+    let n = h.saga.steps.len();
+    match *stimulus {
+        Stimulus::Reply {
+            step,
+            compensation,
+            attempt_back,
+            outcome,
+        } => {
+            let i = step % n;
+            let s = &h.saga.steps[i];
+            let (kind, newest) = if compensation {
+                (Compensation, s.compensation_attempts)
+            } else {
+                (Action, s.attempts)
+            };
+            let attempt = newest.saturating_sub(attempt_back).max(1);
+            reply(&format!("s{i}"), kind, attempt, outcome)
+        }
+        Stimulus::DeadLetter { step, compensation } => {
+            let i = step % n;
+            let s = &h.saga.steps[i];
+            let (kind, attempt) = if compensation {
+                (Compensation, s.compensation_attempts.max(1))
+            } else {
+                (Action, s.attempts.max(1))
+            };
+            Event::DeadLettered {
+                step: Some(format!("s{i}")),
+                kind,
+                attempt,
+            }
+        }
+        Stimulus::Timer => Event::TimerFired,
+        Stimulus::Abort => Event::Abort,
+        Stimulus::Retry => Event::Retry,
+        Stimulus::Resolve => Event::Resolve {
+            note: "by hand".into(),
+        },
+    }
+}
+
+/// The invariants every single transition keeps.
+fn check_transition(
+    before: &Saga,
+    after: &Saga,
+    commands: &[Command],
+) -> Result<(), TestCaseError> {
+    let def = &after.definition;
+    let may_need_undo = |s: &Saga, i: usize| {
+        s.steps[i].attempts > 0 && !s.steps[i].refused && def.steps[i].compensation.is_some()
+    };
+    prop_assert!(!before.state.is_final(), "a final saga changed: {before:?}");
+    if after.state.is_final() || after.state == SagaState::Failed {
+        prop_assert!(commands.is_empty(), "commands issued into {}", after.state);
+        prop_assert_eq!(after.next_due(), None);
+    }
+    for c in commands {
+        let i = c.step.expect("step commands only");
+        match c.kind {
+            Action => {
+                for &d in &def.steps[i].after {
+                    prop_assert_eq!(
+                        after.steps[d].state,
+                        StepState::Succeeded,
+                        "{} ran before {}",
+                        i,
+                        d
+                    );
+                }
+            }
+            Compensation => {
+                prop_assert!(
+                    may_need_undo(after, i),
+                    "compensated step {i} whose action never took effect"
+                );
+                for d in def.dependents(i) {
+                    prop_assert!(
+                        !may_need_undo(after, d) || after.steps[d].state == StepState::Compensated,
+                        "step {i} compensated before its dependent {d}"
+                    );
+                }
+            }
+            CommandKind::Check => prop_assert!(false, "no check-backs without a prepared saga"),
+        }
+    }
+    for (i, s) in after.steps.iter().enumerate() {
+        if s.state == StepState::Compensated || s.compensation_attempts > 0 {
+            prop_assert!(
+                s.attempts > 0 && !s.refused,
+                "step {i} compensated without effect"
+            );
+        }
+        if s.state == StepState::Running {
+            prop_assert_eq!(after.state, SagaState::Running);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Whatever arrives in whatever order, every transition keeps the invariants.
+    #[test]
+    fn random_event_sequences_keep_the_invariants(
+        def in arb_definition(),
+        stimuli in proptest::collection::vec(arb_stimulus(), 0..60),
+    ) {
+        let mut h = Harness::new(def);
+        h.apply(Event::Start);
+        for stimulus in &stimuli {
+            if let (Stimulus::Timer, Some(due)) = (stimulus, h.saga.next_due()) {
+                h.now = h.now.max(due);
+            }
+            let event = to_event(&h, stimulus);
+            match h.decide(event) {
+                Decision::Apply(t) => {
+                    check_transition(&h.saga, &t.saga, &t.commands)?;
+                    h.saga = t.saga;
+                }
+                Decision::Ignore(_) | Decision::Reject(_) => {}
+            }
+        }
+    }
+
+    /// Participants that eventually answer (each answer random) always bring the saga to an end:
+    /// a final state, or `failed` waiting for an operator, who can always close it.
+    #[test]
+    fn every_saga_ends(def in arb_definition(), seed in any::<u64>(), abort_at in proptest::option::of(0usize..10)) {
+        use rand::Rng;
+        let mut answers = StdRng::seed_from_u64(seed);
+        let mut h = Harness::new(def);
+        let mut outstanding = h.apply(Event::Start);
+        for round in 0..1_000 {
+            if h.saga.state.is_final() || h.saga.state == SagaState::Failed {
+                break;
+            }
+            if abort_at == Some(round) && h.saga.state == SagaState::Running {
+                outstanding.extend(h.apply(Event::Abort));
+            }
+            let event = if let Some(c) = outstanding.pop() {
+                let outcome = match answers.random_range(0..10) {
+                    0..=5 => Outcome::Success,
+                    6 => Outcome::Failure,
+                    7 => Outcome::Retry,
+                    _ => { continue; } // lost: the timeout will catch it
+                };
+                reply(&format!("s{}", c.step.unwrap_or(0)), c.kind, c.attempt, outcome)
+            } else {
+                let due = h.saga.next_due();
+                prop_assert!(due.is_some(), "stuck with nothing outstanding: {:?}", h.saga);
+                h.now = h.now.max(due.unwrap_or(h.now));
+                Event::TimerFired
+            };
+            if let Decision::Apply(t) = h.decide(event) {
+                check_transition(&h.saga, &t.saga, &t.commands)?;
+                outstanding.extend(t.commands);
+                h.saga = t.saga;
+            }
+        }
+        if h.saga.state == SagaState::Failed {
+            h.apply(Event::Resolve { note: "closed".into() });
+        }
+        prop_assert!(h.saga.state.is_final(), "did not end: {:?}", h.saga.state);
+        if h.saga.state == SagaState::Committed {
+            prop_assert!(h.saga.steps.iter().all(|s| s.state == StepState::Succeeded));
+        }
+    }
+}

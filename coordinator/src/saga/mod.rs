@@ -1,0 +1,13 @@
+//! The saga domain: definitions, progress, and the pure state machine that drives them.
+//!
+//! Nothing under this module performs I/O or knows actix, diesel, lapin or HTTP.
+
+pub mod definition;
+pub mod machine;
+pub mod state;
+
+pub use definition::{CheckBack, RetryPolicy, SagaDefinition, StepDefinition, SubmissionMode};
+pub use state::{CommandKind, Saga, SagaState, StepProgress, StepState, Timer, TimerPurpose};
+
+#[cfg(test)]
+mod machine_tests;

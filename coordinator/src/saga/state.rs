@@ -1,0 +1,214 @@
+//! The changing part of a saga: its state, each step's progress, and the timers it waits on.
+//!
+//! Everything here is plain data that the persistence layer stores and reloads verbatim, so a saga
+//! recovered after a crash is indistinguishable from one that never stopped. Timers are stored as due
+//! times, not as running clocks.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::definition::SagaDefinition;
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!("unknown {}: {other:?}", stringify!($name))),
+                }
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// A saga's state (contract, section 1).
+    SagaState {
+        Prepared => "prepared",
+        Running => "running",
+        Compensating => "compensating",
+        Committed => "committed",
+        Compensated => "compensated",
+        Aborted => "aborted",
+        Failed => "failed",
+    }
+}
+
+impl SagaState {
+    /// No command is ever issued from a final state, and its actor is gone.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            SagaState::Committed | SagaState::Compensated | SagaState::Aborted
+        )
+    }
+}
+
+string_enum! {
+    /// A step's state (contract, section 1).
+    StepState {
+        Pending => "pending",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Compensating => "compensating",
+        Compensated => "compensated",
+        CompensationFailed => "compensation_failed",
+    }
+}
+
+string_enum! {
+    /// Which command of a step (or of the saga, for `check`) a message is about.
+    CommandKind {
+        Action => "action",
+        Compensation => "compensation",
+        Check => "check",
+    }
+}
+
+string_enum! {
+    /// Why a step's timer is set.
+    TimerPurpose {
+        /// An attempt is out; no reply by then counts as `retry`.
+        ReplyTimeout => "reply_timeout",
+        /// The last attempt asked for a retry; the next attempt goes out then.
+        Backoff => "backoff",
+    }
+}
+
+/// A durable timer: a due time and what it is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timer {
+    pub due_at: DateTime<Utc>,
+    pub purpose: TimerPurpose,
+}
+
+/// Progress of one step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepProgress {
+    pub state: StepState,
+    /// Action attempts dispatched so far.
+    pub attempts: u32,
+    /// Compensation attempts dispatched so far (never reset, so attempt numbers stay unique).
+    pub compensation_attempts: u32,
+    /// Compensation attempts allowed in total; an operator's `retry` raises it by a fresh budget.
+    pub compensation_attempt_limit: u32,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub timer: Option<Timer>,
+    /// The action answered `failure`: the participant guarantees no effect, so it is never compensated.
+    pub refused: bool,
+}
+
+impl StepProgress {
+    pub fn new(compensation_attempt_limit: u32) -> Self {
+        StepProgress {
+            state: StepState::Pending,
+            attempts: 0,
+            compensation_attempts: 0,
+            compensation_attempt_limit,
+            output: None,
+            error: None,
+            timer: None,
+            refused: false,
+        }
+    }
+}
+
+/// A saga as the engine knows it: the definition plus its progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saga {
+    pub id: Uuid,
+    pub definition: Arc<SagaDefinition>,
+    pub state: SagaState,
+    pub steps: Vec<StepProgress>,
+    /// Saga-level deadline (from `timeout_ms`): past it a running saga compensates.
+    pub deadline: Option<DateTime<Utc>>,
+    /// Two-phase submissions: when to start asking the initiator (contract, section 5).
+    pub check_back_at: Option<DateTime<Utc>>,
+    /// W3C trace context of the submitting request, passed on with every command.
+    pub traceparent: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Bumped by every persisted transition; guards against two writers for one saga.
+    pub version: i64,
+}
+
+impl Saga {
+    /// A freshly submitted saga, before its first transition.
+    pub fn new(
+        id: Uuid,
+        definition: SagaDefinition,
+        traceparent: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let steps = definition
+            .steps
+            .iter()
+            .map(|s| StepProgress::new(s.compensation_retry.max_attempts))
+            .collect();
+        Saga {
+            id,
+            deadline: definition
+                .timeout_ms
+                .map(|ms| now + chrono::Duration::milliseconds(ms as i64)),
+            definition: Arc::new(definition),
+            state: SagaState::Running,
+            steps,
+            check_back_at: None,
+            traceparent,
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        }
+    }
+
+    /// The earliest time at which something is due, if any: the actor arms one clock for it.
+    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        if self.state.is_final() || self.state == SagaState::Failed {
+            return None;
+        }
+        let step_timers = self.steps.iter().filter_map(|s| s.timer.map(|t| t.due_at));
+        let saga_deadline = match self.state {
+            SagaState::Running => self.deadline,
+            SagaState::Prepared => self.check_back_at,
+            _ => None,
+        };
+        step_timers.chain(saga_deadline).min()
+    }
+
+    /// The step names of a step's dependencies, for documents and logs.
+    pub fn after_names(&self, step: usize) -> Vec<String> {
+        self.definition.steps[step]
+            .after
+            .iter()
+            .map(|&i| self.definition.steps[i].name.clone())
+            .collect()
+    }
+}

@@ -1,0 +1,276 @@
+//! Postgres persistence: the only module that knows diesel.
+//!
+//! Sagas are stored as a row of `sagas` (definition and saga state), one row per step in `saga_steps`
+//! (progress and durable timers), an append-only `saga_events` log, and `outbox` rows for commands
+//! that RabbitMQ has not confirmed yet. A transition and the commands it produces are written in one
+//! transaction (see [`writer`]), which is what makes "state first, then message" hold across crashes.
+
+mod rows;
+pub mod schema;
+pub mod writer;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool as R2d2Pool, PooledConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::outbox::OutboxMessage;
+use crate::saga::{Saga, SagaState};
+use rows::{EventRow, OutboxRow, SagaRow, StepRow};
+use schema::{outbox, saga_events, saga_steps, sagas};
+
+pub use writer::{Persist, Writer};
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../schema/migrations");
+
+pub type Pool = R2d2Pool<ConnectionManager<PgConnection>>;
+type Conn = PooledConnection<ConnectionManager<PgConnection>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// Another writer changed the saga since it was loaded.
+    #[error("saga {0} was changed by another writer")]
+    Conflict(Uuid),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<r2d2::Error> for StoreError {
+    fn from(e: r2d2::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// Creates the database if it is missing and applies pending migrations.
+pub fn migrate(database_url: &str) -> anyhow::Result<()> {
+    create_database_if_missing(database_url)?;
+    let mut conn = PgConnection::establish(database_url)?;
+    conn.run_pending_migrations(MIGRATIONS)
+        .map_err(|e| anyhow::anyhow!("migrations failed: {e}"))?;
+    Ok(())
+}
+
+fn create_database_if_missing(database_url: &str) -> anyhow::Result<()> {
+    if PgConnection::establish(database_url).is_ok() {
+        return Ok(());
+    }
+    let (server, name) = split_database_url(database_url)
+        .ok_or_else(|| anyhow::anyhow!("cannot find the database name in {database_url:?}"))?;
+    let mut admin = PgConnection::establish(&format!("{server}/postgres"))?;
+    let quoted = name.replace('"', "\"\"");
+    match admin.batch_execute(&format!("CREATE DATABASE \"{quoted}\"")) {
+        Ok(()) => log::info!("created database {name}"),
+        // Another coordinator may have created it at the same moment.
+        Err(e) if e.to_string().contains("already exists") => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// `postgres://u@h:p/db?x` → (`postgres://u@h:p`, `db`).
+fn split_database_url(url: &str) -> Option<(&str, &str)> {
+    let without_query = url.split('?').next()?;
+    let scheme_end = without_query.find("://")? + 3;
+    let slash = without_query[scheme_end..].find('/')? + scheme_end;
+    let name = &without_query[slash + 1..];
+    (!name.is_empty()).then_some((&without_query[..slash], name))
+}
+
+pub fn pool(database_url: &str, size: u32) -> Result<Pool, StoreError> {
+    R2d2Pool::builder()
+        .max_size(size)
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .build(ConnectionManager::new(database_url))
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// One entry of a saga's event log, as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub step: Option<String>,
+    pub attempt: Option<i32>,
+    pub detail: Value,
+}
+
+/// Filters of the saga list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub states: Vec<SagaState>,
+    pub name: Option<String>,
+    pub limit: i64,
+    /// Only sagas older than this one (the cursor).
+    pub before: Option<Uuid>,
+}
+
+/// Blocking queries. Every method must run off the async threads (`spawn_blocking`).
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    pub fn new(pool: Pool) -> Self {
+        Store { pool }
+    }
+
+    fn conn(&self) -> Result<Conn, StoreError> {
+        Ok(self.pool.get()?)
+    }
+
+    pub fn ping(&self) -> bool {
+        self.conn()
+            .and_then(|mut c| c.batch_execute("SELECT 1").map_err(StoreError::from))
+            .is_ok()
+    }
+
+    pub fn load(&self, id: Uuid) -> Result<Option<Saga>, StoreError> {
+        let mut conn = self.conn()?;
+        let found: Option<SagaRow> = sagas::table
+            .find(id)
+            .select(SagaRow::as_select())
+            .first(&mut conn)
+            .optional()?;
+        match found {
+            None => Ok(None),
+            Some(row) => Ok(self.assemble(&mut conn, vec![row])?.pop()),
+        }
+    }
+
+    /// Every saga that is not final, for recovery after a start. Loaded in batches of a few
+    /// thousand: two queries per batch, not one per saga.
+    pub fn load_unfinished(&self) -> Result<Vec<Saga>, StoreError> {
+        const BATCH: i64 = 2_000;
+        let finals: Vec<&str> = SagaState::ALL
+            .iter()
+            .filter(|s| s.is_final())
+            .map(|s| s.as_str())
+            .collect();
+        let mut conn = self.conn()?;
+        let mut out = Vec::new();
+        let mut after = Uuid::nil();
+        loop {
+            let batch: Vec<SagaRow> = sagas::table
+                .filter(sagas::state.ne_all(&finals))
+                .filter(sagas::id.gt(after))
+                .order(sagas::id.asc())
+                .limit(BATCH)
+                .select(SagaRow::as_select())
+                .load(&mut conn)?;
+            let Some(last) = batch.last() else { break };
+            after = last.id;
+            let full = batch.len() as i64 == BATCH;
+            out.extend(self.assemble(&mut conn, batch)?);
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sagas for the list endpoint, newest first, without their steps.
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<Saga>, StoreError> {
+        let mut conn = self.conn()?;
+        let mut query = sagas::table.into_boxed();
+        if !filter.states.is_empty() {
+            let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
+            query = query.filter(sagas::state.eq_any(states));
+        }
+        if let Some(name) = &filter.name {
+            query = query.filter(sagas::name.eq(name.clone()));
+        }
+        if let Some(before) = filter.before {
+            query = query.filter(sagas::id.lt(before));
+        }
+        let rows: Vec<SagaRow> = query
+            .order(sagas::id.desc())
+            .limit(filter.limit)
+            .select(SagaRow::as_select())
+            .load(&mut conn)?;
+        rows.into_iter().map(|r| r.into_saga(Vec::new())).collect()
+    }
+
+    pub fn events(&self, id: Uuid) -> Result<Vec<EventRecord>, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<EventRow> = saga_events::table
+            .filter(saga_events::saga_id.eq(id))
+            .order(saga_events::seq.asc())
+            .select(EventRow::as_select())
+            .load(&mut conn)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| EventRecord {
+                seq: r.seq,
+                at: r.at,
+                kind: r.kind,
+                step: r.step,
+                attempt: r.attempt,
+                detail: r.detail,
+            })
+            .collect())
+    }
+
+    /// Outbox rows not yet confirmed, oldest first, created before `created_before` (younger ones are
+    /// still on their way through the relay's fast path).
+    pub fn pending_outbox(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<OutboxRow> = outbox::table
+            .filter(outbox::created_at.lt(created_before))
+            .order(outbox::id.asc())
+            .limit(limit)
+            .select(OutboxRow::as_select())
+            .load(&mut conn)?;
+        rows.into_iter().map(OutboxRow::into_message).collect()
+    }
+
+    /// Forgets outbox rows RabbitMQ has confirmed.
+    pub fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        diesel::delete(outbox::table.filter(outbox::id.eq_any(ids))).execute(&mut conn)?;
+        Ok(())
+    }
+
+    /// Joins saga rows with their steps (one query for the whole batch).
+    fn assemble(
+        &self,
+        conn: &mut PgConnection,
+        rows: Vec<SagaRow>,
+    ) -> Result<Vec<Saga>, StoreError> {
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let steps: Vec<StepRow> = saga_steps::table
+            .filter(saga_steps::saga_id.eq_any(&ids))
+            .order((saga_steps::saga_id, saga_steps::position))
+            .select(StepRow::as_select())
+            .load(conn)?;
+        let mut by_saga: HashMap<Uuid, Vec<StepRow>> = HashMap::new();
+        for step in steps {
+            by_saga.entry(step.saga_id).or_default().push(step);
+        }
+        rows.into_iter()
+            .map(|row| {
+                let steps = by_saga.remove(&row.id).unwrap_or_default();
+                row.into_saga(steps)
+            })
+            .collect()
+    }
+}

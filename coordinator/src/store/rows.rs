@@ -1,0 +1,238 @@
+//! Row types and their conversion to and from the saga domain.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::schema::{outbox, saga_events, saga_steps, sagas};
+use super::StoreError;
+use crate::outbox::OutboxMessage;
+use crate::saga::{Saga, SagaDefinition, StepProgress, Timer};
+
+#[derive(Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = sagas)]
+pub struct SagaRow {
+    pub id: Uuid,
+    pub name: String,
+    pub idempotency_key: Option<String>,
+    pub definition: Value,
+    pub state: String,
+    pub deadline: Option<DateTime<Utc>>,
+    pub check_back_at: Option<DateTime<Utc>>,
+    pub traceparent: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+/// The columns a transition may change.
+#[derive(AsChangeset)]
+#[diesel(table_name = sagas, treat_none_as_null = true)]
+pub struct SagaChange<'a> {
+    pub state: &'a str,
+    pub deadline: Option<DateTime<Utc>>,
+    pub check_back_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = saga_steps)]
+pub struct StepRow {
+    pub saga_id: Uuid,
+    pub position: i32,
+    pub name: String,
+    pub state: String,
+    pub attempts: i32,
+    pub compensation_attempts: i32,
+    pub compensation_attempt_limit: i32,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub timer_due_at: Option<DateTime<Utc>>,
+    pub timer_purpose: Option<String>,
+    pub refused: bool,
+}
+
+#[derive(AsChangeset)]
+#[diesel(table_name = saga_steps, treat_none_as_null = true)]
+pub struct StepChange<'a> {
+    pub state: &'a str,
+    pub attempts: i32,
+    pub compensation_attempts: i32,
+    pub compensation_attempt_limit: i32,
+    pub output: Option<&'a Value>,
+    pub error: Option<&'a str>,
+    pub timer_due_at: Option<DateTime<Utc>>,
+    pub timer_purpose: Option<&'a str>,
+    pub refused: bool,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = saga_events)]
+pub struct EventRow {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub step: Option<String>,
+    pub attempt: Option<i32>,
+    pub detail: Value,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = saga_events)]
+pub struct NewEvent<'a> {
+    pub saga_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub kind: &'a str,
+    pub step: Option<&'a str>,
+    pub attempt: Option<i32>,
+    pub detail: &'a Value,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = outbox)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub saga_id: Uuid,
+    pub message_id: Uuid,
+    pub participant: String,
+    pub kind: String,
+    pub body: Vec<u8>,
+    pub traceparent: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = outbox)]
+pub struct NewOutbox<'a> {
+    pub saga_id: Uuid,
+    pub message_id: Uuid,
+    pub participant: &'a str,
+    pub kind: &'a str,
+    pub body: &'a [u8],
+    pub traceparent: Option<&'a str>,
+    pub created_at: DateTime<Utc>,
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn to_u32(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+pub fn to_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+impl SagaRow {
+    pub fn from_saga(saga: &Saga) -> Result<Self, StoreError> {
+        Ok(SagaRow {
+            id: saga.id,
+            name: saga.definition.name.clone(),
+            idempotency_key: saga.definition.key.clone(),
+            definition: serde_json::to_value(&*saga.definition).map_err(corrupt)?,
+            state: saga.state.as_str().into(),
+            deadline: saga.deadline,
+            check_back_at: saga.check_back_at,
+            traceparent: saga.traceparent.clone(),
+            created_at: saga.created_at,
+            updated_at: saga.updated_at,
+            version: saga.version,
+        })
+    }
+
+    pub fn into_saga(self, steps: Vec<StepRow>) -> Result<Saga, StoreError> {
+        let definition: SagaDefinition =
+            serde_json::from_value(self.definition).map_err(corrupt)?;
+        let steps = steps
+            .into_iter()
+            .map(|s| {
+                let timer = match (s.timer_due_at, s.timer_purpose) {
+                    (Some(due_at), Some(purpose)) => Some(Timer {
+                        due_at,
+                        purpose: purpose.parse().map_err(corrupt)?,
+                    }),
+                    _ => None,
+                };
+                Ok(StepProgress {
+                    state: s.state.parse().map_err(corrupt)?,
+                    attempts: to_u32(s.attempts),
+                    compensation_attempts: to_u32(s.compensation_attempts),
+                    compensation_attempt_limit: to_u32(s.compensation_attempt_limit),
+                    output: s.output,
+                    error: s.error,
+                    timer,
+                    refused: s.refused,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Saga {
+            id: self.id,
+            definition: Arc::new(definition),
+            state: self.state.parse().map_err(corrupt)?,
+            steps,
+            deadline: self.deadline,
+            check_back_at: self.check_back_at,
+            traceparent: self.traceparent,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            version: self.version,
+        })
+    }
+}
+
+impl StepRow {
+    pub fn from_step(saga: &Saga, position: usize) -> StepRow {
+        let s = &saga.steps[position];
+        StepRow {
+            saga_id: saga.id,
+            position: position as i32,
+            name: saga.definition.steps[position].name.clone(),
+            state: s.state.as_str().into(),
+            attempts: to_i32(s.attempts),
+            compensation_attempts: to_i32(s.compensation_attempts),
+            compensation_attempt_limit: to_i32(s.compensation_attempt_limit),
+            output: s.output.clone(),
+            error: s.error.clone(),
+            timer_due_at: s.timer.map(|t| t.due_at),
+            timer_purpose: s.timer.map(|t| t.purpose.as_str().to_string()),
+            refused: s.refused,
+        }
+    }
+}
+
+impl<'a> StepChange<'a> {
+    pub fn from_step(s: &'a StepProgress) -> Self {
+        StepChange {
+            state: s.state.as_str(),
+            attempts: to_i32(s.attempts),
+            compensation_attempts: to_i32(s.compensation_attempts),
+            compensation_attempt_limit: to_i32(s.compensation_attempt_limit),
+            output: s.output.as_ref(),
+            error: s.error.as_deref(),
+            timer_due_at: s.timer.map(|t| t.due_at),
+            timer_purpose: s.timer.map(|t| t.purpose.as_str()),
+            refused: s.refused,
+        }
+    }
+}
+
+impl OutboxRow {
+    pub fn into_message(self) -> Result<OutboxMessage, StoreError> {
+        Ok(OutboxMessage {
+            id: self.id,
+            saga_id: self.saga_id,
+            message_id: self.message_id,
+            participant: self.participant,
+            kind: self.kind.parse().map_err(corrupt)?,
+            body: self.body,
+            traceparent: self.traceparent,
+            created_at: self.created_at,
+        })
+    }
+}

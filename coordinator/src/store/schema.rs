@@ -1,0 +1,63 @@
+// The tables of schema/migrations, as diesel sees them.
+
+diesel::table! {
+    sagas (id) {
+        id -> Uuid,
+        name -> Text,
+        idempotency_key -> Nullable<Text>,
+        definition -> Jsonb,
+        state -> Text,
+        deadline -> Nullable<Timestamptz>,
+        check_back_at -> Nullable<Timestamptz>,
+        traceparent -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        version -> Int8,
+    }
+}
+
+diesel::table! {
+    saga_steps (saga_id, position) {
+        saga_id -> Uuid,
+        position -> Int4,
+        name -> Text,
+        state -> Text,
+        attempts -> Int4,
+        compensation_attempts -> Int4,
+        compensation_attempt_limit -> Int4,
+        output -> Nullable<Jsonb>,
+        error -> Nullable<Text>,
+        timer_due_at -> Nullable<Timestamptz>,
+        timer_purpose -> Nullable<Text>,
+        refused -> Bool,
+    }
+}
+
+diesel::table! {
+    saga_events (seq) {
+        seq -> Int8,
+        saga_id -> Uuid,
+        at -> Timestamptz,
+        kind -> Text,
+        step -> Nullable<Text>,
+        attempt -> Nullable<Int4>,
+        detail -> Jsonb,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> Int8,
+        saga_id -> Uuid,
+        message_id -> Uuid,
+        participant -> Text,
+        kind -> Text,
+        body -> Bytea,
+        traceparent -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(saga_steps -> sagas (saga_id));
+diesel::joinable!(saga_events -> sagas (saga_id));
+diesel::allow_tables_to_appear_in_same_query!(sagas, saga_steps, saga_events, outbox);

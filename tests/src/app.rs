@@ -1,0 +1,149 @@
+//! A coordinator started in-process on its own database and namespace.
+
+use std::ops::Deref;
+
+use anyhow::Context;
+use coordinator::app::Coordinator;
+use coordinator::config::Settings;
+
+use crate::{Api, TcpProxy, TestDb, TestNamespace};
+
+/// Options for [`TestApp`].
+#[derive(Debug, Default)]
+pub struct TestAppBuilder {
+    api_token: Option<String>,
+    max_body_bytes: Option<usize>,
+    via_proxy: bool,
+}
+
+impl TestAppBuilder {
+    /// Sets `SAGA_API_TOKEN`; the app's [`Api`] sends it.
+    pub fn api_token(mut self, token: &str) -> Self {
+        self.api_token = Some(token.to_string());
+        self
+    }
+
+    /// Sets `SAGA_MAX_BODY_BYTES`.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = Some(bytes);
+        self
+    }
+
+    /// Connects the coordinator to RabbitMQ through a [`TcpProxy`] (`app.proxy()`).
+    pub fn via_proxy(mut self) -> Self {
+        self.via_proxy = true;
+        self
+    }
+
+    pub async fn start(self) -> TestApp {
+        let db = tokio::task::spawn_blocking(TestDb::new)
+            .await
+            .expect("creating the test database");
+        let ns = TestNamespace::new();
+        let proxy = self.via_proxy.then(TcpProxy::to_rabbitmq);
+
+        let mut settings = Settings::from_env()
+            .map_err(anyhow::Error::msg)
+            .expect("default settings");
+        settings.database_url = db.url().to_string();
+        settings.amqp_url = match &proxy {
+            Some(p) => p.amqp_url(),
+            None => crate::amqp_url(),
+        };
+        settings.http_addr = "127.0.0.1:0".to_string();
+        settings.namespace = ns.name().to_string();
+        settings.api_token = self.api_token.clone();
+        if let Some(bytes) = self.max_body_bytes {
+            settings.max_body_bytes = bytes;
+        }
+        // Tests run in parallel against one Postgres (max_connections 100).
+        settings.db_pool_size = 8;
+
+        let coordinator = start_coordinator(settings)
+            .await
+            .expect("starting the coordinator");
+        let api = Api::new(
+            &format!("http://{}", coordinator.http_addr()),
+            self.api_token,
+        );
+        TestApp {
+            coordinator: Some(coordinator),
+            api,
+            proxy,
+            ns,
+            db,
+        }
+    }
+}
+
+/// Runs the blocking `Coordinator::start` on a plain thread (no runtime context) and awaits it.
+async fn start_coordinator(settings: Settings) -> anyhow::Result<Coordinator> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("e2e-start-coordinator".into())
+        .spawn(move || {
+            let _ = tx.send(Coordinator::start(settings));
+        })
+        .context("spawning a thread")?;
+    rx.await.context("Coordinator::start panicked")?
+}
+
+/// A coordinator running in this process, with a fresh database and namespace. Dropping it stops the
+/// coordinator, then drops the database; the namespace is deleted once the participants using it are
+/// gone too.
+pub struct TestApp {
+    coordinator: Option<Coordinator>,
+    pub api: Api,
+    proxy: Option<TcpProxy>,
+    pub ns: TestNamespace,
+    pub db: TestDb,
+}
+
+impl TestApp {
+    /// A coordinator with default test settings.
+    pub async fn start() -> TestApp {
+        TestApp::builder().start().await
+    }
+
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder::default()
+    }
+
+    /// The proxy between the coordinator and RabbitMQ (only with [`TestAppBuilder::via_proxy`]).
+    pub fn proxy(&self) -> &TcpProxy {
+        self.proxy
+            .as_ref()
+            .expect("this TestApp was started without via_proxy()")
+    }
+
+    /// Stops the coordinator gracefully (blocking, on a thread of its own) and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(coordinator) = self.coordinator.take() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                coordinator.stop();
+                let _ = tx.send(());
+            });
+            let _ = rx.await;
+        }
+    }
+}
+
+impl Deref for TestApp {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(coordinator) = self.coordinator.take() {
+            let stopped = std::thread::spawn(move || coordinator.stop()).join();
+            if stopped.is_err() {
+                eprintln!("e2e: Coordinator::stop panicked");
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! A random AMQP namespace per test, deleted at the end, plus raw access to its queues.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use lapin::options::{
+    BasicGetOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+use crate::amqp_url;
+
+/// Opens a connection to the test broker.
+pub async fn amqp_connect() -> anyhow::Result<Connection> {
+    let url = amqp_url();
+    Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// An AMQP namespace `t<uuid>` of its own for one test. Cloning shares it; when the last clone is
+/// dropped, its exchanges and queues (including every participant queue registered with it) are deleted.
+#[derive(Clone, Debug)]
+pub struct TestNamespace {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    participants: Mutex<BTreeSet<String>>,
+}
+
+/// A message read from `{ns}.dead-letters`.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+    pub routing_key: String,
+}
+
+impl DeadLetter {
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Default for TestNamespace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestNamespace {
+    pub fn new() -> TestNamespace {
+        TestNamespace {
+            inner: Arc::new(Inner {
+                name: format!("t{}", uuid::Uuid::new_v4().simple()),
+                participants: Mutex::new(BTreeSet::new()),
+            }),
+        }
+    }
+
+    /// The namespace, for `SAGA_NAMESPACE`.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Remembers a participant so its queue is deleted with the namespace.
+    pub fn register_participant(&self, participant: &str) {
+        self.inner
+            .participants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(participant.to_string());
+    }
+
+    pub fn commands_exchange(&self) -> String {
+        format!("{}.commands", self.name())
+    }
+
+    pub fn replies_queue(&self) -> String {
+        format!("{}.replies", self.name())
+    }
+
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.name())
+    }
+
+    pub fn dead_letters_queue(&self) -> String {
+        format!("{}.dead-letters", self.name())
+    }
+
+    pub fn participant_queue(&self, participant: &str) -> String {
+        format!("{}.participant.{participant}", self.name())
+    }
+
+    /// Publishes raw bytes to `{ns}.replies` (persistent, confirmed), as a broken or stale participant would.
+    pub async fn publish_to_replies(
+        &self,
+        body: &[u8],
+        correlation_id: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let conn = amqp_connect().await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        if let Some(id) = correlation_id {
+            props = props.with_correlation_id(id.into());
+        }
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                self.replies_queue().as_str().into(),
+                Default::default(),
+                body,
+                props,
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(
+            confirm.is_ack(),
+            "the broker did not confirm the reply: {confirm:?}"
+        );
+        let _ = conn.close(200, "done".into()).await;
+        Ok(())
+    }
+
+    /// Takes every message currently in `{ns}.dead-letters` off the queue.
+    pub async fn take_dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>> {
+        let conn = amqp_connect().await?;
+        let channel = conn.create_channel().await?;
+        let mut out = Vec::new();
+        while let Some(message) = channel
+            .basic_get(
+                self.dead_letters_queue().as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await?
+        {
+            let delivery = message.delivery;
+            out.push(DeadLetter {
+                body: delivery.data,
+                properties: delivery.properties,
+                routing_key: delivery.routing_key.as_str().to_string(),
+            });
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(out)
+    }
+
+    /// Waits until at least `count` messages have reached `{ns}.dead-letters`, and returns them all.
+    pub async fn wait_for_dead_letters(&self, count: usize, timeout: Duration) -> Vec<DeadLetter> {
+        let mut seen = Vec::new();
+        let start = std::time::Instant::now();
+        loop {
+            seen.extend(
+                self.take_dead_letters()
+                    .await
+                    .expect("reading the dead-letters queue"),
+            );
+            if seen.len() >= count {
+                return seen;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {count} dead letters; got {}: {:?}",
+                seen.len(),
+                seen.iter().map(DeadLetter::body_text).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Messages ready in a queue, or `None` if the queue does not exist.
+    pub async fn queue_len(&self, queue: &str) -> anyhow::Result<Option<u32>> {
+        let conn = amqp_connect().await?;
+        let channel = conn.create_channel().await?;
+        let result = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(result.ok().map(|q| q.message_count()))
+    }
+
+    /// The arguments a participant queue must be declared with (contract, section 3).
+    pub fn participant_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.dead_exchange().into()),
+        );
+        args
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let ns = self.name.clone();
+        let participants: Vec<String> = self
+            .participants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        // Drop may run inside an async test: do the AMQP work on a thread with its own runtime.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("e2e: no runtime to delete namespace {ns}: {e}");
+                    return;
+                }
+            };
+            let result = runtime.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(30),
+                    delete_namespace(&ns, &participants),
+                )
+                .await
+            });
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("e2e: deleting namespace {ns}: {e:#}"),
+                Err(_) => eprintln!("e2e: deleting namespace {ns} timed out"),
+            }
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn delete_namespace(ns: &str, participants: &[String]) -> anyhow::Result<()> {
+    let conn = amqp_connect().await?;
+    let mut queues: Vec<String> = ["replies", "dead-letters", "coordinator.dead-commands"]
+        .iter()
+        .map(|q| format!("{ns}.{q}"))
+        .collect();
+    queues.extend(participants.iter().map(|p| format!("{ns}.participant.{p}")));
+    let mut channel: Option<Channel> = None;
+    for queue in &queues {
+        let ch = match channel.take() {
+            Some(ch) if ch.status().connected() => ch,
+            _ => conn.create_channel().await?,
+        };
+        match ch
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+        {
+            Ok(_) => channel = Some(ch),
+            Err(e) => eprintln!("e2e: deleting queue {queue}: {e}"),
+        }
+    }
+    for exchange in [format!("{ns}.commands"), format!("{ns}.dead")] {
+        let ch = match channel.take() {
+            Some(ch) if ch.status().connected() => ch,
+            _ => conn.create_channel().await?,
+        };
+        match ch
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await
+        {
+            Ok(()) => channel = Some(ch),
+            Err(e) => eprintln!("e2e: deleting exchange {exchange}: {e}"),
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}

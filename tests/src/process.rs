@@ -1,0 +1,202 @@
+//! The real coordinator binary as a child process, for the tests that kill it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::Api;
+
+/// The line `coordinator serve` prints once it listens.
+pub const LISTENING_PREFIX: &str = "coordinator listening on http://";
+
+/// A `coordinator serve` child process. Dropping it kills it (SIGKILL).
+pub struct CoordinatorProcess {
+    child: Option<Child>,
+    addr: SocketAddr,
+    api: Api,
+}
+
+impl CoordinatorProcess {
+    /// Runs `bin serve` (pass `env!("CARGO_BIN_EXE_coordinator-under-test")`) on this database and
+    /// namespace and waits until it listens. `extra_env` is added to (and wins over) the test settings.
+    pub fn start(
+        bin: &str,
+        database_url: &str,
+        amqp_url: &str,
+        namespace: &str,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<CoordinatorProcess> {
+        let mut command = Command::new(bin);
+        command
+            .arg("serve")
+            .env("SAGA_DATABASE_URL", database_url)
+            .env("SAGA_AMQP_URL", amqp_url)
+            .env("SAGA_HTTP_ADDR", "127.0.0.1:0")
+            .env("SAGA_NAMESPACE", namespace)
+            .env("SAGA_DB_POOL_SIZE", "8")
+            .env_remove("SAGA_API_TOKEN")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut token = None;
+        for (key, value) in extra_env {
+            command.env(key, value);
+            if *key == "SAGA_API_TOKEN" {
+                token = Some(value.to_string());
+            }
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("running {bin} serve"))?;
+        let pid = child.id();
+
+        let stdout = child.stdout.take().context("child stdout")?;
+        let stderr = child.stderr.take().context("child stderr")?;
+        let (tx, rx) = mpsc::channel::<SocketAddr>();
+        std::thread::spawn(move || {
+            // Keep draining stdout after the line, or the child blocks on a full pipe.
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[coordinator {pid} stdout] {line}");
+                if let Some(rest) = line.trim().strip_prefix(LISTENING_PREFIX) {
+                    let addr = rest.trim_end_matches('/').parse::<SocketAddr>();
+                    if let (Some(sender), Ok(addr)) = (tx.as_ref(), addr) {
+                        let _ = sender.send(addr);
+                        tx = None;
+                    }
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[coordinator {pid} stderr] {line}");
+            }
+        });
+
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(addr) => break addr,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(status) = child.try_wait()? {
+                        anyhow::bail!("the coordinator exited with {status} before listening");
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        anyhow::bail!(
+                            "the coordinator did not print {LISTENING_PREFIX:?} within 120 s"
+                        );
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait()?;
+                    anyhow::bail!(
+                        "the coordinator closed stdout ({status}) without printing {LISTENING_PREFIX:?}"
+                    );
+                }
+            }
+        };
+        let api = Api::new(&format!("http://{addr}"), token);
+        Ok(CoordinatorProcess {
+            child: Some(child),
+            addr,
+            api,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit status (SIGKILL after that).
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .context("the process was already stopped")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        anyhow::ensure!(status.success(), "kill -TERM failed: {status}");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("the coordinator did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for CoordinatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `bin args...` with these environment variables to completion (e.g. `migrate`).
+pub fn run_to_completion(
+    bin: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> anyhow::Result<std::process::Output> {
+    let mut command = Command::new(bin);
+    command
+        .args(args)
+        .env_remove("SAGA_API_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let child = command.spawn().with_context(|| format!("running {bin}"))?;
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(output) => Ok(output?),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            anyhow::bail!("{bin} {args:?} did not finish within {timeout:?}")
+        }
+    }
+}
