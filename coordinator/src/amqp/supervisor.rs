@@ -205,7 +205,7 @@ impl Supervisor {
                     match sent {
                         Ok(confirm) => {
                             let seq = next_seq;
-                            next_seq += 1;
+                            next_seq = next_seq.wrapping_add(1);
                             outstanding.insert(
                                 seq,
                                 Unconfirmed {
