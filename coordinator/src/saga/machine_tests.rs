@@ -738,6 +738,7 @@ proptest! {
             }
             if abort_at == Some(round) && h.saga.state == SagaState::Running {
                 outstanding.extend(h.apply(Event::Abort));
+                continue;
             }
             let event = if let Some(c) = outstanding.pop() {
                 let outcome = match answers.random_range(0..10) {
