@@ -73,7 +73,7 @@ pub async fn run(
         inbound_tx,
     );
     let relay = relay::spawn(store.clone(), relay_rx, outbound_tx, published_rx);
-    let dispatcher = tokio::spawn(dispatch_inbound(inbound_rx, registry.clone()));
+    let dispatcher = actix_rt::spawn(dispatch_inbound(inbound_rx, registry.clone()));
 
     let state = web::Data::new(AppState {
         registry: registry.clone(),
