@@ -168,11 +168,15 @@ impl Api {
             {
                 if resp.status() == StatusCode::OK {
                     if let Ok(doc) = resp.json::<Value>().await {
-                        let state = doc.get("state").and_then(Value::as_str).unwrap_or("");
-                        if states.contains(&state) {
+                        let state = doc
+                            .get("state")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string();
+                        if states.contains(&state.as_str()) {
                             return doc;
                         }
-                        let stuck = crate::FINAL_STATES.contains(&state);
+                        let stuck = crate::FINAL_STATES.contains(&state.as_str());
                         last = doc;
                         if stuck {
                             let events = self.events_for_diagnostics(id).await;

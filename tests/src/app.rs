@@ -66,6 +66,9 @@ impl TestAppBuilder {
             &format!("http://{}", coordinator.http_addr()),
             self.api_token,
         );
+        // The topology (and so `{ns}.replies`) exists once the coordinator is ready: a test that
+        // publishes before that would lose its messages to an unrouted default-exchange publish.
+        wait_until_ready(&format!("http://{}/readyz", coordinator.http_addr())).await;
         TestApp {
             coordinator: Some(coordinator),
             api,
@@ -73,6 +76,23 @@ impl TestAppBuilder {
             ns,
             db,
         }
+    }
+}
+
+async fn wait_until_ready(url: &str) {
+    let client = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(r) = client.get(url).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the coordinator did not become ready within 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

@@ -113,6 +113,11 @@ impl Drop for TestDb {
     }
 }
 
+/// Whether a database of this name exists on the test server.
+pub fn database_exists_named(name: &str) -> anyhow::Result<bool> {
+    database_exists(&mut admin_connection()?, name)
+}
+
 fn admin_connection() -> anyhow::Result<PgConnection> {
     let url = format!("{}/postgres", pg_server_url());
     PgConnection::establish(&url).with_context(|| format!("connecting to {url}"))

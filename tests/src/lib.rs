@@ -16,6 +16,7 @@
 pub mod api;
 pub mod app;
 pub mod db;
+pub mod defs;
 pub mod namespace;
 pub mod participant;
 pub mod process;

@@ -1,0 +1,246 @@
+//! The real binary as a process: SIGKILL mid-flight and resume, SIGTERM, `migrate`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use e2e::api::{state, step};
+use e2e::defs::saga;
+use e2e::process::run_to_completion;
+use e2e::{
+    eventually, Behaviour, CoordinatorProcess, FakeParticipant, ReceivedCommand, Reply, TestDb,
+    TestNamespace, BULK_TIMEOUT, SAGA_TIMEOUT,
+};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_coordinator-under-test");
+
+async fn new_db() -> TestDb {
+    tokio::task::spawn_blocking(TestDb::new)
+        .await
+        .expect("creating the test database")
+}
+
+async fn start_process(db: &TestDb, ns: &TestNamespace) -> CoordinatorProcess {
+    let url = db.url().to_string();
+    let namespace = ns.name().to_string();
+    tokio::task::spawn_blocking(move || {
+        CoordinatorProcess::start(BIN, &url, &e2e::amqp_url(), &namespace, &[])
+    })
+    .await
+    .expect("join")
+    .expect("starting the coordinator process")
+}
+
+/// Whether a participant answered this command with `success`.
+fn succeeded(p: &FakeParticipant, cmd: &ReceivedCommand) -> bool {
+    p.replies_to(cmd.seq)
+        .iter()
+        .any(|r| r.body["outcome"] == "success")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_flight_then_restart_finishes_every_saga_without_losing_effects() {
+    let db = new_db().await;
+    let ns = TestNamespace::new();
+    let mut first = start_process(&db, &ns).await;
+
+    // Slow participants; p3 refuses the sagas whose payload says so.
+    let mut participants = Vec::new();
+    for name in ["p1", "p2", "p3"] {
+        let me = name.to_string();
+        participants.push(
+            FakeParticipant::start(&ns, name, move |cmd| {
+                let refuse = me == "p3" && cmd.body["saga_payload"]["refuse"] == true;
+                let reply = if cmd.is_action() && refuse {
+                    Reply::failure("refused")
+                } else {
+                    Reply::success_with(FakeParticipant::default_output(&me, cmd))
+                };
+                Behaviour::DelayThenReply(Duration::from_millis(400), reply)
+            })
+            .await,
+        );
+    }
+
+    let mut expected: HashMap<String, &str> = HashMap::new();
+    for i in 0..30 {
+        let refuse = i % 5 == 4;
+        let mut definition = saga(
+            "crash-me",
+            vec![
+                e2e::defs::step("s1", "p1"),
+                e2e::defs::step("s2", "p2"),
+                e2e::defs::step("s3", "p3"),
+            ],
+        );
+        definition["payload"] = json!({"i": i, "refuse": refuse});
+        let id = first.api().submit_id(&definition).await;
+        expected.insert(id, if refuse { "compensated" } else { "committed" });
+    }
+    let received =
+        |ps: &[FakeParticipant]| -> usize { ps.iter().map(|p| p.commands().len()).sum() };
+    eventually("the sagas to be mid-flight", BULK_TIMEOUT, async || {
+        (received(&participants) >= 20).then_some(())
+    })
+    .await;
+    first.kill();
+    let at_kill = received(&participants);
+    // 24 sagas × 3 actions + 6 × (3 actions + 2 compensations): far from done when killed.
+    assert!(
+        at_kill < 102,
+        "the coordinator was killed mid-flight ({at_kill} commands)"
+    );
+
+    let second = start_process(&db, &ns).await;
+    let api = second.api();
+    let mut documents: HashMap<String, Value> = HashMap::new();
+    for (id, outcome) in &expected {
+        let doc = api.wait_for_state(id, &[*outcome], BULK_TIMEOUT).await;
+        documents.insert(id.clone(), doc);
+    }
+    assert!(
+        received(&participants) > at_kill,
+        "the second coordinator dispatched commands"
+    );
+
+    // No effect is lost: every action a participant carried out belongs to a committed saga or was
+    // compensated; every committed saga's steps were all carried out, with the participant's output.
+    let by_name: HashMap<&str, &FakeParticipant> =
+        participants.iter().map(|p| (p.name(), p)).collect();
+    for (id, doc) in &documents {
+        for (s, p) in [("s1", "p1"), ("s2", "p2"), ("s3", "p3")] {
+            let participant = by_name[p];
+            let commands = participant.commands_for(id);
+            let acted = commands
+                .iter()
+                .any(|c| c.is_action() && succeeded(participant, c));
+            let compensated = commands
+                .iter()
+                .any(|c| c.is_compensation() && succeeded(participant, c));
+            let step_doc = step(doc, s);
+            match expected[id] {
+                "committed" => {
+                    assert!(acted, "saga {id} committed but {p} never carried out {s}");
+                    assert!(!compensated, "saga {id} committed but {s} was compensated");
+                    assert_eq!(state(step_doc), "succeeded", "{doc:#}");
+                    assert_eq!(
+                        step_doc["output"],
+                        json!({"by": p, "key": format!("{id}:{s}:action")}),
+                        "the participant's output is kept: {doc:#}"
+                    );
+                }
+                _ if s == "s3" => {
+                    assert!(!acted, "p3 refused saga {id}");
+                    assert!(
+                        !compensated,
+                        "a refused step is not compensated (saga {id})"
+                    );
+                    assert_eq!(state(step_doc), "failed", "{doc:#}");
+                }
+                _ => {
+                    assert!(acted, "saga {id}: {p} never carried out {s}");
+                    assert!(
+                        compensated,
+                        "saga {id}: {s} took effect but was never compensated"
+                    );
+                    assert_eq!(state(step_doc), "compensated", "{doc:#}");
+                }
+            }
+        }
+    }
+    // And nothing was done for sagas that do not exist.
+    let known: HashSet<&String> = expected.keys().collect();
+    for p in &participants {
+        for c in p.commands() {
+            assert!(known.contains(&c.saga_id().to_string()), "{c:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_process_with_exit_code_0() {
+    let db = new_db().await;
+    let ns = TestNamespace::new();
+    let mut process = start_process(&db, &ns).await;
+    let _shop = FakeParticipant::always_succeed(&ns, "shop").await;
+    let id = process
+        .api()
+        .submit_id(&saga("polite", vec![e2e::defs::step("a", "shop")]))
+        .await;
+    process
+        .api()
+        .wait_for_state(&id, &["committed"], SAGA_TIMEOUT)
+        .await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = process.terminate(Duration::from_secs(60));
+        (process, status)
+    })
+    .await
+    .expect("join")
+    .1
+    .expect("the coordinator exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_the_database_and_serve_uses_it() {
+    let db = TestDb::reserve_name();
+    assert!(!db.exists().expect("checking the database"));
+    let url = db.url().to_string();
+    for _ in 0..2 {
+        let url = url.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            run_to_completion(
+                BIN,
+                &["migrate"],
+                &[("SAGA_DATABASE_URL", url.as_str())],
+                Duration::from_secs(120),
+            )
+        })
+        .await
+        .expect("join")
+        .expect("running migrate");
+        assert!(
+            output.status.success(),
+            "migrate failed: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert!(
+        db.exists().expect("checking the database"),
+        "migrate created it"
+    );
+
+    let ns = TestNamespace::new();
+    let process = start_process(&db, &ns).await;
+    let _shop = FakeParticipant::always_succeed(&ns, "shop").await;
+    let id = process
+        .api()
+        .submit_id(&saga("fresh", vec![e2e::defs::step("a", "shop")]))
+        .await;
+    process
+        .api()
+        .wait_for_state(&id, &["committed"], SAGA_TIMEOUT)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_creates_a_missing_database() {
+    let db = TestDb::reserve_name();
+    let ns = TestNamespace::new();
+    let process = start_process(&db, &ns).await;
+    assert!(db.exists().expect("checking the database"));
+    let list = process.api().list_ok(&[]).await;
+    assert_eq!(list["items"], json!([]));
+    eventually("/readyz 200", SAGA_TIMEOUT, async || {
+        let resp = process
+            .api()
+            .request(reqwest::Method::GET, "/readyz")
+            .send()
+            .await
+            .ok()?;
+        resp.status().is_success().then_some(())
+    })
+    .await;
+}

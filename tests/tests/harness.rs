@@ -1,0 +1,274 @@
+//! Checks of the harness itself (no coordinator involved): if these fail, the other tests' failures
+//! say nothing about the coordinator.
+
+use std::time::Duration;
+
+use e2e::namespace::amqp_connect;
+use e2e::{Behaviour, FakeParticipant, Reply, TcpProxy, TestDb, TestNamespace};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{json, Value};
+
+/// Declares the topology of section 3 the way the coordinator would, for a namespace with no coordinator.
+async fn declare_topology(channel: &Channel, ns: &TestNamespace) {
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            ns.commands_exchange().as_str().into(),
+            ExchangeKind::Direct,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await
+        .expect("commands exchange");
+    channel
+        .exchange_declare(
+            ns.dead_exchange().as_str().into(),
+            ExchangeKind::Fanout,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await
+        .expect("dead exchange");
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(
+            ns.replies_queue().as_str().into(),
+            durable_queue,
+            ns.participant_queue_arguments(),
+        )
+        .await
+        .expect("replies queue");
+    channel
+        .queue_declare(
+            ns.dead_letters_queue().as_str().into(),
+            durable_queue,
+            FieldTable::default(),
+        )
+        .await
+        .expect("dead-letters queue");
+    channel
+        .queue_bind(
+            ns.dead_letters_queue().as_str().into(),
+            ns.dead_exchange().as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("dead-letters binding");
+}
+
+async fn publish_command(channel: &Channel, ns: &TestNamespace, participant: &str, body: &Value) {
+    let id = uuid::Uuid::new_v4().to_string();
+    channel
+        .basic_publish(
+            ns.commands_exchange().as_str().into(),
+            participant.into(),
+            BasicPublishOptions::default(),
+            &serde_json::to_vec(body).expect("json"),
+            BasicProperties::default()
+                .with_message_id(id.as_str().into())
+                .with_correlation_id(id.as_str().into())
+                .with_reply_to(ns.replies_queue().as_str().into())
+                .with_type("action".into())
+                .with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+}
+
+fn command(step: &str, attempt: u64) -> Value {
+    json!({"saga_id": "00000000-0000-0000-0000-000000000001", "saga_name": "s", "step": step,
+           "kind": "action", "command": "do", "attempt": attempt,
+           "idempotency_key": format!("00000000-0000-0000-0000-000000000001:{step}:action")})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_participant_answers_by_script_and_dead_letters_on_reject() {
+    let ns = TestNamespace::new();
+    let conn = amqp_connect().await.expect("connect");
+    let channel = conn.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    declare_topology(&channel, &ns).await;
+
+    let participant = FakeParticipant::start(&ns, "svc", |cmd| match cmd.step() {
+        "ok" => Behaviour::success_with(json!({"n": 1})),
+        "twice" => Behaviour::ReplyTwice(Reply::failure("no")),
+        "reject" => Behaviour::Reject,
+        "late" => Behaviour::DelayThenReply(Duration::from_millis(200), Reply::retry("busy")),
+        _ => Behaviour::NoReply,
+    })
+    .await;
+
+    let mut replies = channel
+        .basic_consume(
+            ns.replies_queue().as_str().into(),
+            "test".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume replies");
+
+    for step in ["ok", "twice", "reject", "late", "silent"] {
+        publish_command(&channel, &ns, "svc", &command(step, 1)).await;
+    }
+
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), replies.next())
+            .await
+            .expect("a reply within 30 s")
+            .expect("stream open")
+            .expect("delivery");
+        assert_eq!(delivery.properties.delivery_mode(), &Some(2));
+        assert!(delivery.properties.correlation_id().is_some());
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        got.push(serde_json::from_slice::<Value>(&delivery.data).expect("json reply"));
+    }
+    let outcomes: Vec<(String, String)> = got
+        .iter()
+        .map(|r| {
+            (
+                r["step"].as_str().unwrap_or("").to_string(),
+                r["outcome"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        outcomes.contains(&("ok".into(), "success".into())),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| *o == &("twice".to_string(), "failure".to_string()))
+            .count(),
+        2,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&("late".into(), "retry".into())),
+        "{outcomes:?}"
+    );
+    let ok = got.iter().find(|r| r["step"] == "ok").expect("ok reply");
+    assert_eq!(ok["output"], json!({"n": 1}));
+    assert_eq!(ok["attempt"], 1);
+    assert_eq!(ok["kind"], "action");
+
+    let dead = ns.wait_for_dead_letters(1, Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].body_text().contains("\"reject\""));
+
+    let commands = participant.wait_for_count(5, Duration::from_secs(30)).await;
+    assert_eq!(
+        commands.iter().map(|c| c.step()).collect::<Vec<_>>(),
+        ["ok", "twice", "reject", "late", "silent"]
+    );
+    assert_eq!(commands[0].type_property.as_deref(), Some("action"));
+    assert!(
+        participant.errors().is_empty(),
+        "{:?}",
+        participant.errors()
+    );
+    // The silent one was acknowledged: nothing left in the queue.
+    e2e::eventually(
+        "the participant queue to drain",
+        Duration::from_secs(30),
+        async || (ns.queue_len(participant.queue()).await.ok()?? == 0).then_some(()),
+    )
+    .await;
+
+    let queue = participant.queue().to_string();
+    drop(participant);
+    drop(replies);
+    let _ = conn.close(200, "bye".into()).await;
+    drop(ns);
+    let probe = TestNamespace::new();
+    assert_eq!(
+        probe.queue_len(&queue).await.expect("probe"),
+        None,
+        "the namespace's queues are deleted on drop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_forwards_severs_and_refuses() {
+    let proxy = TcpProxy::to_rabbitmq();
+    let url = proxy.amqp_url();
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .expect("connect through the proxy");
+    let channel = conn.create_channel().await.expect("channel");
+    assert_eq!(proxy.active(), 1);
+
+    assert_eq!(proxy.sever(), 1);
+    e2e::eventually(
+        "the connection to notice",
+        Duration::from_secs(30),
+        async || (!conn.status().connected()).then_some(()),
+    )
+    .await;
+    assert!(channel
+        .queue_declare(
+            "e2e-never".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_err());
+
+    proxy.pause();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        Connection::connect(&url, ConnectionProperties::default()),
+    )
+    .await
+    .expect("a paused proxy answers quickly");
+    assert!(refused.is_err(), "a paused proxy refuses connections");
+
+    proxy.resume();
+    let again = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .expect("connect again after resume");
+    assert!(again.create_channel().await.is_ok());
+    assert_eq!(proxy.accepted(), 2);
+}
+
+#[test]
+fn test_databases_come_from_the_template_and_are_dropped() {
+    let db = TestDb::new();
+    assert!(db.exists().expect("exists"));
+    let other = TestDb::new();
+    assert_ne!(db.name(), other.name());
+    let name = db.name().to_string();
+    drop(db);
+    assert!(!e2e::db::database_exists_named(&name).expect("exists"));
+    let reserved = TestDb::reserve_name();
+    assert!(!reserved.exists().expect("exists"));
+    assert!(other.exists().expect("exists"));
+}
