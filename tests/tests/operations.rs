@@ -361,6 +361,7 @@ async fn health_and_readiness_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the dashboard, /metrics and the OpenAPI document come with the operator-dashboard issue"]
 async fn metrics_openapi_and_dashboard_answer() {
     let app = TestApp::start().await;
     let get = |path: &'static str| {
