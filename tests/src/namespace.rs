@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lapin::options::{
-    BasicGetOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -99,7 +99,9 @@ impl TestNamespace {
         format!("{}.participant.{participant}", self.name())
     }
 
-    /// Publishes raw bytes to `{ns}.replies` (persistent, confirmed), as a broken or stale participant would.
+    /// Publishes raw bytes to `{ns}.replies` (persistent, confirmed), as a broken or stale participant
+    /// would. Published as mandatory and repeated until routed: right after start-up the coordinator
+    /// may not have declared the queue yet, and the default exchange drops what it cannot route.
     pub async fn publish_to_replies(
         &self,
         body: &[u8],
@@ -116,20 +118,35 @@ impl TestNamespace {
         if let Some(id) = correlation_id {
             props = props.with_correlation_id(id.into());
         }
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                self.replies_queue().as_str().into(),
-                Default::default(),
-                body,
-                props,
-            )
-            .await?
-            .await?;
-        anyhow::ensure!(
-            confirm.is_ack(),
-            "the broker did not confirm the reply: {confirm:?}"
-        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    self.replies_queue().as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    body,
+                    props.clone(),
+                )
+                .await?
+                .await?;
+            anyhow::ensure!(
+                confirm.is_ack(),
+                "the broker did not confirm the reply: {confirm:?}"
+            );
+            if confirm.take_message().is_none() {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{} does not exist: is the coordinator connected?",
+                self.replies_queue()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let _ = conn.close(200, "done".into()).await;
         Ok(())
     }
