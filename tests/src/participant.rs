@@ -229,8 +229,10 @@ pub struct SentReply {
     /// `seq` of the command answered.
     pub command_seq: usize,
     pub body: Value,
-    /// When the broker confirmed it.
-    pub sent_at: Instant,
+    /// Just before it was handed to the broker: nothing that follows from this reply can happen
+    /// earlier. (It is logged then too, before the broker's confirm, which may come after the
+    /// coordinator already acted on it.)
+    pub published_at: Instant,
 }
 
 type Script = Arc<dyn Fn(&ReceivedCommand) -> Behaviour + Send + Sync + 'static>;
@@ -382,7 +384,7 @@ impl FakeParticipant {
             .collect()
     }
 
-    /// Every reply sent so far, in the order the broker confirmed them.
+    /// Every reply sent so far, in the order they were published.
     pub fn replies(&self) -> Vec<SentReply> {
         lock(&self.log).replies.clone()
     }
@@ -601,6 +603,12 @@ async fn send_reply(
     if let Some(id) = &command.correlation_id {
         props = props.with_correlation_id(id.as_str().into());
     }
+    let published_at = Instant::now();
+    lock(log).replies.push(SentReply {
+        command_seq: command.seq,
+        body: serde_json::from_slice(bytes).unwrap_or(Value::Null),
+        published_at,
+    });
     let confirm = channel
         .basic_publish(
             "".into(),
@@ -617,10 +625,5 @@ async fn send_reply(
         confirm.is_ack(),
         "the broker refused the reply: {confirm:?}"
     );
-    lock(log).replies.push(SentReply {
-        command_seq: command.seq,
-        body: serde_json::from_slice(bytes).unwrap_or(Value::Null),
-        sent_at: Instant::now(),
-    });
     Ok(())
 }

@@ -251,10 +251,12 @@ async fn every_saga_finishes_despite_losing_the_rabbitmq_connection() {
     let received = |participants: &[FakeParticipant]| -> usize {
         participants.iter().map(|p| p.commands().len()).sum()
     };
-    assert!(
-        app.proxy().active() >= 1,
-        "the coordinator connects through the proxy"
-    );
+    eventually(
+        "the coordinator to connect through the proxy",
+        SAGA_TIMEOUT,
+        async || (app.proxy().active() >= 1).then_some(()),
+    )
+    .await;
 
     let mut ids = Vec::new();
     for i in 0..30 {

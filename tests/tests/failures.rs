@@ -74,7 +74,7 @@ async fn business_failure_on_step_3_compensates_2_then_1() {
     let s1_comp = &commands[4];
     let s2_comp_reply = shop.replies_to(s2_comp.seq);
     assert!(
-        s1_comp.received_at >= s2_comp_reply[0].sent_at,
+        s1_comp.received_at >= s2_comp_reply[0].published_at,
         "s1 is compensated only after s2's compensation answered"
     );
     for (cmd, s) in [(s2_comp, "s2"), (s1_comp, "s1")] {
@@ -280,7 +280,7 @@ async fn compensation_runs_in_reverse_dependency_order() {
         "d failed explicitly: never compensated"
     );
     let (a, b, c) = (comp("a"), comp("b"), comp("c"));
-    let answered = |cmd: &ReceivedCommand| shop.replies_to(cmd.seq)[0].sent_at;
+    let answered = |cmd: &ReceivedCommand| shop.replies_to(cmd.seq)[0].published_at;
     assert!(
         a.received_at >= answered(&b) && a.received_at >= answered(&c),
         "a is compensated only after b and c, which depend on it"

@@ -248,7 +248,7 @@ async fn steps_without_after_run_one_after_another() {
             .find(|r| r.command_seq == pair[0].seq)
             .expect("a reply to the previous step");
         assert!(
-            pair[1].received_at >= previous_reply.sent_at,
+            pair[1].received_at >= previous_reply.published_at,
             "step {} was dispatched before step {} answered",
             pair[1].step(),
             pair[0].step()
@@ -403,7 +403,7 @@ async fn parallel_steps_via_after_and_a_join_that_waits_for_both() {
             .iter()
             .find(|r| r.command_seq == c.seq)
             .unwrap_or_else(|| panic!("no reply to {}", c.step()))
-            .sent_at
+            .published_at
     };
     let first_reply = reply_of(a).min(reply_of(b));
     assert!(
