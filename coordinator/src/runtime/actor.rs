@@ -121,6 +121,7 @@ impl SagaActor {
                     Ok(Written::Saved { version, outbox }) => {
                         act.saga = new_saga;
                         act.saga.version = version;
+                        act.registry.changes().send(&act.saga);
                         act.registry.publish(outbox);
                         settle_with(settle, Settlement::Ack);
                         if act.saga.state.is_final() {

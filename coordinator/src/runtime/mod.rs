@@ -5,6 +5,7 @@
 //! when the saga is final. Actors live on a few dedicated arbiters, away from the HTTP workers.
 
 pub mod actor;
+pub mod changes;
 pub mod relay;
 
 use std::collections::HashMap;
@@ -53,6 +54,7 @@ struct Inner {
     writer: Writer,
     store: Store,
     relay: mpsc::UnboundedSender<Vec<OutboxMessage>>,
+    changes: changes::Changes,
 }
 
 /// Shared handle to the running sagas.
@@ -76,6 +78,7 @@ impl Registry {
                 writer,
                 store,
                 relay,
+                changes: changes::Changes::default(),
             }),
         }
     }
@@ -86,6 +89,11 @@ impl Registry {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The feed of committed saga changes (for live views).
+    pub fn changes(&self) -> &changes::Changes {
+        &self.inner.changes
     }
 
     /// Hands committed outbox rows to the relay for publishing.
