@@ -233,7 +233,12 @@ async fn the_dashboard_follows_sagas_live_and_operates_them() {
     let error = browser
         .js("return document.querySelector('#steps tr[data-step=\"s1\"] td.error').textContent;")
         .await;
-    assert_eq!(error, json!("the undo is broken"), "the step's last error");
+    assert!(
+        error
+            .as_str()
+            .is_some_and(|e| e.contains("the undo is broken")),
+        "the step's last error: {error}"
+    );
     fixed.store(true, Ordering::SeqCst);
     browser.click("#action-retry", UI_TIMEOUT).await;
     browser.click("#confirm-ok", UI_TIMEOUT).await;
@@ -262,6 +267,12 @@ async fn the_dashboard_follows_sagas_live_and_operates_them() {
              return p && out && out.textContent.includes('parcel');",
         )
         .await;
+    // For a look at the saga page (not in the README): under target/tmp.
+    let saga_png = browser.screenshot().await;
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-saga.png"),
+        saga_png,
+    );
     let shown = browser
         .js(
             "return { payload: document.getElementById('saga-payload').textContent, \
@@ -541,14 +552,21 @@ async fn the_change_stream_announces_committed_transitions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_shown_with_their_reason_and_stay_queued() {
     let app = TestApp::start().await;
-    let _refuser = FakeParticipant::start(&app.ns, "refuser", |_| Behaviour::Reject).await;
+    let _refuser = FakeParticipant::start(&app.ns, "refuser", |cmd| {
+        if cmd.is_action() {
+            Behaviour::Reject
+        } else {
+            Behaviour::success()
+        }
+    })
+    .await;
     let id = app
         .submit_id(&saga(
             "rejected-order",
             vec![step_with("a", "refuser", json!({"retry": fast_retry(1)}))],
         ))
         .await;
-    app.wait_for_state(&id, &["compensated", "failed"], SAGA_TIMEOUT)
+    app.wait_for_state(&id, &["compensated"], SAGA_TIMEOUT)
         .await;
 
     let browse = async || {

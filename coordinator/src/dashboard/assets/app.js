@@ -41,6 +41,11 @@
     return h('a', { href: `/sagas/${encodeURIComponent(id)}`, 'data-link': true }, text);
   }
 
+  /** The end of a UUIDv7: its start is a timestamp, much the same for sagas of one minute. */
+  function shortId(id) {
+    return `…${String(id).slice(-12)}`;
+  }
+
   function json(value) {
     return JSON.stringify(value, null, 2);
   }
@@ -356,7 +361,7 @@
       h('td', {}, s.attempts || '—'),
       h('td', { class: 'age', dataset: { since: s.created_at } }, ago(s.created_at)),
       h('td', { class: 'error' }, s.error || ''),
-      h('td', { class: 'mono' }, sagaLink(s.id, s.id.slice(0, 8) + '…')))));
+      h('td', { class: 'mono' }, sagaLink(s.id, shortId(s.id))))));
     }
 
     function renderFinished(items) {
@@ -369,7 +374,7 @@
         h('td', { class: 'state' }, badge(s.state)),
         h('td', {}, when(s.updated_at)),
         h('td', {}, duration(s.created_at, s.updated_at)),
-        h('td', { class: 'mono' }, sagaLink(s.id, s.id.slice(0, 8) + '…')))));
+        h('td', { class: 'mono' }, sagaLink(s.id, shortId(s.id))))));
     }
 
     let loading = false;
