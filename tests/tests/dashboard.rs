@@ -305,6 +305,77 @@ async fn the_dashboard_follows_sagas_live_and_operates_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_asks_for_the_token_once_and_shows_dead_letters() {
+    let app = TestApp::builder().api_token("s3cret").start().await;
+    let base = app.api.base_url.clone();
+    let _refuser = FakeParticipant::start(&app.ns, "refuser", |cmd| {
+        if cmd.is_action() {
+            Behaviour::Reject
+        } else {
+            Behaviour::success()
+        }
+    })
+    .await;
+    let id = app
+        .submit_id(&saga(
+            "rejected-order",
+            vec![step_with("a", "refuser", json!({"retry": fast_retry(1)}))],
+        ))
+        .await;
+    app.wait_for_state(&id, &["compensated"], SAGA_TIMEOUT)
+        .await;
+
+    let browser = Browser::start(1280, 900).await.expect("starting Chromium");
+    browser.goto(&format!("{base}/")).await;
+    browser.type_into("#token", "wrong", UI_TIMEOUT).await;
+    browser.click("#login", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the refusal of a wrong token",
+            UI_TIMEOUT,
+            "const e = document.getElementById('login-error'); return e && e.textContent;",
+        )
+        .await;
+    browser
+        .js("document.getElementById('token').value = ''; return true;")
+        .await;
+    browser.type_into("#token", "s3cret", UI_TIMEOUT).await;
+    browser.click("#login", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the overview after logging in",
+            UI_TIMEOUT,
+            &row_in_state("finished", &id, "compensated"),
+        )
+        .await;
+    assert_eq!(
+        browser.js("return document.cookie;").await,
+        json!(""),
+        "the token's cookie is out of the scripts' reach"
+    );
+
+    // Once: a new visit is still logged in.
+    browser.goto(&format!("{base}/dead-letters")).await;
+    let reason = browser
+        .wait_js(
+            "the rejected command among the dead letters",
+            SAGA_TIMEOUT,
+            "const r = document.querySelector('#dead-letters tr[data-reason]'); \
+             return r && r.dataset.reason;",
+        )
+        .await;
+    assert_eq!(reason, json!("rejected"));
+    let body = browser
+        .js("return document.querySelector('#dead-letters tr[data-reason] pre').textContent;")
+        .await;
+    assert!(
+        body.as_str().is_some_and(|b| b.contains(&id)),
+        "the dead letter's body: {body}"
+    );
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cookie_login_works_and_cross_site_changes_are_refused() {
     let app = TestApp::builder().api_token("s3cret").start().await;
     let _hold = FakeParticipant::start(&app.ns, "hold", |_| Behaviour::NoReply).await;

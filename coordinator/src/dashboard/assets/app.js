@@ -33,6 +33,11 @@
     return el;
   }
 
+  /** Shows these nodes as the page (null, undefined and false are left out). */
+  function show(...nodes) {
+    main.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
+  }
+
   function badge(state, extra) {
     return h('span', { class: `badge s-${state}`, ...(extra || {}) }, state);
   }
@@ -169,7 +174,7 @@
         error.textContent = err instanceof Unauthorized ? 'That is not the token.' : err.message;
       }
     });
-    main.replaceChildren(form);
+    show(form);
     input.focus();
   }
 
@@ -275,7 +280,7 @@
     stateSelect.addEventListener('change', applyFilter);
     nameInput.addEventListener('input', debounce(applyFilter, 250));
 
-    main.replaceChildren(
+    show(
       h('h1', {}, 'Sagas'),
       cards,
       banner,
@@ -311,7 +316,7 @@
       banner.replaceChildren(failed > 0
         ? h('div', { class: 'banner' }, `${failed} saga${failed === 1 ? '' : 's'} failed and need${failed === 1 ? 's' : ''} an operator. `,
           h('a', { href: '/?state=failed', onclick: (e) => { e.preventDefault(); stateSelect.value = 'failed'; applyFilter(); } }, 'Show them'))
-        : []);
+        : '');
     }
 
     function renderChart(minutes) {
@@ -451,7 +456,7 @@
         startStream();
       } catch (err) {
         if (err instanceof Unauthorized) return;
-        main.replaceChildren(h('h1', {}, 'Saga'), h('p', { class: 'error' }, err.message),
+        show(h('h1', {}, 'Saga'), h('p', { class: 'error' }, err.message),
           h('p', {}, h('a', { href: '/', 'data-link': true }, 'Back to the overview')));
       }
     }
@@ -467,7 +472,7 @@
         actions.push(h('button', { id: 'action-resolve', class: 'quiet', type: 'button', onclick: () => act(doc.id, 'resolve', doc.name) }, 'Resolve with a note'));
       }
       const levels = dependencyLevels(doc.steps || []);
-      main.replaceChildren(
+      show(
         h('p', {}, h('a', { href: '/', 'data-link': true }, '← Overview')),
         h('h1', { id: 'saga-name' }, doc.name),
         h('div', { class: 'meta' },
@@ -503,7 +508,7 @@
           h('td', {}, (s.after || []).join(', ') || '—'),
           h('td', { class: 'error' }, s.error || ''),
           h('td', {}, s.output === null || s.output === undefined ? '—' : h('pre', {}, json(s.output))),
-          h('td', {}, h('pre', {}, json(payloads.get(s.name) ?? null))))))),
+          h('td', {}, payloads.get(s.name) === null || payloads.get(s.name) === undefined ? '—' : h('pre', {}, json(payloads.get(s.name)))))))),
         h('h2', {}, 'Saga payload'),
         h('pre', { id: 'saga-payload' }, json(doc.payload)),
         h('h2', {}, `Event log (${events.length})`),
@@ -530,7 +535,7 @@
     let stopped = false;
     const body = h('tbody', { id: 'dead-letters' });
     const summary = h('p', { class: 'muted', id: 'dead-letters-summary' }, 'Loading…');
-    main.replaceChildren(
+    show(
       h('h1', {}, 'Dead letters'),
       h('p', { class: 'muted' }, 'Messages RabbitMQ dead-lettered into the namespace’s dead-letters queue, with the reason it recorded. ' +
         'Browsing leaves them in the queue.'),
