@@ -454,6 +454,32 @@ async fn the_cookie_login_works_and_cross_site_changes_are_refused() {
     assert_eq!(overview["counts"]["running"], json!(1), "{overview}");
     assert_eq!(overview["in_flight"][0]["id"], json!(id), "{overview}");
     assert_eq!(overview["in_flight"][0]["current_step"], json!("reserve"));
+    let total = |doc: &Value, key: &str| -> i64 {
+        doc["throughput"]
+            .as_array()
+            .map(|minutes| minutes.iter().filter_map(|m| m[key].as_i64()).sum())
+            .unwrap_or(-1)
+    };
+    assert_eq!(total(&overview, "started"), 1, "{overview}");
+    assert_eq!(total(&overview, "finished"), 0, "{overview}");
+    for (query, expected) in [
+        ("?name=PLACE", 1),
+        ("?name=nothing-like-it", 0),
+        ("?state=running", 1),
+        ("?state=failed", 0),
+    ] {
+        let resp = get(&format!("/dashboard/api/overview{query}"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("overview");
+        let filtered = expect_json(resp, StatusCode::OK).await;
+        assert_eq!(
+            filtered["in_flight"].as_array().map(Vec::len),
+            Some(expected),
+            "{query}: {filtered}"
+        );
+    }
     let read = get(&format!("/api/v1/sagas/{id}"))
         .header("cookie", &cookie)
         .send()
@@ -665,6 +691,21 @@ async fn dead_letters_are_shown_with_their_reason_and_stay_queued() {
         letter["body"].as_str().is_some_and(|b| b.contains(&id)),
         "{first}"
     );
+    let overview = expect_json(
+        app.request(Method::GET, "/dashboard/api/overview")
+            .send()
+            .await
+            .expect("overview"),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(overview["counts"]["compensated"], json!(1), "{overview}");
+    assert_eq!(overview["finished"][0]["id"], json!(id), "{overview}");
+    let finished: i64 = overview["throughput"]
+        .as_array()
+        .map(|minutes| minutes.iter().filter_map(|m| m["finished"].as_i64()).sum())
+        .unwrap_or(-1);
+    assert_eq!(finished, 1, "{overview}");
     // Browsing took nothing away.
     let again = browse().await;
     assert_eq!(again["total"], first["total"], "{again}");

@@ -3,10 +3,11 @@
 //!
 //! Each is one or two indexed queries, cheap enough to run on every live refresh of an overview.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use diesel::dsl::count_star;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer, Timestamptz};
+use diesel::sql_types::{BigInt, Timestamptz};
+use uuid::Uuid;
 
 use super::schema::sagas;
 use super::{SagaRow, Store, StoreError};
@@ -67,20 +68,29 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<MinuteCounts>, StoreError> {
         let mut conn = self.conn()?;
+        let start = now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now)
+            - TimeDelta::minutes(i64::from(minutes.max(1) - 1));
+        // Ids are UUIDv7, whose first 48 bits are the creation time in milliseconds: the primary key
+        // finds the sagas started in the window without scanning older ones.
+        let first_id = Uuid::from_u128(u128::from(start.timestamp_millis().max(0) as u64) << 80);
         // A final saga is never written again, so its `updated_at` is when it finished.
         let rows: Vec<MinuteRow> = diesel::sql_query(
-            "WITH minutes AS ( \
-               SELECT generate_series(date_trunc('minute', $1) - ($2 - 1) * interval '1 minute', \
-                                      date_trunc('minute', $1), interval '1 minute') AS minute) \
+            "WITH happened AS ( \
+               SELECT date_trunc('minute', created_at) AS minute, 1 AS started, 0 AS finished \
+                 FROM sagas WHERE id >= $2 AND created_at >= $1 \
+               UNION ALL \
+               SELECT date_trunc('minute', updated_at), 0, 1 \
+                 FROM sagas WHERE state IN ('committed', 'compensated', 'aborted') AND updated_at >= $1) \
              SELECT m.minute, \
-               (SELECT count(*) FROM sagas s WHERE s.created_at >= m.minute \
-                  AND s.created_at < m.minute + interval '1 minute') AS started, \
-               (SELECT count(*) FROM sagas s WHERE s.state IN ('committed', 'compensated', 'aborted') \
-                  AND s.updated_at >= m.minute AND s.updated_at < m.minute + interval '1 minute') AS finished \
-             FROM minutes m ORDER BY m.minute",
+                    coalesce(sum(h.started), 0)::bigint AS started, \
+                    coalesce(sum(h.finished), 0)::bigint AS finished \
+               FROM generate_series($1, $3, interval '1 minute') AS m(minute) \
+               LEFT JOIN happened h ON h.minute = m.minute \
+              GROUP BY m.minute ORDER BY m.minute",
         )
-        .bind::<Timestamptz, _>(now)
-        .bind::<Integer, _>(minutes.max(1))
+        .bind::<Timestamptz, _>(start)
+        .bind::<diesel::sql_types::Uuid, _>(first_id)
+        .bind::<Timestamptz, _>(now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now))
         .load(&mut conn)?;
         Ok(rows
             .into_iter()

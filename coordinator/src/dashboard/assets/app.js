@@ -412,9 +412,16 @@
     const ticker = setInterval(() => {
       for (const cell of inFlight.querySelectorAll('td.age')) cell.textContent = ago(cell.dataset.since);
     }, 5000);
-    const soon = debounce(refresh, 200);
+    // Many changes, few reloads: at most one a second (each one runs aggregate queries).
+    let pending = null;
+    let last = 0;
+    const soon = () => {
+      if (pending) return;
+      const wait = Math.max(200, 1000 - (Date.now() - last));
+      pending = setTimeout(() => { pending = null; last = Date.now(); refresh(); }, wait);
+    };
     refresh();
-    return { refresh, onChange: soon, stop() { stopped = true; clearInterval(ticker); } };
+    return { refresh, onChange: soon, stop() { stopped = true; clearInterval(ticker); clearTimeout(pending); } };
   }
 
   // ---- Saga page -----------------------------------------------------------------------------
