@@ -384,10 +384,12 @@
 
     let loading = false;
     let again = false;
+    let tookMs = 0;
     async function refresh() {
       if (stopped) return;
       if (loading) { again = true; return; }
       loading = true;
+      const began = Date.now();
       try {
         const q = new URLSearchParams();
         if (filter.state) q.set('state', filter.state);
@@ -403,8 +405,9 @@
       } catch (err) {
         if (!(err instanceof Unauthorized)) flash(`Cannot load the overview: ${err.message}`, true);
       } finally {
+        tookMs = Date.now() - began;
         loading = false;
-        if (again) { again = false; refresh(); }
+        if (again) { again = false; soon(); }
       }
     }
 
@@ -412,12 +415,15 @@
     const ticker = setInterval(() => {
       for (const cell of inFlight.querySelectorAll('td.age')) cell.textContent = ago(cell.dataset.since);
     }, 5000);
-    // Many changes, few reloads: at most one a second (each one runs aggregate queries).
+    // Many changes, few reloads: each one runs aggregate queries, so reload at most once a second,
+    // and less often when the last reload was slow (a big table): the page spends at most a fifth
+    // of the time loading.
     let pending = null;
     let last = 0;
     const soon = () => {
       if (pending) return;
-      const wait = Math.max(200, 1000 - (Date.now() - last));
+      const gap = Math.max(1000, 5 * tookMs);
+      const wait = Math.max(200, gap - (Date.now() - last));
       pending = setTimeout(() => { pending = null; last = Date.now(); refresh(); }, wait);
     };
     refresh();
