@@ -62,16 +62,13 @@ pub async fn run(
     let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
     let (published_tx, published_rx) = mpsc::unbounded_channel();
     let (inbound_tx, inbound_rx) = mpsc::channel(usize::from(settings.amqp_prefetch.max(16)) * 2);
-    let broker = amqp::start(
-        AmqpSettings {
-            url: settings.amqp_url.clone(),
-            namespace: settings.namespace.clone(),
-            prefetch: settings.amqp_prefetch,
-        },
-        outbound_rx,
-        published_tx,
-        inbound_tx,
-    );
+    let amqp_settings = AmqpSettings {
+        url: settings.amqp_url.clone(),
+        namespace: settings.namespace.clone(),
+        prefetch: settings.amqp_prefetch,
+    };
+    let dead_letters = amqp::dead_letters::DeadLetterBrowser::new(amqp_settings.clone());
+    let broker = amqp::start(amqp_settings, outbound_rx, published_tx, inbound_tx);
     let relay = relay::spawn(store.clone(), relay_rx, outbound_tx, published_rx);
     let dispatcher = actix_rt::spawn(dispatch_inbound(inbound_rx, registry.clone()));
 
@@ -80,6 +77,7 @@ pub async fn run(
         amqp_connected: broker.connected(),
         api_token: settings.api_token.clone().filter(|t| !t.is_empty()),
         max_body_bytes: settings.max_body_bytes,
+        dead_letters,
     });
     let mut server =
         HttpServer::new(move || App::new().configure(|cfg| http::configure(cfg, state.clone())))

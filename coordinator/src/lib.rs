@@ -6,6 +6,7 @@ pub mod amqp;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod http;
 pub mod messages;
 pub mod outbox;

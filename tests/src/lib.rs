@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod app;
+pub mod browser;
 pub mod check_back;
 pub mod db;
 pub mod defs;
@@ -26,6 +27,7 @@ pub mod wait;
 
 pub use api::Api;
 pub use app::{TestApp, TestAppBuilder};
+pub use browser::Browser;
 pub use check_back::{CheckAnswer, CheckBackServer};
 pub use db::TestDb;
 pub use namespace::{DeadLetter, TestNamespace};

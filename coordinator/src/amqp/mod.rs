@@ -16,6 +16,7 @@
 //! and the caller re-sends them later.
 
 mod consumer;
+pub mod dead_letters;
 mod publisher;
 mod supervisor;
 mod topology;

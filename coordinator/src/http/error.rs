@@ -24,6 +24,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("a valid bearer token is required")]
     Unauthorized,
+    /// Authenticated (or open) but not allowed from where it came (cross-site requests).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -47,6 +50,7 @@ impl ApiError {
             ApiError::NotFound(_) => "Not found",
             ApiError::Conflict(_) => "Conflict",
             ApiError::Unauthorized => "Unauthorized",
+            ApiError::Forbidden(_) => "Forbidden",
             ApiError::Unavailable(_) => "Service unavailable",
             ApiError::Internal(_) => "Internal error",
         }
@@ -62,6 +66,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

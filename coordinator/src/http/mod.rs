@@ -24,6 +24,8 @@ pub struct AppState {
     pub amqp_connected: watch::Receiver<bool>,
     pub api_token: Option<String>,
     pub max_body_bytes: usize,
+    /// Browses `{ns}.dead-letters` for the dashboard.
+    pub dead_letters: crate::amqp::dead_letters::DeadLetterBrowser,
 }
 
 /// Registers every route; used by the server and by tests alike.
@@ -60,6 +62,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 .route("/sagas/{id}/retry", web::post().to(sagas::retry))
                 .route("/sagas/{id}/resolve", web::post().to(sagas::resolve)),
         )
+        .configure(crate::dashboard::configure)
         .default_service(web::to(not_found));
 }
 
@@ -67,11 +70,18 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".into()))
 }
 
-/// `SAGA_API_TOKEN`: when set, every `/api/` request must carry it as a bearer token.
-async fn require_token(
+/// `SAGA_API_TOKEN`: when set, every `/api/` request must carry it as a bearer token, or come from
+/// the dashboard with its login cookie (see `crate::dashboard::auth`). Requests that would change
+/// something are refused when a browser says they come from another site.
+pub(crate) async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    use crate::dashboard::auth;
+    let changes = auth::changes_state(req.request());
+    if changes && auth::is_cross_origin(req.request()) {
+        return Err(ApiError::Forbidden("cross-site requests may not change sagas".into()).into());
+    }
     let expected = req
         .app_data::<web::Data<AppState>>()
         .and_then(|s| s.api_token.clone());
@@ -81,15 +91,25 @@ async fn require_token(
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
-            return Err(ApiError::Unauthorized.into());
+        match given {
+            Some(g) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => {}
+            None if auth::cookie_matches(req.request(), &expected) => {
+                if changes && !auth::from_dashboard(req.request()) {
+                    return Err(ApiError::Forbidden(
+                        "a change authenticated by the dashboard's cookie must come from its page"
+                            .into(),
+                    )
+                    .into());
+                }
+            }
+            _ => return Err(ApiError::Unauthorized.into()),
         }
     }
     next.call(req).await
 }
 
 /// Compares without leaking where the first difference is through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

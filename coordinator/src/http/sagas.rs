@@ -52,6 +52,7 @@ pub async fn submit(
     match state.registry.writer().write(persist).await? {
         Written::Saved { version, outbox } => {
             started.version = version;
+            state.registry.changes().send(&started);
             let doc = saga_document(&started);
             if !started.state.is_final() {
                 state.registry.adopt(started);

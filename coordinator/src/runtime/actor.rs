@@ -130,6 +130,7 @@ impl SagaActor {
                     Ok(Written::Saved { version, outbox }) => {
                         act.saga = new_saga;
                         act.saga.version = version;
+                        act.registry.changes().send(&act.saga);
                         act.registry.publish(outbox);
                         if let Some(url) = check_url {
                             let timeout = Duration::from_millis(

@@ -5,6 +5,7 @@
 //! when the saga is final. Actors live on a few dedicated arbiters, away from the HTTP workers.
 
 pub mod actor;
+pub mod changes;
 pub mod check_back;
 pub mod relay;
 
@@ -55,6 +56,7 @@ struct Inner {
     store: Store,
     relay: mpsc::UnboundedSender<Vec<OutboxMessage>>,
     http_check_back: check_back::HttpCheckBack,
+    changes: changes::Changes,
 }
 
 /// Shared handle to the running sagas.
@@ -79,6 +81,7 @@ impl Registry {
                 store,
                 relay,
                 http_check_back: check_back::HttpCheckBack::new(),
+                changes: changes::Changes::default(),
             }),
         }
     }
@@ -91,6 +94,11 @@ impl Registry {
         &self.inner.store
     }
 
+    /// The feed of committed saga changes (for live views).
+    pub fn changes(&self) -> &changes::Changes {
+        &self.inner.changes
+    }
+
     /// Hands committed outbox rows to the relay for publishing.
     pub fn publish(&self, outbox: Vec<OutboxMessage>) {
         if !outbox.is_empty() && self.inner.relay.send(outbox).is_err() {
@@ -100,7 +108,13 @@ impl Registry {
     }
 
     /// Asks a check-back URL in the background and delivers its answer to the saga.
-    pub fn check_back_over_http(&self, saga_id: Uuid, url: String, attempt: u32, timeout: Duration) {
+    pub fn check_back_over_http(
+        &self,
+        saga_id: Uuid,
+        url: String,
+        attempt: u32,
+        timeout: Duration,
+    ) {
         let registry = self.clone();
         actix_rt::spawn(async move {
             let asker = registry.inner.http_check_back.clone();

@@ -1,0 +1,620 @@
+// The saga dashboard. Plain JavaScript, no build step.
+//
+// Safety rule: every value that comes from a saga (names, payloads, outputs, errors, notes) reaches the
+// page only as text — through `h()` below, which creates text nodes — never through innerHTML.
+'use strict';
+
+(() => {
+  const DASHBOARD_HEADER = { 'X-Requested-With': 'saga-dashboard' };
+  const STATES = ['prepared', 'running', 'compensating', 'failed', 'committed', 'compensated', 'aborted'];
+  const IN_FLIGHT = ['prepared', 'running', 'compensating', 'failed'];
+  const SVG = 'http://www.w3.org/2000/svg';
+
+  const main = document.getElementById('main');
+  let view = null; // the page shown: { refresh(), onChange(change), stop() }
+  let stream = null;
+
+  // ---- DOM helpers ---------------------------------------------------------------------------
+
+  /** Creates an element; strings among the children become text nodes (never markup). */
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === 'class') el.className = value;
+      else if (key === 'dataset') Object.assign(el.dataset, value);
+      else if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
+      else el.setAttribute(key, value === true ? '' : String(value));
+    }
+    for (const child of children.flat(Infinity)) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : String(child));
+    }
+    return el;
+  }
+
+  /** Shows these nodes as the page (null, undefined and false are left out). */
+  function show(...nodes) {
+    main.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
+  }
+
+  function badge(state, extra) {
+    return h('span', { class: `badge s-${state}`, ...(extra || {}) }, state);
+  }
+
+  function sagaLink(id, text) {
+    return h('a', { href: `/sagas/${encodeURIComponent(id)}`, 'data-link': true }, text);
+  }
+
+  /** The end of a UUIDv7: its start is a timestamp, much the same for sagas of one minute. */
+  function shortId(id) {
+    return `…${String(id).slice(-12)}`;
+  }
+
+  function json(value) {
+    return JSON.stringify(value, null, 2);
+  }
+
+  function when(iso) {
+    if (!iso) return '—';
+    const d = new Date(iso);
+    return isNaN(d) ? String(iso) : d.toLocaleString();
+  }
+
+  function ago(iso) {
+    const ms = Date.now() - new Date(iso).getTime();
+    if (!(ms >= 0)) return '—';
+    const s = Math.floor(ms / 1000);
+    if (s < 60) return `${s}s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m}m ${s % 60}s`;
+    const hr = Math.floor(m / 60);
+    if (hr < 48) return `${hr}h ${m % 60}m`;
+    return `${Math.floor(hr / 24)}d`;
+  }
+
+  function duration(fromIso, toIso) {
+    const ms = new Date(toIso).getTime() - new Date(fromIso).getTime();
+    if (!(ms >= 0)) return '—';
+    return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`;
+  }
+
+  function flash(message, isError) {
+    const el = document.getElementById('flash');
+    el.textContent = message;
+    el.className = isError ? 'error' : '';
+    el.hidden = false;
+    clearTimeout(flash.timer);
+    flash.timer = setTimeout(() => { el.hidden = true; }, isError ? 15000 : 5000);
+  }
+
+  // ---- HTTP ----------------------------------------------------------------------------------
+
+  class Unauthorized extends Error {}
+
+  /** Calls the coordinator; the login cookie goes along, with the header that proves the page sent it. */
+  async function call(path, options) {
+    const opts = options || {};
+    const headers = { Accept: 'application/json', ...DASHBOARD_HEADER };
+    if (opts.body !== undefined) headers['Content-Type'] = 'application/json';
+    const resp = await fetch(path, {
+      method: opts.method || 'GET',
+      headers,
+      credentials: 'same-origin',
+      body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
+    });
+    if (resp.status === 401) {
+      showLogin();
+      throw new Unauthorized('a token is needed');
+    }
+    const text = await resp.text();
+    let body = null;
+    try { body = text ? JSON.parse(text) : null; } catch (_) { body = null; }
+    if (!resp.ok) {
+      throw new Error((body && (body.detail || body.title)) || `HTTP ${resp.status}`);
+    }
+    return body;
+  }
+
+  // ---- Live updates --------------------------------------------------------------------------
+
+  function setLive(on) {
+    const el = document.getElementById('live');
+    el.className = on ? 'live on' : 'live off';
+    el.textContent = on ? 'live' : 'offline';
+  }
+
+  function startStream() {
+    if (stream) return;
+    stream = new EventSource('/dashboard/api/stream');
+    stream.addEventListener('hello', () => {
+      setLive(true);
+      // Changes while disconnected were missed: reload what is shown.
+      if (view) view.refresh();
+    });
+    stream.addEventListener('change', (e) => {
+      let change = null;
+      try { change = JSON.parse(e.data); } catch (_) { return; }
+      if (view) view.onChange(change);
+    });
+    stream.addEventListener('resync', () => { if (view) view.refresh(); });
+    stream.onerror = () => setLive(false);
+  }
+
+  /** Runs `fn` once after calls stop coming for `ms` (many changes, one reload). */
+  function debounce(fn, ms) {
+    let timer = null;
+    return () => {
+      clearTimeout(timer);
+      timer = setTimeout(fn, ms);
+    };
+  }
+
+  // ---- Login ---------------------------------------------------------------------------------
+
+  function showLogin() {
+    if (view) view.stop();
+    view = null;
+    if (stream) { stream.close(); stream = null; setLive(false); }
+    if (document.getElementById('login-form')) return;
+    const input = h('input', { type: 'password', id: 'token', autocomplete: 'current-password', required: true });
+    const error = h('p', { class: 'error', id: 'login-error' });
+    const form = h('form', { id: 'login-form', class: 'panel login' },
+      h('h1', {}, 'Log in'),
+      h('p', { class: 'muted' }, 'This coordinator needs its API token (SAGA_API_TOKEN).'),
+      input, error,
+      h('button', { type: 'submit', id: 'login' }, 'Log in'));
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      error.textContent = '';
+      try {
+        await call('/dashboard/login', { method: 'POST', body: { token: input.value } });
+        route();
+      } catch (err) {
+        error.textContent = err instanceof Unauthorized ? 'That is not the token.' : err.message;
+      }
+    });
+    show(form);
+    input.focus();
+  }
+
+  document.getElementById('logout').addEventListener('click', async () => {
+    try { await call('/dashboard/logout', { method: 'POST' }); } catch (_) { /* shown by showLogin */ }
+    showLogin();
+  });
+
+  // ---- Confirmation ------------------------------------------------------------------------
+
+  /** Asks before an action; resolves to the note (or '') when confirmed, null when cancelled. */
+  function confirmAction({ title, text, button, withNote }) {
+    const dialog = document.getElementById('confirm');
+    document.getElementById('confirm-title').textContent = title;
+    document.getElementById('confirm-text').textContent = text;
+    document.getElementById('confirm-error').textContent = '';
+    const noteLabel = document.getElementById('confirm-note-label');
+    const note = document.getElementById('confirm-note');
+    noteLabel.hidden = !withNote;
+    note.value = '';
+    const ok = document.getElementById('confirm-ok');
+    ok.textContent = button;
+    return new Promise((resolve) => {
+      const done = (value) => {
+        ok.onclick = null;
+        document.getElementById('confirm-cancel').onclick = null;
+        dialog.onclose = null;
+        dialog.close();
+        resolve(value);
+      };
+      ok.onclick = () => {
+        if (withNote && !note.value.trim()) {
+          document.getElementById('confirm-error').textContent = 'Say what was repaired.';
+          return;
+        }
+        done(withNote ? note.value.trim() : '');
+      };
+      document.getElementById('confirm-cancel').onclick = () => done(null);
+      dialog.onclose = () => done(null);
+      dialog.showModal();
+      (withNote ? note : ok).focus();
+    });
+  }
+
+  async function act(id, action, name) {
+    const texts = {
+      abort: {
+        title: `Abort saga “${name}”?`,
+        text: 'No more actions are sent; every step that may have taken effect is compensated.',
+        button: 'Abort saga',
+      },
+      retry: {
+        title: `Retry saga “${name}”?`,
+        text: 'The compensations that failed are sent again, with a fresh attempt budget. ' +
+          'Do this once the participant is repaired.',
+        button: 'Retry compensations',
+      },
+      resolve: {
+        title: `Resolve saga “${name}” by hand?`,
+        text: 'The saga is marked compensated without sending anything. Only do this when the ' +
+          'effects were undone by other means.',
+        button: 'Mark resolved',
+        withNote: true,
+      },
+    }[action];
+    const note = await confirmAction(texts);
+    if (note === null) return;
+    try {
+      const body = action === 'resolve' ? { note } : undefined;
+      const saga = await call(`/api/v1/sagas/${encodeURIComponent(id)}/${action}`, { method: 'POST', body });
+      flash(`${action}: saga is now ${saga.state}`);
+    } catch (err) {
+      if (!(err instanceof Unauthorized)) flash(`${action} failed: ${err.message}`, true);
+    }
+    if (view) view.refresh();
+  }
+
+  // ---- Overview ------------------------------------------------------------------------------
+
+  function overviewPage() {
+    const params = new URLSearchParams(location.search);
+    const filter = { state: params.get('state') || '', name: params.get('name') || '' };
+    const cards = h('div', { class: 'cards', id: 'counts' });
+    const banner = h('div', { id: 'attention' });
+    const chart = h('div', { class: 'panel chart', id: 'throughput' });
+    const stateSelect = h('select', { id: 'filter-state' },
+      h('option', { value: '' }, 'all in-flight states'),
+      IN_FLIGHT.map((s) => h('option', { value: s, selected: s === filter.state }, s)));
+    const nameInput = h('input', { id: 'filter-name', type: 'search', placeholder: 'name contains…', value: filter.name });
+    const inFlight = h('tbody', { id: 'in-flight' });
+    const finished = h('tbody', { id: 'finished' });
+    let stopped = false;
+
+    const applyFilter = () => {
+      filter.state = stateSelect.value;
+      filter.name = nameInput.value;
+      const q = new URLSearchParams();
+      if (filter.state) q.set('state', filter.state);
+      if (filter.name) q.set('name', filter.name);
+      history.replaceState(null, '', q.toString() ? `/?${q}` : '/');
+      refresh();
+    };
+    stateSelect.addEventListener('change', applyFilter);
+    nameInput.addEventListener('input', debounce(applyFilter, 250));
+
+    show(
+      h('h1', {}, 'Sagas'),
+      cards,
+      banner,
+      h('div', { class: 'row' },
+        h('div', {}, h('h2', {}, 'Started and finished per minute (last 30 minutes)'), chart),
+        h('div', {}, h('h2', {}, 'Legend'), h('div', { class: 'panel muted' },
+          'In flight: prepared, running, compensating, failed. ',
+          h('b', { class: 'error' }, 'Failed'),
+          ' sagas could not be compensated by automation and wait for an operator: open one to retry or resolve it.'))),
+      h('h2', {}, 'In flight'),
+      h('div', { class: 'filters' }, 'Filter:', stateSelect, nameInput),
+      h('table', {},
+        h('thead', {}, h('tr', {}, ['Name', 'State', 'Current step', 'Attempts', 'Age', 'Last error', 'Id'].map((t) => h('th', {}, t)))),
+        inFlight),
+      h('h2', {}, 'Recently finished'),
+      h('table', {},
+        h('thead', {}, h('tr', {}, ['Name', 'State', 'Finished', 'Took', 'Id'].map((t) => h('th', {}, t)))),
+        finished));
+
+    function renderCounts(counts) {
+      cards.replaceChildren(...STATES.map((s) => {
+        const n = counts[s] || 0;
+        const filterable = IN_FLIGHT.includes(s);
+        const card = h('div', {
+          class: `card s-${s}${filterable ? ' filterable' : ''}${s === 'failed' && n > 0 ? ' attention' : ''}`,
+          dataset: { state: s },
+          title: filterable ? `show ${s} sagas` : null,
+        }, h('div', { class: 'n' }, n), h('div', { class: 'label' }, s));
+        if (filterable) card.addEventListener('click', () => { stateSelect.value = s; applyFilter(); });
+        return card;
+      }));
+      const failed = counts.failed || 0;
+      banner.replaceChildren(failed > 0
+        ? h('div', { class: 'banner' }, `${failed} saga${failed === 1 ? '' : 's'} failed and need${failed === 1 ? 's' : ''} an operator. `,
+          h('a', { href: '/?state=failed', onclick: (e) => { e.preventDefault(); stateSelect.value = 'failed'; applyFilter(); } }, 'Show them'))
+        : '');
+    }
+
+    function renderChart(minutes) {
+      const width = 600;
+      const height = 110;
+      const max = Math.max(1, ...minutes.map((m) => Math.max(m.started, m.finished)));
+      const slot = width / Math.max(1, minutes.length);
+      const bar = Math.max(1, slot / 2 - 1);
+      const svg = document.createElementNS(SVG, 'svg');
+      svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
+      svg.setAttribute('preserveAspectRatio', 'none');
+      minutes.forEach((m, i) => {
+        [['started', '#2f6fde', 0], ['finished', '#1f9d55', bar]].forEach(([key, colour, offset]) => {
+          const value = m[key];
+          const hgt = (value / max) * (height - 10);
+          const rect = document.createElementNS(SVG, 'rect');
+          rect.setAttribute('x', String(i * slot + offset));
+          rect.setAttribute('y', String(height - hgt));
+          rect.setAttribute('width', String(bar));
+          rect.setAttribute('height', String(Math.max(hgt, value > 0 ? 1 : 0)));
+          rect.setAttribute('fill', colour);
+          const title = document.createElementNS(SVG, 'title');
+          title.textContent = `${new Date(m.minute).toLocaleTimeString()}: ${value} ${key}`;
+          rect.append(title);
+          svg.append(rect);
+        });
+      });
+      const total = (key) => minutes.reduce((n, m) => n + m[key], 0);
+      chart.replaceChildren(svg, h('div', { class: 'legend' },
+        h('span', { style: null, class: 'started' }, `started: ${total('started')}`),
+        h('span', { class: 'finished' }, `finished: ${total('finished')}`),
+        h('span', {}, `peak ${max}/min`)));
+    }
+
+    function renderInFlight(items) {
+      if (!items.length) {
+        inFlight.replaceChildren(h('tr', {}, h('td', { class: 'empty', colspan: 7 }, 'No saga in flight.')));
+        return;
+      }
+      inFlight.replaceChildren(...items.map((s) => h('tr', {
+        class: s.state === 'failed' ? 'attention' : null,
+        dataset: { sagaId: s.id, state: s.state },
+      },
+      h('td', { class: 'name' }, sagaLink(s.id, s.name)),
+      h('td', { class: 'state' }, badge(s.state), s.state === 'failed' ? h('span', { class: 'error' }, ' needs attention') : null),
+      h('td', {}, s.current_step || '—'),
+      h('td', {}, s.attempts || '—'),
+      h('td', { class: 'age', dataset: { since: s.created_at } }, ago(s.created_at)),
+      h('td', { class: 'error' }, s.error || ''),
+      h('td', { class: 'mono' }, sagaLink(s.id, shortId(s.id))))));
+    }
+
+    function renderFinished(items) {
+      if (!items.length) {
+        finished.replaceChildren(h('tr', {}, h('td', { class: 'empty', colspan: 5 }, 'Nothing finished yet.')));
+        return;
+      }
+      finished.replaceChildren(...items.map((s) => h('tr', { dataset: { sagaId: s.id, state: s.state } },
+        h('td', { class: 'name' }, sagaLink(s.id, s.name)),
+        h('td', { class: 'state' }, badge(s.state)),
+        h('td', {}, when(s.updated_at)),
+        h('td', {}, duration(s.created_at, s.updated_at)),
+        h('td', { class: 'mono' }, sagaLink(s.id, shortId(s.id))))));
+    }
+
+    let loading = false;
+    let again = false;
+    let tookMs = 0;
+    async function refresh() {
+      if (stopped) return;
+      if (loading) { again = true; return; }
+      loading = true;
+      const began = Date.now();
+      try {
+        const q = new URLSearchParams();
+        if (filter.state) q.set('state', filter.state);
+        if (filter.name) q.set('name', filter.name);
+        const data = await call(`/dashboard/api/overview?${q}`);
+        if (stopped) return;
+        document.getElementById('logout').hidden = !data.authentication;
+        renderCounts(data.counts);
+        renderChart(data.throughput);
+        renderInFlight(data.in_flight);
+        renderFinished(data.finished);
+        startStream();
+      } catch (err) {
+        if (!(err instanceof Unauthorized)) flash(`Cannot load the overview: ${err.message}`, true);
+      } finally {
+        tookMs = Date.now() - began;
+        loading = false;
+        if (again) { again = false; soon(); }
+      }
+    }
+
+    // Ages move on without a reload.
+    const ticker = setInterval(() => {
+      for (const cell of inFlight.querySelectorAll('td.age')) cell.textContent = ago(cell.dataset.since);
+    }, 5000);
+    // Many changes, few reloads: each one runs aggregate queries, so reload at most once a second,
+    // and less often when the last reload was slow (a big table): the page spends at most a fifth
+    // of the time loading.
+    let pending = null;
+    let last = 0;
+    const soon = () => {
+      if (pending) return;
+      const gap = Math.max(1000, 5 * tookMs);
+      const wait = Math.max(200, gap - (Date.now() - last));
+      pending = setTimeout(() => { pending = null; last = Date.now(); refresh(); }, wait);
+    };
+    refresh();
+    return { refresh, onChange: soon, stop() { stopped = true; clearInterval(ticker); clearTimeout(pending); } };
+  }
+
+  // ---- Saga page -----------------------------------------------------------------------------
+
+  /** Groups steps by dependency depth: every step comes after all steps of earlier groups it needs. */
+  function dependencyLevels(steps) {
+    const index = new Map(steps.map((s, i) => [s.name, i]));
+    const level = new Array(steps.length).fill(-1);
+    const depth = (i, seen) => {
+      if (level[i] >= 0) return level[i];
+      if (seen.has(i)) return 0;
+      seen.add(i);
+      const after = steps[i].after || [];
+      level[i] = after.length ? 1 + Math.max(...after.map((n) => depth(index.get(n) ?? 0, seen))) : 0;
+      return level[i];
+    };
+    steps.forEach((_, i) => depth(i, new Set()));
+    const groups = [];
+    steps.forEach((s, i) => { (groups[level[i]] = groups[level[i]] || []).push(s); });
+    return groups.filter(Boolean);
+  }
+
+  function sagaPage(id) {
+    let stopped = false;
+    let saga = null;
+
+    async function refresh() {
+      if (stopped) return;
+      try {
+        const base = `/api/v1/sagas/${encodeURIComponent(id)}`;
+        const [doc, events, definition] = await Promise.all([
+          call(base),
+          call(`${base}/events`),
+          call(`/dashboard/api/sagas/${encodeURIComponent(id)}/definition`),
+        ]);
+        if (stopped) return;
+        saga = doc;
+        render(doc, events.items || [], definition);
+        startStream();
+      } catch (err) {
+        if (err instanceof Unauthorized) return;
+        show(h('h1', {}, 'Saga'), h('p', { class: 'error' }, err.message),
+          h('p', {}, h('a', { href: '/', 'data-link': true }, 'Back to the overview')));
+      }
+    }
+
+    function render(doc, events, definition) {
+      const payloads = new Map((definition.steps || []).map((s) => [s.name, s.payload]));
+      const actions = [];
+      if (doc.state === 'running' || doc.state === 'prepared') {
+        actions.push(h('button', { id: 'action-abort', class: 'danger', type: 'button', onclick: () => act(doc.id, 'abort', doc.name) }, 'Abort'));
+      }
+      if (doc.state === 'failed') {
+        actions.push(h('button', { id: 'action-retry', class: 'warn', type: 'button', onclick: () => act(doc.id, 'retry', doc.name) }, 'Retry compensations'));
+        actions.push(h('button', { id: 'action-resolve', class: 'quiet', type: 'button', onclick: () => act(doc.id, 'resolve', doc.name) }, 'Resolve with a note'));
+      }
+      const levels = dependencyLevels(doc.steps || []);
+      show(
+        h('p', {}, h('a', { href: '/', 'data-link': true }, '← Overview')),
+        h('h1', { id: 'saga-name' }, doc.name),
+        h('div', { class: 'meta' },
+          h('span', {}, 'state ', badge(doc.state, { id: 'saga-state' })),
+          h('span', { class: 'mono', id: 'saga-id' }, doc.id),
+          doc.key ? h('span', {}, 'key ', h('code', {}, doc.key)) : null,
+          h('span', {}, `created ${when(doc.created_at)}`),
+          h('span', {}, `updated ${when(doc.updated_at)}`),
+          doc.deadline ? h('span', {}, `deadline ${when(doc.deadline)}`) : null),
+        doc.state === 'failed'
+          ? h('div', { class: 'banner', id: 'saga-attention' },
+            'Automation could not compensate this saga. Repair the participant and retry, or undo its effects by hand and resolve it with a note.')
+          : null,
+        actions.length ? h('div', { class: 'actions' }, actions) : null,
+        h('h2', {}, 'Dependency order'),
+        h('div', { class: 'panel order', id: 'saga-order' }, levels.map((group, i) => [
+          i > 0 ? h('span', { class: 'arrow' }, '→') : null,
+          h('span', { class: 'level' }, group.map((s) => badge(s.state, { title: s.state }))
+            .map((b, j) => { b.textContent = group[j].name; return b; })),
+        ])),
+        h('h2', {}, 'Steps'),
+        h('table', { id: 'steps' },
+          h('thead', {}, h('tr', {}, ['Step', 'State', 'Participant', 'Action / compensation', 'Attempts', 'After', 'Last error', 'Output', 'Payload'].map((t) => h('th', {}, t)))),
+          h('tbody', {}, (doc.steps || []).map((s) => h('tr', {
+            class: ['failed', 'compensation_failed'].includes(s.state) ? 'attention' : null,
+            dataset: { step: s.name, state: s.state },
+          },
+          h('td', {}, s.name),
+          h('td', { class: 'state' }, badge(s.state)),
+          h('td', {}, s.participant),
+          h('td', { class: 'mono' }, s.action, h('br'), s.compensation || '—'),
+          h('td', {}, `${s.attempts}`, s.compensation_attempts ? ` / undo ${s.compensation_attempts}` : ''),
+          h('td', {}, (s.after || []).join(', ') || '—'),
+          h('td', { class: 'error' }, s.error || ''),
+          h('td', {}, s.output === null || s.output === undefined ? '—' : h('pre', {}, json(s.output))),
+          h('td', {}, payloads.get(s.name) === null || payloads.get(s.name) === undefined ? '—' : h('pre', {}, json(payloads.get(s.name)))))))),
+        h('h2', {}, 'Saga payload'),
+        h('pre', { id: 'saga-payload' }, json(doc.payload)),
+        h('h2', {}, `Event log (${events.length})`),
+        h('ol', { class: 'timeline', id: 'timeline' }, events.map((e) => h('li', { dataset: { type: e.type } },
+          h('span', { class: 'when' }, when(e.at)),
+          h('span', { class: 'what' }, e.type),
+          e.step ? h('span', {}, ` · step ${e.step}`) : null,
+          e.attempt ? h('span', {}, ` · attempt ${e.attempt}`) : null,
+          e.detail && Object.keys(e.detail).length ? h('pre', {}, json(e.detail)) : null))));
+    }
+
+    const soon = debounce(refresh, 100);
+    refresh();
+    return {
+      refresh,
+      onChange(change) { if (change.id === id || (saga && change.id === saga.id)) soon(); },
+      stop() { stopped = true; },
+    };
+  }
+
+  // ---- Dead letters --------------------------------------------------------------------------
+
+  function deadLettersPage() {
+    let stopped = false;
+    const body = h('tbody', { id: 'dead-letters' });
+    const summary = h('p', { class: 'muted', id: 'dead-letters-summary' }, 'Loading…');
+    show(
+      h('h1', {}, 'Dead letters'),
+      h('p', { class: 'muted' }, 'Messages RabbitMQ dead-lettered into the namespace’s dead-letters queue, with the reason it recorded. ' +
+        'Browsing leaves them in the queue.'),
+      h('div', { class: 'filters' }, summary, h('button', { type: 'button', class: 'quiet', id: 'dead-letters-refresh', onclick: () => refresh() }, 'Refresh')),
+      h('table', {},
+        h('thead', {}, h('tr', {}, ['Reason', 'Died in queue', 'Type', 'Routing key', 'Times', 'When', 'Message id', 'Body'].map((t) => h('th', {}, t)))),
+        body));
+
+    async function refresh() {
+      try {
+        const data = await call('/dashboard/api/dead-letters');
+        if (stopped) return;
+        summary.textContent = `${data.total} message${data.total === 1 ? '' : 's'} in the queue` +
+          (data.total > data.items.length ? ` (showing the first ${data.items.length})` : '');
+        body.replaceChildren(...(data.items.length ? data.items.map((d) => h('tr', { dataset: { reason: d.reason || '' } },
+          h('td', { class: 'error reason' }, d.reason || '—'),
+          h('td', { class: 'mono' }, d.queue || '—'),
+          h('td', {}, d.type || '—'),
+          h('td', { class: 'mono' }, d.routing_key),
+          h('td', {}, d.count ?? '—'),
+          h('td', {}, when(d.died_at)),
+          h('td', { class: 'mono' }, d.message_id || '—'),
+          h('td', {}, h('pre', {}, d.body))))
+          : [h('tr', {}, h('td', { class: 'empty', colspan: 8 }, 'The dead-letters queue is empty.'))]));
+        startStream();
+      } catch (err) {
+        if (!(err instanceof Unauthorized)) summary.textContent = `Cannot browse the dead letters: ${err.message}`;
+      }
+    }
+
+    refresh();
+    // Dead letters are not saga changes; browsing the queue is done on request only.
+    return { refresh, onChange() {}, stop() { stopped = true; } };
+  }
+
+  // ---- Routing -------------------------------------------------------------------------------
+
+  function route() {
+    if (view) view.stop();
+    const path = location.pathname;
+    const saga = path.match(/^\/sagas\/([^/]+)$/);
+    let current = 'overview';
+    if (saga) {
+      current = '';
+      view = sagaPage(decodeURIComponent(saga[1]));
+    } else if (path === '/dead-letters') {
+      current = 'dead-letters';
+      view = deadLettersPage();
+    } else {
+      view = overviewPage();
+    }
+    for (const a of document.querySelectorAll('header nav a')) {
+      a.classList.toggle('current', a.dataset.nav === current);
+    }
+  }
+
+  // In-page navigation: links marked data-link change the view without loading the page again.
+  document.addEventListener('click', (e) => {
+    const a = e.target.closest && e.target.closest('a[data-link]');
+    if (!a || e.ctrlKey || e.metaKey || e.shiftKey || e.button !== 0) return;
+    e.preventDefault();
+    history.pushState(null, '', a.getAttribute('href'));
+    route();
+    window.scrollTo(0, 0);
+  });
+  window.addEventListener('popstate', route);
+
+  route();
+})();

@@ -1,0 +1,120 @@
+//! The dashboard's login cookie and the protection of actions against cross-site requests.
+//!
+//! With `SAGA_API_TOKEN` set, `POST /dashboard/login` checks the token once and stores it (hex-encoded)
+//! in the cookie [`COOKIE`]: HttpOnly (no script can read it), SameSite=Strict (no other site's page
+//! makes the browser send it). The API's token check accepts the cookie instead of the bearer header,
+//! but a state-changing request authenticated by the cookie must also carry [`DASHBOARD_HEADER`]: a
+//! custom header that another origin cannot add without a CORS preflight, which this server never
+//! grants. Independently of any token, a state-changing request that the browser marks as coming
+//! from another site (`Sec-Fetch-Site`, or an `Origin` that is not this host) is refused: without a
+//! token the API is open, and a page elsewhere must still not abort sagas through the operator's
+//! browser. Clients that are not browsers send neither header and are unaffected.
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::{header, Method};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::http::error::ApiError;
+use crate::http::{constant_time_eq, AppState};
+
+/// The cookie holding the dashboard's token.
+pub const COOKIE: &str = "saga_token";
+
+/// The header the dashboard's script sends with every request, and its value.
+pub const DASHBOARD_HEADER: &str = "x-requested-with";
+pub const DASHBOARD_HEADER_VALUE: &str = "saga-dashboard";
+
+/// Whether the request may change something (anything but GET, HEAD and OPTIONS).
+pub fn changes_state(req: &HttpRequest) -> bool {
+    !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The browser says this request comes from a page of another origin.
+pub fn is_cross_origin(req: &HttpRequest) -> bool {
+    let headers = req.headers();
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        // `none`: typed by the user or a bookmark; `same-origin`: our own page.
+        if !matches!(site, "same-origin" | "none") {
+            return true;
+        }
+    }
+    match headers.get(header::ORIGIN).map(|v| v.to_str()) {
+        None => false,
+        Some(Ok(origin)) => {
+            let host = req.connection_info().host().to_owned();
+            origin
+                .split_once("://")
+                .is_none_or(|(_, authority)| !authority.eq_ignore_ascii_case(&host))
+        }
+        Some(Err(_)) => true,
+    }
+}
+
+/// The request was sent by the dashboard's script (see the module comment).
+pub fn from_dashboard(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(DASHBOARD_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(DASHBOARD_HEADER_VALUE))
+}
+
+/// The token the cookie carries matches `expected`.
+pub fn cookie_matches(req: &HttpRequest, expected: &str) -> bool {
+    req.cookie(COOKIE)
+        .is_some_and(|c| constant_time_eq(c.value().as_bytes(), hex(expected).as_bytes()))
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Deserialize)]
+pub struct Login {
+    token: String,
+}
+
+/// Checks the token and sets the cookie. Same-origin script requests only (no login CSRF).
+pub async fn login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<Login>,
+) -> Result<HttpResponse, ApiError> {
+    if is_cross_origin(&req) || !from_dashboard(&req) {
+        return Err(ApiError::Forbidden(
+            "log in from the dashboard's own page".into(),
+        ));
+    }
+    let Some(expected) = state.api_token.as_deref() else {
+        return Ok(HttpResponse::Ok().json(json!({"authentication": "none"})));
+    };
+    if !constant_time_eq(body.token.as_bytes(), expected.as_bytes()) {
+        return Err(ApiError::Unauthorized);
+    }
+    let cookie = Cookie::build(COOKIE, hex(expected))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(req.connection_info().scheme() == "https")
+        .finish();
+    Ok(HttpResponse::Ok()
+        .cookie(cookie)
+        .json(json!({"authentication": "cookie"})))
+}
+
+/// Forgets the cookie.
+pub async fn logout(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if is_cross_origin(&req) || !from_dashboard(&req) {
+        return Err(ApiError::Forbidden(
+            "log out from the dashboard's own page".into(),
+        ));
+    }
+    let mut cookie = Cookie::build(COOKIE, "")
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .finish();
+    cookie.make_removal();
+    Ok(HttpResponse::NoContent().cookie(cookie).finish())
+}

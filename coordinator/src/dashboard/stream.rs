@@ -1,0 +1,55 @@
+//! `GET /dashboard/api/stream`: committed saga changes as server-sent events.
+//!
+//! Each event is `event: change` with the notice as JSON (id, name, state, time). A reader that fell
+//! too far behind gets one `event: resync` and should reload what it shows. A comment line every
+//! few seconds keeps proxies from closing an idle stream and lets a closed browser tab be noticed.
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::web::{self, Bytes};
+use actix_web::HttpResponse;
+use futures_util::stream;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::Receiver;
+
+use crate::http::AppState;
+use crate::runtime::changes::SagaChange;
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub async fn changes(state: web::Data<AppState>) -> HttpResponse {
+    let receiver = state.registry.changes().subscribe();
+    // `retry`: how long the browser waits before reconnecting after the stream ends.
+    let hello = stream::once(async {
+        Ok::<_, actix_web::Error>(Bytes::from_static(
+            b"retry: 2000\nevent: hello\ndata: {}\n\n",
+        ))
+    });
+    let events = stream::unfold(Some(receiver), next_event);
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(futures_util::StreamExt::chain(hello, events))
+}
+
+async fn next_event(
+    receiver: Option<Receiver<SagaChange>>,
+) -> Option<(
+    Result<Bytes, actix_web::Error>,
+    Option<Receiver<SagaChange>>,
+)> {
+    let mut receiver = receiver?;
+    let frame = match tokio::time::timeout(KEEP_ALIVE, receiver.recv()).await {
+        Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+        Ok(Ok(change)) => match serde_json::to_string(&change) {
+            Ok(json) => Bytes::from(format!("event: change\ndata: {json}\n\n")),
+            Err(_) => Bytes::from_static(b"event: resync\ndata: {}\n\n"),
+        },
+        Ok(Err(RecvError::Lagged(_))) => Bytes::from_static(b"event: resync\ndata: {}\n\n"),
+        // The coordinator is stopping: end the stream.
+        Ok(Err(RecvError::Closed)) => return None,
+    };
+    Some((Ok(frame), Some(receiver)))
+}

@@ -1,0 +1,723 @@
+//! The operator's dashboard: in headless Chromium (live updates, the saga page, abort, retry, escaping,
+//! the README's screenshot), and over plain HTTP (cookie login, cross-site protection, the change
+//! stream, the dead letters).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::api::{expect_json, state};
+use e2e::defs::{fast_retry, saga, step, step_with};
+use e2e::{Behaviour, Browser, FakeParticipant, TestApp, SAGA_TIMEOUT};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+/// What a browser needs to find an element that the page builds.
+const UI_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Text that would run if the page ever treated saga data as markup.
+const HOSTILE: &str = "<script>window.__xss = 1; document.title = 'pwned';</script>\
+                       <img src=x onerror=\"window.__xss = 2; document.title = 'pwned'\">";
+
+/// A participant whose compensation fails until `fixed` is set; action `s2` fails.
+async fn broken_compensation_shop(app: &TestApp, fixed: Arc<AtomicBool>) -> FakeParticipant {
+    FakeParticipant::start(&app.ns, "shop", move |cmd| match (cmd.step(), cmd.kind()) {
+        ("s2", "action") => Behaviour::failure("card declined"),
+        (_, "action") => Behaviour::success_with(json!({"reserved": true})),
+        _ if fixed.load(Ordering::SeqCst) => Behaviour::success(),
+        _ => Behaviour::failure("the undo is broken"),
+    })
+    .await
+}
+
+fn broken_compensation_saga() -> Value {
+    saga(
+        "hard-to-undo",
+        vec![
+            step_with(
+                "s1",
+                "shop",
+                json!({"compensation_retry": {"max_attempts": 2, "initial_backoff_ms": 10}}),
+            ),
+            step("s2", "shop"),
+        ],
+    )
+}
+
+/// A step that waits on `participant` for ten minutes.
+fn slow_step(name: &str, participant: &str) -> Value {
+    step_with(name, participant, json!({"timeout_ms": 600000}))
+}
+
+/// JS: the overview shows saga `id` in its table `table` (`in-flight` or `finished`) in `state`.
+fn row_in_state(table: &str, id: &str, state: &str) -> String {
+    format!(
+        "const r = document.querySelector('#{table} tr[data-saga-id=\"{id}\"]'); \
+         return r !== null && r.dataset.state === '{state}';"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_follows_sagas_live_and_operates_them() {
+    let app = TestApp::start().await;
+    let base = app.api.base_url.clone();
+
+    // `warehouse` holds its actions until released; `hold` never answers an action but undoes at
+    // once; `shop` cannot undo until fixed.
+    let (release, released) = watch::channel(false);
+    let _warehouse = FakeParticipant::start(&app.ns, "warehouse", move |cmd| {
+        let mut released = released.clone();
+        let output = json!({"label": HOSTILE, "parcel": cmd.step()});
+        Behaviour::after(
+            async move {
+                let _ = released.wait_for(|r| *r).await;
+            },
+            Behaviour::success_with(output),
+        )
+    })
+    .await;
+    let _hold = FakeParticipant::start(&app.ns, "hold", |cmd| {
+        if cmd.is_action() {
+            Behaviour::NoReply
+        } else {
+            Behaviour::success()
+        }
+    })
+    .await;
+    let fixed = Arc::new(AtomicBool::new(false));
+    let _shop = broken_compensation_shop(&app, fixed.clone()).await;
+
+    let browser = Browser::start(1440, 1000).await.expect("starting Chromium");
+    browser.goto(&format!("{base}/")).await;
+    browser
+        .wait_js(
+            "the overview and its live stream",
+            UI_TIMEOUT,
+            "return document.querySelector('#in-flight') && \
+             document.getElementById('live').classList.contains('on');",
+        )
+        .await;
+    // Set once: still there at the end proves the page never reloaded.
+    browser
+        .js("window.__sameDocument = 'yes'; return true;")
+        .await;
+
+    // A saga appears and changes state without a reload.
+    let shipped = app
+        .submit_id(&saga("ship-order", vec![step("pick", "warehouse")]))
+        .await;
+    browser
+        .wait_js(
+            "the new saga in the in-flight list",
+            SAGA_TIMEOUT,
+            &row_in_state("in-flight", &shipped, "running"),
+        )
+        .await;
+    release.send_replace(true);
+    browser
+        .wait_js(
+            "the saga among the finished ones, committed",
+            SAGA_TIMEOUT,
+            &row_in_state("finished", &shipped, "committed"),
+        )
+        .await;
+    for n in 0..3 {
+        let mut more = saga("ship-order", vec![step("pick", "warehouse")]);
+        more["key"] = json!(format!("order-{n}"));
+        let id = app.submit_id(&more).await;
+        app.wait_for_state(&id, &["committed"], SAGA_TIMEOUT).await;
+    }
+
+    // A failed saga stands out.
+    let failed = app.submit_id(&broken_compensation_saga()).await;
+    app.wait_for_state(&failed, &["failed"], SAGA_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the failed saga, marked as needing attention",
+            SAGA_TIMEOUT,
+            &format!(
+                "const r = document.querySelector('#in-flight tr[data-saga-id=\"{failed}\"]'); \
+                 return r && r.dataset.state === 'failed' && r.classList.contains('attention') \
+                   && document.querySelector('#attention .banner') !== null;"
+            ),
+        )
+        .await;
+
+    // A saga whose data is hostile, and one to abort.
+    let mut hostile = saga(
+        "label-printing",
+        vec![step("print", "warehouse"), slow_step("wait", "hold")],
+    );
+    hostile["steps"][1]["after"] = json!(["print"]);
+    hostile["payload"] = json!({"note": HOSTILE});
+    hostile["key"] = json!(HOSTILE);
+    let hostile = app.submit_id(&hostile).await;
+    let to_abort = app
+        .submit_id(&saga("place-order", vec![slow_step("reserve", "hold")]))
+        .await;
+    for id in [&hostile, &to_abort] {
+        browser
+            .wait_js(
+                "the running sagas in the list",
+                SAGA_TIMEOUT,
+                &format!(
+                    "const r = document.querySelector('#in-flight tr[data-saga-id=\"{id}\"]'); \
+                     return r && r.dataset.state === 'running';"
+                ),
+            )
+            .await;
+    }
+    let png = browser.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard.png");
+    std::fs::write(&docs, &png).expect("writing docs/dashboard.png");
+
+    // Open a saga's page from the list and abort it, with confirmation.
+    browser
+        .click(
+            &format!("#in-flight tr[data-saga-id=\"{to_abort}\"] td.name a"),
+            UI_TIMEOUT,
+        )
+        .await;
+    browser
+        .wait_js(
+            "the saga page of the running saga",
+            UI_TIMEOUT,
+            "const s = document.getElementById('saga-state'); \
+             return s && s.textContent === 'running' && document.getElementById('action-abort');",
+        )
+        .await;
+    browser.click("#action-abort", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the confirmation dialog",
+            UI_TIMEOUT,
+            "return document.getElementById('confirm').open;",
+        )
+        .await;
+    browser.click("#confirm-ok", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the aborted saga compensated, live",
+            SAGA_TIMEOUT,
+            "const s = document.getElementById('saga-state'); return s && s.textContent === 'compensated';",
+        )
+        .await;
+    assert_eq!(state(&app.saga(&to_abort).await), "compensated");
+    let log = browser
+        .js("return [...document.querySelectorAll('#timeline li')].map(li => li.dataset.type);")
+        .await;
+    assert!(
+        log.as_array().is_some_and(|l| l.len() >= 3),
+        "the event log is shown as a timeline: {log}"
+    );
+
+    // Retry the failed saga once its participant is repaired.
+    browser.click("a[href='/']", UI_TIMEOUT).await;
+    browser
+        .click(
+            &format!("#in-flight tr[data-saga-id=\"{failed}\"] td.name a"),
+            UI_TIMEOUT,
+        )
+        .await;
+    browser
+        .wait_js(
+            "the failed saga's page",
+            UI_TIMEOUT,
+            "const s = document.getElementById('saga-state'); \
+             return s && s.textContent === 'failed' && document.getElementById('action-retry') \
+               && document.getElementById('saga-attention');",
+        )
+        .await;
+    let error = browser
+        .js("return document.querySelector('#steps tr[data-step=\"s1\"] td.error').textContent;")
+        .await;
+    assert!(
+        error
+            .as_str()
+            .is_some_and(|e| e.contains("the undo is broken")),
+        "the step's last error: {error}"
+    );
+    fixed.store(true, Ordering::SeqCst);
+    browser.click("#action-retry", UI_TIMEOUT).await;
+    browser.click("#confirm-ok", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the retried saga compensated, live",
+            SAGA_TIMEOUT,
+            "const s = document.getElementById('saga-state'); return s && s.textContent === 'compensated';",
+        )
+        .await;
+    assert_eq!(state(&app.saga(&failed).await), "compensated");
+    assert_eq!(
+        browser.js("return window.__sameDocument;").await,
+        json!("yes"),
+        "everything so far happened without reloading the page"
+    );
+
+    // Hostile data is shown as text and runs nothing.
+    browser.goto(&format!("{base}/sagas/{hostile}")).await;
+    browser
+        .wait_js(
+            "the hostile saga's page with its output",
+            SAGA_TIMEOUT,
+            "const p = document.getElementById('saga-payload'); \
+             const out = document.querySelector('#steps tr[data-step=\"print\"] pre'); \
+             return p && out && out.textContent.includes('parcel');",
+        )
+        .await;
+    // For a look at the saga page (not in the README): under target/tmp.
+    let saga_png = browser.screenshot().await;
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-saga.png"),
+        saga_png,
+    );
+    let shown = browser
+        .js(
+            "return { payload: document.getElementById('saga-payload').textContent, \
+                      text: document.body.innerText, \
+                      scripts: document.querySelectorAll('main script, main img').length, \
+                      xss: window.__xss === undefined ? null : window.__xss, \
+                      title: document.title };",
+        )
+        .await;
+    assert!(
+        shown["payload"]
+            .as_str()
+            .is_some_and(|p| p.contains("<script>window.__xss = 1;")),
+        "the payload is shown as text: {shown}"
+    );
+    let text = shown["text"].as_str().unwrap_or_default();
+    assert!(
+        text.matches("<script>").count() >= 3,
+        "payload, key and output all show the markup as text: {shown}"
+    );
+    assert_eq!(
+        shown["scripts"],
+        json!(0),
+        "no element was made from saga data"
+    );
+    assert_eq!(shown["xss"], Value::Null, "no script ran: {shown}");
+    assert_ne!(shown["title"], json!("pwned"), "no script ran: {shown}");
+
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_asks_for_the_token_once_and_shows_dead_letters() {
+    let app = TestApp::builder().api_token("s3cret").start().await;
+    let base = app.api.base_url.clone();
+    let _refuser = FakeParticipant::start(&app.ns, "refuser", |cmd| {
+        if cmd.is_action() {
+            Behaviour::Reject
+        } else {
+            Behaviour::success()
+        }
+    })
+    .await;
+    let id = app
+        .submit_id(&saga(
+            "rejected-order",
+            vec![step_with("a", "refuser", json!({"retry": fast_retry(1)}))],
+        ))
+        .await;
+    app.wait_for_state(&id, &["compensated"], SAGA_TIMEOUT)
+        .await;
+
+    let browser = Browser::start(1280, 900).await.expect("starting Chromium");
+    browser.goto(&format!("{base}/")).await;
+    browser.type_into("#token", "wrong", UI_TIMEOUT).await;
+    browser.click("#login", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the refusal of a wrong token",
+            UI_TIMEOUT,
+            "const e = document.getElementById('login-error'); return e && e.textContent;",
+        )
+        .await;
+    browser
+        .js("document.getElementById('token').value = ''; return true;")
+        .await;
+    browser.type_into("#token", "s3cret", UI_TIMEOUT).await;
+    browser.click("#login", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the overview after logging in",
+            UI_TIMEOUT,
+            &row_in_state("finished", &id, "compensated"),
+        )
+        .await;
+    assert_eq!(
+        browser.js("return document.cookie;").await,
+        json!(""),
+        "the token's cookie is out of the scripts' reach"
+    );
+
+    // Once: a new visit is still logged in.
+    browser.goto(&format!("{base}/dead-letters")).await;
+    let reason = browser
+        .wait_js(
+            "the rejected command among the dead letters",
+            SAGA_TIMEOUT,
+            "const r = document.querySelector('#dead-letters tr[data-reason]'); \
+             return r && r.dataset.reason;",
+        )
+        .await;
+    assert_eq!(reason, json!("rejected"));
+    let body = browser
+        .js("return document.querySelector('#dead-letters tr[data-reason] pre').textContent;")
+        .await;
+    assert!(
+        body.as_str().is_some_and(|b| b.contains(&id)),
+        "the dead letter's body: {body}"
+    );
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cookie_login_works_and_cross_site_changes_are_refused() {
+    let app = TestApp::builder().api_token("s3cret").start().await;
+    let _hold = FakeParticipant::start(&app.ns, "hold", |_| Behaviour::NoReply).await;
+    let id = app
+        .submit_id(&saga("place-order", vec![slow_step("reserve", "hold")]))
+        .await;
+    let origin = app.api.base_url.clone();
+    let http = reqwest::Client::new();
+    let post = |path: &str| http.post(format!("{origin}{path}"));
+    let get = |path: &str| http.get(format!("{origin}{path}"));
+
+    // The page itself holds no data and needs no token; its data does.
+    let page = get("/").send().await.expect("GET /");
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(page
+        .text()
+        .await
+        .unwrap_or_default()
+        .contains("/dashboard/app.js"));
+    for path in [
+        "/dashboard/api/overview",
+        "/dashboard/api/stream",
+        "/api/v1/sagas",
+    ] {
+        let resp = get(path).send().await.expect("GET");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+
+    // Logging in: only from the page (the header), only with the right token.
+    let login = |token: &str, from_page: bool| {
+        let mut req = post("/dashboard/login").json(&json!({"token": token}));
+        if from_page {
+            req = req.header("X-Requested-With", "saga-dashboard");
+        }
+        req.send()
+    };
+    assert_eq!(
+        login("wrong", true).await.expect("login").status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login("s3cret", false).await.expect("login").status(),
+        StatusCode::FORBIDDEN,
+        "a login not sent by the page's script"
+    );
+    let ok = login("s3cret", true).await.expect("login");
+    assert_eq!(ok.status(), StatusCode::OK);
+    let set_cookie = ok
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a cookie")
+        .to_owned();
+    assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
+    assert!(set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().expect("name=value").to_owned();
+    assert!(
+        !cookie.contains("s3cret"),
+        "the token is not stored verbatim"
+    );
+
+    // The cookie reads.
+    let overview = get("/dashboard/api/overview")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("overview");
+    let overview = expect_json(overview, StatusCode::OK).await;
+    assert_eq!(overview["counts"]["running"], json!(1), "{overview}");
+    assert_eq!(overview["in_flight"][0]["id"], json!(id), "{overview}");
+    assert_eq!(overview["in_flight"][0]["current_step"], json!("reserve"));
+    let total = |doc: &Value, key: &str| -> i64 {
+        doc["throughput"]
+            .as_array()
+            .map(|minutes| minutes.iter().filter_map(|m| m[key].as_i64()).sum())
+            .unwrap_or(-1)
+    };
+    assert_eq!(total(&overview, "started"), 1, "{overview}");
+    assert_eq!(total(&overview, "finished"), 0, "{overview}");
+    for (query, expected) in [
+        ("?name=PLACE", 1),
+        ("?name=nothing-like-it", 0),
+        ("?state=running", 1),
+        ("?state=failed", 0),
+    ] {
+        let resp = get(&format!("/dashboard/api/overview{query}"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("overview");
+        let filtered = expect_json(resp, StatusCode::OK).await;
+        assert_eq!(
+            filtered["in_flight"].as_array().map(Vec::len),
+            Some(expected),
+            "{query}: {filtered}"
+        );
+    }
+    let read = get(&format!("/api/v1/sagas/{id}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("GET saga");
+    assert_eq!(
+        read.status(),
+        StatusCode::OK,
+        "the cookie reads the API too"
+    );
+    let bad_cookie = get("/dashboard/api/overview")
+        .header("cookie", "saga_token=00")
+        .send()
+        .await
+        .expect("overview");
+    assert_eq!(bad_cookie.status(), StatusCode::UNAUTHORIZED);
+
+    // Changes with the cookie: refused unless the page's script sent them from our origin.
+    let abort = format!("/api/v1/sagas/{id}/abort");
+    let forged = [
+        // A form or fetch from another site: no custom header.
+        post(&abort).header("cookie", &cookie),
+        post(&abort)
+            .header("cookie", &cookie)
+            .header("Origin", "http://evil.example"),
+        post(&abort)
+            .header("cookie", &cookie)
+            .header("X-Requested-With", "saga-dashboard")
+            .header("Sec-Fetch-Site", "cross-site"),
+        post(&abort)
+            .header("cookie", &cookie)
+            .header("X-Requested-With", "saga-dashboard")
+            .header("Origin", "http://evil.example"),
+    ];
+    for request in forged {
+        let resp = request.send().await.expect("POST abort");
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    }
+    assert_eq!(
+        state(&app.saga(&id).await),
+        "running",
+        "nothing was aborted"
+    );
+
+    // The page's own request goes through.
+    let resp = post(&abort)
+        .header("cookie", &cookie)
+        .header("X-Requested-With", "saga-dashboard")
+        .header("Origin", &origin)
+        .header("Sec-Fetch-Site", "same-origin")
+        .send()
+        .await
+        .expect("POST abort");
+    let doc = expect_json(resp, StatusCode::OK).await;
+    assert_ne!(state(&doc), "running", "{doc}");
+
+    // Bearer clients are unchanged: no header, no cookie needed.
+    let other = app
+        .submit_id(&saga("place-order", vec![slow_step("reserve", "hold")]))
+        .await;
+    let resp = app
+        .request(Method::POST, &format!("/api/v1/sagas/{other}/abort"))
+        .send()
+        .await
+        .expect("abort");
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Logging out clears the cookie.
+    let out = post("/dashboard/logout")
+        .header("cookie", &cookie)
+        .header("X-Requested-With", "saga-dashboard")
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    let cleared = out
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(cleared.starts_with("saga_token=;"), "{cleared}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_cross_site_changes_are_still_refused() {
+    let app = TestApp::start().await;
+    let _hold = FakeParticipant::start(&app.ns, "hold", |_| Behaviour::NoReply).await;
+    let id = app
+        .submit_id(&saga("place-order", vec![slow_step("reserve", "hold")]))
+        .await;
+    let abort = format!("/api/v1/sagas/{id}/abort");
+    let cross_site = app
+        .request(Method::POST, &abort)
+        .header("Sec-Fetch-Site", "cross-site")
+        .send()
+        .await
+        .expect("abort");
+    assert_eq!(cross_site.status(), StatusCode::FORBIDDEN);
+    let other_origin = app
+        .request(Method::POST, &abort)
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .expect("abort");
+    assert_eq!(other_origin.status(), StatusCode::FORBIDDEN);
+    assert_eq!(state(&app.saga(&id).await), "running");
+    // A plain client (no browser headers) still works.
+    assert_eq!(app.abort(&id).await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_stream_announces_committed_transitions() {
+    let app = TestApp::start().await;
+    let _shop = FakeParticipant::always_succeed(&app.ns, "shop").await;
+    let resp = app
+        .request(Method::GET, "/dashboard/api/stream")
+        .send()
+        .await
+        .expect("GET stream");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream")));
+    let mut body = resp;
+    let mut text = String::new();
+    // The greeting first: from then on, nothing is missed.
+    while !text.contains("event: hello") {
+        let chunk = tokio::time::timeout(SAGA_TIMEOUT, body.chunk())
+            .await
+            .expect("the stream's greeting")
+            .expect("a chunk")
+            .expect("the stream is open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let id = app
+        .submit_id(&saga(
+            "place-order",
+            vec![step("a", "shop"), step("b", "shop")],
+        ))
+        .await;
+    let mut states = Vec::new();
+    let deadline = tokio::time::Instant::now() + SAGA_TIMEOUT;
+    while !states.contains(&"committed".to_string()) {
+        let chunk = tokio::time::timeout_at(deadline, body.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no committed notice; saw {states:?} in {text}"))
+            .expect("a chunk")
+            .expect("the stream is open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        states = text
+            .split("\n\n")
+            .filter_map(|frame| frame.strip_prefix("event: change\ndata: "))
+            .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+            .filter(|c| c["id"] == json!(id))
+            .map(|c| c["state"].as_str().unwrap_or_default().to_owned())
+            .collect();
+    }
+    assert_eq!(
+        states.first().map(String::as_str),
+        Some("running"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_shown_with_their_reason_and_stay_queued() {
+    let app = TestApp::start().await;
+    let _refuser = FakeParticipant::start(&app.ns, "refuser", |cmd| {
+        if cmd.is_action() {
+            Behaviour::Reject
+        } else {
+            Behaviour::success()
+        }
+    })
+    .await;
+    let id = app
+        .submit_id(&saga(
+            "rejected-order",
+            vec![step_with("a", "refuser", json!({"retry": fast_retry(1)}))],
+        ))
+        .await;
+    app.wait_for_state(&id, &["compensated"], SAGA_TIMEOUT)
+        .await;
+
+    let browse = async || {
+        let resp = app
+            .request(Method::GET, "/dashboard/api/dead-letters")
+            .send()
+            .await
+            .expect("GET dead letters");
+        expect_json(resp, StatusCode::OK).await
+    };
+    let first = e2e::eventually("the dead letter", SAGA_TIMEOUT, async || {
+        let found = browse().await;
+        (found["total"].as_u64() >= Some(1)).then_some(found)
+    })
+    .await;
+    let letter = &first["items"][0];
+    assert_eq!(letter["reason"], json!("rejected"), "{first}");
+    assert_eq!(
+        letter["queue"],
+        json!(app.ns.participant_queue("refuser")),
+        "{first}"
+    );
+    assert_eq!(letter["type"], json!("action"), "{first}");
+    assert!(
+        letter["body"].as_str().is_some_and(|b| b.contains(&id)),
+        "{first}"
+    );
+    let overview = expect_json(
+        app.request(Method::GET, "/dashboard/api/overview")
+            .send()
+            .await
+            .expect("overview"),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(overview["counts"]["compensated"], json!(1), "{overview}");
+    assert_eq!(overview["finished"][0]["id"], json!(id), "{overview}");
+    let finished: i64 = overview["throughput"]
+        .as_array()
+        .map(|minutes| minutes.iter().filter_map(|m| m["finished"].as_i64()).sum())
+        .unwrap_or(-1);
+    assert_eq!(finished, 1, "{overview}");
+    // Browsing took nothing away.
+    let again = browse().await;
+    assert_eq!(again["total"], first["total"], "{again}");
+    let queue = app.ns.dead_letters_queue();
+    let len = e2e::eventually(
+        "the browsed messages back in the queue",
+        SAGA_TIMEOUT,
+        async || {
+            let n = app.ns.queue_len(&queue).await.ok().flatten()?;
+            (u64::from(n) == first["total"].as_u64().unwrap_or(0)).then_some(n)
+        },
+    )
+    .await;
+    assert!(len >= 1);
+}
