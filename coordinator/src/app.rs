@@ -72,12 +72,19 @@ pub async fn run(
         published_tx,
         inbound_tx,
     );
-    let relay = relay::spawn(store.clone(), relay_rx, outbound_tx, published_rx);
+    let relay = relay::spawn(
+        store.clone(),
+        relay_rx,
+        outbound_tx,
+        published_rx,
+        registry.metrics().clone(),
+    );
     let dispatcher = actix_rt::spawn(dispatch_inbound(inbound_rx, registry.clone()));
 
     let state = web::Data::new(AppState {
         registry: registry.clone(),
         amqp_connected: broker.connected(),
+        dead_letters: broker.dead_letters(),
         api_token: settings.api_token.clone().filter(|t| !t.is_empty()),
         max_body_bytes: settings.max_body_bytes,
     });

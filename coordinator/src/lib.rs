@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod messages;
+pub mod metrics;
 pub mod outbox;
 pub mod runtime;
 pub mod saga;

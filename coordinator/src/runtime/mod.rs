@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::amqp::Settlement;
+use crate::metrics::Metrics;
 use crate::outbox::OutboxMessage;
 use crate::saga::machine::Event;
 use crate::saga::Saga;
@@ -53,6 +54,7 @@ struct Inner {
     writer: Writer,
     store: Store,
     relay: mpsc::UnboundedSender<Vec<OutboxMessage>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Shared handle to the running sagas.
@@ -76,6 +78,7 @@ impl Registry {
                 writer,
                 store,
                 relay,
+                metrics: Arc::new(Metrics::new()),
             }),
         }
     }
@@ -86,6 +89,11 @@ impl Registry {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// This coordinator's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Hands committed outbox rows to the relay for publishing.

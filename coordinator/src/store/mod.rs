@@ -5,6 +5,7 @@
 //! that RabbitMQ has not confirmed yet. A transition and the commands it produces are written in one
 //! transaction (see [`writer`]), which is what makes "state first, then message" hold across crashes.
 
+mod gauges;
 mod rows;
 pub mod schema;
 pub mod writer;
