@@ -195,6 +195,7 @@ impl Supervisor {
         let mut next_seq: u64 = 0;
         let mut health = tokio::time::interval(HEALTH_CHECK_INTERVAL);
         health.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Health checks until the dead-letter queue is read again (now, at first).
         let mut ticks: u32 = 0;
 
         let end = loop {
@@ -262,10 +263,11 @@ impl Supervisor {
                     if !session.connection.status().connected() {
                         break SessionEnd::Lost("the connection is closed".into());
                     }
-                    if ticks % DEAD_LETTERS_EVERY == 0 {
+                    if ticks == 0 {
                         self.count_dead_letters(&mut session.inspector).await;
+                        ticks = DEAD_LETTERS_EVERY;
                     }
-                    ticks = ticks.wrapping_add(1);
+                    ticks -= 1;
                 }
             }
         };
