@@ -129,9 +129,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("saga");
-        let m = Metrics {
-            registry: Registry::default(),
+        let mut m = Metrics {
+            registry: Registry::with_prefix("saga"),
             scrape: Mutex::new(()),
             sagas_started: Family::default(),
             sagas_finished: Family::default(),
@@ -154,108 +153,107 @@ impl Metrics {
             amqp_connected: Gauge::default(),
             dead_letters: Gauge::default(),
         };
-        let r = &mut registry;
-        r.register(
+        m.registry.register(
             "sagas_started",
             "Sagas accepted (new submissions)",
             m.sagas_started.clone(),
         );
-        r.register(
+        m.registry.register(
             "sagas_finished",
             "Sagas that reached a final state (committed, compensated, aborted)",
             m.sagas_finished.clone(),
         );
-        r.register(
+        m.registry.register(
             "sagas_failed",
             "Sagas left failed for an operator (a compensation ran out of attempts)",
             m.sagas_failed.clone(),
         );
-        r.register(
+        m.registry.register(
             "compensations",
             "Sagas that began compensating, by reason (step_failed, timed_out, aborted)",
             m.compensations.clone(),
         );
-        r.register(
+        m.registry.register(
             "duration_seconds",
             "Time from submission to the final state",
             m.saga_duration.clone(),
         );
-        r.register(
+        m.registry.register(
             "step_attempts",
             "Commands dispatched (every attempt of an action or compensation)",
             m.step_attempts.clone(),
         );
-        r.register(
+        m.registry.register(
             "step_replies",
             "Replies that changed a saga, by outcome",
             m.step_replies.clone(),
         );
-        r.register(
+        m.registry.register(
             "step_duration_seconds",
             "Time from dispatching a step's current attempt to its reply",
             m.step_duration.clone(),
         );
-        r.register(
+        m.registry.register(
             "step_timeouts",
             "Attempts that got no reply within the step's timeout",
             m.step_timeouts.clone(),
         );
-        r.register(
+        m.registry.register(
             "step_gave_up",
             "Steps whose action or compensation ran out of attempts",
             m.step_gave_up.clone(),
         );
-        r.register(
+        m.registry.register(
             "dead_lettered_commands",
             "Commands a participant rejected without requeue (counted as a failed attempt)",
             m.dead_lettered.clone(),
         );
-        r.register(
+        m.registry.register(
             "outbox_published",
             "Commands RabbitMQ confirmed",
             m.outbox_published.clone(),
         );
-        r.register(
+        m.registry.register(
             "outbox_publish_failures",
             "Publish attempts that failed (the row stays and is sent again)",
             m.outbox_publish_failures.clone(),
         );
-        r.register(
+        m.registry.register(
             "outbox_publish_latency_seconds",
             "Time from committing a command to RabbitMQ's confirm",
             m.outbox_publish_latency.clone(),
         );
-        r.register(
+        m.registry.register(
             "sagas_in_flight",
             "Unfinished sagas per state (read from Postgres at scrape time)",
             m.in_flight.clone(),
         );
-        r.register(
+        m.registry.register(
             "outbox_backlog",
             "Commands committed but not yet confirmed by RabbitMQ",
             m.outbox_backlog.clone(),
         );
-        r.register(
+        m.registry.register(
             "outbox_oldest_age_seconds",
             "Age of the oldest unconfirmed command (0 when the outbox is empty)",
             m.outbox_oldest_age.clone(),
         );
-        r.register(
+        m.registry.register(
             "actors",
             "Sagas with a live actor in this coordinator",
             m.actors.clone(),
         );
-        r.register(
+        m.registry.register(
             "amqp_connected",
             "1 while connected to RabbitMQ with the topology declared, else 0",
             m.amqp_connected.clone(),
         );
-        r.register(
+        m.registry.register(
             "dead_letters",
             "Messages waiting in the {ns}.dead-letters queue for an operator",
             m.dead_letters.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// Records what a committed transition did, from the saga before and after it and the log
