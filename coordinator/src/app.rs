@@ -69,12 +69,19 @@ pub async fn run(
     };
     let dead_letters = amqp::dead_letters::DeadLetterBrowser::new(amqp_settings.clone());
     let broker = amqp::start(amqp_settings, outbound_rx, published_tx, inbound_tx);
-    let relay = relay::spawn(store.clone(), relay_rx, outbound_tx, published_rx);
+    let relay = relay::spawn(
+        store.clone(),
+        relay_rx,
+        outbound_tx,
+        published_rx,
+        registry.metrics().clone(),
+    );
     let dispatcher = actix_rt::spawn(dispatch_inbound(inbound_rx, registry.clone()));
 
     let state = web::Data::new(AppState {
         registry: registry.clone(),
         amqp_connected: broker.connected(),
+        dead_letter_depth: broker.dead_letters(),
         api_token: settings.api_token.clone().filter(|t| !t.is_empty()),
         max_body_bytes: settings.max_body_bytes,
         dead_letters,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dashboard;
 pub mod http;
 pub mod messages;
+pub mod metrics;
 pub mod outbox;
 pub mod runtime;
 pub mod saga;

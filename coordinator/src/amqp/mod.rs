@@ -144,6 +144,7 @@ pub struct PublishResult {
 #[derive(Debug)]
 pub struct BrokerHandle {
     connected: watch::Receiver<bool>,
+    dead_letters: watch::Receiver<Option<u32>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -152,6 +153,12 @@ impl BrokerHandle {
     /// `true` while connected with the topology declared and the consumers running (for `/readyz`).
     pub fn connected(&self) -> watch::Receiver<bool> {
         self.connected.clone()
+    }
+
+    /// Messages waiting in `{ns}.dead-letters`, read every few seconds while connected (for the
+    /// metrics); `None` until first read.
+    pub fn dead_letters(&self) -> watch::Receiver<Option<u32>> {
+        self.dead_letters.clone()
     }
 
     /// Stops consuming, lets in-flight settlements and confirms finish for a short grace period, and
@@ -175,6 +182,7 @@ pub fn start(
     inbound: mpsc::Sender<InboundDelivery>,
 ) -> BrokerHandle {
     let (connected_tx, connected) = watch::channel(false);
+    let (dead_letters_tx, dead_letters) = watch::channel(None);
     let (stop, stop_rx) = watch::channel(false);
     let supervisor = supervisor::Supervisor::new(
         settings,
@@ -182,11 +190,13 @@ pub fn start(
         published,
         inbound,
         connected_tx,
+        dead_letters_tx,
         stop_rx,
     );
     let task = tokio::spawn(supervisor.run());
     BrokerHandle {
         connected,
+        dead_letters,
         stop,
         task,
     }

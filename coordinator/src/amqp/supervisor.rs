@@ -12,15 +12,17 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
 use futures_util::FutureExt;
-use lapin::options::BasicCancelOptions;
-use lapin::{Connection, ConnectionProperties, Event};
+use lapin::options::{BasicCancelOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, timeout_at, Instant, MissedTickBehavior};
 
 use super::consumer::{ConsumerEnd, ConsumerHandle, Source};
 use super::publisher::{confirmed, Confirmed, PublishError, Publisher};
 use super::{
-    names, redact_url, topology, AmqpSettings, BrokerError, Context, InboundDelivery, PublishResult,
+    names, redact_url, short, topology, AmqpSettings, BrokerError, Context, InboundDelivery,
+    PublishResult,
 };
 use crate::outbox::OutboxMessage;
 
@@ -35,6 +37,8 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// A session that lasted this long resets the backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(5);
+/// How often (in health checks) the dead-letter queue's depth is read, for the metrics.
+const DEAD_LETTERS_EVERY: u32 = 5;
 /// How long a shutdown waits for in-flight settlements and confirms.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Closing a connection that may already be dead.
@@ -62,6 +66,8 @@ struct Session {
     events: Pin<Box<dyn Stream<Item = Event> + Send>>,
     publisher: Publisher,
     consumers: Vec<ConsumerHandle>,
+    /// Reads queue depths (a passive declare of a missing queue closes its channel: kept apart).
+    inspector: Option<Channel>,
 }
 
 /// The broker task's state across connections.
@@ -73,6 +79,7 @@ pub(super) struct Supervisor {
     published: mpsc::UnboundedSender<PublishResult>,
     inbound: mpsc::Sender<InboundDelivery>,
     connected: watch::Sender<bool>,
+    dead_letters: watch::Sender<Option<u32>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -83,6 +90,7 @@ impl Supervisor {
         published: mpsc::UnboundedSender<PublishResult>,
         inbound: mpsc::Sender<InboundDelivery>,
         connected: watch::Sender<bool>,
+        dead_letters: watch::Sender<Option<u32>>,
         stop: watch::Receiver<bool>,
     ) -> Self {
         Supervisor {
@@ -92,6 +100,7 @@ impl Supervisor {
             published,
             inbound,
             connected,
+            dead_letters,
             stop,
         }
     }
@@ -186,6 +195,8 @@ impl Supervisor {
         let mut next_seq: u64 = 0;
         let mut health = tokio::time::interval(HEALTH_CHECK_INTERVAL);
         health.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Health checks until the dead-letter queue is read again (now, at first).
+        let mut ticks: u32 = 0;
 
         let end = loop {
             tokio::select! {
@@ -252,6 +263,11 @@ impl Supervisor {
                     if !session.connection.status().connected() {
                         break SessionEnd::Lost("the connection is closed".into());
                     }
+                    if ticks == 0 {
+                        self.count_dead_letters(&mut session.inspector).await;
+                        ticks = DEAD_LETTERS_EVERY;
+                    }
+                    ticks -= 1;
                 }
             }
         };
@@ -315,6 +331,35 @@ impl Supervisor {
         }
     }
 
+    /// Reads how many messages wait in `{ns}.dead-letters` (for the metrics). On failure the
+    /// inspector channel is given up for this session; nothing else depends on it.
+    async fn count_dead_letters(&self, inspector: &mut Option<Channel>) {
+        let Some(channel) = inspector.as_ref() else {
+            return;
+        };
+        let queue = names::dead_letters_queue(&self.settings.namespace);
+        let Ok(name) = short(&queue) else { return };
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = timeout(
+            CLOSE_TIMEOUT,
+            channel.queue_declare(name, passive, FieldTable::default()),
+        )
+        .await;
+        match declared {
+            Ok(Ok(q)) => {
+                self.dead_letters.send_replace(Some(q.message_count()));
+            }
+            Ok(Err(e)) => {
+                log::debug!("cannot read the depth of {queue}: {e}");
+                *inspector = None;
+            }
+            Err(_) => log::debug!("reading the depth of {queue} timed out"),
+        }
+    }
+
     /// Stops accepting outbound messages and refuses those already queued.
     fn refuse_queued(&mut self, reason: &str) {
         self.outbound.close();
@@ -370,12 +415,16 @@ async fn establish(
     let events: Pin<Box<dyn Stream<Item = Event> + Send>> = Box::pin(connection.events_listener());
     let mut consumers = Vec::new();
     match set_up(&connection, &settings, inbound, &mut consumers).await {
-        Ok(publisher) => Ok(Session {
-            connection,
-            events,
-            publisher,
-            consumers,
-        }),
+        Ok(publisher) => {
+            let inspector = connection.create_channel().await.ok();
+            Ok(Session {
+                connection,
+                events,
+                publisher,
+                consumers,
+                inspector,
+            })
+        }
         Err(e) => {
             drop(consumers);
             close_quietly(&connection, "set-up failed").await;

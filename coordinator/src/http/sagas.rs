@@ -18,6 +18,20 @@ use crate::submission::parse_submission;
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
+/// Submits a saga (contract, section 2 "Submit").
+#[utoipa::path(post, path = "/api/v1/sagas", tag = "sagas", security(("bearer" = [])),
+    request_body(content = super::openapi::SagaSubmission, description = "The saga definition"),
+    responses(
+    (status = 201, description = "Accepted: the saga runs", body = super::openapi::SagaDocument,
+        headers(("Location" = String, description = "The saga's URL"))),
+    (status = 200, description = "The key was used before with the same definition: that saga", body = super::openapi::SagaDocument),
+    (status = 400, description = "The body is not JSON", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 409, description = "The saga's state does not allow it, or the key was used with a different definition", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 413, description = "The body is too large", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 422, description = "The request breaks a rule (every broken rule is listed)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+))]
 pub async fn submit(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -49,10 +63,15 @@ pub async fn submit(
         is_new: true,
     };
     let mut started = persist.saga.clone();
+    let log = persist.log.clone();
     match state.registry.writer().write(persist).await? {
         Written::Saved { version, outbox } => {
             started.version = version;
             state.registry.changes().send(&started);
+            state
+                .registry
+                .metrics()
+                .observe_transition(&saga, &started, &log, now);
             let doc = saga_document(&started);
             if !started.state.is_final() {
                 state.registry.adopt(started);
@@ -81,6 +100,15 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no saga {raw:?}")))
 }
 
+/// One saga with its steps.
+#[utoipa::path(get, path = "/api/v1/sagas/{id}", tag = "sagas", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The saga's id")),
+    responses(
+    (status = 200, description = "The saga", body = super::openapi::SagaDocument),
+    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 404, description = "No such saga", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+))]
 pub async fn get(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -93,6 +121,15 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(saga_document(&saga)))
 }
 
+/// A saga's event log, oldest first.
+#[utoipa::path(get, path = "/api/v1/sagas/{id}/events", tag = "sagas", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The saga's id")),
+    responses(
+    (status = 200, description = "The event log", body = super::openapi::EventList),
+    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 404, description = "No such saga", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+))]
 pub async fn events(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -109,6 +146,20 @@ pub async fn events(
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
+/// Sagas, newest first, filtered by state and name, paged with a cursor.
+#[utoipa::path(get, path = "/api/v1/sagas", tag = "sagas", security(("bearer" = [])),
+    params(
+        ("state" = Option<Vec<super::openapi::SagaStateName>>, Query, description = "Only these states (repeat the parameter for several)"),
+        ("name" = Option<String>, Query, description = "Only sagas of this name"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 500 (default 50)"),
+        ("before" = Option<Uuid>, Query, description = "The `next` cursor of the previous page"),
+    ),
+    responses(
+    (status = 200, description = "A page of sagas", body = super::openapi::SagaList),
+    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 422, description = "The request breaks a rule (every broken rule is listed)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+))]
 pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<Vec<(String, String)>>,
@@ -165,6 +216,16 @@ async fn operate(state: &AppState, id: &str, event: Event) -> Result<HttpRespons
     Ok(HttpResponse::Ok().json(saga_document(&saga)))
 }
 
+/// Stops dispatching actions and compensates (a prepared saga just aborts).
+#[utoipa::path(post, path = "/api/v1/sagas/{id}/abort", tag = "sagas", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The saga's id")),
+    responses(
+    (status = 200, description = "The saga afterwards", body = super::openapi::SagaDocument),
+    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 404, description = "No such saga", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 409, description = "The saga's state does not allow it, or the key was used with a different definition", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+))]
 pub async fn abort(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -172,7 +233,17 @@ pub async fn abort(
     operate(&state, &id, Event::Abort).await
 }
 
-/// Two-phase submission (contract, section 5): the initiator's local transaction committed.
+/// Two-phase submission (contract, section 5): the initiator's local transaction committed, start
+/// the prepared saga. Repeating it answers 200; after an abort it is 409.
+#[utoipa::path(post, path = "/api/v1/sagas/{id}/commit", tag = "sagas", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The saga's id")),
+    responses(
+    (status = 200, description = "The saga afterwards", body = super::openapi::SagaDocument),
+    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 404, description = "No such saga", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 409, description = "The saga was aborted, or was not submitted with \"mode\": \"prepare\"", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+))]
 pub async fn commit(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -180,6 +251,16 @@ pub async fn commit(
     operate(&state, &id, Event::Commit).await
 }
 
+/// Gives a failed saga's exhausted compensations a fresh set of attempts.
+#[utoipa::path(post, path = "/api/v1/sagas/{id}/retry", tag = "sagas", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The saga's id")),
+    responses(
+    (status = 200, description = "The saga afterwards", body = super::openapi::SagaDocument),
+    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 404, description = "No such saga", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 409, description = "The saga's state does not allow it, or the key was used with a different definition", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+))]
 pub async fn retry(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -187,6 +268,19 @@ pub async fn retry(
     operate(&state, &id, Event::Retry).await
 }
 
+/// Marks a failed saga as repaired by hand.
+#[utoipa::path(post, path = "/api/v1/sagas/{id}/resolve", tag = "sagas", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The saga's id")),
+    request_body(content = super::openapi::ResolveRequest),
+    responses(
+    (status = 200, description = "The saga afterwards", body = super::openapi::SagaDocument),
+    (status = 400, description = "The body is not JSON", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 404, description = "No such saga", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 409, description = "The saga's state does not allow it, or the key was used with a different definition", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 422, description = "The request breaks a rule (every broken rule is listed)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+))]
 pub async fn resolve(
     state: web::Data<AppState>,
     id: web::Path<String>,

@@ -122,12 +122,16 @@ impl SagaActor {
             is_new: false,
         };
         let new_saga = persist.saga.clone();
+        let log = persist.log.clone();
         let writer = self.registry.writer().clone();
         Box::pin(
             async move { writer.write(persist).await }
                 .into_actor(self)
                 .map(move |written, act, ctx| match written {
                     Ok(Written::Saved { version, outbox }) => {
+                        act.registry
+                            .metrics()
+                            .observe_transition(&act.saga, &new_saga, &log, now);
                         act.saga = new_saga;
                         act.saga.version = version;
                         act.registry.changes().send(&act.saga);

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::amqp::Settlement;
+use crate::metrics::Metrics;
 use crate::outbox::OutboxMessage;
 use crate::saga::machine::Event;
 use crate::saga::Saga;
@@ -57,6 +58,7 @@ struct Inner {
     relay: mpsc::UnboundedSender<Vec<OutboxMessage>>,
     http_check_back: check_back::HttpCheckBack,
     changes: changes::Changes,
+    metrics: Arc<Metrics>,
 }
 
 /// Shared handle to the running sagas.
@@ -82,6 +84,7 @@ impl Registry {
                 relay,
                 http_check_back: check_back::HttpCheckBack::new(),
                 changes: changes::Changes::default(),
+                metrics: Arc::new(Metrics::new()),
             }),
         }
     }
@@ -97,6 +100,11 @@ impl Registry {
     /// The feed of committed saga changes (for live views).
     pub fn changes(&self) -> &changes::Changes {
         &self.inner.changes
+    }
+
+    /// This coordinator's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Hands committed outbox rows to the relay for publishing.

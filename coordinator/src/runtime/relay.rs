@@ -5,14 +5,17 @@
 //! or whose publish failed while the broker was away. A row is deleted only after RabbitMQ confirmed
 //! it, so every command goes out at least once.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::amqp::PublishResult;
+use crate::metrics::Metrics;
 use crate::outbox::OutboxMessage;
 use crate::store::Store;
 
@@ -27,10 +30,12 @@ pub fn spawn(
     mut fresh: mpsc::UnboundedReceiver<Vec<OutboxMessage>>,
     outbound: mpsc::UnboundedSender<OutboxMessage>,
     mut results: mpsc::UnboundedReceiver<PublishResult>,
+    metrics: Arc<Metrics>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Rows handed to the publisher and not yet deleted or failed: never sent twice at once.
-        let mut on_the_way: HashSet<i64> = HashSet::new();
+        // The value is when the row was committed, for the publish latency.
+        let mut on_the_way: HashMap<i64, DateTime<Utc>> = HashMap::new();
         let mut confirmed: Vec<i64> = Vec::new();
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         let mut flush = tokio::time::interval(DELETE_EVERY);
@@ -39,7 +44,7 @@ pub fn spawn(
                 batch = fresh.recv() => {
                     let Some(batch) = batch else { break };
                     for message in batch {
-                        if on_the_way.insert(message.id) && outbound.send(message).is_err() {
+                        if !hand_over(&mut on_the_way, &outbound, message) {
                             return;
                         }
                     }
@@ -47,8 +52,12 @@ pub fn spawn(
                 result = results.recv() => {
                     let Some(result) = result else { break };
                     match result.result {
-                        Ok(()) => confirmed.push(result.outbox_id),
+                        Ok(()) => {
+                            metrics.observe_published(on_the_way.get(&result.outbox_id).copied());
+                            confirmed.push(result.outbox_id);
+                        }
                         Err(reason) => {
+                            metrics.observe_publish_failure();
                             log::debug!("outbox row {} not published: {reason}", result.outbox_id);
                             on_the_way.remove(&result.outbox_id);
                         }
@@ -80,7 +89,7 @@ pub fn spawn(
                     match found {
                         Ok(Ok(rows)) => {
                             for message in rows {
-                                if on_the_way.insert(message.id) && outbound.send(message).is_err() {
+                                if !hand_over(&mut on_the_way, &outbound, message) {
                                     return;
                                 }
                             }
@@ -92,4 +101,19 @@ pub fn spawn(
             }
         }
     })
+}
+
+/// Sends a row to the publisher unless it is already on its way; `false` once the publisher is gone.
+fn hand_over(
+    on_the_way: &mut HashMap<i64, DateTime<Utc>>,
+    outbound: &mpsc::UnboundedSender<OutboxMessage>,
+    message: OutboxMessage,
+) -> bool {
+    match on_the_way.entry(message.id) {
+        Entry::Occupied(_) => true,
+        Entry::Vacant(slot) => {
+            slot.insert(message.created_at);
+            outbound.send(message).is_ok()
+        }
+    }
 }

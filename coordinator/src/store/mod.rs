@@ -6,6 +6,7 @@
 //! transaction (see [`writer`]), which is what makes "state first, then message" hold across crashes.
 
 pub mod dashboard;
+mod gauges;
 mod rows;
 pub mod schema;
 pub mod writer;

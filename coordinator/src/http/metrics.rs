@@ -1,0 +1,47 @@
+//! `GET /metrics`: the Prometheus scrape endpoint.
+
+use actix_web::{web, HttpResponse};
+use chrono::Utc;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::metrics::{OutboxBacklog, Snapshot, CONTENT_TYPE};
+
+/// Every metric of this coordinator in the OpenMetrics text format (listed in `docs/metrics.md`).
+///
+/// Values that Postgres holds (sagas in flight, the outbox backlog) are read now; if Postgres is
+/// unreachable they are left out and everything else is still answered.
+#[utoipa::path(get, path = "/metrics", tag = "service", responses(
+    (status = 200, description = "Prometheus metrics (OpenMetrics text)", body = String,
+        content_type = "application/openmetrics-text"),
+))]
+pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.registry.store().clone();
+    let read = web::block(move || (store.in_flight_counts(), store.outbox_backlog())).await;
+    let (in_flight, outbox) = match read {
+        Ok((in_flight, outbox)) => (in_flight.ok(), outbox.ok()),
+        Err(_) => (None, None),
+    };
+    if in_flight.is_none() || outbox.is_none() {
+        log::warn!("metrics: cannot read sagas in flight or the outbox from Postgres");
+    }
+    let now = Utc::now();
+    let snapshot = Snapshot {
+        in_flight,
+        outbox: outbox.map(|(rows, oldest)| OutboxBacklog {
+            rows,
+            oldest_age_seconds: oldest
+                .and_then(|t| (now - t).to_std().ok())
+                .map_or(0.0, |d| d.as_secs_f64()),
+        }),
+        actors: state.registry.in_flight(),
+        amqp_connected: *state.amqp_connected.borrow(),
+        dead_letters: *state.dead_letter_depth.borrow(),
+    };
+    let text = state
+        .registry
+        .metrics()
+        .render(snapshot)
+        .map_err(|e| ApiError::Internal(format!("cannot encode the metrics: {e}")))?;
+    Ok(HttpResponse::Ok().content_type(CONTENT_TYPE).body(text))
+}

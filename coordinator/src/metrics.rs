@@ -1,0 +1,532 @@
+//! Prometheus metrics: one registry of typed metric families per coordinator, served at `/metrics`.
+//!
+//! Saga and step metrics are derived in one place, [`Metrics::observe_transition`], from what the
+//! runtime already has after a transition is committed: the saga before and after it and the event
+//! log entries the state machine wrote. Values that are cheap to read when asked (sagas in flight per
+//! state, the outbox backlog, the broker connection, dead letters) are set at scrape time from a
+//! [`Snapshot`] instead of being tracked, so they are right even after a crash or a reload.
+//!
+//! Labels are low-cardinality on purpose: saga name, participant, command kind, outcome and state.
+//! Never a saga id. Every metric is listed in `docs/metrics.md`.
+
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+
+use crate::saga::machine::LogEntry;
+use crate::saga::{Saga, SagaState, TimerPurpose};
+
+/// The content type of the text [`Metrics::render`] produces.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SagaLabels {
+    saga: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    saga: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    saga: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    saga: String,
+    participant: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplyLabels {
+    saga: String,
+    participant: String,
+    kind: String,
+    outcome: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Saga durations: 10 ms to about 3 hours.
+fn saga_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.5, 14))
+}
+
+/// Step round trips and publish latencies: 1 ms to about 2 minutes.
+fn step_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.5, 14))
+}
+
+/// Values read at scrape time.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Unfinished sagas per (saga name, state), from Postgres; `None` if it could not be read.
+    pub in_flight: Option<Vec<(String, SagaState, i64)>>,
+    /// Outbox rows not yet confirmed, and the age of the oldest, from Postgres.
+    pub outbox: Option<OutboxBacklog>,
+    /// Sagas with a live actor in this coordinator.
+    pub actors: usize,
+    pub amqp_connected: bool,
+    /// Messages waiting in `{ns}.dead-letters`, if the broker told us.
+    pub dead_letters: Option<u32>,
+}
+
+/// The outbox as Postgres sees it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutboxBacklog {
+    pub rows: i64,
+    pub oldest_age_seconds: f64,
+}
+
+/// Every metric family of one coordinator.
+pub struct Metrics {
+    registry: Registry,
+    /// Serialises scrapes: the scrape-time gauges are reset and set, then encoded.
+    scrape: Mutex<()>,
+
+    sagas_started: Family<SagaLabels, Counter>,
+    sagas_finished: Family<StateLabels, Counter>,
+    sagas_failed: Family<SagaLabels, Counter>,
+    compensations: Family<ReasonLabels, Counter>,
+    saga_duration: HistogramFamily<StateLabels>,
+    step_attempts: Family<StepLabels, Counter>,
+    step_replies: Family<ReplyLabels, Counter>,
+    step_duration: HistogramFamily<ReplyLabels>,
+    step_timeouts: Family<StepLabels, Counter>,
+    step_gave_up: Family<StepLabels, Counter>,
+    dead_lettered: Family<StepLabels, Counter>,
+    outbox_published: Counter,
+    outbox_publish_failures: Counter,
+    outbox_publish_latency: Histogram,
+
+    in_flight: Family<StateLabels, Gauge>,
+    outbox_backlog: Gauge,
+    outbox_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    actors: Gauge,
+    amqp_connected: Gauge,
+    dead_letters: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("saga"),
+            scrape: Mutex::new(()),
+            sagas_started: Family::default(),
+            sagas_finished: Family::default(),
+            sagas_failed: Family::default(),
+            compensations: Family::default(),
+            saga_duration: Family::new_with_constructor(saga_buckets),
+            step_attempts: Family::default(),
+            step_replies: Family::default(),
+            step_duration: Family::new_with_constructor(step_buckets),
+            step_timeouts: Family::default(),
+            step_gave_up: Family::default(),
+            dead_lettered: Family::default(),
+            outbox_published: Counter::default(),
+            outbox_publish_failures: Counter::default(),
+            outbox_publish_latency: step_buckets(),
+            in_flight: Family::default(),
+            outbox_backlog: Gauge::default(),
+            outbox_oldest_age: Gauge::default(),
+            actors: Gauge::default(),
+            amqp_connected: Gauge::default(),
+            dead_letters: Gauge::default(),
+        };
+        m.registry.register(
+            "sagas_started",
+            "Sagas accepted (new submissions)",
+            m.sagas_started.clone(),
+        );
+        m.registry.register(
+            "sagas_finished",
+            "Sagas that reached a final state (committed, compensated, aborted)",
+            m.sagas_finished.clone(),
+        );
+        m.registry.register(
+            "sagas_failed",
+            "Sagas left failed for an operator (a compensation ran out of attempts)",
+            m.sagas_failed.clone(),
+        );
+        m.registry.register(
+            "compensations",
+            "Sagas that began compensating, by reason (step_failed, timed_out, aborted)",
+            m.compensations.clone(),
+        );
+        m.registry.register(
+            "duration_seconds",
+            "Time from submission to the final state",
+            m.saga_duration.clone(),
+        );
+        m.registry.register(
+            "step_attempts",
+            "Commands dispatched (every attempt of an action or compensation)",
+            m.step_attempts.clone(),
+        );
+        m.registry.register(
+            "step_replies",
+            "Replies that changed a saga, by outcome",
+            m.step_replies.clone(),
+        );
+        m.registry.register(
+            "step_duration_seconds",
+            "Time from dispatching a step's current attempt to its reply",
+            m.step_duration.clone(),
+        );
+        m.registry.register(
+            "step_timeouts",
+            "Attempts that got no reply within the step's timeout",
+            m.step_timeouts.clone(),
+        );
+        m.registry.register(
+            "step_gave_up",
+            "Steps whose action or compensation ran out of attempts",
+            m.step_gave_up.clone(),
+        );
+        m.registry.register(
+            "dead_lettered_commands",
+            "Commands a participant rejected without requeue (counted as a failed attempt)",
+            m.dead_lettered.clone(),
+        );
+        m.registry.register(
+            "outbox_published",
+            "Commands RabbitMQ confirmed",
+            m.outbox_published.clone(),
+        );
+        m.registry.register(
+            "outbox_publish_failures",
+            "Publish attempts that failed (the row stays and is sent again)",
+            m.outbox_publish_failures.clone(),
+        );
+        m.registry.register(
+            "outbox_publish_latency_seconds",
+            "Time from committing a command to RabbitMQ's confirm",
+            m.outbox_publish_latency.clone(),
+        );
+        m.registry.register(
+            "sagas_in_flight",
+            "Unfinished sagas per state (read from Postgres at scrape time)",
+            m.in_flight.clone(),
+        );
+        m.registry.register(
+            "outbox_backlog",
+            "Commands committed but not yet confirmed by RabbitMQ",
+            m.outbox_backlog.clone(),
+        );
+        m.registry.register(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest unconfirmed command (0 when the outbox is empty)",
+            m.outbox_oldest_age.clone(),
+        );
+        m.registry.register(
+            "actors",
+            "Sagas with a live actor in this coordinator",
+            m.actors.clone(),
+        );
+        m.registry.register(
+            "amqp_connected",
+            "1 while connected to RabbitMQ with the topology declared, else 0",
+            m.amqp_connected.clone(),
+        );
+        m.registry.register(
+            "dead_letters",
+            "Messages waiting in the {ns}.dead-letters queue for an operator",
+            m.dead_letters.clone(),
+        );
+        m
+    }
+
+    /// Records what a committed transition did, from the saga before and after it and the log
+    /// entries it wrote. Called once per committed transition (the submission's first one included).
+    pub fn observe_transition(
+        &self,
+        before: &Saga,
+        after: &Saga,
+        log: &[LogEntry],
+        now: DateTime<Utc>,
+    ) {
+        let saga = &after.definition.name;
+        let step = |entry: &LogEntry| {
+            let i = entry.step?;
+            let def = after.definition.steps.get(i)?;
+            Some((i, def))
+        };
+        let kind = |entry: &LogEntry| text(&entry.detail["kind"]);
+        for entry in log {
+            match entry.kind {
+                "started" | "prepared" => {
+                    self.sagas_started
+                        .get_or_create(&SagaLabels { saga: saga.clone() })
+                        .inc();
+                }
+                "dispatched" | "timed_out" | "gave_up" | "dead_lettered" => {
+                    let Some((_, def)) = step(entry) else {
+                        continue;
+                    };
+                    let labels = StepLabels {
+                        saga: saga.clone(),
+                        participant: def.participant.clone(),
+                        kind: kind(entry),
+                    };
+                    let family = match entry.kind {
+                        "dispatched" => &self.step_attempts,
+                        "timed_out" => &self.step_timeouts,
+                        "gave_up" => &self.step_gave_up,
+                        _ => &self.dead_lettered,
+                    };
+                    family.get_or_create(&labels).inc();
+                }
+                "reply" => {
+                    let Some((i, def)) = step(entry) else {
+                        continue;
+                    };
+                    let labels = ReplyLabels {
+                        saga: saga.clone(),
+                        participant: def.participant.clone(),
+                        kind: kind(entry),
+                        outcome: text(&entry.detail["outcome"]),
+                    };
+                    self.step_replies.get_or_create(&labels).inc();
+                    // The attempt's reply timer was armed at dispatch for `timeout_ms`.
+                    let timer = before.steps.get(i).and_then(|s| s.timer);
+                    if let Some(timer) = timer.filter(|t| t.purpose == TimerPurpose::ReplyTimeout) {
+                        let sent =
+                            timer.due_at - chrono::Duration::milliseconds(def.timeout_ms as i64);
+                        self.step_duration
+                            .get_or_create(&labels)
+                            .observe(seconds(now - sent));
+                    }
+                }
+                "compensating" => {
+                    let reason = compensation_reason(&entry.detail);
+                    self.compensations
+                        .get_or_create(&ReasonLabels {
+                            saga: saga.clone(),
+                            reason: reason.into(),
+                        })
+                        .inc();
+                }
+                "failed" => {
+                    self.sagas_failed
+                        .get_or_create(&SagaLabels { saga: saga.clone() })
+                        .inc();
+                }
+                // Check-backs of two-phase sagas (contract, section 5) are counted here once the
+                // machine writes their log entries.
+                _ => {}
+            }
+        }
+        if after.state.is_final() && !before.state.is_final() {
+            let labels = StateLabels {
+                saga: saga.clone(),
+                state: after.state.as_str().into(),
+            };
+            self.sagas_finished.get_or_create(&labels).inc();
+            self.saga_duration
+                .get_or_create(&labels)
+                .observe(seconds(now - after.created_at));
+        }
+    }
+
+    /// RabbitMQ confirmed a command that was committed at `created_at`.
+    pub fn observe_published(&self, created_at: Option<DateTime<Utc>>) {
+        self.outbox_published.inc();
+        if let Some(created_at) = created_at {
+            self.outbox_publish_latency
+                .observe(seconds(Utc::now() - created_at));
+        }
+    }
+
+    /// A publish failed; the outbox row stays and goes out again later.
+    pub fn observe_publish_failure(&self) {
+        self.outbox_publish_failures.inc();
+    }
+
+    /// The text exposition (OpenMetrics) with the scrape-time values of `snapshot`.
+    pub fn render(&self, snapshot: Snapshot) -> Result<String, std::fmt::Error> {
+        let _scraping = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.in_flight.clear();
+        if let Some(in_flight) = snapshot.in_flight {
+            for (saga, state, count) in in_flight {
+                self.in_flight
+                    .get_or_create(&StateLabels {
+                        saga,
+                        state: state.as_str().into(),
+                    })
+                    .set(count);
+            }
+        }
+        if let Some(outbox) = snapshot.outbox {
+            self.outbox_backlog.set(outbox.rows);
+            self.outbox_oldest_age.set(outbox.oldest_age_seconds);
+        }
+        self.actors
+            .set(i64::try_from(snapshot.actors).unwrap_or(i64::MAX));
+        self.amqp_connected.set(i64::from(snapshot.amqp_connected));
+        if let Some(dead) = snapshot.dead_letters {
+            self.dead_letters.set(i64::from(dead));
+        }
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Why a saga began compensating, from the reason the state machine logged.
+fn compensation_reason(detail: &Value) -> &'static str {
+    match detail["reason"].as_str() {
+        Some("aborted") => "aborted",
+        Some("saga timed out") => "timed_out",
+        _ => "step_failed",
+    }
+}
+
+/// A label value from a log entry's detail (an enum serialised as a string).
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or("unknown").to_owned()
+}
+
+fn seconds(d: chrono::Duration) -> f64 {
+    d.to_std().map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::saga::machine::{self, Context, Decision, Event};
+    use crate::submission::parse_submission;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    fn saga(body: Value, now: DateTime<Utc>) -> Saga {
+        let def = parse_submission(&body).expect("valid submission");
+        Saga::new(Uuid::now_v7(), def, None, now)
+    }
+
+    fn apply(m: &Metrics, saga: &Saga, event: Event, now: DateTime<Utc>) -> Saga {
+        let mut rng = rand::rng();
+        let mut ctx = Context { now, rng: &mut rng };
+        let Decision::Apply(t) = machine::handle(saga, event, &mut ctx) else {
+            panic!("the event changed nothing")
+        };
+        m.observe_transition(saga, &t.saga, &t.log, now);
+        t.saga
+    }
+
+    fn reply(saga: &Saga, step: &str, kind: &str, outcome: &str) -> Event {
+        Event::Reply(
+            serde_json::from_value(json!({
+                "saga_id": saga.id, "step": step, "kind": kind, "attempt": 1,
+                "outcome": outcome,
+            }))
+            .expect("a reply"),
+        )
+    }
+
+    fn body(m: &Metrics) -> String {
+        m.render(Snapshot::default()).expect("encodes")
+    }
+
+    #[test]
+    fn a_committed_saga_counts_start_attempt_reply_and_finish() {
+        let m = Metrics::new();
+        let t0 = Utc::now();
+        let s = saga(
+            json!({"name": "order", "steps": [
+                {"name": "pay", "participant": "payments", "action": "charge", "timeout_ms": 1000}
+            ]}),
+            t0,
+        );
+        let s = apply(&m, &s, Event::Start, t0);
+        let t1 = t0 + chrono::Duration::milliseconds(250);
+        apply(&m, &s, reply(&s, "pay", "action", "success"), t1);
+        let text = body(&m);
+        for line in [
+            r#"saga_sagas_started_total{saga="order"} 1"#,
+            r#"saga_step_attempts_total{saga="order",participant="payments",kind="action"} 1"#,
+            r#"saga_step_replies_total{saga="order",participant="payments",kind="action",outcome="success"} 1"#,
+            r#"saga_step_duration_seconds_sum{saga="order",participant="payments",kind="action",outcome="success"} 0.25"#,
+            r#"saga_sagas_finished_total{saga="order",state="committed"} 1"#,
+            r#"saga_duration_seconds_count{saga="order",state="committed"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains(&s.id.to_string()), "a saga id leaked");
+    }
+
+    #[test]
+    fn compensation_reasons_follow_the_machine() {
+        let m = Metrics::new();
+        let t0 = Utc::now();
+        let def = json!({"name": "trip", "timeout_ms": 100, "steps": [
+            {"name": "hotel", "participant": "hotels", "action": "book", "compensation": "cancel"}
+        ]});
+        // A step refused.
+        let s = apply(&m, &saga(def.clone(), t0), Event::Start, t0);
+        apply(&m, &s, reply(&s, "hotel", "action", "failure"), t0);
+        // The saga's own deadline passed.
+        let s = apply(&m, &saga(def.clone(), t0), Event::Start, t0);
+        let late = t0 + chrono::Duration::seconds(1);
+        apply(&m, &s, Event::TimerFired, late);
+        // An operator aborted it.
+        let s = apply(&m, &saga(def, t0), Event::Start, t0);
+        apply(&m, &s, Event::Abort, t0);
+        let text = body(&m);
+        for reason in ["step_failed", "timed_out", "aborted"] {
+            let line = format!(r#"saga_compensations_total{{saga="trip",reason="{reason}"}} 1"#);
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn scrape_time_values_replace_the_previous_ones() {
+        let m = Metrics::new();
+        let snapshot = || Snapshot {
+            in_flight: Some(vec![("order".into(), SagaState::Running, 3)]),
+            outbox: Some(OutboxBacklog {
+                rows: 7,
+                oldest_age_seconds: 1.5,
+            }),
+            actors: 3,
+            amqp_connected: true,
+            dead_letters: Some(2),
+        };
+        let text = m.render(snapshot()).expect("encodes");
+        for line in [
+            r#"saga_sagas_in_flight{saga="order",state="running"} 3"#,
+            "saga_outbox_backlog 7",
+            "saga_amqp_connected 1",
+            "saga_dead_letters 2",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        let text = m
+            .render(Snapshot {
+                in_flight: Some(Vec::new()),
+                ..Snapshot::default()
+            })
+            .expect("encodes");
+        assert!(!text.contains(r#"state="running""#), "{text}");
+        assert!(text.contains("saga_amqp_connected 0"), "{text}");
+    }
+}
