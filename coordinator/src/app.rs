@@ -101,6 +101,14 @@ pub async fn run(
         .copied()
         .context("the HTTP server has no address")?;
     let server = server.run();
+    if handle_signals {
+        // actix stops the server on these signals; open event streams must end for it to finish.
+        let changes = registry.changes().clone();
+        actix_rt::spawn(async move {
+            wait_for_stop_signal().await;
+            changes.close();
+        });
+    }
     on_listening(addr, server.handle());
     let served = server.await;
 
@@ -123,6 +131,22 @@ pub async fn run(
     })
     .await;
     served.context("the HTTP server failed")
+}
+
+/// SIGTERM or SIGINT (the signals actix's server stops on).
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Routes replies and dead-lettered commands to their sagas, concurrently.

@@ -721,3 +721,52 @@ async fn dead_letters_are_shown_with_their_reason_and_stay_queued() {
     .await;
     assert!(len >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_open_change_streams_cleanly() {
+    let db = tokio::task::spawn_blocking(e2e::TestDb::new)
+        .await
+        .expect("creating the test database");
+    let ns = e2e::TestNamespace::new();
+    let (url, namespace) = (db.url().to_string(), ns.name().to_string());
+    let mut process = tokio::task::spawn_blocking(move || {
+        e2e::CoordinatorProcess::start(
+            env!("CARGO_BIN_EXE_coordinator-under-test"),
+            &url,
+            &e2e::amqp_url(),
+            &namespace,
+            &[],
+        )
+    })
+    .await
+    .expect("join")
+    .expect("starting the coordinator process");
+    let mut stream = process
+        .api()
+        .request(Method::GET, "/dashboard/api/stream")
+        .send()
+        .await
+        .expect("GET stream");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let first = stream
+        .chunk()
+        .await
+        .expect("a chunk")
+        .expect("the greeting");
+    assert!(String::from_utf8_lossy(&first).contains("event: hello"));
+
+    let stopped = tokio::task::spawn_blocking(move || process.terminate(SAGA_TIMEOUT));
+    // A stream the server ends has a proper end; one cut by a forced shutdown is an error.
+    loop {
+        match stream.chunk().await {
+            Ok(Some(_keep_alive)) => continue,
+            Ok(None) => break,
+            Err(e) => panic!("the stream was cut instead of ended: {e}"),
+        }
+    }
+    let status = stopped
+        .await
+        .expect("join")
+        .expect("the coordinator exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{status}");
+}

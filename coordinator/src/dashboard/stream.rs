@@ -12,6 +12,7 @@ use actix_web::HttpResponse;
 use futures_util::stream;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
+use tokio::sync::watch;
 
 use crate::http::AppState;
 use crate::runtime::changes::SagaChange;
@@ -20,13 +21,14 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub async fn changes(state: web::Data<AppState>) -> HttpResponse {
     let receiver = state.registry.changes().subscribe();
+    let closing = state.registry.changes().closing();
     // `retry`: how long the browser waits before reconnecting after the stream ends.
     let hello = stream::once(async {
         Ok::<_, actix_web::Error>(Bytes::from_static(
             b"retry: 2000\nevent: hello\ndata: {}\n\n",
         ))
     });
-    let events = stream::unfold(Some(receiver), next_event);
+    let events = stream::unfold(Some((receiver, closing)), next_event);
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -34,14 +36,18 @@ pub async fn changes(state: web::Data<AppState>) -> HttpResponse {
         .streaming(futures_util::StreamExt::chain(hello, events))
 }
 
+type Readers = (Receiver<SagaChange>, watch::Receiver<bool>);
+
 async fn next_event(
-    receiver: Option<Receiver<SagaChange>>,
-) -> Option<(
-    Result<Bytes, actix_web::Error>,
-    Option<Receiver<SagaChange>>,
-)> {
-    let mut receiver = receiver?;
-    let frame = match tokio::time::timeout(KEEP_ALIVE, receiver.recv()).await {
+    readers: Option<Readers>,
+) -> Option<(Result<Bytes, actix_web::Error>, Option<Readers>)> {
+    let (mut receiver, mut closing) = readers?;
+    let next = tokio::select! {
+        // The coordinator is stopping: end the stream (the browser reconnects to the next one).
+        _ = closing.wait_for(|c| *c) => return None,
+        next = tokio::time::timeout(KEEP_ALIVE, receiver.recv()) => next,
+    };
+    let frame = match next {
         Err(_) => Bytes::from_static(b": keep-alive\n\n"),
         Ok(Ok(change)) => match serde_json::to_string(&change) {
             Ok(json) => Bytes::from(format!("event: change\ndata: {json}\n\n")),
@@ -51,5 +57,5 @@ async fn next_event(
         // The coordinator is stopping: end the stream.
         Ok(Err(RecvError::Closed)) => return None,
     };
-    Some((Ok(frame), Some(receiver)))
+    Some((Ok(frame), Some((receiver, closing))))
 }

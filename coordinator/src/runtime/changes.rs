@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 use crate::saga::{Saga, SagaState};
@@ -41,12 +41,16 @@ impl SagaChange {
 #[derive(Clone)]
 pub struct Changes {
     sender: broadcast::Sender<SagaChange>,
+    /// `true` once the coordinator is stopping: long-lived readers (event streams) should end, so
+    /// that a graceful shutdown does not wait for an open browser tab.
+    closing: watch::Sender<bool>,
 }
 
 impl Default for Changes {
     fn default() -> Self {
         Changes {
             sender: broadcast::channel(CAPACITY).0,
+            closing: watch::channel(false).0,
         }
     }
 }
@@ -60,6 +64,16 @@ impl Changes {
     /// A new reader, seeing notices sent from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<SagaChange> {
         self.sender.subscribe()
+    }
+
+    /// Tells long-lived readers to finish: the coordinator is stopping.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Turns `true` when [`Changes::close`] is called.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 }
 
