@@ -222,7 +222,11 @@ impl Barrier {
         // Bar the action: if its row did not exist, it never ran and never will.
         let action_key = self.action_key();
         let null = if self.claim_as(conn, &action_key, CommandKind::Action, "barred")? {
-            self.record(conn, &action_key, &Outcome::failure("barred by its compensation"))?;
+            self.record(
+                conn,
+                &action_key,
+                &Outcome::failure("barred by its compensation"),
+            )?;
             true
         } else {
             // The action ran: undo it, unless it was a business refusal (which had no effect).

@@ -172,10 +172,7 @@ async fn session(
     let (connection, channel, mut consumer) =
         established.map_err(|_| "connecting timed out".to_string())??;
     let mut events = connection.events_listener();
-    log::info!(
-        "participant {name} consuming {}",
-        settings.queue(name)
-    );
+    log::info!("participant {name} consuming {}", settings.queue(name));
     consuming.send_replace(true);
 
     let permits = Arc::new(Semaphore::new(settings.concurrency));
@@ -362,15 +359,16 @@ impl Job {
         if delivery.properties.reply_to().is_none() {
             return Err("the command has no reply_to".into());
         }
-        let traceparent = delivery.properties.headers().as_ref().and_then(|headers| {
-            match headers.inner().get("traceparent") {
-                Some(AMQPValue::LongString(s)) => {
-                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        let traceparent =
+            delivery.properties.headers().as_ref().and_then(|headers| {
+                match headers.inner().get("traceparent") {
+                    Some(AMQPValue::LongString(s)) => {
+                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                    }
+                    Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
+                    _ => None,
                 }
-                Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
-                _ => None,
-            }
-        });
+            });
         Command::from_body(body, delivery.redelivered, traceparent)
             .ok_or_else(|| "an action or compensation without a step".to_string())
     }

@@ -82,7 +82,9 @@ impl Settings {
             ));
         }
         if !(0.0..=1.0).contains(&self.redeliver_rate) {
-            return Err(Error::Settings("redeliver_rate must be within 0..=1".into()));
+            return Err(Error::Settings(
+                "redeliver_rate must be within 0..=1".into(),
+            ));
         }
         Ok(())
     }
