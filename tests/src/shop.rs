@@ -171,9 +171,9 @@ impl ShopProcess {
         }
     }
 
-    /// SIGKILL, then reap.
+    /// SIGKILL, then reap ([`try_exit_status`](Self::try_exit_status) reports the kill afterwards).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
         }
