@@ -63,7 +63,9 @@ enum Cmd {
         faults: Faults,
     },
     /// Start the services, submit a steady stream of orders to a running coordinator, wait for every
-    /// saga to settle, and print the consistency report (exit 1 if it finds a violation).
+    /// saga to settle, and print the consistency report (exit 1 if it finds a violation). Unless a
+    /// fault rate is given, it injects a mix of refusals, transient errors, slow replies and
+    /// duplicate deliveries.
     Demo {
         /// The coordinator.
         #[arg(long, env = "SAGA_URL", default_value = "http://127.0.0.1:8080")]
@@ -161,6 +163,11 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             let policy = OrderPolicy {
                 step_timeout: Duration::from_millis(step_timeout_ms),
                 ..OrderPolicy::default()
+            };
+            let faults = if faults.is_none() {
+                Faults::demo_mix()
+            } else {
+                faults
             };
             let report = demo::run(Demo {
                 client,

@@ -24,6 +24,34 @@ pub struct Faults {
     pub crash_rate: f64,
 }
 
+impl Faults {
+    /// The demo's mix when no rate is set: some refusals, transient errors, slow replies and
+    /// duplicate deliveries (no crashes: the demo runs the services in its own process).
+    pub fn demo_mix() -> Faults {
+        Faults {
+            failure_rate: 0.08,
+            transient_rate: 0.05,
+            slow_rate: 0.03,
+            slow_ms: 1500,
+            duplicate_rate: 0.05,
+            crash_rate: 0.0,
+        }
+    }
+
+    /// Whether every rate is zero.
+    pub fn is_none(&self) -> bool {
+        [
+            self.failure_rate,
+            self.transient_rate,
+            self.slow_rate,
+            self.duplicate_rate,
+            self.crash_rate,
+        ]
+        .iter()
+        .all(|r| *r == 0.0)
+    }
+}
+
 fn roll(p: f64) -> bool {
     p > 0.0 && fastrand::f64() < p
 }

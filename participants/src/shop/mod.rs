@@ -77,7 +77,7 @@ pub struct ShopSettings {
     #[arg(long, env = "SHOP_ACCOUNTS", default_value_t = 10)]
     pub accounts: u32,
     /// Initial balance of every customer account, in cents.
-    #[arg(long, env = "SHOP_BALANCE_CENTS", default_value_t = 20_000)]
+    #[arg(long, env = "SHOP_BALANCE_CENTS", default_value_t = 100_000)]
     pub balance_cents: i64,
 }
 
@@ -89,7 +89,7 @@ impl Default for ShopSettings {
             skus: 10,
             stock: 100,
             accounts: 10,
-            balance_cents: 20_000,
+            balance_cents: 100_000,
         }
     }
 }
