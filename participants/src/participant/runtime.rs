@@ -181,11 +181,11 @@ async fn session(
         tokio::select! {
             () = shutdown.cancelled() => break SessionEnd::Stopped,
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-            event = events.next() => {
-                if let Some(Event::Error(e)) = event {
-                    break SessionEnd::Lost(format!("connection error: {e}"));
-                }
-            }
+            event = events.next() => match event {
+                Some(Event::Error(e)) => break SessionEnd::Lost(format!("connection error: {e}")),
+                None => break SessionEnd::Lost("the connection's events ended".into()),
+                Some(_) => {}
+            },
             next = consumer.next() => match next {
                 None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
                 Some(Err(e)) => break SessionEnd::Lost(format!("consuming failed: {e}")),
