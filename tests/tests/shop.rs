@@ -1,7 +1,7 @@
 //! End to end: the coordinator and the example shop (three participant processes built on the SDK),
 //! hundreds of `place-order` sagas with injected business failures, transient errors, slow replies,
-//! duplicate deliveries and crashes between commit and reply, plus a participant killed mid-run and
-//! restarted. Afterwards every saga is final and the shop is exactly consistent.
+//! duplicate deliveries and crashes between commit and reply, operator aborts, plus a participant
+//! killed mid-run and restarted. Afterwards every saga is final and the shop is exactly consistent.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -154,7 +154,16 @@ async fn hundreds_of_orders_with_faults_and_crashes_keep_stock_and_money_exact()
             .await
             .expect("submitting an order");
         let client = client.clone();
-        waiting.spawn(async move { client.wait(saga.id, BULK_TIMEOUT).await });
+        let abort = n % 10 == 5;
+        waiting.spawn(async move {
+            if abort {
+                // An operator's abort, often while an action is under way (or stalled by a slow
+                // fault): its compensation may overtake it (null compensation, then a hanging action).
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(0..300))).await;
+                abort_unless_final(&client, saga.id).await;
+            }
+            client.wait(saga.id, BULK_TIMEOUT).await
+        });
         if n % 20 == 19 {
             // A steady stream rather than one burst.
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -203,7 +212,8 @@ async fn hundreds_of_orders_with_faults_and_crashes_keep_stock_and_money_exact()
         .await
         .expect("join")
         .expect("reading the shop");
-    eprintln!("{report}\n{restarts} participant restarts");
+    let barrier = barrier_origins(&dbs);
+    eprintln!("{report}\n{restarts} participant restarts; barrier rows by origin: {barrier:?}");
     assert!(report.is_consistent(), "{report}");
     assert_eq!(
         report.stock_available + report.stock_reserved,
@@ -211,4 +221,50 @@ async fn hundreds_of_orders_with_faults_and_crashes_keep_stock_and_money_exact()
     );
     assert_eq!(report.money_total, report.money_initial);
     drop(dbs);
+}
+
+/// How many barrier rows of each origin (`ran`, `null`, `barred`) the three services hold: how often
+/// the run met null compensations and hanging actions.
+fn barrier_origins(dbs: &ShopDbs) -> std::collections::BTreeMap<String, i64> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        origin: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for service in Service::ALL {
+        let Ok(mut conn) = dbs.connect(service) else {
+            continue;
+        };
+        let rows: Vec<Row> = diesel::RunQueryDsl::load(
+            diesel::sql_query("SELECT origin, count(*) AS n FROM saga_barrier GROUP BY origin"),
+            &mut conn,
+        )
+        .unwrap_or_default();
+        for row in rows {
+            *out.entry(row.origin).or_default() += row.n;
+        }
+    }
+    out
+}
+
+/// Aborts the saga; a saga already final answers 409. A saga whose actor is just finishing may answer
+/// 503 (its mailbox closed): then look again.
+async fn abort_unless_final(client: &Client, id: uuid::Uuid) {
+    for _ in 0..100 {
+        match client.abort(id).await {
+            Ok(_) => return,
+            Err(e) if e.status() == Some(reqwest::StatusCode::CONFLICT) => return,
+            Err(e) if e.status() == Some(reqwest::StatusCode::SERVICE_UNAVAILABLE) => {
+                if client.get(id).await.is_ok_and(|s| s.state.is_settled()) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("aborting {id}: {e}"),
+        }
+    }
+    panic!("aborting {id}: the coordinator kept answering 503");
 }
