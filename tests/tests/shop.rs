@@ -187,8 +187,8 @@ async fn hundreds_of_orders_with_faults_and_crashes_keep_stock_and_money_exact()
             }
         }
     }
-    let restarts = supervisor.restarts.load(Ordering::SeqCst);
     supervisor.stop();
+    let restarts = supervisor.restarts.load(Ordering::SeqCst);
 
     let not_final: Vec<_> = states.iter().filter(|(_, s)| !s.is_final()).collect();
     assert!(not_final.is_empty(), "sagas not final: {not_final:?}");
