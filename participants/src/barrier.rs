@@ -76,7 +76,9 @@ pub enum Verdict {
 /// The outcome to reply with, and how it came about.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Guarded {
+    /// What to reply.
     pub outcome: Outcome,
+    /// Whether the business code ran, and if not, why.
     pub verdict: Verdict,
 }
 

@@ -1,5 +1,8 @@
 //! A small typed client for the coordinator's HTTP API (contract, section 2).
 //!
+//! The request and document types mirror the contract's JSON field for field (same names, optional
+//! fields as `Option`), so their fields are documented there.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), participants::client::ClientError> {
 //! use participants::client::{Client, SagaRequest, StepRequest};

@@ -52,6 +52,7 @@ impl Outcome {
         }
     }
 
+    /// Whether this is a success.
     pub fn is_success(&self) -> bool {
         matches!(self, Outcome::Success(_))
     }
