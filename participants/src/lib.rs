@@ -1,1 +1,114 @@
-//! The participants SDK arrives with its own issue; this crate reserves the name in the workspace.
+//! # participants: write saga participants in a few lines
+//!
+//! A participant is a service that runs the steps of sagas: the coordinator sends it commands over
+//! RabbitMQ (an *action* to do a step, a *compensation* to undo it) and waits for its reply
+//! (contract, sections 3 and 4). This crate turns that contract into handler code:
+//!
+//! - [`Participant`]: declare a name and the handlers of its commands; [`Participant::run_until`]
+//!   declares the queue `{ns}.participant.{name}`, consumes it, runs each command's handler,
+//!   publishes the reply with a publisher confirm and only then acknowledges the command, and
+//!   reconnects (with backoff) when the broker goes away. A handler that returns an error or panics
+//!   answers `retry`; an unknown command or an undecodable body is rejected to the dead-letter queue
+//!   with a log line.
+//! - [`Command`] and [`Outcome`]: what a handler receives (typed payload) and answers.
+//! - [`barrier`]: the idempotency barrier in the participant's own Postgres (diesel), so that a
+//!   command's effect happens once however often it arrives, a compensation without its action is a
+//!   no-op ("null compensation"), and an action arriving after its compensation is refused.
+//! - [`client`]: a typed client for the coordinator's HTTP API.
+//!
+//! With the `shop` feature, `shop` holds an example shop (inventory, payments, shipping) and the
+//! `shop` binary runs it and a demo.
+//!
+//! ## Example
+//!
+//! An inventory service that reserves stock, once per command, in its own database:
+//!
+//! ```no_run
+//! use diesel::prelude::*;
+//! use diesel::sql_types::{BigInt, Text};
+//! use participants::barrier::{self, Barrier};
+//! use participants::{Command, Outcome, Participant, Settings};
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! struct Reserve {
+//!     sku: String,
+//!     qty: i64,
+//! }
+//!
+//! const DB: &str = "postgres://postgres@127.0.0.1:5432/inventory";
+//!
+//! // Business code runs inside the barrier's transaction: it commits with the barrier row or not at all.
+//! fn reserve(conn: &mut PgConnection, r: &Reserve) -> QueryResult<Outcome> {
+//!     let taken = diesel::sql_query(
+//!         "UPDATE stock SET available = available - $2 WHERE sku = $1 AND available >= $2",
+//!     )
+//!     .bind::<Text, _>(&r.sku)
+//!     .bind::<BigInt, _>(r.qty)
+//!     .execute(conn)?;
+//!     Ok(if taken == 1 {
+//!         Outcome::success_with(serde_json::json!({"sku": r.sku, "qty": r.qty}))
+//!     } else {
+//!         Outcome::failure(format!("{} is out of stock", r.sku))
+//!     })
+//! }
+//!
+//! fn release(conn: &mut PgConnection, r: &Reserve) -> QueryResult<Outcome> {
+//!     diesel::sql_query("UPDATE stock SET available = available + $2 WHERE sku = $1")
+//!         .bind::<Text, _>(&r.sku)
+//!         .bind::<BigInt, _>(r.qty)
+//!         .execute(conn)?;
+//!     Ok(Outcome::success())
+//! }
+//!
+//! /// Runs `business` behind the barrier on a blocking thread (diesel is synchronous).
+//! async fn guarded(
+//!     cmd: Command<Reserve>,
+//!     business: fn(&mut PgConnection, &Reserve) -> QueryResult<Outcome>,
+//! ) -> Result<Outcome, Box<dyn std::error::Error + Send + Sync>> {
+//!     tokio::task::spawn_blocking(move || {
+//!         let mut conn = PgConnection::establish(DB)?; // use a pool in real code
+//!         let guarded = Barrier::new(&cmd).run(&mut conn, |conn| business(conn, &cmd.payload))?;
+//!         Ok(guarded.outcome)
+//!     })
+//!     .await?
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     barrier::install(&mut PgConnection::establish(DB)?)?;
+//!     Participant::builder("inventory")
+//!         .settings(Settings::from_env()?)
+//!         .action("reserve", |cmd: Command<Reserve>| guarded(cmd, reserve))
+//!         .compensation("release", |cmd: Command<Reserve>| guarded(cmd, release))
+//!         .build()?
+//!         .run_until(async {
+//!             let _ = tokio::signal::ctrl_c().await;
+//!         })
+//!         .await;
+//!     Ok(())
+//! }
+//! ```
+
+pub mod barrier;
+pub mod client;
+mod command;
+mod outcome;
+mod participant;
+#[cfg(feature = "shop")]
+pub mod shop;
+
+pub use command::{Command, CommandKind};
+pub use outcome::Outcome;
+pub use participant::{BoxError, Participant, ParticipantBuilder, ParticipantHandle, Settings};
+
+/// A participant that cannot be built or configured.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The declaration is invalid (bad name, duplicate or missing handlers).
+    #[error("invalid participant: {0}")]
+    Declaration(String),
+    /// A setting is invalid.
+    #[error("invalid setting: {0}")]
+    Settings(String),
+}

@@ -9,6 +9,8 @@
 //! - [`CoordinatorProcess`]: the real binary as a child process (for SIGKILL tests).
 //! - [`FakeParticipant`]: a participant written directly against lapin, answering from a script.
 //! - [`TcpProxy`]: a TCP proxy in front of RabbitMQ that can sever every connection.
+//! - [`FakeCoordinator`]: the coordinator's side of AMQP by hand, to test participants (the SDK).
+//! - [`ShopDbs`], [`ShopProcess`]: the example shop's databases, and its services as child processes.
 //!
 //! Where the services live can be changed with `E2E_PG_URL` (server URL without a database name) and
 //! `E2E_AMQP_URL`.
@@ -19,10 +21,12 @@ pub mod browser;
 pub mod check_back;
 pub mod db;
 pub mod defs;
+pub mod fake_coordinator;
 pub mod namespace;
 pub mod participant;
 pub mod process;
 pub mod proxy;
+pub mod shop;
 pub mod wait;
 
 pub use api::Api;
@@ -30,10 +34,12 @@ pub use app::{TestApp, TestAppBuilder};
 pub use browser::Browser;
 pub use check_back::{CheckAnswer, CheckBackServer};
 pub use db::TestDb;
+pub use fake_coordinator::{command_body, FakeCoordinator};
 pub use namespace::{DeadLetter, TestNamespace};
 pub use participant::{Behaviour, FakeParticipant, ReceivedCommand, Reply, SentReply};
 pub use process::CoordinatorProcess;
 pub use proxy::TcpProxy;
+pub use shop::{ShopDbs, ShopProcess};
 pub use wait::eventually;
 
 use std::time::Duration;

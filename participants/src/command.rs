@@ -1,0 +1,157 @@
+//! The command a participant receives (contract, section 4), typed.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Whether a command runs a step forward or undoes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    /// The step's action.
+    Action,
+    /// The step's compensation: semantically undoes the action.
+    Compensation,
+    /// A two-phase submission's check-back (contract, section 5); not dispatched to handlers yet.
+    Check,
+}
+
+impl CommandKind {
+    /// The name used on the wire (`action`, `compensation`, `check`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::Action => "action",
+            CommandKind::Compensation => "compensation",
+            CommandKind::Check => "check",
+        }
+    }
+}
+
+impl fmt::Display for CommandKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The JSON body of a command, exactly as the coordinator sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CommandBody {
+    pub saga_id: Uuid,
+    pub saga_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    pub kind: CommandKind,
+    pub command: String,
+    pub attempt: u32,
+    pub idempotency_key: String,
+    pub deadline: DateTime<Utc>,
+    #[serde(default)]
+    pub payload: Value,
+    #[serde(default)]
+    pub saga_payload: Value,
+    #[serde(default)]
+    pub outputs: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_output: Option<Value>,
+}
+
+/// One delivery of a command, with its step payload decoded as `P`.
+///
+/// Every attempt of one command carries the same [`idempotency_key`](Command::idempotency_key); use it
+/// (or the [`barrier`](crate::barrier)) so that the command's effect happens at most once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command<P = Value> {
+    /// The saga this command belongs to.
+    pub saga_id: Uuid,
+    /// The saga's kind, e.g. `place-order`.
+    pub saga_name: String,
+    /// The step's name within the saga.
+    pub step: String,
+    /// Action or compensation.
+    pub kind: CommandKind,
+    /// The command's name: the step's `action` or `compensation`.
+    pub name: String,
+    /// 1 for the first attempt; retries and timeouts count up.
+    pub attempt: u32,
+    /// Shared by every attempt of this command: `{saga_id}:{step}:{kind}`.
+    pub idempotency_key: String,
+    /// When the coordinator stops waiting for this attempt's reply.
+    pub deadline: DateTime<Utc>,
+    /// The step's payload, decoded.
+    pub payload: P,
+    /// The saga-level payload (any JSON, `null` if none).
+    pub saga_payload: Value,
+    /// The `output` of every step that has succeeded so far, by step name.
+    pub outputs: Map<String, Value>,
+    /// On a compensation: the output of the action it undoes (`None` on actions and when the action
+    /// produced no output or never answered).
+    pub action_output: Option<Value>,
+    /// Whether the broker delivered this message before (a hint only: duplicates also arrive fresh).
+    pub redelivered: bool,
+    /// The W3C `traceparent` header, when the saga carries one.
+    pub traceparent: Option<String>,
+}
+
+impl<P> Command<P> {
+    /// The output a step that succeeded earlier in this saga produced, decoded as `T`.
+    pub fn output_of<T: DeserializeOwned>(&self, step: &str) -> Option<T> {
+        self.outputs
+            .get(step)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
+    /// The saga payload decoded as `T`.
+    pub fn saga_payload_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(self.saga_payload.clone())
+    }
+
+    /// This command with another payload (the rest unchanged).
+    pub fn with_payload<Q>(self, payload: Q) -> Command<Q> {
+        Command {
+            saga_id: self.saga_id,
+            saga_name: self.saga_name,
+            step: self.step,
+            kind: self.kind,
+            name: self.name,
+            attempt: self.attempt,
+            idempotency_key: self.idempotency_key,
+            deadline: self.deadline,
+            payload,
+            saga_payload: self.saga_payload,
+            outputs: self.outputs,
+            action_output: self.action_output,
+            redelivered: self.redelivered,
+            traceparent: self.traceparent,
+        }
+    }
+}
+
+impl Command<Value> {
+    /// Builds a command from a body; `None` for `check` commands, which have no step.
+    pub(crate) fn from_body(
+        body: CommandBody,
+        redelivered: bool,
+        traceparent: Option<String>,
+    ) -> Option<Command<Value>> {
+        Some(Command {
+            saga_id: body.saga_id,
+            saga_name: body.saga_name,
+            step: body.step?,
+            kind: body.kind,
+            name: body.command,
+            attempt: body.attempt,
+            idempotency_key: body.idempotency_key,
+            deadline: body.deadline,
+            payload: body.payload,
+            saga_payload: body.saga_payload,
+            outputs: body.outputs,
+            action_output: body.action_output.filter(|v| !v.is_null()),
+            redelivered,
+            traceparent,
+        })
+    }
+}

@@ -1,0 +1,114 @@
+//! The demo: the shop's services, a steady stream of orders to a running coordinator, a report.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use super::order::{Order, OrderPolicy};
+use super::report::{self, Report};
+use super::{Faults, Service, ShopSettings};
+use crate::client::{Client, SagaState};
+use crate::Settings;
+
+/// What the demo does.
+#[derive(Debug, Clone)]
+pub struct Demo {
+    pub client: Client,
+    pub shop: ShopSettings,
+    pub participant: Settings,
+    pub faults: Faults,
+    /// Run the three services in this process (else they run elsewhere, e.g. `shop serve`).
+    pub start_services: bool,
+    pub orders: usize,
+    /// Orders submitted per second.
+    pub rate: f64,
+    pub policy: OrderPolicy,
+    /// How long to wait for one saga to become final.
+    pub saga_timeout: Duration,
+}
+
+/// Runs the demo and returns the consistency report.
+pub async fn run(demo: Demo) -> anyhow::Result<Report> {
+    let services = if demo.start_services {
+        let (shop, settings, faults) = (
+            demo.shop.clone(),
+            demo.participant.clone(),
+            demo.faults.clone(),
+        );
+        tokio::task::spawn_blocking(move || super::spawn(&Service::ALL, &shop, &settings, &faults))
+            .await??
+    } else {
+        Vec::new()
+    };
+    println!(
+        "submitting {} orders to {} ({}/s); watch them at {}/",
+        demo.orders,
+        demo.client.base_url(),
+        demo.rate,
+        demo.client.base_url()
+    );
+
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / demo.rate.max(0.01));
+    // Bounds the sagas being watched at once, not the submission rate.
+    let watching = Arc::new(Semaphore::new(256));
+    let mut sagas = JoinSet::new();
+    for n in 1..=demo.orders {
+        let order = Order::random(&demo.shop);
+        let request = order.saga(&demo.policy);
+        let saga = match demo.client.submit(&request).await {
+            Ok(saga) => saga,
+            Err(e) => {
+                eprintln!("order {n}: submission failed: {e}");
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+        };
+        let client = demo.client.clone();
+        let timeout = demo.saga_timeout;
+        let permit = watching.clone().acquire_owned().await?;
+        sagas.spawn(async move {
+            let _permit = permit;
+            let result = client.wait(saga.id, timeout).await;
+            let state = match &result {
+                Ok(done) => {
+                    let why = done
+                        .steps
+                        .iter()
+                        .find_map(|s| s.error.as_ref().map(|e| format!(" ({}: {e})", s.name)))
+                        .unwrap_or_default();
+                    println!(
+                        "order {n:>4} {} {} x{}: {:?}{why}",
+                        saga.id, order.reserve.sku, order.reserve.qty, done.state
+                    );
+                    done.state
+                }
+                Err(e) => {
+                    println!("order {n:>4} {}: {e}", saga.id);
+                    SagaState::Unknown
+                }
+            };
+            (saga.id, state)
+        });
+        tokio::time::sleep(interval).await;
+    }
+    let mut states: Vec<(Uuid, SagaState)> = Vec::new();
+    while let Some(joined) = sagas.join_next().await {
+        states.push(joined?);
+    }
+    println!(
+        "{} sagas settled in {:.1} s",
+        states.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for service in services {
+        service.shutdown().await;
+    }
+    let shop = demo.shop.clone();
+    let report =
+        tokio::task::spawn_blocking(move || report::check(&shop, &states, false)).await??;
+    Ok(report)
+}
