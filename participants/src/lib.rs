@@ -92,6 +92,7 @@
 
 pub mod barrier;
 pub mod client;
+pub mod initiator;
 mod command;
 mod outcome;
 mod participant;
