@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::saga::definition::{
     CheckBack, RetryPolicy, SagaDefinition, StepDefinition, SubmissionMode,
-    DEFAULT_PREPARE_TIMEOUT_MS, DEFAULT_STEP_TIMEOUT_MS, MAX_STEPS,
+    DEFAULT_CHECK_BACK_TIMEOUT_MS, DEFAULT_PREPARE_TIMEOUT_MS, DEFAULT_STEP_TIMEOUT_MS, MAX_STEPS,
 };
 
 /// Longest accepted `timeout_ms` / `prepare_timeout_ms`: 30 days. Anything longer is almost
@@ -59,7 +59,7 @@ const RETRY_FIELDS: &[&str] = &[
     "max_backoff_ms",
     "multiplier",
 ];
-const CHECK_BACK_FIELDS: &[&str] = &["participant", "url"];
+const CHECK_BACK_FIELDS: &[&str] = &["participant", "url", "timeout_ms", "retry"];
 
 const NAME_RULE: &str =
     "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ (1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit)";
@@ -90,7 +90,7 @@ pub fn parse_submission(body: &serde_json::Value) -> Result<SagaDefinition, Vec<
         .ok()
         .flatten();
     let steps = parse_steps(obj, &mut errs);
-    let (mode, check_back, prepare_timeout_ms) = parse_two_phase(obj, &mut errs);
+    let two_phase = parse_two_phase(obj, &mut errs);
 
     if !errs.0.is_empty() {
         return Err(errs.0);
@@ -100,9 +100,11 @@ pub fn parse_submission(body: &serde_json::Value) -> Result<SagaDefinition, Vec<
         key,
         payload,
         timeout_ms,
-        mode,
-        check_back,
-        prepare_timeout_ms,
+        mode: two_phase.mode,
+        check_back: two_phase.check_back,
+        prepare_timeout_ms: two_phase.prepare_timeout_ms,
+        check_back_retry: two_phase.check_back_retry,
+        check_back_timeout_ms: two_phase.check_back_timeout_ms,
         steps,
     })
 }
@@ -547,12 +549,30 @@ fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
     })
 }
 
+/// The two-phase part of a submission (contract, section 5).
+struct TwoPhase {
+    mode: SubmissionMode,
+    check_back: Option<CheckBack>,
+    prepare_timeout_ms: u64,
+    check_back_retry: RetryPolicy,
+    check_back_timeout_ms: u64,
+}
+
+impl TwoPhase {
+    fn run() -> Self {
+        TwoPhase {
+            mode: SubmissionMode::Run,
+            check_back: None,
+            prepare_timeout_ms: DEFAULT_PREPARE_TIMEOUT_MS,
+            check_back_retry: RetryPolicy::check_back_default(),
+            check_back_timeout_ms: DEFAULT_CHECK_BACK_TIMEOUT_MS,
+        }
+    }
+}
+
 /// `mode`, `check_back` and `prepare_timeout_ms` (contract section 5), checked together because
 /// each one's validity depends on the mode.
-fn parse_two_phase(
-    obj: &Map<String, Value>,
-    errs: &mut Errors,
-) -> (SubmissionMode, Option<CheckBack>, u64) {
+fn parse_two_phase(obj: &Map<String, Value>, errs: &mut Errors) -> TwoPhase {
     let mode = match get(obj, "mode") {
         None => Ok(SubmissionMode::Run),
         Some(Value::String(s)) if s == "run" => Ok(SubmissionMode::Run),
@@ -575,39 +595,41 @@ fn parse_two_phase(
         if has_prepare_timeout {
             errs.add("prepare_timeout_ms", only_prepare);
         }
-        return (SubmissionMode::Run, None, DEFAULT_PREPARE_TIMEOUT_MS);
+        return TwoPhase::run();
     }
 
-    let check_back = match check_back_value {
-        Some(value) => parse_check_back(value, errs),
+    let mut two_phase = TwoPhase {
+        mode: SubmissionMode::Prepare,
+        ..TwoPhase::run()
+    };
+    match check_back_value {
+        Some(value) => parse_check_back(value, &mut two_phase, errs),
         None => {
             if mode.is_ok() {
                 errs.add("check_back", "is required when \"mode\" is \"prepare\"");
             }
-            None
         }
-    };
-    let prepare_timeout_ms = optional_int(obj, "prepare_timeout_ms", "", 1, MAX_TIMEOUT_MS, errs)
-        .ok()
-        .flatten()
-        .unwrap_or(DEFAULT_PREPARE_TIMEOUT_MS);
-    (
-        mode.unwrap_or(SubmissionMode::Prepare),
-        check_back,
-        prepare_timeout_ms,
-    )
+    }
+    two_phase.prepare_timeout_ms =
+        optional_int(obj, "prepare_timeout_ms", "", 1, MAX_TIMEOUT_MS, errs)
+            .ok()
+            .flatten()
+            .unwrap_or(DEFAULT_PREPARE_TIMEOUT_MS);
+    two_phase
 }
 
-fn parse_check_back(value: &Value, errs: &mut Errors) -> Option<CheckBack> {
+/// `check_back`: where to ask (`participant` or `url`) and, optionally, how patiently
+/// (`timeout_ms` per attempt, `retry` policy).
+fn parse_check_back(value: &Value, two_phase: &mut TwoPhase, errs: &mut Errors) {
     let Some(obj) = value.as_object() else {
         errs.add(
             "check_back",
             "must be an object with \"participant\" or \"url\"",
         );
-        return None;
+        return;
     };
     check_unknown(obj, CHECK_BACK_FIELDS, "check_back", errs);
-    match (get(obj, "participant"), get(obj, "url")) {
+    two_phase.check_back = match (get(obj, "participant"), get(obj, "url")) {
         (Some(participant), None) => name_value(participant, "check_back.participant", errs)
             .ok()
             .map(CheckBack::Participant),
@@ -623,7 +645,18 @@ fn parse_check_back(value: &Value, errs: &mut Errors) -> Option<CheckBack> {
             errs.add("check_back", "must have \"participant\" or \"url\"");
             None
         }
-    }
+    };
+    two_phase.check_back_timeout_ms =
+        optional_int(obj, "timeout_ms", "check_back", 1, MAX_TIMEOUT_MS, errs)
+            .ok()
+            .flatten()
+            .unwrap_or(DEFAULT_CHECK_BACK_TIMEOUT_MS);
+    two_phase.check_back_retry = parse_retry(
+        get(obj, "retry"),
+        "check_back.retry",
+        RetryPolicy::check_back_default(),
+        errs,
+    );
 }
 
 /// The check-back URL is fetched by the coordinator later, when nobody is around to read an error,
@@ -1309,6 +1342,35 @@ mod tests {
             json!(0),
         );
         single_error(&bad_timeout, "prepare_timeout_ms");
+    }
+
+    #[test]
+    fn check_back_patience_has_defaults_and_can_be_set() {
+        let prepare = |cb: Value| with(with(minimal(), "mode", json!("prepare")), "check_back", cb);
+        let def = parse_submission(&prepare(json!({"participant": "orders"}))).expect("valid");
+        assert_eq!(def.check_back_retry, RetryPolicy::check_back_default());
+        assert_eq!(def.check_back_timeout_ms, DEFAULT_CHECK_BACK_TIMEOUT_MS);
+
+        let def = parse_submission(&prepare(json!({
+            "url": "http://orders/check", "timeout_ms": 250, "retry": {"max_attempts": 2}
+        })))
+        .expect("valid");
+        assert_eq!(def.check_back_timeout_ms, 250);
+        assert_eq!(def.check_back_retry.max_attempts, 2);
+        assert_eq!(
+            def.check_back_retry.initial_backoff_ms,
+            RetryPolicy::check_back_default().initial_backoff_ms,
+            "fields left out keep the check-back default"
+        );
+
+        single_error(
+            &prepare(json!({"participant": "o", "timeout_ms": 0})),
+            "check_back.timeout_ms",
+        );
+        single_error(
+            &prepare(json!({"participant": "o", "retry": {"max_attempts": 0}})),
+            "check_back.retry.max_attempts",
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod app;
+pub mod check_back;
 pub mod db;
 pub mod defs;
 pub mod namespace;
@@ -25,6 +26,7 @@ pub mod wait;
 
 pub use api::Api;
 pub use app::{TestApp, TestAppBuilder};
+pub use check_back::{CheckAnswer, CheckBackServer};
 pub use db::TestDb;
 pub use namespace::{DeadLetter, TestNamespace};
 pub use participant::{Behaviour, FakeParticipant, ReceivedCommand, Reply, SentReply};

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::saga::Saga;
+use crate::saga::{CheckBack, Saga, SubmissionMode};
 
 /// The full document, with steps.
 pub fn saga_document(saga: &Saga) -> Value {
@@ -28,6 +28,23 @@ pub fn saga_document(saga: &Saga) -> Value {
             })
         })
         .collect();
+    if saga.definition.mode == SubmissionMode::Prepare {
+        doc["mode"] = json!("prepare");
+        doc["check_back"] = check_back_document(saga);
+    }
+    doc
+}
+
+/// Two-phase sagas: where and how often the coordinator asked (or will ask) the initiator.
+fn check_back_document(saga: &Saga) -> Value {
+    let mut doc = match &saga.definition.check_back {
+        Some(CheckBack::Participant(p)) => json!({"participant": p}),
+        Some(CheckBack::Url(u)) => json!({"url": u}),
+        None => json!({}),
+    };
+    doc["attempts"] = json!(saga.check_back.attempts);
+    doc["max_attempts"] = json!(saga.check_back.attempt_limit);
+    doc["next_at"] = json!(saga.check_back.timer.map(|t| t.due_at));
     doc
 }
 

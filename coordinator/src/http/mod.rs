@@ -56,6 +56,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 .route("/sagas/{id}", web::get().to(sagas::get))
                 .route("/sagas/{id}/events", web::get().to(sagas::events))
                 .route("/sagas/{id}/abort", web::post().to(sagas::abort))
+                .route("/sagas/{id}/commit", web::post().to(sagas::commit))
                 .route("/sagas/{id}/retry", web::post().to(sagas::retry))
                 .route("/sagas/{id}/resolve", web::post().to(sagas::resolve)),
         )

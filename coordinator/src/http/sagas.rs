@@ -10,7 +10,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::outbox::command_message;
 use crate::saga::machine::{self, Decision, Event};
-use crate::saga::{Saga, SagaState, SubmissionMode};
+use crate::saga::{Saga, SagaState};
 use crate::store::writer::{Persist, Written};
 use crate::store::ListFilter;
 use crate::submission::parse_submission;
@@ -24,12 +24,6 @@ pub async fn submit(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let definition = parse_submission(&body).map_err(ApiError::Invalid)?;
-    if definition.mode == SubmissionMode::Prepare {
-        return Err(ApiError::invalid(
-            "mode",
-            "two-phase submission (\"prepare\") is not available in this version yet",
-        ));
-    }
     let traceparent = req
         .headers()
         .get("traceparent")
@@ -175,6 +169,14 @@ pub async fn abort(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     operate(&state, &id, Event::Abort).await
+}
+
+/// Two-phase submission (contract, section 5): the initiator's local transaction committed.
+pub async fn commit(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    operate(&state, &id, Event::Commit).await
 }
 
 pub async fn retry(

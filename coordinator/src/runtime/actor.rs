@@ -16,7 +16,7 @@ use super::{EngineError, Registry};
 use crate::amqp::Settlement;
 use crate::outbox::command_message;
 use crate::saga::machine::{self, Context as MachineContext, Decision, Event};
-use crate::saga::{Saga, SagaState};
+use crate::saga::{CheckBack, CommandKind, Saga, SagaState};
 use crate::store::writer::{Persist, Written};
 
 /// How long to wait before trying again after the database refused a transition.
@@ -97,9 +97,18 @@ impl SagaActor {
                 ))));
             }
         };
-        let outbox = transition
+        // A check-back to a URL is an HTTP request made after the commit, not an outbox row.
+        let check_url = match &transition.saga.definition.check_back {
+            Some(CheckBack::Url(url)) => Some(url.clone()),
+            _ => None,
+        };
+        let (http_checks, commands): (Vec<_>, Vec<_>) = transition
             .commands
             .iter()
+            .partition(|c| c.kind == CommandKind::Check && check_url.is_some());
+        let http_checks: Vec<u32> = http_checks.iter().map(|c| c.attempt).collect();
+        let outbox = commands
+            .into_iter()
             .map(|c| command_message(&transition.saga, c, now))
             .collect();
         let steps = (0..transition.saga.steps.len())
@@ -122,6 +131,19 @@ impl SagaActor {
                         act.saga = new_saga;
                         act.saga.version = version;
                         act.registry.publish(outbox);
+                        if let Some(url) = check_url {
+                            let timeout = Duration::from_millis(
+                                act.saga.definition.check_back_timeout_ms,
+                            );
+                            for attempt in http_checks {
+                                act.registry.check_back_over_http(
+                                    act.saga.id,
+                                    url.clone(),
+                                    attempt,
+                                    timeout,
+                                );
+                            }
+                        }
                         settle_with(settle, Settlement::Ack);
                         if act.saga.state.is_final() {
                             act.registry.forget(act.saga.id);

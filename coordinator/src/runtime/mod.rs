@@ -5,6 +5,7 @@
 //! when the saga is final. Actors live on a few dedicated arbiters, away from the HTTP workers.
 
 pub mod actor;
+pub mod check_back;
 pub mod relay;
 
 use std::collections::HashMap;
@@ -53,6 +54,7 @@ struct Inner {
     writer: Writer,
     store: Store,
     relay: mpsc::UnboundedSender<Vec<OutboxMessage>>,
+    http_check_back: check_back::HttpCheckBack,
 }
 
 /// Shared handle to the running sagas.
@@ -76,6 +78,7 @@ impl Registry {
                 writer,
                 store,
                 relay,
+                http_check_back: check_back::HttpCheckBack::new(),
             }),
         }
     }
@@ -94,6 +97,19 @@ impl Registry {
             // The relay is gone (shutting down): the rows stay in Postgres and go out after a restart.
             log::warn!("outbox relay stopped; commands will be published after a restart");
         }
+    }
+
+    /// Asks a check-back URL in the background and delivers its answer to the saga.
+    pub fn check_back_over_http(&self, saga_id: Uuid, url: String, attempt: u32, timeout: Duration) {
+        let registry = self.clone();
+        actix_rt::spawn(async move {
+            let asker = registry.inner.http_check_back.clone();
+            let reply = asker.ask(&url, saga_id, attempt, timeout).await;
+            if let Err(e) = registry.operate(saga_id, Event::Reply(reply)).await {
+                // The attempt's reply timeout is durable: the machine asks again when it fires.
+                log::warn!("saga {saga_id}: check-back answer not applied: {e}");
+            }
+        });
     }
 
     fn actors(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Addr<SagaActor>>> {

@@ -13,6 +13,9 @@ pub const MAX_STEPS: usize = 100;
 pub const DEFAULT_STEP_TIMEOUT_MS: u64 = 30_000;
 /// `prepare_timeout_ms` when a two-phase submission gives none.
 pub const DEFAULT_PREPARE_TIMEOUT_MS: u64 = 10_000;
+/// `check_back.timeout_ms` when a two-phase submission gives none: how long one check-back
+/// attempt may go unanswered before it counts as no answer.
+pub const DEFAULT_CHECK_BACK_TIMEOUT_MS: u64 = 5_000;
 
 /// How often and how patiently one command is retried.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +43,17 @@ impl RetryPolicy {
         RetryPolicy {
             max_attempts: 10,
             ..Self::action_default()
+        }
+    }
+
+    /// The default for check-backs of a prepared saga: patient, since the initiator may be
+    /// restarting, but bounded so that an unanswerable saga reaches an operator within minutes.
+    pub fn check_back_default() -> Self {
+        RetryPolicy {
+            max_attempts: 10,
+            initial_backoff_ms: 1_000,
+            max_backoff_ms: 60_000,
+            multiplier: 2.0,
         }
     }
 
@@ -98,7 +112,17 @@ pub struct SagaDefinition {
     pub mode: SubmissionMode,
     pub check_back: Option<CheckBack>,
     pub prepare_timeout_ms: u64,
+    /// How often a prepared saga asks its initiator before an operator must decide.
+    #[serde(default = "RetryPolicy::check_back_default")]
+    pub check_back_retry: RetryPolicy,
+    /// How long one check-back attempt may go unanswered.
+    #[serde(default = "default_check_back_timeout_ms")]
+    pub check_back_timeout_ms: u64,
     pub steps: Vec<StepDefinition>,
+}
+
+fn default_check_back_timeout_ms() -> u64 {
+    DEFAULT_CHECK_BACK_TIMEOUT_MS
 }
 
 impl SagaDefinition {

@@ -12,7 +12,11 @@
 //!   attempts run out; an action that runs out fails its step and the saga compensates;
 //! - a step is compensated when its action was dispatched and did not answer `failure`, in reverse
 //!   dependency order; a compensation that runs out of attempts leaves the saga `failed` for an operator;
-//! - a reply that is not awaited (duplicate, stale, unknown step) changes nothing.
+//! - a reply that is not awaited (duplicate, stale, unknown step) changes nothing;
+//! - a prepared saga (two-phase submission, section 5) waits for `commit` or `abort`; past its
+//!   prepare timeout it asks the initiator (check-back) with backoff until it hears `committed` or
+//!   `aborted`; when the check-back policy runs out it becomes `failed` for an operator, who may
+//!   still commit, abort, retry (ask again) or resolve it.
 
 use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
@@ -109,10 +113,10 @@ pub fn handle<R: Rng>(saga: &Saga, event: Event, ctx: &mut Context<'_, R>) -> De
             attempt,
         } => run.dead_lettered(step, kind, attempt, ctx),
         Event::TimerFired => run.timers(ctx),
-        Event::Abort => run.abort(),
+        Event::Abort => run.abort("api"),
         Event::Retry => run.operator_retry(),
         Event::Resolve { note } => run.resolve(note),
-        Event::Commit => run.commit(),
+        Event::Commit => run.commit("initiator"),
     };
     match verdict {
         Verdict::Changed => {
@@ -121,6 +125,9 @@ pub fn handle<R: Rng>(saga: &Saga, event: Event, ctx: &mut Context<'_, R>) -> De
                 for step in &mut run.saga.steps {
                     step.timer = None;
                 }
+            }
+            if run.saga.state != SagaState::Prepared {
+                run.saga.check_back.timer = None;
             }
             Decision::Apply(Transition {
                 saga: run.saga,
@@ -179,7 +186,11 @@ impl Run {
         if self.saga.definition.mode == super::SubmissionMode::Prepare {
             self.saga.state = SagaState::Prepared;
             let wait = Duration::milliseconds(self.saga.definition.prepare_timeout_ms as i64);
-            self.saga.check_back_at = Some(self.now + wait);
+            // The first check-back is "due to be asked" once the prepare timeout has passed.
+            self.saga.check_back.timer = Some(Timer {
+                due_at: self.now + wait,
+                purpose: TimerPurpose::Backoff,
+            });
             self.record("prepared", None, None, json!({}));
             return Verdict::Changed;
         }
@@ -189,37 +200,56 @@ impl Run {
         Verdict::Changed
     }
 
-    fn commit(&mut self) -> Verdict {
-        match self.saga.state {
-            SagaState::Prepared => {
-                self.saga.state = SagaState::Running;
-                self.saga.check_back_at = None;
-                self.record("committed_by_initiator", None, None, json!({}));
-                self.advance();
-                Verdict::Changed
+    /// A prepared saga that never dispatched anything and is waiting for (or gave up waiting for)
+    /// its initiator's decision: `commit` and `abort` still decide it, even after check-backs ran out.
+    fn undecided(&self) -> bool {
+        self.saga.definition.mode == super::SubmissionMode::Prepare
+            && match self.saga.state {
+                SagaState::Prepared => true,
+                SagaState::Failed => self.saga.steps.iter().all(|s| s.attempts == 0),
+                _ => false,
             }
+    }
+
+    /// `commit` from the initiator (`by` = "initiator") or a check-back answer ("check_back").
+    fn commit(&mut self, by: &str) -> Verdict {
+        if self.saga.definition.mode != super::SubmissionMode::Prepare {
+            return Verdict::Reject(
+                "only a two-phase (\"mode\": \"prepare\") saga can be committed".into(),
+            );
+        }
+        if self.undecided() {
+            self.saga.state = SagaState::Running;
+            self.record("commit", None, None, json!({"by": by}));
+            self.record("started", None, None, json!({}));
+            self.advance();
+            return Verdict::Changed;
+        }
+        match self.saga.state {
             SagaState::Aborted => Verdict::Reject("the saga was aborted".into()),
-            state => Verdict::Ignore(format!("the saga is already {state}")),
+            state => Verdict::Ignore(format!("the saga was already committed; it is {state}")),
         }
     }
 
-    fn abort(&mut self) -> Verdict {
+    /// `abort` from an operator or the initiator (`by`), or a check-back answer.
+    fn abort(&mut self, by: &str) -> Verdict {
+        if self.undecided() {
+            self.saga.state = SagaState::Aborted;
+            self.record(
+                "aborted",
+                None,
+                None,
+                json!({"reason": "aborted before commit", "by": by}),
+            );
+            return Verdict::Changed;
+        }
         match self.saga.state {
-            SagaState::Prepared => {
-                self.saga.state = SagaState::Aborted;
-                self.saga.check_back_at = None;
-                self.record(
-                    "aborted",
-                    None,
-                    None,
-                    json!({"reason": "aborted before commit"}),
-                );
-                Verdict::Changed
-            }
             SagaState::Running => {
                 self.begin_compensation("aborted".into());
                 Verdict::Changed
             }
+            // Repeating an abort that already took a prepared saga to `aborted` is harmless.
+            SagaState::Aborted => Verdict::Ignore("the saga is already aborted".into()),
             state => Verdict::Reject(format!(
                 "only a running or prepared saga can be aborted; this one is {state}"
             )),
@@ -232,6 +262,17 @@ impl Run {
                 "only a failed saga can be retried; this one is {}",
                 self.saga.state
             ));
+        }
+        if self.undecided() {
+            // The check-backs ran out: ask the initiator again with a fresh budget.
+            self.saga.state = SagaState::Prepared;
+            self.record("retry_requested", None, None, json!({}));
+            let check = &mut self.saga.check_back;
+            check.attempt_limit = check
+                .attempts
+                .saturating_add(self.saga.definition.check_back_retry.max_attempts);
+            self.dispatch_check();
+            return Verdict::Changed;
         }
         self.saga.state = SagaState::Compensating;
         self.record("retry_requested", None, None, json!({}));
@@ -269,7 +310,7 @@ impl Run {
 
     fn reply<R: Rng>(&mut self, reply: ReplyMessage, ctx: &mut Context<'_, R>) -> Verdict {
         if reply.kind == CommandKind::Check {
-            return self.check_reply(reply.outcome);
+            return self.check_reply(reply, ctx);
         }
         let Some(step) = reply
             .step
@@ -356,17 +397,137 @@ impl Run {
         }
     }
 
-    /// Check-back answers arrive before the coordinator asks in this version; committed and aborted
-    /// are still honoured so that an initiator's answer is never lost.
-    fn check_reply(&mut self, outcome: Outcome) -> Verdict {
-        if self.saga.state != SagaState::Prepared {
-            return Verdict::Ignore("the saga is not waiting for a check-back".into());
+    /// An answer to a check-back. `committed` and `aborted` decide the saga whichever attempt they
+    /// answer (the initiator's decision is never lost); `pending` (or a failed HTTP check, which the
+    /// runtime reports as `retry`) only counts from the attempt currently out.
+    fn check_reply<R: Rng>(&mut self, reply: ReplyMessage, ctx: &mut Context<'_, R>) -> Verdict {
+        if !self.undecided() {
+            return Verdict::Ignore(format!(
+                "check-back answer for a saga that is {}",
+                self.saga.state
+            ));
         }
-        match outcome {
-            Outcome::Committed => self.commit(),
-            Outcome::Aborted => self.abort(),
-            other => Verdict::Ignore(format!("check-back answered {other:?}")),
+        let detail = json!({"kind": CommandKind::Check, "outcome": reply.outcome, "error": reply.error});
+        match reply.outcome {
+            Outcome::Committed => {
+                self.record("reply", None, Some(reply.attempt), detail);
+                self.commit("check_back")
+            }
+            Outcome::Aborted => {
+                self.record("reply", None, Some(reply.attempt), detail);
+                self.abort("check_back")
+            }
+            Outcome::Pending | Outcome::Retry | Outcome::Failure => {
+                if !self.awaits_check(reply.attempt) {
+                    return Verdict::Ignore(format!(
+                        "check-back answer {:?} from attempt {} is not awaited",
+                        reply.outcome, reply.attempt
+                    ));
+                }
+                self.record("reply", None, Some(reply.attempt), detail);
+                let error = match reply.outcome {
+                    Outcome::Pending => "the initiator answered pending".to_string(),
+                    _ => reply
+                        .error
+                        .unwrap_or_else(|| "the check-back got no answer".into()),
+                };
+                self.check_failed(error, ctx);
+                Verdict::Changed
+            }
+            Outcome::Success => Verdict::Ignore("success is not an answer to a check-back".into()),
         }
+    }
+
+    /// Whether `attempt` is the check-back currently out and waiting for its answer.
+    fn awaits_check(&self, attempt: u32) -> bool {
+        let check = &self.saga.check_back;
+        self.saga.state == SagaState::Prepared
+            && attempt == check.attempts
+            && check.timer.map(|t| t.purpose) == Some(TimerPurpose::ReplyTimeout)
+    }
+
+    /// Asks the initiator whether its local transaction committed.
+    fn dispatch_check(&mut self) {
+        let timeout = Duration::milliseconds(self.saga.definition.check_back_timeout_ms as i64);
+        let deadline = self.now + timeout;
+        let check = &mut self.saga.check_back;
+        check.attempts += 1;
+        check.timer = Some(Timer {
+            due_at: deadline,
+            purpose: TimerPurpose::ReplyTimeout,
+        });
+        let attempt = check.attempts;
+        self.commands.push(Command {
+            step: None,
+            kind: CommandKind::Check,
+            attempt,
+            deadline,
+        });
+        self.record(
+            "dispatched",
+            None,
+            Some(attempt),
+            json!({"kind": CommandKind::Check}),
+        );
+    }
+
+    /// The current check-back got no decisive answer: ask again after a backoff, or hand the saga
+    /// to an operator when the policy has run out.
+    fn check_failed<R: Rng>(&mut self, error: String, ctx: &mut Context<'_, R>) {
+        let attempts = self.saga.check_back.attempts;
+        if attempts >= self.saga.check_back.attempt_limit {
+            let error = format!("gave up after {attempts} check-backs: {error}");
+            self.record(
+                "gave_up",
+                None,
+                Some(attempts),
+                json!({"kind": CommandKind::Check, "error": error}),
+            );
+            self.saga.state = SagaState::Failed;
+            self.saga.check_back.timer = None;
+            self.record(
+                "failed",
+                None,
+                None,
+                json!({"reason": "no check-back answer: commit, abort, retry (ask again) or resolve"}),
+            );
+            return;
+        }
+        let delay = backoff_with_jitter(&self.saga.definition.check_back_retry, attempts, ctx);
+        self.record(
+            "retry_scheduled",
+            None,
+            Some(attempts),
+            json!({"kind": CommandKind::Check, "error": error, "backoff_ms": delay}),
+        );
+        self.saga.check_back.timer = Some(Timer {
+            due_at: self.now + Duration::milliseconds(delay as i64),
+            purpose: TimerPurpose::Backoff,
+        });
+    }
+
+    fn check_back_timer<R: Rng>(&mut self, ctx: &mut Context<'_, R>) -> Verdict {
+        let Some(timer) = self.saga.check_back.timer.filter(|t| t.due_at <= self.now) else {
+            return Verdict::Ignore("no timer is due".into());
+        };
+        match timer.purpose {
+            TimerPurpose::Backoff => self.dispatch_check(),
+            TimerPurpose::ReplyTimeout => {
+                let attempt = self.saga.check_back.attempts;
+                self.record(
+                    "timed_out",
+                    None,
+                    Some(attempt),
+                    json!({"kind": CommandKind::Check}),
+                );
+                let error = format!(
+                    "no answer within {} ms",
+                    self.saga.definition.check_back_timeout_ms
+                );
+                self.check_failed(error, ctx);
+            }
+        }
+        Verdict::Changed
     }
 
     fn dead_lettered<R: Rng>(
@@ -376,6 +537,21 @@ impl Run {
         attempt: u32,
         ctx: &mut Context<'_, R>,
     ) -> Verdict {
+        if kind == CommandKind::Check {
+            if !self.awaits_check(attempt) {
+                return Verdict::Ignore(format!(
+                    "dead-lettered check-back attempt {attempt} is not current"
+                ));
+            }
+            self.record(
+                "dead_lettered",
+                None,
+                Some(attempt),
+                json!({"kind": kind}),
+            );
+            self.check_failed("the initiator rejected the check-back".into(), ctx);
+            return Verdict::Changed;
+        }
         let Some(i) = step
             .as_deref()
             .and_then(|name| self.saga.definition.step_index(name))
@@ -404,6 +580,9 @@ impl Run {
     }
 
     fn timers<R: Rng>(&mut self, ctx: &mut Context<'_, R>) -> Verdict {
+        if self.saga.state == SagaState::Prepared {
+            return self.check_back_timer(ctx);
+        }
         let now = self.now;
         let mut changed = false;
         if self.saga.state == SagaState::Running && self.saga.deadline.is_some_and(|d| d <= now) {
@@ -511,9 +690,7 @@ impl Run {
             }
             return;
         }
-        let base = policy.backoff_ms(attempts);
-        // Equal jitter: at least half the backoff, so retries never bunch up at zero.
-        let delay = base / 2 + ctx.rng.random_range(0..=base - base / 2);
+        let delay = backoff_with_jitter(policy, attempts, ctx);
         let due_at = self.now + Duration::milliseconds(delay as i64);
         self.record(
             "retry_scheduled",
@@ -658,4 +835,15 @@ impl Run {
             _ => {}
         }
     }
+}
+
+/// The wait before attempt `failed_attempts + 1`, with equal jitter: at least half the capped
+/// exponential backoff, so retries never bunch up at zero.
+fn backoff_with_jitter<R: Rng>(
+    policy: &super::RetryPolicy,
+    failed_attempts: u32,
+    ctx: &mut Context<'_, R>,
+) -> u64 {
+    let base = policy.backoff_ms(failed_attempts);
+    base / 2 + ctx.rng.random_range(0..=base - base / 2)
 }

@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::definition::{RetryPolicy, SagaDefinition, StepDefinition, SubmissionMode};
+use super::definition::{CheckBack, RetryPolicy, SagaDefinition, StepDefinition, SubmissionMode};
 use super::machine::{handle, Command, Context, Decision, Event, Transition};
 use super::state::{CommandKind, Saga, SagaState, StepState};
 use crate::messages::{Outcome, ReplyMessage};
@@ -38,6 +38,8 @@ fn definition(steps: &[(&str, bool, Option<Vec<usize>>)]) -> SagaDefinition {
         mode: SubmissionMode::Run,
         check_back: None,
         prepare_timeout_ms: 10_000,
+        check_back_retry: policy(3),
+        check_back_timeout_ms: 500,
         steps: steps
             .iter()
             .enumerate()
@@ -111,6 +113,14 @@ impl Harness {
         let due = self.saga.next_due().expect("a timer is due");
         self.now = self.now.max(due);
         self.apply(Event::TimerFired)
+    }
+
+    fn clone_harness(&self) -> Harness {
+        Harness {
+            saga: self.saga.clone(),
+            now: self.now,
+            rng: self.rng.clone(),
+        }
     }
 
     fn step_state(&self, name: &str) -> StepState {
@@ -485,13 +495,31 @@ fn a_saga_deadline_starts_compensation() {
     assert_eq!(names(&h, &commands), ["b:compensation:1"]);
 }
 
+fn prepared(steps: &[&str]) -> Harness {
+    let mut def = sequential(steps);
+    def.mode = SubmissionMode::Prepare;
+    def.check_back = Some(CheckBack::Participant("orders".into()));
+    let mut h = Harness::new(def);
+    assert!(h.apply(Event::Start).is_empty(), "nothing is dispatched");
+    assert_eq!(h.saga.state, SagaState::Prepared);
+    h
+}
+
+fn check_answer(attempt: u32, outcome: Outcome) -> Event {
+    Event::Reply(ReplyMessage {
+        saga_id: Uuid::nil(),
+        step: None,
+        kind: CommandKind::Check,
+        attempt,
+        outcome,
+        output: None,
+        error: None,
+    })
+}
+
 #[test]
 fn prepared_sagas_wait_for_commit_or_abort() {
-    let mut def = sequential(&["a"]);
-    def.mode = SubmissionMode::Prepare;
-    let mut h = Harness::new(def.clone());
-    assert!(h.apply(Event::Start).is_empty());
-    assert_eq!(h.saga.state, SagaState::Prepared);
+    let mut h = prepared(&["a"]);
     assert_eq!(
         {
             let c = h.apply(Event::Commit);
@@ -504,11 +532,112 @@ fn prepared_sagas_wait_for_commit_or_abort() {
         "commit is idempotent"
     );
 
-    let mut h = Harness::new(def);
-    h.apply(Event::Start);
+    let mut h = prepared(&["a"]);
     assert!(h.apply(Event::Abort).is_empty());
     assert_eq!(h.saga.state, SagaState::Aborted);
+    assert!(
+        matches!(h.decide(Event::Abort), Decision::Ignore(_)),
+        "abort is idempotent"
+    );
     assert!(matches!(h.decide(Event::Commit), Decision::Reject(_)));
+
+    let mut h = Harness::new(sequential(&["a"]));
+    h.apply(Event::Start);
+    assert!(
+        matches!(h.decide(Event::Commit), Decision::Reject(_)),
+        "only a two-phase saga can be committed"
+    );
+}
+
+#[test]
+fn past_the_prepare_timeout_the_initiator_is_asked_and_committed_starts_the_saga() {
+    let mut h = prepared(&["a", "b"]);
+    assert_eq!(h.saga.next_due(), Some(t0() + Duration::milliseconds(10_000)));
+    let asked = h.fire_next_timer();
+    assert_eq!(names(&h, &asked), ["-:check:1"]);
+    assert_eq!(h.saga.state, SagaState::Prepared);
+    let started = h.apply(check_answer(1, Outcome::Committed));
+    assert_eq!(names(&h, &started), ["a:action:1"]);
+    assert_eq!(h.saga.state, SagaState::Running);
+}
+
+#[test]
+fn pending_asks_again_after_a_backoff_and_aborted_aborts() {
+    let mut h = prepared(&["a"]);
+    h.fire_next_timer();
+    assert!(h.apply(check_answer(1, Outcome::Pending)).is_empty());
+    let before = h.now;
+    let again = h.fire_next_timer();
+    assert_eq!(names(&h, &again), ["-:check:2"]);
+    assert!(h.now > before, "the second check-back waits for its backoff");
+    assert!(h.apply(check_answer(2, Outcome::Aborted)).is_empty());
+    assert_eq!(h.saga.state, SagaState::Aborted);
+    assert_eq!(h.saga.next_due(), None);
+}
+
+#[test]
+fn a_stale_pending_changes_nothing_but_a_stale_decision_still_counts() {
+    let mut h = prepared(&["a"]);
+    h.fire_next_timer();
+    h.fire_next_timer(); // attempt 1 timed out: backoff
+    let second = h.fire_next_timer();
+    assert_eq!(names(&h, &second), ["-:check:2"]);
+    assert!(matches!(
+        h.decide(check_answer(1, Outcome::Pending)),
+        Decision::Ignore(_)
+    ));
+    let started = h.apply(check_answer(1, Outcome::Committed));
+    assert_eq!(names(&h, &started), ["a:action:1"]);
+}
+
+#[test]
+fn unanswered_check_backs_leave_the_saga_failed_for_an_operator() {
+    let mut h = prepared(&["a"]);
+    // policy(3): three check-backs, each timing out.
+    let mut asked = 0;
+    while h.saga.state == SagaState::Prepared {
+        asked += h
+            .fire_next_timer()
+            .iter()
+            .filter(|c| c.kind == CommandKind::Check)
+            .count();
+    }
+    assert_eq!(asked, 3);
+    assert_eq!(h.saga.state, SagaState::Failed);
+    assert_eq!(h.saga.next_due(), None, "nothing more happens by itself");
+
+    // The operator asks again: a fresh budget, the next attempt at once.
+    let mut retried = h.clone_harness();
+    let asked = retried.apply(Event::Retry);
+    assert_eq!(names(&retried, &asked), ["-:check:4"]);
+    assert_eq!(retried.saga.state, SagaState::Prepared);
+
+    // A late commit from the initiator still starts the saga...
+    let mut late = h.clone_harness();
+    let started = late.apply(Event::Commit);
+    assert_eq!(names(&late, &started), ["a:action:1"]);
+    // ...a late abort aborts it, and resolving it closes it as aborted.
+    let mut aborted = h.clone_harness();
+    aborted.apply(Event::Abort);
+    assert_eq!(aborted.saga.state, SagaState::Aborted);
+    h.apply(Event::Resolve {
+        note: "asked the order service".into(),
+    });
+    assert_eq!(h.saga.state, SagaState::Aborted);
+}
+
+#[test]
+fn a_dead_lettered_check_back_counts_as_unanswered() {
+    let mut h = prepared(&["a"]);
+    h.fire_next_timer();
+    let event = Event::DeadLettered {
+        step: None,
+        kind: CommandKind::Check,
+        attempt: 1,
+    };
+    assert!(h.apply(event).is_empty());
+    let asked = h.fire_next_timer();
+    assert_eq!(names(&h, &asked), ["-:check:2"]);
 }
 
 #[test]
@@ -766,6 +895,58 @@ proptest! {
         prop_assert!(h.saga.state.is_final(), "did not end: {:?}", h.saga.state);
         if h.saga.state == SagaState::Committed {
             prop_assert!(h.saga.steps.iter().all(|s| s.state == StepState::Succeeded));
+        }
+    }
+
+    /// A prepared saga whose initiator answers randomly (or not at all) always reaches a decision:
+    /// running (then an end), aborted, or failed for an operator; nothing is dispatched before it.
+    #[test]
+    fn prepared_sagas_always_reach_a_decision(seed in any::<u64>(), commit_at in proptest::option::of(0usize..8)) {
+        use rand::Rng;
+        let mut answers = StdRng::seed_from_u64(seed);
+        let mut h = prepared(&["a", "b"]);
+        let mut outstanding: Vec<Command> = Vec::new();
+        for round in 0..200 {
+            if h.saga.state != SagaState::Prepared {
+                break;
+            }
+            let event = if commit_at == Some(round) {
+                Event::Commit
+            } else if let Some(c) = outstanding.pop() {
+                let outcome = match answers.random_range(0..10) {
+                    0 => Outcome::Committed,
+                    1 => Outcome::Aborted,
+                    2..=5 => Outcome::Pending,
+                    6 => Outcome::Retry,
+                    _ => continue, // lost: the timeout will catch it
+                };
+                check_answer(c.attempt, outcome)
+            } else {
+                let due = h.saga.next_due();
+                prop_assert!(due.is_some(), "a prepared saga with nothing due: {:?}", h.saga);
+                h.now = h.now.max(due.unwrap_or(h.now));
+                Event::TimerFired
+            };
+            if let Decision::Apply(t) = h.decide(event) {
+                if t.saga.state == SagaState::Prepared || t.saga.state == SagaState::Aborted || t.saga.state == SagaState::Failed {
+                    prop_assert!(t.commands.iter().all(|c| c.kind == CommandKind::Check && c.step.is_none()),
+                        "a step command before the saga was committed: {:?}", t.commands);
+                }
+                if t.saga.state == SagaState::Running {
+                    prop_assert!(t.commands.iter().all(|c| c.kind == Action));
+                }
+                outstanding.extend(t.commands);
+                h.saga = t.saga;
+            }
+        }
+        prop_assert!(
+            matches!(h.saga.state, SagaState::Running | SagaState::Aborted | SagaState::Failed),
+            "undecided: {:?}", h.saga.state
+        );
+        prop_assert!(h.saga.check_back.attempts <= h.saga.check_back.attempt_limit);
+        if h.saga.state == SagaState::Failed {
+            h.apply(Event::Resolve { note: "closed".into() });
+            prop_assert_eq!(h.saga.state, SagaState::Aborted);
         }
     }
 }

@@ -7,7 +7,9 @@ pub mod machine;
 pub mod state;
 
 pub use definition::{CheckBack, RetryPolicy, SagaDefinition, StepDefinition, SubmissionMode};
-pub use state::{CommandKind, Saga, SagaState, StepProgress, StepState, Timer, TimerPurpose};
+pub use state::{
+    CheckBackProgress, CommandKind, Saga, SagaState, StepProgress, StepState, Timer, TimerPurpose,
+};
 
 #[cfg(test)]
 mod machine_tests;

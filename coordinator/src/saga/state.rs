@@ -141,6 +141,19 @@ impl StepProgress {
     }
 }
 
+/// Check-backs of a two-phase submission (contract, section 5): asking the initiator whether its
+/// local transaction committed, when neither `commit` nor `abort` arrived in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CheckBackProgress {
+    /// Check-backs sent so far (never reset, so attempt numbers stay unique).
+    pub attempts: u32,
+    /// Check-backs allowed in total; an operator's `retry` raises it by a fresh budget.
+    pub attempt_limit: u32,
+    /// `Backoff`: ask when due (the first one is the prepare timeout); `ReplyTimeout`: an attempt
+    /// is out and counts as unanswered when due.
+    pub timer: Option<Timer>,
+}
+
 /// A saga as the engine knows it: the definition plus its progress.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Saga {
@@ -150,8 +163,8 @@ pub struct Saga {
     pub steps: Vec<StepProgress>,
     /// Saga-level deadline (from `timeout_ms`): past it a running saga compensates.
     pub deadline: Option<DateTime<Utc>>,
-    /// Two-phase submissions: when to start asking the initiator (contract, section 5).
-    pub check_back_at: Option<DateTime<Utc>>,
+    /// Two-phase submissions: asking the initiator (contract, section 5).
+    pub check_back: CheckBackProgress,
     /// W3C trace context of the submitting request, passed on with every command.
     pub traceparent: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -173,6 +186,7 @@ impl Saga {
             .iter()
             .map(|s| StepProgress::new(s.compensation_retry.max_attempts))
             .collect();
+        let check_attempt_limit = definition.check_back_retry.max_attempts;
         Saga {
             id,
             deadline: definition
@@ -181,7 +195,11 @@ impl Saga {
             definition: Arc::new(definition),
             state: SagaState::Running,
             steps,
-            check_back_at: None,
+            check_back: CheckBackProgress {
+                attempts: 0,
+                attempt_limit: check_attempt_limit,
+                timer: None,
+            },
             traceparent,
             created_at: now,
             updated_at: now,
@@ -197,7 +215,7 @@ impl Saga {
         let step_timers = self.steps.iter().filter_map(|s| s.timer.map(|t| t.due_at));
         let saga_deadline = match self.state {
             SagaState::Running => self.deadline,
-            SagaState::Prepared => self.check_back_at,
+            SagaState::Prepared => self.check_back.timer.map(|t| t.due_at),
             _ => None,
         };
         step_timers.chain(saga_deadline).min()

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::schema::{outbox, saga_events, saga_steps, sagas};
 use super::StoreError;
 use crate::outbox::OutboxMessage;
-use crate::saga::{Saga, SagaDefinition, StepProgress, Timer};
+use crate::saga::{CheckBackProgress, Saga, SagaDefinition, StepProgress, Timer, TimerPurpose};
 
 #[derive(Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = sagas)]
@@ -26,6 +26,9 @@ pub struct SagaRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
+    pub check_back_purpose: Option<String>,
+    pub check_attempts: i32,
+    pub check_attempt_limit: i32,
 }
 
 /// The columns a transition may change.
@@ -35,8 +38,27 @@ pub struct SagaChange<'a> {
     pub state: &'a str,
     pub deadline: Option<DateTime<Utc>>,
     pub check_back_at: Option<DateTime<Utc>>,
+    pub check_back_purpose: Option<&'a str>,
+    pub check_attempts: i32,
+    pub check_attempt_limit: i32,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
+}
+
+impl<'a> SagaChange<'a> {
+    /// The changeable columns of `saga`, to be written with version `version`.
+    pub fn from_saga(saga: &'a Saga, version: i64) -> Self {
+        SagaChange {
+            state: saga.state.as_str(),
+            deadline: saga.deadline,
+            check_back_at: saga.check_back.timer.map(|t| t.due_at),
+            check_back_purpose: saga.check_back.timer.map(|t| t.purpose.as_str()),
+            check_attempts: to_i32(saga.check_back.attempts),
+            check_attempt_limit: to_i32(saga.check_back.attempt_limit),
+            updated_at: saga.updated_at,
+            version,
+        }
+    }
 }
 
 #[derive(Queryable, Selectable, Insertable)]
@@ -138,11 +160,14 @@ impl SagaRow {
             definition: serde_json::to_value(&*saga.definition).map_err(corrupt)?,
             state: saga.state.as_str().into(),
             deadline: saga.deadline,
-            check_back_at: saga.check_back_at,
+            check_back_at: saga.check_back.timer.map(|t| t.due_at),
             traceparent: saga.traceparent.clone(),
             created_at: saga.created_at,
             updated_at: saga.updated_at,
             version: saga.version,
+            check_back_purpose: saga.check_back.timer.map(|t| t.purpose.as_str().to_string()),
+            check_attempts: to_i32(saga.check_back.attempts),
+            check_attempt_limit: to_i32(saga.check_back.attempt_limit),
         })
     }
 
@@ -171,13 +196,29 @@ impl SagaRow {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let check_timer = match (self.check_back_at, self.check_back_purpose) {
+            (Some(due_at), Some(purpose)) => Some(Timer {
+                due_at,
+                purpose: purpose.parse().map_err(corrupt)?,
+            }),
+            // Written before check-back progress was stored: the first check-back is due then.
+            (Some(due_at), None) => Some(Timer {
+                due_at,
+                purpose: TimerPurpose::Backoff,
+            }),
+            _ => None,
+        };
         Ok(Saga {
             id: self.id,
             definition: Arc::new(definition),
             state: self.state.parse().map_err(corrupt)?,
             steps,
             deadline: self.deadline,
-            check_back_at: self.check_back_at,
+            check_back: CheckBackProgress {
+                attempts: to_u32(self.check_attempts),
+                attempt_limit: to_u32(self.check_attempt_limit),
+                timer: check_timer,
+            },
             traceparent: self.traceparent,
             created_at: self.created_at,
             updated_at: self.updated_at,

@@ -13,6 +13,9 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         version -> Int8,
+        check_back_purpose -> Nullable<Text>,
+        check_attempts -> Int4,
+        check_attempt_limit -> Int4,
     }
 }
 

@@ -169,13 +169,7 @@ fn write_one(conn: &mut PgConnection, p: &Persist) -> Result<Written, StoreError
                 .filter(sagas::id.eq(saga.id))
                 .filter(sagas::version.eq(saga.version)),
         )
-        .set(SagaChange {
-            state: saga.state.as_str(),
-            deadline: saga.deadline,
-            check_back_at: saga.check_back_at,
-            updated_at: saga.updated_at,
-            version: next,
-        })
+        .set(SagaChange::from_saga(saga, next))
         .execute(conn)?;
         if updated == 0 {
             return Err(StoreError::Conflict(saga.id));
