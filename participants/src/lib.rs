@@ -92,8 +92,8 @@
 
 pub mod barrier;
 pub mod client;
-pub mod initiator;
 mod command;
+pub mod initiator;
 mod outcome;
 mod participant;
 #[cfg(feature = "shop")]

@@ -100,7 +100,13 @@ impl Registry {
     }
 
     /// Asks a check-back URL in the background and delivers its answer to the saga.
-    pub fn check_back_over_http(&self, saga_id: Uuid, url: String, attempt: u32, timeout: Duration) {
+    pub fn check_back_over_http(
+        &self,
+        saga_id: Uuid,
+        url: String,
+        attempt: u32,
+        timeout: Duration,
+    ) {
         let registry = self.clone();
         actix_rt::spawn(async move {
             let asker = registry.inner.http_check_back.clone();

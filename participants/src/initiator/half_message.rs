@@ -170,7 +170,11 @@ where
         run_local(&mut conn, saga_id, |conn| local(conn, &for_local))
     })
     .await
-    .unwrap_or_else(|e| Err(HalfMessageError::Pool(format!("the local transaction panicked: {e}"))));
+    .unwrap_or_else(|e| {
+        Err(HalfMessageError::Pool(format!(
+            "the local transaction panicked: {e}"
+        )))
+    });
     match ran {
         Ok(value) => match decide(client, saga_id, true).await {
             Ok(saga) => Ok(Started {
@@ -179,7 +183,9 @@ where
                 commit_confirmed: true,
             }),
             Err(e) => {
-                log::warn!("saga {saga_id}: commit not delivered ({e}); the check-back will start it");
+                log::warn!(
+                    "saga {saga_id}: commit not delivered ({e}); the check-back will start it"
+                );
                 Ok(Started {
                     saga: prepared,
                     value,
@@ -189,7 +195,9 @@ where
         },
         Err(e) => {
             if let Err(abort) = decide(client, saga_id, false).await {
-                log::warn!("saga {saga_id}: abort not delivered ({abort}); the check-back will abort it");
+                log::warn!(
+                    "saga {saga_id}: abort not delivered ({abort}); the check-back will abort it"
+                );
             }
             Err(e)
         }
@@ -207,7 +215,11 @@ pub fn check_back_answer(
     wait: Duration,
 ) -> QueryResult<CheckBackAnswer> {
     let answered = conn.transaction::<Option<String>, DieselError, _>(|conn| {
-        sql_query(format!("SET LOCAL lock_timeout = {}", wait.as_millis().max(1))).execute(conn)?;
+        sql_query(format!(
+            "SET LOCAL lock_timeout = {}",
+            wait.as_millis().max(1)
+        ))
+        .execute(conn)?;
         sql_query(
             "INSERT INTO saga_initiations (saga_id, outcome) VALUES ($1, 'aborted')
              ON CONFLICT (saga_id) DO NOTHING",

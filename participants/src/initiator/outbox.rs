@@ -194,8 +194,8 @@ impl OutboxRelay {
             conn = Some(c);
             let Some(row) = head? else {
                 backoff = self.backoff();
-                let _ = tokio::time::timeout(self.settings.poll, self.handle.notify.notified())
-                    .await;
+                let _ =
+                    tokio::time::timeout(self.settings.poll, self.handle.notify.notified()).await;
                 continue;
             };
             let (delivery, update) = self.deliver(&row).await;

@@ -31,7 +31,9 @@ fn insert_order(conn: &mut PgConnection, saga_id: uuid::Uuid) -> QueryResult<usi
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let [_, point, coordinator, database, check_url] = args.as_slice() else {
-        anyhow::bail!("usage: initiator-under-test <point> <coordinator url> <database url> <check-back url>");
+        anyhow::bail!(
+            "usage: initiator-under-test <point> <coordinator url> <database url> <check-back url>"
+        );
     };
     let client = Client::new(coordinator)?;
     let mut request = order_saga();
