@@ -93,6 +93,7 @@
 pub mod barrier;
 pub mod client;
 mod command;
+pub mod initiator;
 mod outcome;
 mod participant;
 #[cfg(feature = "shop")]

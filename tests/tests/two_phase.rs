@@ -16,7 +16,10 @@ use serde_json::{json, Value};
 
 /// A two-step saga at `shop` in prepare mode, asking `check_back` after `prepare_timeout_ms`.
 fn prepared_saga(check_back: Value, prepare_timeout_ms: u64) -> Value {
-    let mut def = saga("place-order", vec![step("reserve", "shop"), step("charge", "shop")]);
+    let mut def = saga(
+        "place-order",
+        vec![step("reserve", "shop"), step("charge", "shop")],
+    );
     def["mode"] = json!("prepare");
     def["check_back"] = check_back;
     def["prepare_timeout_ms"] = json!(prepare_timeout_ms);
@@ -51,7 +54,10 @@ async fn commit_starts_a_prepared_saga_and_both_decisions_are_idempotent() {
     let other = app.submit_id(&saga("other", vec![step("x", "shop")])).await;
     app.wait_for_state(&other, &["committed"], SAGA_TIMEOUT)
         .await;
-    assert!(shop.commands_for(&id).is_empty(), "dispatched before commit");
+    assert!(
+        shop.commands_for(&id).is_empty(),
+        "dispatched before commit"
+    );
     assert_eq!(state(&app.saga(&id).await), "prepared");
 
     let committed = expect_json(app.commit(&id).await, StatusCode::OK).await;
@@ -65,7 +71,10 @@ async fn commit_starts_a_prepared_saga_and_both_decisions_are_idempotent() {
     expect_problem(app.abort(&id).await, StatusCode::CONFLICT).await;
     let events = app.events(&id).await;
     assert_eq!(events_of_type(&events, "commit").len(), 1, "{events:#?}");
-    assert_eq!(events_of_type(&events, "commit")[0]["detail"]["by"], "initiator");
+    assert_eq!(
+        events_of_type(&events, "commit")[0]["detail"]["by"],
+        "initiator"
+    );
 
     // Abort decides the other way: aborted, repeatable, and commit is refused afterwards.
     let id = app.submit_id(&def).await;
@@ -108,7 +117,8 @@ async fn amqp_check_back_answers_committed_aborted_and_pending() {
         .wait_for_state(&ids[0], &["committed"], SAGA_TIMEOUT)
         .await;
     assert_eq!(state(&done), "committed");
-    app.wait_for_state(&ids[1], &["aborted"], SAGA_TIMEOUT).await;
+    app.wait_for_state(&ids[1], &["aborted"], SAGA_TIMEOUT)
+        .await;
     app.wait_for_state(&ids[2], &["committed"], SAGA_TIMEOUT)
         .await;
 
@@ -117,12 +127,26 @@ async fn amqp_check_back_answers_committed_aborted_and_pending() {
     assert_eq!(checks.len(), 1);
     let check = &checks[0];
     assert_eq!(check.kind(), "check");
-    assert!(check.body.get("step").is_none_or(Value::is_null), "{:#}", check.body);
+    assert!(
+        check.body.get("step").is_none_or(Value::is_null),
+        "{:#}",
+        check.body
+    );
     assert_eq!(check.body["idempotency_key"], format!("{}::check", ids[0]));
-    assert_eq!(orders.commands_for(&ids[2]).len(), 2, "asked again after pending");
-    assert!(shop.commands_for(&ids[1]).is_empty(), "aborted saga dispatched nothing");
+    assert_eq!(
+        orders.commands_for(&ids[2]).len(),
+        2,
+        "asked again after pending"
+    );
+    assert!(
+        shop.commands_for(&ids[1]).is_empty(),
+        "aborted saga dispatched nothing"
+    );
     let events = app.events(&ids[0]).await;
-    assert_eq!(events_of_type(&events, "commit")[0]["detail"]["by"], "check_back");
+    assert_eq!(
+        events_of_type(&events, "commit")[0]["detail"]["by"],
+        "check_back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,17 +170,26 @@ async fn http_check_back_answers_committed_aborted_and_pending() {
     .await;
 
     let mut ids = Vec::new();
-    for answer in ["committed", "aborted", "pending-then-aborted", "error-then-committed"] {
+    for answer in [
+        "committed",
+        "aborted",
+        "pending-then-aborted",
+        "error-then-committed",
+    ] {
         let def = prepared_saga(fast_check_back(json!({"url": server.url()}), 5), 200);
         // Submit, then register the answer: the first check-back is 200 ms away.
         let id = app.submit_id(&def).await;
         answers.lock().expect("answers").insert(id.clone(), answer);
         ids.push(id);
     }
-    app.wait_for_state(&ids[0], &["committed"], SAGA_TIMEOUT).await;
-    app.wait_for_state(&ids[1], &["aborted"], SAGA_TIMEOUT).await;
-    app.wait_for_state(&ids[2], &["aborted"], SAGA_TIMEOUT).await;
-    app.wait_for_state(&ids[3], &["committed"], SAGA_TIMEOUT).await;
+    app.wait_for_state(&ids[0], &["committed"], SAGA_TIMEOUT)
+        .await;
+    app.wait_for_state(&ids[1], &["aborted"], SAGA_TIMEOUT)
+        .await;
+    app.wait_for_state(&ids[2], &["aborted"], SAGA_TIMEOUT)
+        .await;
+    app.wait_for_state(&ids[3], &["committed"], SAGA_TIMEOUT)
+        .await;
     assert_eq!(server.calls_for(&ids[0]), 1);
     assert_eq!(server.calls_for(&ids[2]), 2);
     assert_eq!(server.calls_for(&ids[3]), 2);

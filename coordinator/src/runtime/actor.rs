@@ -137,9 +137,8 @@ impl SagaActor {
                         act.registry.changes().send(&act.saga);
                         act.registry.publish(outbox);
                         if let Some(url) = check_url {
-                            let timeout = Duration::from_millis(
-                                act.saga.definition.check_back_timeout_ms,
-                            );
+                            let timeout =
+                                Duration::from_millis(act.saga.definition.check_back_timeout_ms);
                             for attempt in http_checks {
                                 act.registry.check_back_over_http(
                                     act.saga.id,

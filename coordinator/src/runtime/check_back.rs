@@ -40,7 +40,9 @@ impl HttpCheckBack {
             .user_agent(concat!("saga-coordinator/", env!("CARGO_PKG_VERSION")))
             .build();
         if let Err(e) = &client {
-            log::error!("cannot build the HTTP client for check-backs: {e}; URL check-backs will fail");
+            log::error!(
+                "cannot build the HTTP client for check-backs: {e}; URL check-backs will fail"
+            );
         }
         HttpCheckBack {
             client: client.ok(),
@@ -49,7 +51,13 @@ impl HttpCheckBack {
 
     /// Asks `url` about `saga_id` and turns the answer into the reply the machine expects: the
     /// outcome it gave, or `retry` with the reason when there was no usable answer.
-    pub async fn ask(&self, url: &str, saga_id: Uuid, attempt: u32, timeout: Duration) -> ReplyMessage {
+    pub async fn ask(
+        &self,
+        url: &str,
+        saga_id: Uuid,
+        attempt: u32,
+        timeout: Duration,
+    ) -> ReplyMessage {
         let (outcome, error) = match self.get(url, saga_id, timeout).await {
             Ok(CheckBackOutcome::Committed) => (Outcome::Committed, None),
             Ok(CheckBackOutcome::Aborted) => (Outcome::Aborted, None),

@@ -407,7 +407,8 @@ impl Run {
                 self.saga.state
             ));
         }
-        let detail = json!({"kind": CommandKind::Check, "outcome": reply.outcome, "error": reply.error});
+        let detail =
+            json!({"kind": CommandKind::Check, "outcome": reply.outcome, "error": reply.error});
         match reply.outcome {
             Outcome::Committed => {
                 self.record("reply", None, Some(reply.attempt), detail);
@@ -543,12 +544,7 @@ impl Run {
                     "dead-lettered check-back attempt {attempt} is not current"
                 ));
             }
-            self.record(
-                "dead_lettered",
-                None,
-                Some(attempt),
-                json!({"kind": kind}),
-            );
+            self.record("dead_lettered", None, Some(attempt), json!({"kind": kind}));
             self.check_failed("the initiator rejected the check-back".into(), ctx);
             return Verdict::Changed;
         }

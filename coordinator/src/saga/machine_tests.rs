@@ -552,7 +552,10 @@ fn prepared_sagas_wait_for_commit_or_abort() {
 #[test]
 fn past_the_prepare_timeout_the_initiator_is_asked_and_committed_starts_the_saga() {
     let mut h = prepared(&["a", "b"]);
-    assert_eq!(h.saga.next_due(), Some(t0() + Duration::milliseconds(10_000)));
+    assert_eq!(
+        h.saga.next_due(),
+        Some(t0() + Duration::milliseconds(10_000))
+    );
     let asked = h.fire_next_timer();
     assert_eq!(names(&h, &asked), ["-:check:1"]);
     assert_eq!(h.saga.state, SagaState::Prepared);
@@ -569,7 +572,10 @@ fn pending_asks_again_after_a_backoff_and_aborted_aborts() {
     let before = h.now;
     let again = h.fire_next_timer();
     assert_eq!(names(&h, &again), ["-:check:2"]);
-    assert!(h.now > before, "the second check-back waits for its backoff");
+    assert!(
+        h.now > before,
+        "the second check-back waits for its backoff"
+    );
     assert!(h.apply(check_answer(2, Outcome::Aborted)).is_empty());
     assert_eq!(h.saga.state, SagaState::Aborted);
     assert_eq!(h.saga.next_due(), None);

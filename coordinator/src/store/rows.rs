@@ -165,7 +165,10 @@ impl SagaRow {
             created_at: saga.created_at,
             updated_at: saga.updated_at,
             version: saga.version,
-            check_back_purpose: saga.check_back.timer.map(|t| t.purpose.as_str().to_string()),
+            check_back_purpose: saga
+                .check_back
+                .timer
+                .map(|t| t.purpose.as_str().to_string()),
             check_attempts: to_i32(saga.check_back.attempts),
             check_attempt_limit: to_i32(saga.check_back.attempt_limit),
         })
