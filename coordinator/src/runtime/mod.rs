@@ -226,34 +226,45 @@ impl Registry {
 
     /// Runs an operator's or initiator's request and answers with the saga afterwards.
     pub async fn operate(&self, saga_id: Uuid, event: Event) -> Result<Saga, EngineError> {
-        match self.find(saga_id).await? {
-            Some(addr) => addr
+        // The actor may stop between being found and receiving the request (its saga just
+        // finished, or it is reloading after a conflict): look again before giving up.
+        for _ in 0..5 {
+            let Some(addr) = self.find(saga_id).await? else {
+                return self.answer_without_actor(saga_id, event).await;
+            };
+            match addr
                 .send(Deliver {
-                    event,
+                    event: event.clone(),
                     settle: None,
                 })
                 .await
-                .map_err(|e| EngineError::Unavailable(e.to_string()))?,
-            None => {
-                // Final or unknown: run the machine only to get its answer (always a rejection
-                // or nothing to do for a final saga).
-                let store = self.inner.store.clone();
-                let saga = tokio::task::spawn_blocking(move || store.load(saga_id))
-                    .await
-                    .map_err(|e| EngineError::Internal(e.to_string()))??
-                    .ok_or(EngineError::NotFound(saga_id))?;
-                let mut rng = rand::rng();
-                let mut ctx = crate::saga::machine::Context {
-                    now: chrono::Utc::now(),
-                    rng: &mut rng,
-                };
-                match crate::saga::machine::handle(&saga, event, &mut ctx) {
-                    crate::saga::machine::Decision::Reject(reason) => {
-                        Err(EngineError::Conflict(reason))
-                    }
-                    _ => Ok(saga),
-                }
+            {
+                Ok(answer) => return answer,
+                Err(MailboxError::Closed) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => return Err(EngineError::Unavailable(e.to_string())),
             }
+        }
+        Err(EngineError::Unavailable(
+            "the saga is being reloaded; try again".into(),
+        ))
+    }
+
+    /// A final or unknown saga: run the machine only to get its answer (a rejection, or nothing to
+    /// do for a final saga).
+    async fn answer_without_actor(&self, saga_id: Uuid, event: Event) -> Result<Saga, EngineError> {
+        let store = self.inner.store.clone();
+        let saga = tokio::task::spawn_blocking(move || store.load(saga_id))
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??
+            .ok_or(EngineError::NotFound(saga_id))?;
+        let mut rng = rand::rng();
+        let mut ctx = crate::saga::machine::Context {
+            now: chrono::Utc::now(),
+            rng: &mut rng,
+        };
+        match crate::saga::machine::handle(&saga, event, &mut ctx) {
+            crate::saga::machine::Decision::Reject(reason) => Err(EngineError::Conflict(reason)),
+            _ => Ok(saga),
         }
     }
 }
