@@ -253,6 +253,8 @@ impl Barrier {
             }
             // A compensation must eventually succeed: keep nothing, let the coordinator retry.
             Outcome::Failure(message) | Outcome::Retry(message) => Err(Rollback::Retry(message)),
+            // Turned into a retry by `run_business` already.
+            Outcome::CheckBack(answer) => Err(Rollback::Retry(answer.as_str().to_string())),
         }
     }
 
@@ -324,6 +326,10 @@ fn run_business<E: From<diesel::result::Error>>(
     let result = conn.transaction::<Outcome, Inner<E>, _>(|conn| match business(conn) {
         Ok(Outcome::Failure(message)) => Err(Inner::Failure(message)),
         Ok(Outcome::Retry(message)) => Err(Inner::Retry(message)),
+        Ok(Outcome::CheckBack(answer)) => Err(Inner::Retry(format!(
+            "{} is only an answer to a check-back",
+            answer.as_str()
+        ))),
         Ok(success) => Ok(success),
         Err(e) => Err(Inner::Error(e)),
     });

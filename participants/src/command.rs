@@ -16,7 +16,8 @@ pub enum CommandKind {
     Action,
     /// The step's compensation: semantically undoes the action.
     Compensation,
-    /// A two-phase submission's check-back (contract, section 5); not dispatched to handlers yet.
+    /// A two-phase submission's check-back (contract, section 5), answered by the handler given to
+    /// `ParticipantBuilder::check_back`.
     Check,
 }
 
@@ -131,16 +132,21 @@ impl<P> Command<P> {
 }
 
 impl Command<Value> {
-    /// Builds a command from a body; `None` for `check` commands, which have no step.
+    /// Builds a command from a body; `None` for an action or compensation without a step. A
+    /// `check` command has no step: its `step` is empty.
     pub(crate) fn from_body(
         body: CommandBody,
         redelivered: bool,
         traceparent: Option<String>,
     ) -> Option<Command<Value>> {
+        let step = match body.kind {
+            CommandKind::Check => body.step.unwrap_or_default(),
+            _ => body.step?,
+        };
         Some(Command {
             saga_id: body.saga_id,
             saga_name: body.saga_name,
-            step: body.step?,
+            step,
             kind: body.kind,
             name: body.command,
             attempt: body.attempt,

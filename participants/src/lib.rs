@@ -100,7 +100,7 @@ mod participant;
 pub mod shop;
 
 pub use command::{Command, CommandKind};
-pub use outcome::Outcome;
+pub use outcome::{CheckBackAnswer, Outcome};
 pub use participant::{BoxError, Participant, ParticipantBuilder, ParticipantHandle, Settings};
 
 /// A participant that cannot be built or configured.

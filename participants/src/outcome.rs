@@ -17,6 +17,32 @@ pub enum Outcome {
     Failure(String),
     /// A transient error: the coordinator tries again with backoff.
     Retry(String),
+    /// The answer to a check-back (a `check` command of a two-phase submission, contract section 5);
+    /// only meaningful from a handler given to `ParticipantBuilder::check_back`.
+    CheckBack(CheckBackAnswer),
+}
+
+/// What a check-back answers about a prepared saga (contract, section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckBackAnswer {
+    /// The initiator's local transaction committed: start the saga.
+    Committed,
+    /// It rolled back or never ran (and now never will): abort the saga.
+    Aborted,
+    /// It may still be running: ask again later.
+    Pending,
+}
+
+impl CheckBackAnswer {
+    /// The contract's spelling: `committed`, `aborted` or `pending`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckBackAnswer::Committed => "committed",
+            CheckBackAnswer::Aborted => "aborted",
+            CheckBackAnswer::Pending => "pending",
+        }
+    }
 }
 
 impl Outcome {
@@ -43,12 +69,13 @@ impl Outcome {
         Outcome::Retry(message.into())
     }
 
-    /// `success`, `failure` or `retry`.
+    /// `success`, `failure` or `retry` (or a check-back's `committed`, `aborted`, `pending`).
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Success(_) => "success",
             Outcome::Failure(_) => "failure",
             Outcome::Retry(_) => "retry",
+            Outcome::CheckBack(answer) => answer.as_str(),
         }
     }
 
@@ -68,7 +95,7 @@ impl Outcome {
     /// The message of a failure or retry.
     pub fn error(&self) -> Option<&str> {
         match self {
-            Outcome::Success(_) => None,
+            Outcome::Success(_) | Outcome::CheckBack(_) => None,
             Outcome::Failure(m) | Outcome::Retry(m) => Some(m),
         }
     }
@@ -78,7 +105,8 @@ impl Outcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ReplyBody {
     pub saga_id: Uuid,
-    pub step: String,
+    /// `None` for a check-back, which has no step.
+    pub step: Option<String>,
     pub kind: CommandKind,
     pub attempt: u32,
     pub outcome: String,
@@ -90,7 +118,7 @@ impl ReplyBody {
     pub(crate) fn new<P>(command: &Command<P>, outcome: &Outcome) -> ReplyBody {
         ReplyBody {
             saga_id: command.saga_id,
-            step: command.step.clone(),
+            step: (command.kind != CommandKind::Check).then(|| command.step.clone()),
             kind: command.kind,
             attempt: command.attempt,
             outcome: outcome.label().to_string(),

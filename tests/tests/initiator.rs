@@ -16,6 +16,7 @@ use e2e::{
 use participants::client::{CheckBack, Client, SagaRequest, StepRequest};
 use participants::initiator::half_message::{self, CheckBackAnswer, HalfMessageError, PgPool};
 use participants::initiator::outbox::{self, OutboxRelay, RelaySettings};
+use participants::{Participant, Settings};
 use uuid::Uuid;
 
 const INITIATOR: &str = env!("CARGO_BIN_EXE_initiator-under-test");
@@ -168,6 +169,64 @@ async fn initiator_dies_before_its_local_commit_and_the_saga_is_aborted() {
         "{late:?}"
     );
     assert_eq!(orders_of(db.url(), None), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_participant_answers_check_backs_over_amqp_from_the_marker_row() {
+    let app = TestApp::start().await;
+    let shop = FakeParticipant::always_succeed(&app.ns, "shop").await;
+    let db = initiator_db().await;
+    let pool: PgPool = diesel::r2d2::Pool::builder()
+        .max_size(2)
+        .build(diesel::r2d2::ConnectionManager::new(db.url()))
+        .expect("pool");
+    // The initiator's own participant, answering `check` commands with the SDK's ready handler.
+    app.ns.register_participant("orders");
+    let mut orders = Participant::builder("orders")
+        .settings(
+            Settings::default()
+                .amqp_url(e2e::amqp_url())
+                .namespace(app.ns.name()),
+        )
+        .check_back(half_message::check_back_handler(
+            pool,
+            Duration::from_secs(2),
+        ))
+        .build()
+        .expect("declaring orders")
+        .spawn();
+    orders.consuming().await;
+
+    let committed = run_initiator_until_it_dies(
+        "after-local-commit",
+        &app.api.base_url,
+        db.url(),
+        "participant:orders",
+    )
+    .await;
+    let aborted = run_initiator_until_it_dies(
+        "in-local-transaction",
+        &app.api.base_url,
+        db.url(),
+        "participant:orders",
+    )
+    .await;
+    app.wait_for_state(&committed.to_string(), &["committed"], SAGA_TIMEOUT)
+        .await;
+    app.wait_for_state(&aborted.to_string(), &["aborted"], SAGA_TIMEOUT)
+        .await;
+    assert_eq!(orders_of(db.url(), Some(committed)), 1);
+    assert_eq!(orders_of(db.url(), Some(aborted)), 0);
+    assert_eq!(shop.commands_for(&committed.to_string()).len(), 2);
+    assert!(shop.commands_for(&aborted.to_string()).is_empty());
+    let events = app.events(&committed.to_string()).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "commit" && e["detail"]["by"] == "check_back"),
+        "{events:#?}"
+    );
+    orders.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

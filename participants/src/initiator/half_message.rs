@@ -31,28 +31,7 @@ pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 /// How long [`check_back_answer`] waits for an open local transaction before answering `pending`.
 pub const DEFAULT_CHECK_WAIT: Duration = Duration::from_secs(2);
 
-/// What a check-back answers (contract, section 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CheckBackAnswer {
-    /// The local transaction committed: start the saga.
-    Committed,
-    /// The local transaction rolled back or never ran (and now never will): abort the saga.
-    Aborted,
-    /// The local transaction is still open: ask again later.
-    Pending,
-}
-
-impl CheckBackAnswer {
-    /// The contract's spelling: `committed`, `aborted` or `pending`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CheckBackAnswer::Committed => "committed",
-            CheckBackAnswer::Aborted => "aborted",
-            CheckBackAnswer::Pending => "pending",
-        }
-    }
-}
+pub use crate::outcome::CheckBackAnswer;
 
 /// What went wrong starting a saga with [`start`].
 #[derive(Debug, thiserror::Error)]
@@ -245,4 +224,31 @@ pub fn check_back_answer(
 struct MarkerRow {
     #[diesel(sql_type = Text)]
     outcome: String,
+}
+
+/// A ready handler for `ParticipantBuilder::check_back`: answers each `check` command with
+/// [`check_back_answer`] on a connection from `pool`, waiting up to `wait` for an open local
+/// transaction.
+pub fn check_back_handler(
+    pool: PgPool,
+    wait: Duration,
+) -> impl Fn(
+    crate::Command<serde_json::Value>,
+) -> futures_util::future::BoxFuture<'static, Result<CheckBackAnswer, crate::BoxError>>
+       + Send
+       + Sync
+       + 'static {
+    use futures_util::FutureExt;
+    move |command| {
+        let pool = pool.clone();
+        async move {
+            let answer = tokio::task::spawn_blocking(move || {
+                let mut conn = pool.get()?;
+                Ok::<_, crate::BoxError>(check_back_answer(&mut conn, command.saga_id, wait)?)
+            })
+            .await??;
+            Ok(answer)
+        }
+        .boxed()
+    }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub use settings::Settings;
 
 use crate::command::{Command, CommandKind};
-use crate::outcome::Outcome;
+use crate::outcome::{CheckBackAnswer, Outcome};
 use crate::Error;
 
 /// Any error a handler returns; it becomes a `retry` reply.
@@ -127,6 +127,26 @@ impl ParticipantBuilder {
         E: Into<BoxError> + 'static,
     {
         self.handler(CommandKind::Compensation, name, handler)
+    }
+
+    /// Answers check-backs: the coordinator's `check` commands about two-phase sagas this
+    /// participant initiated (contract, section 5). The handler says whether the initiator's local
+    /// transaction committed; `initiator::half_message::check_back_handler` is a ready one. An `Err`
+    /// or a panic answers nothing decisive (the coordinator asks again after its backoff).
+    pub fn check_back<F, Fut, E>(self, handler: F) -> Self
+    where
+        F: Fn(Command<Value>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<CheckBackAnswer, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.handler(
+            CommandKind::Check,
+            "check",
+            move |command: Command<Value>| {
+                let answer = handler(command);
+                async move { answer.await.map(Outcome::CheckBack) }
+            },
+        )
     }
 
     fn handler<P, F, Fut, E>(mut self, kind: CommandKind, name: &str, handler: F) -> Self

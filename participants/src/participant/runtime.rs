@@ -353,9 +353,6 @@ impl Job {
     fn decode(&self, delivery: &Delivery) -> Result<Command<serde_json::Value>, String> {
         let body: CommandBody = serde_json::from_slice(&delivery.data)
             .map_err(|e| format!("undecodable command body: {e}"))?;
-        if body.kind == CommandKind::Check {
-            return Err("check-back commands are not handled by this participant".into());
-        }
         if delivery.properties.reply_to().is_none() {
             return Err("the command has no reply_to".into());
         }
@@ -385,6 +382,7 @@ impl Job {
             .clone();
         let participant = self.participant.clone();
         let key = command.idempotency_key.clone();
+        let kind = command.kind;
         // Calling the handler may panic too (before it returns a future).
         let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(command))) {
             Ok(Ok(future)) => future,
@@ -399,7 +397,7 @@ impl Job {
         };
         Ok(async move {
             match AssertUnwindSafe(future).catch_unwind().await {
-                Ok(Ok(outcome)) => outcome,
+                Ok(Ok(outcome)) => fit_to_kind(kind, outcome),
                 Ok(Err(e)) => {
                     log::warn!("participant {participant}: handler of {key} failed: {e}");
                     Outcome::retry(format!("handler error: {e}"))
@@ -450,6 +448,23 @@ impl Job {
             return Err("the broker refused the reply".into());
         }
         Ok(confirm.take_message().is_none())
+    }
+}
+
+/// A check-back answer is only an answer to a `check` command, and a `check` command only takes one:
+/// anything else becomes `retry` rather than a reply the coordinator would ignore.
+fn fit_to_kind(kind: CommandKind, outcome: Outcome) -> Outcome {
+    match (kind, outcome) {
+        (CommandKind::Check, outcome @ (Outcome::CheckBack(_) | Outcome::Retry(_))) => outcome,
+        (CommandKind::Check, other) => Outcome::retry(format!(
+            "a check-back must answer committed, aborted or pending, not {}",
+            other.label()
+        )),
+        (_, Outcome::CheckBack(answer)) => Outcome::retry(format!(
+            "{} is only an answer to a check-back",
+            answer.as_str()
+        )),
+        (_, outcome) => outcome,
     }
 }
 

@@ -1,10 +1,11 @@
 //! A saga initiator using the SDK's half-message style that dies at a chosen point, for the crash
 //! tests in `tests/initiator.rs`.
 //!
-//! `initiator-under-test <point> <coordinator url> <database url> <check-back url>`: prepares a
+//! `initiator-under-test <point> <coordinator url> <database url> <check-back>`: prepares a
 //! two-step saga at participant `shop`, prints its id on stdout, and dies (`abort`) at `point`:
 //! - `after-local-commit`: the local transaction (marker + an `orders` row) committed, the saga was
 //!   neither committed nor aborted;
+//! `<check-back>` is a URL, or `participant:{name}` for a `check` command to that participant.
 //! - `in-local-transaction`: the local transaction is open with its rows written, not committed.
 
 use diesel::prelude::*;
@@ -30,22 +31,21 @@ fn insert_order(conn: &mut PgConnection, saga_id: uuid::Uuid) -> QueryResult<usi
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, point, coordinator, database, check_url] = args.as_slice() else {
+    let [_, point, coordinator, database, check] = args.as_slice() else {
         anyhow::bail!(
-            "usage: initiator-under-test <point> <coordinator url> <database url> <check-back url>"
+            "usage: initiator-under-test <point> <coordinator url> <database url> <check-back>"
         );
+    };
+    let check_back = match check.strip_prefix("participant:") {
+        Some(name) => CheckBack::Participant {
+            participant: name.to_string(),
+        },
+        None => CheckBack::Url { url: check.clone() },
     };
     let client = Client::new(coordinator)?;
     let mut request = order_saga();
     request.prepare_timeout_ms = Some(300);
-    let saga = half_message::prepare(
-        &client,
-        request,
-        CheckBack::Url {
-            url: check_url.clone(),
-        },
-    )
-    .await?;
+    let saga = half_message::prepare(&client, request, check_back).await?;
     println!("{}", saga.id);
     std::io::stdout().flush()?;
     let mut conn = PgConnection::establish(database)?;
