@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 use serde_json::Value;
 
 use crate::saga::machine::LogEntry;
-use crate::saga::{Saga, SagaState, TimerPurpose};
+use crate::saga::{Saga, SagaState, SubmissionMode, TimerPurpose};
 
 /// The content type of the text [`Metrics::render`] produces.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -42,6 +42,12 @@ struct StateLabels {
 struct ReasonLabels {
     saga: String,
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    saga: String,
+    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,6 +115,8 @@ pub struct Metrics {
     step_timeouts: Family<StepLabels, Counter>,
     step_gave_up: Family<StepLabels, Counter>,
     dead_lettered: Family<StepLabels, Counter>,
+    check_backs: Family<SagaLabels, Counter>,
+    check_back_answers: Family<OutcomeLabels, Counter>,
     outbox_published: Counter,
     outbox_publish_failures: Counter,
     outbox_publish_latency: Histogram,
@@ -143,6 +151,8 @@ impl Metrics {
             step_timeouts: Family::default(),
             step_gave_up: Family::default(),
             dead_lettered: Family::default(),
+            check_backs: Family::default(),
+            check_back_answers: Family::default(),
             outbox_published: Counter::default(),
             outbox_publish_failures: Counter::default(),
             outbox_publish_latency: step_buckets(),
@@ -209,6 +219,16 @@ impl Metrics {
             m.dead_lettered.clone(),
         );
         m.registry.register(
+            "check_backs",
+            "Check-backs sent to the initiators of prepared sagas",
+            m.check_backs.clone(),
+        );
+        m.registry.register(
+            "check_back_answers",
+            "What check-backs got: committed, aborted, pending, retry (no usable answer), timeout",
+            m.check_back_answers.clone(),
+        );
+        m.registry.register(
             "outbox_published",
             "Commands RabbitMQ confirmed",
             m.outbox_published.clone(),
@@ -273,7 +293,13 @@ impl Metrics {
         };
         let kind = |entry: &LogEntry| text(&entry.detail["kind"]);
         for entry in log {
+            if entry.step.is_none() && kind(entry) == "check" {
+                self.observe_check_back(saga, entry);
+                continue;
+            }
             match entry.kind {
+                // A two-phase saga starts when it is prepared; its later "started" is the same saga.
+                "started" if after.definition.mode == SubmissionMode::Prepare => {}
                 "started" | "prepared" => {
                     self.sagas_started
                         .get_or_create(&SagaLabels { saga: saga.clone() })
@@ -331,8 +357,6 @@ impl Metrics {
                         .get_or_create(&SagaLabels { saga: saga.clone() })
                         .inc();
                 }
-                // Check-backs of two-phase sagas (contract, section 5) are counted here once the
-                // machine writes their log entries.
                 _ => {}
             }
         }
@@ -345,6 +369,39 @@ impl Metrics {
             self.saga_duration
                 .get_or_create(&labels)
                 .observe(seconds(now - after.created_at));
+        }
+    }
+
+    /// Check-backs of two-phase sagas (contract, section 5): sent, and what came of each.
+    fn observe_check_back(&self, saga: &str, entry: &LogEntry) {
+        let answer = |outcome: String| OutcomeLabels {
+            saga: saga.to_string(),
+            outcome,
+        };
+        match entry.kind {
+            "dispatched" => {
+                self.check_backs
+                    .get_or_create(&SagaLabels {
+                        saga: saga.to_string(),
+                    })
+                    .inc();
+            }
+            "reply" => {
+                self.check_back_answers
+                    .get_or_create(&answer(text(&entry.detail["outcome"])))
+                    .inc();
+            }
+            "timed_out" => {
+                self.check_back_answers
+                    .get_or_create(&answer("timeout".into()))
+                    .inc();
+            }
+            "dead_lettered" => {
+                self.check_back_answers
+                    .get_or_create(&answer("dead_lettered".into()))
+                    .inc();
+            }
+            _ => {}
         }
     }
 

@@ -128,19 +128,26 @@ impl Browser {
         }
     }
 
-    /// Clicks the first element matching the CSS selector, waiting for it to exist.
+    /// Clicks the first element matching the CSS selector, waiting for it to exist. A live page may
+    /// redraw between finding the element and clicking it (a stale element): find it again.
     pub async fn click(&self, css: &str, timeout: Duration) {
-        let element = self
-            .client()
-            .wait()
-            .at_most(timeout)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no element {css:?}: {e}"));
-        element
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("clicking {css:?}: {e}"));
+        let start = std::time::Instant::now();
+        loop {
+            let element = self
+                .client()
+                .wait()
+                .at_most(timeout)
+                .for_element(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("no element {css:?}: {e}"));
+            match element.click().await {
+                Ok(_) => return,
+                Err(e) if e.to_string().contains("stale element") && start.elapsed() < timeout => {
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(e) => panic!("clicking {css:?}: {e}"),
+            }
+        }
     }
 
     /// Types into the first element matching the CSS selector.

@@ -770,3 +770,61 @@ async fn sigterm_ends_open_change_streams_cleanly() {
         .expect("the coordinator exits after SIGTERM");
     assert_eq!(status.code(), Some(0), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_saga_whose_check_backs_ran_out_can_be_committed_from_its_page() {
+    let app = TestApp::start().await;
+    let base = app.api.base_url.clone();
+    let shop = FakeParticipant::always_succeed(&app.ns, "shop").await;
+    // The initiator's participant is down: every check-back times out.
+    let mut def = saga("two-phase-order", vec![step("reserve", "shop")]);
+    def["mode"] = json!("prepare");
+    def["prepare_timeout_ms"] = json!(50);
+    def["check_back"] =
+        json!({"participant": "orders-down", "timeout_ms": 100, "retry": fast_retry(2)});
+    let id = app.submit_id(&def).await;
+    app.wait_for_state(&id, &["failed"], SAGA_TIMEOUT).await;
+
+    let browser = Browser::start(1280, 900).await.expect("starting Chromium");
+    browser.goto(&format!("{base}/sagas/{id}")).await;
+    let shown = browser
+        .wait_js(
+            "the failed two-phase saga's page",
+            UI_TIMEOUT,
+            "const c = document.getElementById('saga-check-back'); \
+             const b = document.getElementById('saga-attention'); \
+             return c && b && document.getElementById('action-commit') \
+               ? [c.textContent, b.textContent] : null;",
+        )
+        .await;
+    assert!(
+        shown[0]
+            .as_str()
+            .is_some_and(|t| t.contains("participant orders-down") && t.contains("2 of 2")),
+        "{shown}"
+    );
+    assert!(
+        shown[1]
+            .as_str()
+            .is_some_and(|t| t.contains("never answered")),
+        "{shown}"
+    );
+    browser.click("#action-commit", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the confirmation dialog",
+            UI_TIMEOUT,
+            "return document.getElementById('confirm').open;",
+        )
+        .await;
+    browser.click("#confirm-ok", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the committed saga, live",
+            SAGA_TIMEOUT,
+            "const s = document.getElementById('saga-state'); return s && s.textContent === 'committed';",
+        )
+        .await;
+    assert_eq!(shop.commands_for(&id).len(), 1);
+    browser.close().await;
+}

@@ -488,3 +488,44 @@ async fn the_api_page_is_served_without_internet() {
         .expect("list");
     assert_eq!(sagas.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_backs_are_counted_and_a_prepared_saga_starts_once() {
+    let app = TestApp::start().await;
+    let _shop = FakeParticipant::always_succeed(&app.ns, "shop").await;
+    let _orders = FakeParticipant::start(&app.ns, "orders", |cmd| {
+        let outcome = match (cmd.body["saga_payload"]["answer"].as_str(), cmd.attempt()) {
+            (Some("aborted"), _) => "aborted",
+            (_, 1) => "pending",
+            _ => "committed",
+        };
+        Behaviour::Reply(e2e::Reply::outcome(outcome))
+    })
+    .await;
+    for answer in ["committed", "aborted"] {
+        let mut def = saga("two-phase", vec![step("a", "shop")]);
+        def["mode"] = json!("prepare");
+        def["prepare_timeout_ms"] = json!(100);
+        def["payload"] = json!({"answer": answer});
+        def["check_back"] =
+            json!({"participant": "orders", "timeout_ms": 2000, "retry": fast_retry(5)});
+        app.submit_ok(&def).await;
+    }
+    let s = scrape_until(&app, "both two-phase sagas finished", |s| {
+        s.get(r#"saga_sagas_finished_total{saga="two-phase",state="committed"}"#) == 1.0
+            && s.get(r#"saga_sagas_finished_total{saga="two-phase",state="aborted"}"#) == 1.0
+    })
+    .await;
+    assert_eq!(
+        s.get(r#"saga_sagas_started_total{saga="two-phase"}"#),
+        2.0,
+        "{}",
+        s.text
+    );
+    assert_eq!(s.get(r#"saga_check_backs_total{saga="two-phase"}"#), 3.0);
+    for (outcome, n) in [("pending", 1.0), ("committed", 1.0), ("aborted", 1.0)] {
+        let series =
+            format!(r#"saga_check_back_answers_total{{saga="two-phase",outcome="{outcome}"}}"#);
+        assert_eq!(s.get(&series), n, "{series}\n{}", s.text);
+    }
+}

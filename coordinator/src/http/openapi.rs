@@ -167,11 +167,32 @@ pub struct StepSubmission {
     pub after: Option<Vec<String>>,
 }
 
-/// Where a prepared saga asks whether its initiator committed (give one of the two).
+/// Where a prepared saga asks whether its initiator committed (give one of `participant` and `url`),
+/// and how patiently.
 #[derive(ToSchema)]
 pub struct CheckBack {
+    /// A `check` command to `{ns}.participant.{participant}`.
+    pub participant: Option<String>,
+    /// `GET {url}?saga_id={id}`, answering `{"outcome": "committed" | "aborted" | "pending"}`.
+    pub url: Option<String>,
+    /// How long one check-back may go unanswered (default 5000).
+    pub timeout_ms: Option<u64>,
+    /// Check-back retry policy (default 10 attempts, 1 s doubling to 60 s); when it runs out the
+    /// saga becomes `failed`.
+    pub retry: Option<RetryPolicy>,
+}
+
+/// A two-phase saga's check-backs so far.
+#[derive(ToSchema)]
+pub struct CheckBackProgress {
     pub participant: Option<String>,
     pub url: Option<String>,
+    /// Check-backs sent so far.
+    pub attempts: u32,
+    /// Check-backs allowed in total (an operator's `retry` adds a fresh budget).
+    pub max_attempts: u32,
+    /// When the next check-back goes out (or the one out times out); `null` when none is due.
+    pub next_at: Option<DateTime<Utc>>,
 }
 
 /// `POST /api/v1/sagas` body (contract, section 2 "Submit").
@@ -234,6 +255,10 @@ pub struct SagaDocument {
     pub updated_at: DateTime<Utc>,
     pub deadline: Option<DateTime<Utc>>,
     pub steps: Vec<StepDocument>,
+    /// `prepare` for a two-phase submission (absent otherwise).
+    pub mode: Option<String>,
+    /// Two-phase submissions only.
+    pub check_back: Option<CheckBackProgress>,
 }
 
 /// A page of sagas, newest first.

@@ -232,19 +232,31 @@
           'Do this once the participant is repaired.',
         button: 'Retry compensations',
       },
+      commit: {
+        title: `Commit saga “${name}”?`,
+        text: 'Only when you know the initiator\'s local transaction committed: the saga starts running.',
+        button: 'Commit saga',
+      },
+      ask: {
+        title: `Ask the initiator of “${name}” again?`,
+        text: 'A new round of check-backs is sent, with a fresh attempt budget.',
+        button: 'Ask again',
+      },
       resolve: {
         title: `Resolve saga “${name}” by hand?`,
-        text: 'The saga is marked compensated without sending anything. Only do this when the ' +
-          'effects were undone by other means.',
+        text: 'The saga is closed without sending anything: compensated (aborted if nothing was ever ' +
+          'dispatched). Only do this when the effects were undone, or never happened, by other means.',
         button: 'Mark resolved',
         withNote: true,
       },
     }[action];
     const note = await confirmAction(texts);
     if (note === null) return;
+    // "Ask again" is the API's retry of a prepared saga whose check-backs ran out.
+    const endpoint = action === 'ask' ? 'retry' : action;
     try {
       const body = action === 'resolve' ? { note } : undefined;
-      const saga = await call(`/api/v1/sagas/${encodeURIComponent(id)}/${action}`, { method: 'POST', body });
+      const saga = await call(`/api/v1/sagas/${encodeURIComponent(id)}/${endpoint}`, { method: 'POST', body });
       flash(`${action}: saga is now ${saga.state}`);
     } catch (err) {
       if (!(err instanceof Unauthorized)) flash(`${action} failed: ${err.message}`, true);
@@ -480,10 +492,20 @@
       if (doc.state === 'running' || doc.state === 'prepared') {
         actions.push(h('button', { id: 'action-abort', class: 'danger', type: 'button', onclick: () => act(doc.id, 'abort', doc.name) }, 'Abort'));
       }
-      if (doc.state === 'failed') {
+      // A two-phase saga whose check-backs ran out never dispatched anything: it is still undecided.
+      const undecided = doc.mode === 'prepare' && (doc.steps || []).every((st) => st.attempts === 0);
+      if (doc.state === 'failed' && undecided) {
+        actions.push(h('button', { id: 'action-ask', class: 'warn', type: 'button', onclick: () => act(doc.id, 'ask', doc.name) }, 'Ask the initiator again'));
+        actions.push(h('button', { id: 'action-commit', class: 'quiet', type: 'button', onclick: () => act(doc.id, 'commit', doc.name) }, 'Commit'));
+        actions.push(h('button', { id: 'action-abort', class: 'danger', type: 'button', onclick: () => act(doc.id, 'abort', doc.name) }, 'Abort'));
+      } else if (doc.state === 'failed') {
         actions.push(h('button', { id: 'action-retry', class: 'warn', type: 'button', onclick: () => act(doc.id, 'retry', doc.name) }, 'Retry compensations'));
+      }
+      if (doc.state === 'failed') {
         actions.push(h('button', { id: 'action-resolve', class: 'quiet', type: 'button', onclick: () => act(doc.id, 'resolve', doc.name) }, 'Resolve with a note'));
       }
+      const check = doc.check_back;
+      const checkTarget = check ? (check.participant ? `participant ${check.participant}` : check.url) : '';
       const levels = dependencyLevels(doc.steps || []);
       show(
         h('p', {}, h('a', { href: '/', 'data-link': true }, '← Overview')),
@@ -494,11 +516,17 @@
           doc.key ? h('span', {}, 'key ', h('code', {}, doc.key)) : null,
           h('span', {}, `created ${when(doc.created_at)}`),
           h('span', {}, `updated ${when(doc.updated_at)}`),
-          doc.deadline ? h('span', {}, `deadline ${when(doc.deadline)}`) : null),
-        doc.state === 'failed'
+          doc.deadline ? h('span', {}, `deadline ${when(doc.deadline)}`) : null,
+          check ? h('span', { id: 'saga-check-back' },
+            `check-back ${checkTarget}: ${check.attempts} of ${check.max_attempts} sent`,
+            check.next_at ? `, next ${when(check.next_at)}` : '') : null),
+        doc.state === 'failed' && undecided
           ? h('div', { class: 'banner', id: 'saga-attention' },
-            'Automation could not compensate this saga. Repair the participant and retry, or undo its effects by hand and resolve it with a note.')
-          : null,
+            'The initiator never answered whether its local transaction committed. Ask it again, commit or abort the saga if you know, or resolve it (it ends aborted).')
+          : doc.state === 'failed'
+            ? h('div', { class: 'banner', id: 'saga-attention' },
+              'Automation could not compensate this saga. Repair the participant and retry, or undo its effects by hand and resolve it with a note.')
+            : null,
         actions.length ? h('div', { class: 'actions' }, actions) : null,
         h('h2', {}, 'Dependency order'),
         h('div', { class: 'panel order', id: 'saga-order' }, levels.map((group, i) => [
