@@ -5,8 +5,9 @@
 //! two-step saga at participant `shop`, prints its id on stdout, and dies (`abort`) at `point`:
 //! - `after-local-commit`: the local transaction (marker + an `orders` row) committed, the saga was
 //!   neither committed nor aborted;
-//! `<check-back>` is a URL, or `participant:{name}` for a `check` command to that participant.
 //! - `in-local-transaction`: the local transaction is open with its rows written, not committed.
+//!
+//! `<check-back>` is a URL, or `participant:{name}` for a `check` command to that participant.
 
 use diesel::prelude::*;
 use diesel::sql_types::{Text, Uuid as SqlUuid};
