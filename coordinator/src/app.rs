@@ -72,7 +72,13 @@ pub async fn run(
         published_tx,
         inbound_tx,
     );
-    let relay = relay::spawn(store.clone(), relay_rx, outbound_tx, published_rx);
+    let relay = relay::spawn(
+        store.clone(),
+        registry.writer().clone(),
+        relay_rx,
+        outbound_tx,
+        published_rx,
+    );
     let dispatcher = actix_rt::spawn(dispatch_inbound(inbound_rx, registry.clone()));
 
     let state = web::Data::new(AppState {
