@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
@@ -29,7 +30,7 @@ use uuid::Uuid;
 
 use super::rows::{to_i32, NewEvent, NewOutbox, SagaChange, SagaRow, StepChange, StepRow};
 use super::schema::{outbox, saga_events, saga_steps, sagas};
-use super::{Pool, StoreError};
+use super::{Conn, Pool, StoreError};
 use crate::outbox::OutboxMessage;
 use crate::saga::machine::LogEntry;
 use crate::saga::Saga;
@@ -61,6 +62,10 @@ pub enum Written {
     Duplicate(Box<Saga>),
 }
 
+/// How long confirmed outbox rows wait for a batch of transitions to ride along with before the
+/// writer commits their deletion on its own (only when no transition comes in that time).
+const FORGET_RIDE_ALONG: Duration = Duration::from_millis(200);
+
 /// Postgres takes at most this many parameters in one statement.
 const MAX_PARAMETERS: usize = 65_535;
 
@@ -72,17 +77,18 @@ struct Job {
 /// What a writer thread is asked to do.
 enum Work {
     Persist(Job),
-    /// Outbox rows RabbitMQ confirmed: deleted in the next transaction.
-    Forget {
-        ids: Vec<i64>,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
+    /// Commit the pending outbox deletions even without transitions to go with them.
+    Flush,
 }
+
+/// Outbox rows RabbitMQ confirmed, deleted in the next transaction, with who waits for that.
+type Forgets = Arc<Mutex<Vec<(Vec<i64>, oneshot::Sender<Result<(), StoreError>>)>>>;
 
 /// Handle to the writer threads.
 #[derive(Clone)]
 pub struct Writer {
     jobs: Sender<Work>,
+    forgets: Forgets,
 }
 
 impl Writer {
@@ -91,18 +97,20 @@ impl Writer {
     pub fn start(pool: Pool, threads: usize) -> (Writer, Vec<thread::JoinHandle<()>>) {
         let (jobs, queue) = mpsc::channel::<Work>();
         let queue = Arc::new(Mutex::new(queue));
+        let forgets = Forgets::default();
         let handles = (0..threads.max(1))
             .filter_map(|n| {
                 let queue = Arc::clone(&queue);
+                let forgets = Arc::clone(&forgets);
                 let pool = pool.clone();
                 thread::Builder::new()
                     .name(format!("saga-writer-{n}"))
-                    .spawn(move || run(&pool, &queue))
+                    .spawn(move || run(&pool, &queue, &forgets))
                     .map_err(|e| log::error!("cannot start writer thread: {e}"))
                     .ok()
             })
             .collect();
-        (Writer { jobs }, handles)
+        (Writer { jobs, forgets }, handles)
     }
 
     /// Commits one transition (possibly together with others) and answers when it is durable.
@@ -116,22 +124,34 @@ impl Writer {
             .map_err(|_| StoreError::Unavailable("the writer dropped the transition".into()))?
     }
 
-    /// Deletes outbox rows RabbitMQ has confirmed, together with the next batch of transitions.
+    /// Deletes outbox rows RabbitMQ has confirmed, together with the next batch of transitions (or
+    /// on their own after [`FORGET_RIDE_ALONG`] if none comes).
     pub async fn forget_outbox(&self, ids: Vec<i64>) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let (done, answer) = oneshot::channel();
-        self.jobs
-            .send(Work::Forget { ids, done })
-            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer dropped the deletion".into()))?
+        let (done, mut answer) = oneshot::channel();
+        self.forgets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((ids, done));
+        let dropped = || StoreError::Unavailable("the writer dropped the deletion".into());
+        match tokio::time::timeout(FORGET_RIDE_ALONG, &mut answer).await {
+            Ok(answered) => answered.map_err(|_| dropped())?,
+            Err(_) => {
+                self.jobs
+                    .send(Work::Flush)
+                    .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+                answer.await.map_err(|_| dropped())?
+            }
+        }
     }
 }
 
-fn run(pool: &Pool, queue: &Mutex<Receiver<Work>>) {
+fn run(pool: &Pool, queue: &Mutex<Receiver<Work>>, forgets: &Forgets) {
+    // The writer keeps its connection between batches (checking one out of the pool costs a
+    // validation query); it takes a fresh one after a failure.
+    let mut held: Option<Conn> = None;
     loop {
         let batch = {
             let Ok(queue) = queue.lock() else { return };
@@ -145,24 +165,36 @@ fn run(pool: &Pool, queue: &Mutex<Receiver<Work>>) {
             }
             batch
         };
-        commit(pool, batch);
+        let forgets = std::mem::take(&mut *forgets.lock().unwrap_or_else(|e| e.into_inner()));
+        let jobs: Vec<Job> = batch
+            .into_iter()
+            .filter_map(|work| match work {
+                Work::Persist(job) => Some(job),
+                Work::Flush => None,
+            })
+            .collect();
+        if jobs.is_empty() && forgets.is_empty() {
+            continue;
+        }
+        let conn = match held.take() {
+            Some(conn) => Ok(conn),
+            None => pool.get(),
+        };
+        held = commit(conn, jobs, forgets);
     }
 }
 
-fn commit(pool: &Pool, batch: Vec<Work>) {
-    let mut jobs = Vec::with_capacity(batch.len());
-    let mut forgets = Vec::new();
-    for work in batch {
-        match work {
-            Work::Persist(job) => jobs.push(job),
-            Work::Forget { ids, done } => forgets.push((ids, done)),
-        }
-    }
+/// Commits one batch; answers the connection if it is still good for the next one.
+fn commit(
+    conn: Result<Conn, r2d2::Error>,
+    jobs: Vec<Job>,
+    forgets: Vec<(Vec<i64>, oneshot::Sender<Result<(), StoreError>>)>,
+) -> Option<Conn> {
     let ids: Vec<i64> = forgets
         .iter()
         .flat_map(|(ids, _)| ids.iter().copied())
         .collect();
-    let mut conn = match pool.get() {
+    let mut conn = match conn {
         Ok(conn) => conn,
         Err(e) => {
             for job in jobs {
@@ -171,7 +203,7 @@ fn commit(pool: &Pool, batch: Vec<Work>) {
             for (_, done) in forgets {
                 let _ = done.send(Err(StoreError::Unavailable(e.to_string())));
             }
-            return;
+            return None;
         }
     };
     let together = conn.transaction(|c| {
@@ -187,17 +219,20 @@ fn commit(pool: &Pool, batch: Vec<Work>) {
             for (_, done) in forgets {
                 let _ = done.send(Ok(()));
             }
+            Some(conn)
         }
         Err(e) if jobs.len() == 1 && forgets.is_empty() => {
             if let Some(job) = jobs.into_iter().next() {
                 let _ = job.done.send(Err(e));
             }
+            None
         }
         Err(e) if jobs.is_empty() => {
             let reason = e.to_string();
             for (_, done) in forgets {
                 let _ = done.send(Err(StoreError::Unavailable(reason.clone())));
             }
+            None
         }
         Err(_) => {
             for job in jobs {
@@ -207,6 +242,7 @@ fn commit(pool: &Pool, batch: Vec<Work>) {
             for (ids, done) in forgets {
                 let _ = done.send(conn.transaction(|c| delete_outbox(c, &ids)));
             }
+            None
         }
     }
 }

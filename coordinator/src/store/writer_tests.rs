@@ -74,16 +74,16 @@ fn started(key: Option<&str>) -> Persist {
 
 /// Runs one batch exactly as a writer thread would, and collects the answers.
 fn run_batch(pool: &Pool, persists: Vec<Persist>, forget: Vec<i64>) -> Vec<Result<Written, String>> {
-    let mut work = Vec::new();
+    let mut jobs = Vec::new();
     let mut answers = Vec::new();
     for persist in persists {
         let (done, answer) = oneshot::channel();
-        work.push(Work::Persist(Job { persist, done }));
+        jobs.push(Job { persist, done });
         answers.push(answer);
     }
     let (done, forgotten) = oneshot::channel();
-    work.push(Work::Forget { ids: forget, done });
-    commit(pool, work);
+    let kept = commit(pool.get(), jobs, vec![(forget, done)]);
+    assert!(kept.is_some(), "the connection stays with the writer");
     forgotten
         .blocking_recv()
         .expect("answered")
