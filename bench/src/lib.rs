@@ -101,11 +101,23 @@ async fn drive(
             participants.resume().await?;
             let work = async {
                 if opts.mode == Mode::Closed {
-                    load::closed(opts, submitter, Arc::clone(finals), Arc::clone(&shared), on_window)
-                        .await
+                    load::closed(
+                        opts,
+                        submitter,
+                        Arc::clone(finals),
+                        Arc::clone(&shared),
+                        on_window,
+                    )
+                    .await
                 } else {
-                    load::open(opts, submitter, Arc::clone(finals), Arc::clone(&shared), on_window)
-                        .await
+                    load::open(
+                        opts,
+                        submitter,
+                        Arc::clone(finals),
+                        Arc::clone(&shared),
+                        on_window,
+                    )
+                    .await
                 }
             };
             tokio::time::timeout(deadline, work).await.is_err()
@@ -144,7 +156,10 @@ async fn drive(
             let pid = lock(target).pid();
             *cpu.lock().unwrap_or_else(|e| e.into_inner()) = Some(CpuWindow::start(pid));
             let resume_at = Instant::now();
-            shared.lock().unwrap_or_else(|e| e.into_inner()).window_start = Some(resume_at);
+            shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .window_start = Some(resume_at);
             participants.resume().await?;
             let left = deadline.saturating_sub(started.elapsed());
             let drained = match submitted {

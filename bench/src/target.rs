@@ -219,11 +219,10 @@ impl Target {
     /// Transactions committed in the coordinator's database so far (`pg_stat_database`), read from
     /// another database so that reading does not count. Statistics reach it up to a second late.
     pub fn commits(&self) -> anyhow::Result<i64> {
-        let rows: Vec<Commits> = diesel::sql_query(
-            "SELECT xact_commit AS n FROM pg_stat_database WHERE datname = $1",
-        )
-        .bind::<Text, _>(&self.database_name)
-        .load(&mut self.admin()?)?;
+        let rows: Vec<Commits> =
+            diesel::sql_query("SELECT xact_commit AS n FROM pg_stat_database WHERE datname = $1")
+                .bind::<Text, _>(&self.database_name)
+                .load(&mut self.admin()?)?;
         Ok(rows.first().map_or(0, |r| r.n))
     }
 
@@ -235,7 +234,10 @@ impl Target {
         }
         if self.own_namespace {
             if let Err(e) = delete_namespace(&self.amqp_url, &self.namespace, participants).await {
-                eprintln!("bench: could not delete namespace {}: {e:#}", self.namespace);
+                eprintln!(
+                    "bench: could not delete namespace {}: {e:#}",
+                    self.namespace
+                );
             }
         }
         if self.own_database {

@@ -13,7 +13,9 @@ fn tiny(mode: Mode) -> Options {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_loop_reports_completed_sagas() {
-    let report = bench::run(tiny(Mode::Closed)).await.expect("the bench runs");
+    let report = bench::run(tiny(Mode::Closed))
+        .await
+        .expect("the bench runs");
     assert!(!report.timed_out, "{}", report.table());
     assert_eq!(report.completed, 22, "{}", report.table());
     assert_eq!(report.measured, 20, "{}", report.table());

@@ -498,12 +498,24 @@ async fn batched_acknowledgements_never_cover_an_unsettled_reply() {
 
     // The first, fourth and fifth are committed while the second and third are not: only the first
     // may be covered by a batched acknowledgement; the others wait or are acknowledged alone.
-    take(0).settle.send(Settlement::Ack).expect("consumer waits");
-    take(3).settle.send(Settlement::Ack).expect("consumer waits");
-    take(4).settle.send(Settlement::Ack).expect("consumer waits");
+    take(0)
+        .settle
+        .send(Settlement::Ack)
+        .expect("consumer waits");
+    take(3)
+        .settle
+        .send(Settlement::Ack)
+        .expect("consumer waits");
+    take(4)
+        .settle
+        .send(Settlement::Ack)
+        .expect("consumer waits");
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The second one fails to commit: requeued, it comes again and is committed then.
-    take(1).settle.send(Settlement::Requeue).expect("consumer waits");
+    take(1)
+        .settle
+        .send(Settlement::Requeue)
+        .expect("consumer waits");
     let again = h.next_inbound().await;
     assert_eq!(again.message, Inbound::Reply(replies[1].clone()));
     again.settle.send(Settlement::Ack).expect("consumer waits");

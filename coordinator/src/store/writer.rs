@@ -321,7 +321,9 @@ fn write_batch(
     let mut versions = vec![0i64; persists.len()];
 
     // New sagas: insert unless their idempotency key is taken, then the steps of those inserted.
-    let fresh: Vec<usize> = (0..persists.len()).filter(|&i| persists[i].is_new).collect();
+    let fresh: Vec<usize> = (0..persists.len())
+        .filter(|&i| persists[i].is_new)
+        .collect();
     if !fresh.is_empty() {
         let rows = fresh
             .iter()

@@ -73,7 +73,11 @@ fn started(key: Option<&str>) -> Persist {
 }
 
 /// Runs one batch exactly as a writer thread would, and collects the answers.
-fn run_batch(pool: &Pool, persists: Vec<Persist>, forget: Vec<i64>) -> Vec<Result<Written, String>> {
+fn run_batch(
+    pool: &Pool,
+    persists: Vec<Persist>,
+    forget: Vec<i64>,
+) -> Vec<Result<Written, String>> {
     let mut jobs = Vec::new();
     let mut answers = Vec::new();
     for persist in persists {
@@ -90,7 +94,11 @@ fn run_batch(pool: &Pool, persists: Vec<Persist>, forget: Vec<i64>) -> Vec<Resul
         .expect("confirmed outbox rows deleted");
     answers
         .into_iter()
-        .map(|a| a.blocking_recv().expect("answered").map_err(|e| e.to_string()))
+        .map(|a| {
+            a.blocking_recv()
+                .expect("answered")
+                .map_err(|e| e.to_string())
+        })
         .collect()
 }
 
@@ -187,7 +195,10 @@ fn a_batch_commits_every_saga_but_the_stale_one_and_deletes_confirmed_rows() {
         Some(second.saga.clone()),
         "a stale write changes nothing"
     );
-    assert_eq!(outbox_ids(&db.pool), vec![second_outbox[0].id, outbox[0].id]);
+    assert_eq!(
+        outbox_ids(&db.pool),
+        vec![second_outbox[0].id, outbox[0].id]
+    );
     assert_eq!(
         store.events(first.saga.id).expect("events").len(),
         2 * first.log.len()
