@@ -115,10 +115,9 @@ impl Target {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let bin = self.bin.clone().context("no coordinator binary")?;
         let mut command = Command::new(&bin);
-        if bin.as_path() == std::env::current_exe()?.as_path() {
-            command.env(RUN_AS_COORDINATOR, "1");
-        }
         command
+            // Makes a `bench` binary act as the coordinator; `coordinator` ignores it.
+            .env(RUN_AS_COORDINATOR, "1")
             .arg("serve")
             .env("SAGA_DATABASE_URL", &self.database_url)
             .env("SAGA_AMQP_URL", &self.amqp_url)

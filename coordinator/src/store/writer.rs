@@ -76,13 +76,14 @@ struct Job {
 
 /// What a writer thread is asked to do.
 enum Work {
-    Persist(Job),
+    Persist(Box<Job>),
     /// Commit the pending outbox deletions even without transitions to go with them.
     Flush,
 }
 
-/// Outbox rows RabbitMQ confirmed, deleted in the next transaction, with who waits for that.
-type Forgets = Arc<Mutex<Vec<(Vec<i64>, oneshot::Sender<Result<(), StoreError>>)>>>;
+/// Outbox rows RabbitMQ confirmed, to delete in the next transaction, and who waits for that.
+type Forget = (Vec<i64>, oneshot::Sender<Result<(), StoreError>>);
+type Forgets = Arc<Mutex<Vec<Forget>>>;
 
 /// Handle to the writer threads.
 #[derive(Clone)]
@@ -117,7 +118,7 @@ impl Writer {
     pub async fn write(&self, persist: Persist) -> Result<Written, StoreError> {
         let (done, answer) = oneshot::channel();
         self.jobs
-            .send(Work::Persist(Job { persist, done }))
+            .send(Work::Persist(Box::new(Job { persist, done })))
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
         answer
             .await
@@ -169,7 +170,7 @@ fn run(pool: &Pool, queue: &Mutex<Receiver<Work>>, forgets: &Forgets) {
         let jobs: Vec<Job> = batch
             .into_iter()
             .filter_map(|work| match work {
-                Work::Persist(job) => Some(job),
+                Work::Persist(job) => Some(*job),
                 Work::Flush => None,
             })
             .collect();
@@ -188,7 +189,7 @@ fn run(pool: &Pool, queue: &Mutex<Receiver<Work>>, forgets: &Forgets) {
 fn commit(
     conn: Result<Conn, r2d2::Error>,
     jobs: Vec<Job>,
-    forgets: Vec<(Vec<i64>, oneshot::Sender<Result<(), StoreError>>)>,
+    forgets: Vec<Forget>,
 ) -> Option<Conn> {
     let ids: Vec<i64> = forgets
         .iter()
