@@ -27,8 +27,6 @@ use procstat::CpuWindow;
 use report::{BacklogFigures, Report};
 use target::Target;
 
-/// Postgres statistics reach `pg_stat_database` up to a second after a backend's transactions.
-const STATS_SETTLE: Duration = Duration::from_millis(1_500);
 
 /// Runs one benchmark as the options say and reports it.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
@@ -84,7 +82,7 @@ async fn drive(
     };
     let submitter = Submitter::new(&http, opts)?;
     let shared: Shared = Arc::new(Mutex::new(Recorder::default()));
-    tokio::time::sleep(STATS_SETTLE).await;
+    tokio::time::sleep(Duration::from_millis(opts.stats_settle_ms)).await;
     let commits_before = commits(target).await?;
     let deadline = Duration::from_secs(opts.max_secs);
     let started = Instant::now();
@@ -201,7 +199,7 @@ async fn drive(
         })
         .unwrap_or_default();
     let memory = lock(target).pid().map(procstat::memory);
-    tokio::time::sleep(STATS_SETTLE).await;
+    tokio::time::sleep(Duration::from_millis(opts.stats_settle_ms)).await;
     let commits_after = commits(target).await?;
     let recorder = std::mem::take(&mut *shared.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(Report::new(

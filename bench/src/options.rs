@@ -116,6 +116,11 @@ pub struct Options {
     #[arg(long, default_value_t = 256)]
     pub participant_prefetch: u16,
 
+    /// How long to wait before reading commit counts: an idle Postgres backend reports its
+    /// statistics up to 10 s late (PostgreSQL 15).
+    #[arg(long, default_value_t = 11_000)]
+    pub stats_settle_ms: u64,
+
     /// Print only the JSON line.
     #[arg(long)]
     pub json_only: bool,
