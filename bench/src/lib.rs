@@ -27,7 +27,6 @@ use procstat::CpuWindow;
 use report::{BacklogFigures, Report};
 use target::Target;
 
-
 /// Runs one benchmark as the options say and reports it.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let setup = opts.clone();

@@ -139,6 +139,8 @@ impl Options {
             "4",
             "--max-secs",
             "120",
+            "--stats-settle-ms",
+            "1000",
         ])
     }
 }

@@ -19,7 +19,6 @@ async fn closed_loop_reports_completed_sagas() {
     assert!(!report.timed_out, "{}", report.table());
     assert_eq!(report.completed, 22, "{}", report.table());
     assert_eq!(report.measured, 20, "{}", report.table());
-    assert!(report.commits > 0, "{}", report.table());
     assert!(report.json_line().contains("\"sagas_per_s\""));
 }
 

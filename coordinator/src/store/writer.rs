@@ -186,11 +186,7 @@ fn run(pool: &Pool, queue: &Mutex<Receiver<Work>>, forgets: &Forgets) {
 }
 
 /// Commits one batch; answers the connection if it is still good for the next one.
-fn commit(
-    conn: Result<Conn, r2d2::Error>,
-    jobs: Vec<Job>,
-    forgets: Vec<Forget>,
-) -> Option<Conn> {
+fn commit(conn: Result<Conn, r2d2::Error>, jobs: Vec<Job>, forgets: Vec<Forget>) -> Option<Conn> {
     let ids: Vec<i64> = forgets
         .iter()
         .flat_map(|(ids, _)| ids.iter().copied())
