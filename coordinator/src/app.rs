@@ -71,6 +71,7 @@ pub async fn run(
     let broker = amqp::start(amqp_settings, outbound_rx, published_tx, inbound_tx);
     let relay = relay::spawn(
         store.clone(),
+        registry.writer().clone(),
         relay_rx,
         outbound_tx,
         published_rx,

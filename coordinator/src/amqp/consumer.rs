@@ -1,10 +1,16 @@
 //! The two consumers: replies, and the coordinator's copy of the dead-letter fanout.
 //!
 //! Each runs as its own task with manual acknowledgements. A delivery is settled only when the caller
-//! answers its oneshot, by a small task per delivery, so slow settlements never hold up consumption
-//! beyond the prefetch window.
+//! answers its oneshot; the consumer task watches those answers beside the stream, so slow
+//! settlements never hold up consumption beyond the prefetch window, and acknowledges settled
+//! deliveries in batches (see [`Acks`]).
 
-use futures_util::StreamExt;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
@@ -12,7 +18,7 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{short, BrokerError, Context, Inbound, InboundDelivery, Settlement};
@@ -109,22 +115,102 @@ enum Flow {
     InboundClosed,
 }
 
+/// A delivery handed to the caller, resolving when the caller settles it.
+type Settling = FuturesUnordered<BoxFuture<'static, (Acker, u64, Settlement)>>;
+
+/// How long an acknowledgement may be held back to be folded into a `multiple` one.
+const ACK_HOLD: Duration = Duration::from_millis(20);
+
+/// Acknowledgements in batches. A delivery is acknowledged only after its caller settled it with
+/// [`Settlement::Ack`] (that is, after its effect was committed). Settled deliveries below the oldest
+/// unsettled one are acknowledged together with one `multiple` ack on the highest of them; one that
+/// waits behind an unsettled delivery for longer than [`ACK_HOLD`] is acknowledged alone. A
+/// `multiple` ack never covers an unsettled delivery, whose tag is always above it.
+#[derive(Default)]
+struct Acks {
+    /// Delivery tags handed to the caller and not settled yet.
+    unsettled: BTreeSet<u64>,
+    /// Settled with `Ack` and not acknowledged yet, with when they were settled.
+    ready: BTreeMap<u64, (Acker, Instant)>,
+}
+
+impl Acks {
+    fn delivered(&mut self, tag: u64) {
+        self.unsettled.insert(tag);
+    }
+
+    async fn settled(&mut self, acker: Acker, tag: u64, how: Settlement) {
+        self.unsettled.remove(&tag);
+        match how {
+            Settlement::Ack => {
+                self.ready.insert(tag, (acker, Instant::now()));
+            }
+            Settlement::Requeue => requeue(&acker).await,
+        }
+    }
+
+    /// Sends what can be acknowledged now; `all` also sends those held behind unsettled deliveries.
+    async fn flush(&mut self, all: bool) {
+        if self.ready.is_empty() {
+            return;
+        }
+        let oldest_unsettled = self.unsettled.first().copied().unwrap_or(u64::MAX);
+        let held = self.ready.split_off(&oldest_unsettled);
+        let below = std::mem::replace(&mut self.ready, held);
+        let count = below.len();
+        if let Some((_, (acker, _))) = below.into_iter().next_back() {
+            let options = BasicAckOptions {
+                multiple: count > 1,
+            };
+            if let Err(e) = acker.ack(options).await {
+                // The broker redelivers them; handling is idempotent.
+                log::warn!("acknowledging {count} deliveries failed: {e}");
+            }
+        }
+        let now = Instant::now();
+        let due: Vec<u64> = self
+            .ready
+            .iter()
+            .filter(|(_, (_, at))| all || now.duration_since(*at) >= ACK_HOLD)
+            .map(|(tag, _)| *tag)
+            .collect();
+        for tag in due {
+            if let Some((acker, _)) = self.ready.remove(&tag) {
+                if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+                    log::warn!("acknowledging a delivery failed: {e}");
+                }
+            }
+        }
+    }
+}
+
 async fn run(
     source: Source,
     mut consumer: Consumer,
     channel: Channel,
     inbound: mpsc::Sender<InboundDelivery>,
 ) -> ConsumerEnd {
-    let mut settling = JoinSet::new();
+    let mut settling: Settling = FuturesUnordered::new();
+    let mut acks = Acks::default();
+    let mut hold = tokio::time::interval(ACK_HOLD);
+    hold.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
         tokio::select! {
-            Some(_) = settling.join_next(), if !settling.is_empty() => {}
+            Some((acker, tag, how)) = settling.next(), if !settling.is_empty() => {
+                acks.settled(acker, tag, how).await;
+                // Take every settlement that is already there, then acknowledge them together.
+                while let Some(Some((acker, tag, how))) = settling.next().now_or_never() {
+                    acks.settled(acker, tag, how).await;
+                }
+                acks.flush(false).await;
+            }
+            _ = hold.tick(), if !acks.ready.is_empty() => acks.flush(false).await,
             next = consumer.next() => match next {
                 None => break ConsumerEnd::Lost("the consumer was cancelled".to_owned()),
                 Some(Err(e)) => break ConsumerEnd::Lost(e.to_string()),
                 Some(Ok(delivery)) => {
                     if let Flow::InboundClosed =
-                        handle(source, delivery, &inbound, &mut settling).await
+                        handle(source, delivery, &inbound, &mut settling, &mut acks).await
                     {
                         break ConsumerEnd::InboundClosed;
                     }
@@ -146,7 +232,11 @@ async fn run(
         ConsumerEnd::Lost(_) => {
             // Let settlements already under way finish (a graceful shutdown waits for this; a lost
             // connection aborts the task, and the broker redelivers whatever was not settled).
-            while settling.join_next().await.is_some() {}
+            acks.flush(true).await;
+            while let Some((acker, tag, how)) = settling.next().await {
+                acks.settled(acker, tag, how).await;
+                acks.flush(true).await;
+            }
         }
     }
     end
@@ -156,14 +246,25 @@ async fn handle(
     source: Source,
     delivery: Delivery,
     inbound: &mpsc::Sender<InboundDelivery>,
-    settling: &mut JoinSet<()>,
+    settling: &mut Settling,
+    acks: &mut Acks,
 ) -> Flow {
     let understood = match source {
         Source::Replies => ReplyMessage::parse(&delivery.data).map(Inbound::Reply),
         Source::DeadCommands => dead_lettered(&delivery.properties, &delivery.data),
     };
     match (source, understood) {
-        (_, Ok(message)) => deliver(message, delivery.acker, inbound, settling).await,
+        (_, Ok(message)) => {
+            deliver(
+                message,
+                delivery.delivery_tag,
+                delivery.acker,
+                inbound,
+                settling,
+                acks,
+            )
+            .await
+        }
         (Source::Replies, Err(reason)) => {
             log::warn!(
                 "rejecting a malformed reply (message_id {}): {reason}",
@@ -195,32 +296,27 @@ async fn handle(
 /// Hands a message to the caller and arranges its settlement.
 async fn deliver(
     message: Inbound,
+    tag: u64,
     acker: Acker,
     inbound: &mpsc::Sender<InboundDelivery>,
-    settling: &mut JoinSet<()>,
+    settling: &mut Settling,
+    acks: &mut Acks,
 ) -> Flow {
     let (settle, settled) = oneshot::channel();
     match inbound.send(InboundDelivery { message, settle }).await {
         Ok(()) => {
-            settling.spawn(settle_when_told(acker, settled));
+            acks.delivered(tag);
+            settling.push(Box::pin(async move {
+                // A dropped sender counts as a requeue.
+                let how = settled.await.unwrap_or(Settlement::Requeue);
+                (acker, tag, how)
+            }));
             Flow::Continue
         }
         Err(_) => {
             requeue(&acker).await;
             Flow::InboundClosed
         }
-    }
-}
-
-async fn settle_when_told(acker: Acker, settled: oneshot::Receiver<Settlement>) {
-    match settled.await {
-        Ok(Settlement::Ack) => {
-            if let Err(e) = acker.ack(BasicAckOptions::default()).await {
-                // The broker redelivers it; handling is idempotent.
-                log::warn!("acknowledging a delivery failed: {e}");
-            }
-        }
-        Ok(Settlement::Requeue) | Err(_) => requeue(&acker).await,
     }
 }
 

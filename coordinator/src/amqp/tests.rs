@@ -468,6 +468,68 @@ async fn delivers_replies_and_settles_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_acknowledgements_never_cover_an_unsettled_reply() {
+    let mut h = Harness::start(BROKER).await;
+    h.wait_connected(true).await;
+    let ns = h.ns.clone();
+    let (_conn, channel) = participant().await;
+
+    let replies: Vec<ReplyMessage> = (1..=5)
+        .map(|attempt| ReplyMessage {
+            saga_id: Uuid::now_v7(),
+            step: Some("charge".into()),
+            kind: CommandKind::Action,
+            attempt,
+            outcome: Outcome::Success,
+            output: None,
+            error: None,
+        })
+        .collect();
+    for reply in &replies {
+        publish_reply(&channel, &ns, &serde_json::to_vec(reply).expect("json")).await;
+    }
+    let mut delivered = Vec::new();
+    for reply in &replies {
+        let delivery = h.next_inbound().await;
+        assert_eq!(delivery.message, Inbound::Reply(reply.clone()));
+        delivered.push(Some(delivery));
+    }
+    let mut take = |n: usize| delivered[n].take().expect("not settled yet");
+
+    // The first, fourth and fifth are committed while the second and third are not: only the first
+    // may be covered by a batched acknowledgement; the others wait or are acknowledged alone.
+    take(0)
+        .settle
+        .send(Settlement::Ack)
+        .expect("consumer waits");
+    take(3)
+        .settle
+        .send(Settlement::Ack)
+        .expect("consumer waits");
+    take(4)
+        .settle
+        .send(Settlement::Ack)
+        .expect("consumer waits");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The second one fails to commit: requeued, it comes again and is committed then.
+    take(1)
+        .settle
+        .send(Settlement::Requeue)
+        .expect("consumer waits");
+    let again = h.next_inbound().await;
+    assert_eq!(again.message, Inbound::Reply(replies[1].clone()));
+    again.settle.send(Settlement::Ack).expect("consumer waits");
+    // The third one is still being handled when the coordinator stops: it goes back to the queue.
+    let third = take(2);
+    h.shutdown().await;
+    drop(third);
+    let left = get_one(&channel, &names::replies_queue(&ns)).await;
+    let left: ReplyMessage = serde_json::from_slice(&left.data).expect("a reply");
+    assert_eq!(left, replies[2]);
+    assert_eq!(message_count(&channel, &names::replies_queue(&ns)).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_replies_end_in_dead_letters() {
     let mut h = Harness::start(BROKER).await;
     h.wait_connected(true).await;

@@ -3,7 +3,8 @@
 //! Fresh rows come straight from the actors after their transaction commits (the fast path). A sweep
 //! re-reads the outbox table every second for rows that are not on their way: those left by a crash,
 //! or whose publish failed while the broker was away. A row is deleted only after RabbitMQ confirmed
-//! it, so every command goes out at least once.
+//! it, so every command goes out at least once. Confirmed rows are deleted by the writer together
+//! with its next batch of transitions, so under load deleting them costs no commit of its own.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -11,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::amqp::PublishResult;
 use crate::metrics::Metrics;
 use crate::outbox::OutboxMessage;
-use crate::store::Store;
+use crate::store::{Store, Writer};
 
 /// How often the outbox table is swept, and how old a row must be to be picked up by the sweep.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -27,6 +29,7 @@ const DELETE_EVERY: Duration = Duration::from_millis(20);
 
 pub fn spawn(
     store: Store,
+    writer: Writer,
     mut fresh: mpsc::UnboundedReceiver<Vec<OutboxMessage>>,
     outbound: mpsc::UnboundedSender<OutboxMessage>,
     mut results: mpsc::UnboundedReceiver<PublishResult>,
@@ -39,6 +42,8 @@ pub fn spawn(
         let mut confirmed: Vec<i64> = Vec::new();
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         let mut flush = tokio::time::interval(DELETE_EVERY);
+        // At most one deletion under way; confirms arriving meanwhile wait for the next one.
+        let mut deleting = FuturesUnordered::new();
         loop {
             tokio::select! {
                 batch = fresh.recv() => {
@@ -63,25 +68,25 @@ pub fn spawn(
                         }
                     }
                 }
-                _ = flush.tick(), if !confirmed.is_empty() => {
+                _ = flush.tick(), if !confirmed.is_empty() && deleting.is_empty() => {
                     let ids = std::mem::take(&mut confirmed);
-                    let store = store.clone();
-                    let done = tokio::task::spawn_blocking({
-                        let ids = ids.clone();
-                        move || store.delete_outbox(&ids)
-                    }).await;
-                    match done {
-                        Ok(Ok(())) => {
-                            for id in ids {
-                                on_the_way.remove(&id);
-                            }
-                        }
-                        _ => {
-                            log::warn!("cannot delete confirmed outbox rows; will try again");
-                            confirmed = ids;
+                    let writer = writer.clone();
+                    deleting.push(async move {
+                        let done = writer.forget_outbox(ids.clone()).await;
+                        (ids, done)
+                    });
+                }
+                Some((ids, done)) = deleting.next(), if !deleting.is_empty() => match done {
+                    Ok(()) => {
+                        for id in ids {
+                            on_the_way.remove(&id);
                         }
                     }
-                }
+                    Err(e) => {
+                        log::warn!("cannot delete confirmed outbox rows ({e}); will try again");
+                        confirmed.extend(ids);
+                    }
+                },
                 _ = sweep.tick() => {
                     let store = store.clone();
                     let before = Utc::now() - chrono::Duration::from_std(SWEEP_EVERY).unwrap_or_default();

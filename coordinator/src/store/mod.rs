@@ -242,16 +242,6 @@ impl Store {
         rows.into_iter().map(OutboxRow::into_message).collect()
     }
 
-    /// Forgets outbox rows RabbitMQ has confirmed.
-    pub fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.conn()?;
-        diesel::delete(outbox::table.filter(outbox::id.eq_any(ids))).execute(&mut conn)?;
-        Ok(())
-    }
-
     /// Joins saga rows with their steps (one query for the whole batch).
     fn assemble(
         &self,

@@ -1,0 +1,213 @@
+//! Benchmark of the saga coordinator (see `docs/benchmark.md`).
+//!
+//! The coordinator runs as a separate process (so its CPU and memory can be read from /proc), with a
+//! database and an AMQP namespace of its own. In-process participants answer every command at once;
+//! sagas are submitted over the HTTP API; a trigger in the coordinator's database notifies the bench
+//! when a saga's final state commits, which ends its latency. Postgres commits are counted from
+//! `pg_stat_database.xact_commit` of the coordinator's database.
+
+pub mod finals;
+pub mod load;
+pub mod options;
+pub mod participants;
+pub mod procstat;
+pub mod report;
+pub mod target;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use finals::{Finals, Listener};
+use load::{Recorder, Shared, Submitter};
+use options::{Mode, Options};
+use participants::Participants;
+use procstat::CpuWindow;
+use report::{BacklogFigures, Report};
+use target::Target;
+
+/// Runs one benchmark as the options say and reports it.
+pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    let setup = opts.clone();
+    let target = tokio::task::spawn_blocking(move || Target::prepare(&setup))
+        .await
+        .context("starting the coordinator")??;
+    let names: Vec<String> = (0..opts.steps.max(1)).map(load::participant).collect();
+    measure(&opts, target, names).await
+}
+
+async fn measure(opts: &Options, target: Target, names: Vec<String>) -> anyhow::Result<Report> {
+    let mut participants = Participants::declare(
+        &target.amqp_url,
+        &target.namespace,
+        names.clone(),
+        "s0".into(),
+        opts.participant_prefetch,
+    )
+    .await?;
+    let finals = Arc::new(Finals::default());
+    let listener = Listener::start(target.listener()?, Arc::clone(&finals));
+    let target = Arc::new(Mutex::new(target));
+    let outcome = drive(opts, &target, &mut participants, &finals).await;
+    drop(listener);
+    participants.close().await;
+    let target = match Arc::try_unwrap(target) {
+        Ok(t) => t.into_inner().unwrap_or_else(|e| e.into_inner()),
+        Err(_) => anyhow::bail!("the coordinator handle is still in use"),
+    };
+    target.cleanup(&names).await;
+    outcome
+}
+
+fn lock(target: &Mutex<Target>) -> std::sync::MutexGuard<'_, Target> {
+    target.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn commits(target: &Arc<Mutex<Target>>) -> anyhow::Result<i64> {
+    let target = Arc::clone(target);
+    tokio::task::spawn_blocking(move || lock(&target).commits()).await?
+}
+
+async fn drive(
+    opts: &Options,
+    target: &Arc<Mutex<Target>>,
+    participants: &mut Participants,
+    finals: &Arc<Finals>,
+) -> anyhow::Result<Report> {
+    let (http, pid) = {
+        let t = lock(target);
+        (t.http.clone(), t.pid())
+    };
+    let submitter = Submitter::new(&http, opts)?;
+    let shared: Shared = Arc::new(Mutex::new(Recorder::default()));
+    tokio::time::sleep(Duration::from_millis(opts.stats_settle_ms)).await;
+    let commits_before = commits(target).await?;
+    let deadline = Duration::from_secs(opts.max_secs);
+    let started = Instant::now();
+    let cpu: Arc<Mutex<Option<CpuWindow>>> = Arc::new(Mutex::new(None));
+    let on_window: load::OnWindow = {
+        let cpu = Arc::clone(&cpu);
+        Arc::new(move || {
+            *cpu.lock().unwrap_or_else(|e| e.into_inner()) = Some(CpuWindow::start(pid));
+        })
+    };
+    let mut backlog = None;
+    let timed_out = match opts.mode {
+        Mode::Closed | Mode::Open => {
+            participants.resume().await?;
+            let work = async {
+                if opts.mode == Mode::Closed {
+                    load::closed(
+                        opts,
+                        submitter,
+                        Arc::clone(finals),
+                        Arc::clone(&shared),
+                        on_window,
+                    )
+                    .await
+                } else {
+                    load::open(
+                        opts,
+                        submitter,
+                        Arc::clone(finals),
+                        Arc::clone(&shared),
+                        on_window,
+                    )
+                    .await
+                }
+            };
+            tokio::time::timeout(deadline, work).await.is_err()
+        }
+        Mode::Backlog => {
+            let mut figures = BacklogFigures::default();
+            let submitting = Instant::now();
+            let submitted = tokio::time::timeout(
+                deadline,
+                load::submit_backlog(opts, submitter, Arc::clone(finals), Arc::clone(&shared)),
+            )
+            .await;
+            figures.submit_secs = submitting.elapsed().as_secs_f64();
+            // Let the commands reach their queues before anything is measured.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if let Some(pid) = pid {
+                let (rss, peak) = procstat::memory(pid);
+                figures.waiting_rss_bytes = rss;
+                figures.waiting_peak_rss_bytes = peak;
+            }
+            let resumed_from = if let Some(how) = opts.restart {
+                let t = Arc::clone(target);
+                let restart_at = Instant::now();
+                let (stopped, started) =
+                    tokio::task::spawn_blocking(move || lock(&t).restart(how)).await??;
+                figures.restart_stop_secs = Some(stopped.as_secs_f64());
+                figures.restart_start_secs = Some(started.as_secs_f64());
+                if let Some(pid) = lock(target).pid() {
+                    let (rss, _) = procstat::memory(pid);
+                    figures.after_restart_rss_bytes = Some(rss);
+                }
+                restart_at
+            } else {
+                Instant::now()
+            };
+            let pid = lock(target).pid();
+            *cpu.lock().unwrap_or_else(|e| e.into_inner()) = Some(CpuWindow::start(pid));
+            let resume_at = Instant::now();
+            shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .window_start = Some(resume_at);
+            participants.resume().await?;
+            let left = deadline.saturating_sub(started.elapsed());
+            let drained = match submitted {
+                Ok(waiters) => tokio::time::timeout(left, async {
+                    for w in waiters {
+                        let _ = w.await;
+                    }
+                })
+                .await
+                .is_ok(),
+                Err(_) => false,
+            };
+            figures.first_final_secs = finals
+                .first()
+                .map(|f| f.saturating_duration_since(resumed_from).as_secs_f64());
+            figures.first_reply_processed_secs = participants
+                .activity
+                .first_followup
+                .get()
+                .map(|f| f.saturating_duration_since(resumed_from).as_secs_f64());
+            if let Some(pid) = pid {
+                figures.final_peak_rss_bytes = procstat::memory(pid).1;
+            }
+            backlog = Some(figures);
+            !drained
+        }
+    };
+    let cpu_use = cpu
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .map(|w| {
+            let measured = shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .latencies_ms
+                .len() as u64;
+            w.finish(measured)
+        })
+        .unwrap_or_default();
+    let memory = lock(target).pid().map(procstat::memory);
+    tokio::time::sleep(Duration::from_millis(opts.stats_settle_ms)).await;
+    let commits_after = commits(target).await?;
+    let recorder = std::mem::take(&mut *shared.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(Report::new(
+        opts,
+        recorder,
+        commits_after - commits_before,
+        cpu_use,
+        memory,
+        backlog,
+        timed_out,
+    ))
+}

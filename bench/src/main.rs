@@ -1,0 +1,44 @@
+//! `bench`: measures the saga coordinator (see `docs/benchmark.md`).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use bench::options::Options;
+use bench::target::RUN_AS_COORDINATOR;
+
+fn main() -> ExitCode {
+    // Without a separate `coordinator` binary at hand, the bench starts itself as the coordinator.
+    if std::env::var_os(RUN_AS_COORDINATOR).is_some() {
+        return coordinator::cli::main();
+    }
+    let opts = Options::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench::run(opts.clone())) {
+        Ok(report) => {
+            if !opts.json_only {
+                print!("{}", report.table());
+            }
+            println!("RESULT {}", report.json_line());
+            if report.completed == 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The benchmark's command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// How sagas are offered to the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// A fixed number of sagas in flight: a new one is submitted when one finishes.
+    Closed,
+    /// Sagas submitted at a fixed rate whatever the coordinator does (latency from the intended start).
+    Open,
+    /// Participants paused while every saga is submitted, then resumed: how fast a backlog drains
+    /// (with `--restart`, the coordinator is restarted while the backlog waits).
+    Backlog,
+}
+
+/// How the coordinator is stopped in `--restart`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    /// SIGKILL: a crash.
+    Kill,
+    /// SIGTERM: a graceful stop.
+    Term,
+}
+
+/// Submits sagas to a coordinator over HTTP, answers its commands from in-process participants at once,
+/// and reports sagas/s, end-to-end latency, Postgres commits per saga and the coordinator's CPU.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "bench", version)]
+pub struct Options {
+    #[arg(long, value_enum, default_value_t = Mode::Closed)]
+    pub mode: Mode,
+
+    /// Sagas measured (after the warm-up).
+    #[arg(long, default_value_t = 5_000)]
+    pub sagas: u64,
+
+    /// Sagas run before measuring starts (closed and open modes).
+    #[arg(long, default_value_t = 300)]
+    pub warmup: u64,
+
+    /// Sagas in flight (closed mode), or concurrent submissions (backlog mode).
+    #[arg(long, default_value_t = 64)]
+    pub inflight: usize,
+
+    /// Sagas offered per second (open mode).
+    #[arg(long, default_value_t = 1_000.0)]
+    pub rate: f64,
+
+    /// Steps per saga.
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+
+    /// Run every step in parallel instead of one after another.
+    #[arg(long)]
+    pub parallel: bool,
+
+    /// Bytes of saga payload (a JSON string of this length).
+    #[arg(long, default_value_t = 0)]
+    pub payload_bytes: usize,
+
+    /// Each step's reply timeout; long enough that a paused backlog does not time out.
+    #[arg(long, default_value_t = 600_000)]
+    pub step_timeout_ms: u64,
+
+    /// Backlog mode: restart the coordinator while the backlog waits.
+    #[arg(long, value_enum)]
+    pub restart: Option<Restart>,
+
+    /// The whole run stops after this many seconds, reporting what finished.
+    #[arg(long, default_value_t = 300)]
+    pub max_secs: u64,
+
+    /// Attach to a running coordinator at this URL instead of starting one (give `--database-url`
+    /// and `--namespace` of that coordinator; `--coordinator-pid` for its CPU and memory).
+    #[arg(long)]
+    pub url: Option<String>,
+
+    /// Pid of an attached coordinator, for CPU and memory figures.
+    #[arg(long)]
+    pub coordinator_pid: Option<u32>,
+
+    /// The coordinator binary to start (default: `coordinator` next to this binary, else this binary
+    /// itself acting as the coordinator).
+    #[arg(long)]
+    pub coordinator_bin: Option<PathBuf>,
+
+    /// Extra `KEY=VALUE` settings for the started coordinator (e.g. `SAGA_DB_POOL_SIZE=8`).
+    #[arg(long = "coordinator-env")]
+    pub coordinator_env: Vec<String>,
+
+    /// Postgres server, without a database name (a fresh database `bench_<id>` is created on it).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    pub pg_server: String,
+
+    /// The coordinator's database (default: a fresh one on `--pg-server`, dropped at the end).
+    #[arg(long)]
+    pub database_url: Option<String>,
+
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+
+    /// AMQP namespace (default: a fresh `bench<id>`, deleted at the end).
+    #[arg(long)]
+    pub namespace: Option<String>,
+
+    /// Keep the database and the AMQP namespace after the run.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Commands each participant holds unacknowledged at once.
+    #[arg(long, default_value_t = 256)]
+    pub participant_prefetch: u16,
+
+    /// How long to wait before reading commit counts: an idle Postgres backend reports its
+    /// statistics up to 10 s late (PostgreSQL 15).
+    #[arg(long, default_value_t = 11_000)]
+    pub stats_settle_ms: u64,
+
+    /// Print only the JSON line.
+    #[arg(long)]
+    pub json_only: bool,
+}
+
+impl Options {
+    /// A small configuration for tests: few sagas, a few seconds.
+    pub fn tiny() -> Options {
+        Options::parse_from([
+            "bench",
+            "--sagas",
+            "20",
+            "--warmup",
+            "2",
+            "--inflight",
+            "4",
+            "--max-secs",
+            "120",
+            "--stats-settle-ms",
+            "1000",
+        ])
+    }
+}

@@ -1,0 +1,298 @@
+//! The coordinator under test: a child process with its own database and namespace (or one attached
+//! to by URL), the trigger that reports final states, and Postgres commit counts.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+
+use crate::options::{Options, Restart};
+
+/// The line `coordinator serve` prints once it listens.
+const LISTENING_PREFIX: &str = "coordinator listening on http://";
+/// Environment variable that makes the bench binary act as `coordinator` (see `main.rs`).
+pub const RUN_AS_COORDINATOR: &str = "BENCH_RUN_AS_COORDINATOR";
+/// Recovery of a large backlog happens before the coordinator listens.
+const START_TIMEOUT: Duration = Duration::from_secs(600);
+/// The Postgres channel the trigger notifies with the id of each saga that reached a final state.
+pub const FINAL_CHANNEL: &str = "bench_saga_final";
+
+/// A notification per saga reaching a final state (or `failed`), sent when its transaction commits.
+const FINAL_TRIGGER: &str = "
+CREATE OR REPLACE FUNCTION bench_saga_final() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('bench_saga_final', NEW.id::text); RETURN NULL; END $$;
+DROP TRIGGER IF EXISTS bench_saga_final ON sagas;
+CREATE TRIGGER bench_saga_final AFTER UPDATE OF state ON sagas FOR EACH ROW
+WHEN (NEW.state IN ('committed', 'compensated', 'aborted', 'failed')
+      AND OLD.state IS DISTINCT FROM NEW.state)
+EXECUTE FUNCTION bench_saga_final();
+";
+
+#[derive(QueryableByName)]
+struct Commits {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// The coordinator being measured.
+pub struct Target {
+    /// Base URL of its HTTP API, e.g. `http://127.0.0.1:41234`.
+    pub http: String,
+    pub database_url: String,
+    pub database_name: String,
+    pub pg_server: String,
+    pub namespace: String,
+    pub amqp_url: String,
+    own_database: bool,
+    own_namespace: bool,
+    process: Option<Child>,
+    pid: Option<u32>,
+    bin: Option<PathBuf>,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Target {
+    /// Starts a coordinator (or attaches to one) as the options say.
+    pub fn prepare(opts: &Options) -> anyhow::Result<Target> {
+        let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let pg_server = opts.pg_server.trim_end_matches('/').to_string();
+        let (database_url, own_database) = match &opts.database_url {
+            Some(url) => (url.clone(), false),
+            None => (format!("{pg_server}/bench_{run_id}"), true),
+        };
+        let database_name = database_url
+            .split('?')
+            .next()
+            .and_then(|u| u.rsplit('/').next())
+            .unwrap_or_default()
+            .to_string();
+        let (namespace, own_namespace) = match &opts.namespace {
+            Some(ns) => (ns.clone(), false),
+            None => (format!("bench{run_id}"), true),
+        };
+        let extra_env = opts
+            .coordinator_env
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .with_context(|| format!("--coordinator-env {kv:?} is not KEY=VALUE"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut target = Target {
+            http: opts.url.clone().unwrap_or_default(),
+            database_url,
+            database_name,
+            pg_server,
+            namespace,
+            amqp_url: opts.amqp_url.clone(),
+            own_database: own_database && opts.url.is_none() && !opts.keep,
+            own_namespace: own_namespace && opts.url.is_none() && !opts.keep,
+            process: None,
+            pid: opts.coordinator_pid,
+            bin: None,
+            extra_env,
+        };
+        if opts.url.is_none() {
+            target.bin = Some(coordinator_bin(opts)?);
+            target.spawn()?;
+        }
+        target.install_final_trigger()?;
+        Ok(target)
+    }
+
+    /// Pid of the coordinator process, when known.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// Starts `coordinator serve` and waits until it listens.
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let bin = self.bin.clone().context("no coordinator binary")?;
+        let mut command = Command::new(&bin);
+        command
+            // Makes a `bench` binary act as the coordinator; `coordinator` ignores it.
+            .env(RUN_AS_COORDINATOR, "1")
+            .arg("serve")
+            .env("SAGA_DATABASE_URL", &self.database_url)
+            .env("SAGA_AMQP_URL", &self.amqp_url)
+            .env("SAGA_HTTP_ADDR", "127.0.0.1:0")
+            .env("SAGA_NAMESPACE", &self.namespace)
+            .env_remove("SAGA_API_TOKEN")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_COORDINATOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.extra_env {
+            command.env(k, v);
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("running {} serve", bin.display()))?;
+        let stdout = child.stdout.take().context("coordinator stdout")?;
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            // Keep draining stdout after the line, or the child blocks on a full pipe.
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.trim().strip_prefix(LISTENING_PREFIX) {
+                    if let Some(sender) = tx.take() {
+                        let _ = sender.send(rest.trim_end_matches('/').to_string());
+                    }
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                bail!("the coordinator did not start listening (exit status {status:?})");
+            }
+        };
+        self.http = format!("http://{addr}");
+        self.pid = Some(child.id());
+        self.process = Some(child);
+        Ok(())
+    }
+
+    /// Stops the coordinator (SIGKILL or SIGTERM) and starts it again on the same database and
+    /// namespace. Answers how long the stop and the start (recovery included) took.
+    pub fn restart(&mut self, how: Restart) -> anyhow::Result<(Duration, Duration)> {
+        let Some(mut child) = self.process.take() else {
+            bail!("--restart needs a coordinator started by the bench");
+        };
+        let stopping = Instant::now();
+        match how {
+            Restart::Kill => child.kill()?,
+            Restart::Term => {
+                let status = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(child.id().to_string())
+                    .status()?;
+                if !status.success() {
+                    bail!("kill -TERM failed");
+                }
+            }
+        }
+        child.wait()?;
+        let stopped = stopping.elapsed();
+        let starting = Instant::now();
+        self.spawn()?;
+        Ok((stopped, starting.elapsed()))
+    }
+
+    fn connect(&self) -> anyhow::Result<PgConnection> {
+        PgConnection::establish(&self.database_url)
+            .with_context(|| format!("connecting to {}", self.database_url))
+    }
+
+    fn admin(&self) -> anyhow::Result<PgConnection> {
+        let url = format!("{}/postgres", self.pg_server);
+        PgConnection::establish(&url).with_context(|| format!("connecting to {url}"))
+    }
+
+    fn install_final_trigger(&self) -> anyhow::Result<()> {
+        use diesel::connection::SimpleConnection;
+        self.connect()?
+            .batch_execute(FINAL_TRIGGER)
+            .context("installing the final-state trigger")
+    }
+
+    /// A connection listening for final states (see [`crate::finals`]).
+    pub fn listener(&self) -> anyhow::Result<PgConnection> {
+        let mut conn = self.connect()?;
+        diesel::sql_query(format!("LISTEN {FINAL_CHANNEL}")).execute(&mut conn)?;
+        Ok(conn)
+    }
+
+    /// Transactions committed in the coordinator's database so far (`pg_stat_database`), read from
+    /// another database so that reading does not count. Statistics reach it up to a second late.
+    pub fn commits(&self) -> anyhow::Result<i64> {
+        let rows: Vec<Commits> =
+            diesel::sql_query("SELECT xact_commit AS n FROM pg_stat_database WHERE datname = $1")
+                .bind::<Text, _>(&self.database_name)
+                .load(&mut self.admin()?)?;
+        Ok(rows.first().map_or(0, |r| r.n))
+    }
+
+    /// Stops the coordinator and removes the database and namespace the bench created.
+    pub async fn cleanup(mut self, participants: &[String]) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.own_namespace {
+            if let Err(e) = delete_namespace(&self.amqp_url, &self.namespace, participants).await {
+                eprintln!(
+                    "bench: could not delete namespace {}: {e:#}",
+                    self.namespace
+                );
+            }
+        }
+        if self.own_database {
+            let name = self.database_name.clone();
+            let dropped = self.admin().and_then(|mut admin| {
+                diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .map_err(anyhow::Error::from)
+            });
+            if let Err(e) = dropped {
+                eprintln!("bench: could not drop database {name}: {e:#}");
+            }
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `--coordinator-bin`, else `coordinator` next to this binary, else this binary itself.
+fn coordinator_bin(opts: &Options) -> anyhow::Result<PathBuf> {
+    if let Some(bin) = &opts.coordinator_bin {
+        return Ok(bin.clone());
+    }
+    let me = std::env::current_exe()?;
+    let sibling = me.with_file_name("coordinator");
+    Ok(if sibling.is_file() { sibling } else { me })
+}
+
+async fn delete_namespace(url: &str, ns: &str, participants: &[String]) -> anyhow::Result<()> {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let connection =
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let mut queues = vec![
+        format!("{ns}.replies"),
+        format!("{ns}.dead-letters"),
+        format!("{ns}.coordinator.dead-commands"),
+    ];
+    queues.extend(participants.iter().map(|p| format!("{ns}.participant.{p}")));
+    for queue in queues {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for exchange in [format!("{ns}.commands"), format!("{ns}.dead")] {
+        channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    let _ = connection.close(200, "bench done".into()).await;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The batched write path against the real Postgres at 127.0.0.1:5432, each test in a database of its
+//! own that it drops again.
+
+use chrono::SubsecRound;
+use diesel::connection::SimpleConnection;
+use serde_json::json;
+
+use super::*;
+use crate::outbox::command_message;
+use crate::saga::machine::{self, Context, Decision, Event};
+use crate::store::Store;
+
+const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// A migrated database of its own, dropped at the end.
+struct TestDatabase {
+    name: String,
+    pool: Pool,
+}
+
+impl TestDatabase {
+    fn new() -> TestDatabase {
+        let name = format!("writer_test_{}", Uuid::new_v4().simple());
+        let url = format!("{SERVER}/{name}");
+        crate::store::migrate(&url).expect("migrating the test database");
+        let pool = crate::store::pool(&url, 2).expect("pool");
+        TestDatabase { name, pool }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = PgConnection::establish(&format!("{SERVER}/postgres")) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// A freshly started saga of three sequential steps, with timestamps Postgres keeps exactly.
+fn started(key: Option<&str>) -> Persist {
+    let definition = crate::submission::parse_submission(&json!({
+        "name": "writer-test",
+        "key": key,
+        "steps": [
+            {"name": "a", "participant": "p", "action": "do", "compensation": "undo"},
+            {"name": "b", "participant": "p", "action": "do"},
+            {"name": "c", "participant": "p", "action": "do"},
+        ]
+    }))
+    .expect("a valid submission");
+    let now = Utc::now().trunc_subsecs(6);
+    let saga = Saga::new(Uuid::now_v7(), definition, None, now);
+    let mut rng = rand::rng();
+    let mut ctx = Context { now, rng: &mut rng };
+    let Decision::Apply(start) = machine::handle(&saga, Event::Start, &mut ctx) else {
+        panic!("a new saga starts");
+    };
+    let outbox = start
+        .commands
+        .iter()
+        .map(|c| command_message(&start.saga, c, now))
+        .collect();
+    Persist {
+        steps: (0..start.saga.steps.len()).collect(),
+        saga: start.saga,
+        log: start.log,
+        outbox,
+        is_new: true,
+    }
+}
+
+/// Runs one batch exactly as a writer thread would, and collects the answers.
+fn run_batch(
+    pool: &Pool,
+    persists: Vec<Persist>,
+    forget: Vec<i64>,
+) -> Vec<Result<Written, String>> {
+    let mut jobs = Vec::new();
+    let mut answers = Vec::new();
+    for persist in persists {
+        let (done, answer) = oneshot::channel();
+        jobs.push(Job { persist, done });
+        answers.push(answer);
+    }
+    let (done, forgotten) = oneshot::channel();
+    let kept = commit(pool.get(), jobs, vec![(forget, done)]);
+    assert!(kept.is_some(), "the connection stays with the writer");
+    forgotten
+        .blocking_recv()
+        .expect("answered")
+        .expect("confirmed outbox rows deleted");
+    answers
+        .into_iter()
+        .map(|a| {
+            a.blocking_recv()
+                .expect("answered")
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+fn saved(written: &Result<Written, String>) -> (i64, Vec<OutboxMessage>) {
+    match written {
+        Ok(Written::Saved { version, outbox }) => (*version, outbox.clone()),
+        other => panic!("expected a saved transition, got {other:?}"),
+    }
+}
+
+fn outbox_ids(pool: &Pool) -> Vec<i64> {
+    let mut conn = pool.get().expect("connection");
+    outbox::table
+        .select(outbox::id)
+        .order(outbox::id)
+        .load(&mut conn)
+        .expect("outbox rows")
+}
+
+#[test]
+fn a_batch_commits_every_saga_but_the_stale_one_and_deletes_confirmed_rows() {
+    let db = TestDatabase::new();
+    let store = Store::new(db.pool.clone());
+
+    // Two new sagas and a duplicate of the first one's key, in one batch.
+    let first = started(Some("k-1"));
+    let second = started(None);
+    let mut duplicate = started(Some("k-1"));
+    duplicate.saga.definition = Arc::clone(&first.saga.definition);
+    let answers = run_batch(
+        &db.pool,
+        vec![first.clone(), second.clone(), duplicate],
+        Vec::new(),
+    );
+    let (first_version, first_outbox) = saved(&answers[0]);
+    let (_, second_outbox) = saved(&answers[1]);
+    match &answers[2] {
+        Ok(Written::Duplicate(existing)) => assert_eq!(existing.id, first.saga.id),
+        other => panic!("expected the duplicate to be refused, got {other:?}"),
+    }
+    assert_eq!(first_outbox.len(), 1);
+    assert!(first_outbox[0].id > 0);
+    assert_eq!(
+        outbox_ids(&db.pool),
+        vec![first_outbox[0].id, second_outbox[0].id]
+    );
+    assert_eq!(
+        store.load(first.saga.id).expect("load"),
+        Some(first.saga.clone())
+    );
+
+    // The first saga moves on (its step gets an output that is JSON null, another a timer and an
+    // error); the second one is written with a stale version. Its first command was confirmed.
+    let mut moved = first.saga.clone();
+    moved.version = first_version;
+    moved.updated_at = Utc::now().trunc_subsecs(6);
+    moved.steps[0].output = Some(Value::Null);
+    moved.steps[1].error = Some("slow".into());
+    moved.steps[1].attempts = 2;
+    let mut stale = second.saga.clone();
+    stale.version = 7;
+    stale.steps[0].attempts = 9;
+    let answers = run_batch(
+        &db.pool,
+        vec![
+            Persist {
+                saga: moved.clone(),
+                steps: vec![0, 1],
+                log: first.log.clone(),
+                outbox: first.outbox.clone(),
+                is_new: false,
+            },
+            Persist {
+                saga: stale,
+                steps: vec![0],
+                log: Vec::new(),
+                outbox: Vec::new(),
+                is_new: false,
+            },
+        ],
+        vec![first_outbox[0].id],
+    );
+    let (version, outbox) = saved(&answers[0]);
+    assert_eq!(version, first_version + 1);
+    assert!(
+        matches!(answers[1], Err(ref e) if e.contains("changed by another writer")),
+        "{:?}",
+        answers[1]
+    );
+    moved.version = version;
+    assert_eq!(store.load(first.saga.id).expect("load"), Some(moved));
+    assert_eq!(
+        store.load(second.saga.id).expect("load"),
+        Some(second.saga.clone()),
+        "a stale write changes nothing"
+    );
+    assert_eq!(
+        outbox_ids(&db.pool),
+        vec![second_outbox[0].id, outbox[0].id]
+    );
+    assert_eq!(
+        store.events(first.saga.id).expect("events").len(),
+        2 * first.log.len()
+    );
+}
