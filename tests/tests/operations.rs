@@ -403,7 +403,6 @@ async fn metrics_and_openapi_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the dashboard comes with the operator-dashboard issue"]
 async fn dashboard_answers() {
     let app = TestApp::start().await;
     let dashboard = app
@@ -413,4 +412,13 @@ async fn dashboard_answers() {
         .await
         .expect("request");
     assert_eq!(dashboard.status(), StatusCode::OK);
+    let csp = dashboard
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let page = dashboard.text().await.expect("page");
+    assert!(page.contains("<html"), "{page}");
 }
