@@ -115,6 +115,22 @@ impl CoordinatorProcess {
         })
     }
 
+    /// [`CoordinatorProcess::start`] from async code: the binary `bin` on `db` and `ns`.
+    pub async fn start_on(
+        bin: &'static str,
+        db: &crate::TestDb,
+        ns: &crate::TestNamespace,
+    ) -> CoordinatorProcess {
+        let url = db.url().to_string();
+        let namespace = ns.name().to_string();
+        tokio::task::spawn_blocking(move || {
+            CoordinatorProcess::start(bin, &url, &crate::amqp_url(), &namespace, &[])
+        })
+        .await
+        .expect("join")
+        .expect("starting the coordinator process")
+    }
+
     pub fn http_addr(&self) -> SocketAddr {
         self.addr
     }

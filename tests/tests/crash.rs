@@ -21,14 +21,7 @@ async fn new_db() -> TestDb {
 }
 
 async fn start_process(db: &TestDb, ns: &TestNamespace) -> CoordinatorProcess {
-    let url = db.url().to_string();
-    let namespace = ns.name().to_string();
-    tokio::task::spawn_blocking(move || {
-        CoordinatorProcess::start(BIN, &url, &e2e::amqp_url(), &namespace, &[])
-    })
-    .await
-    .expect("join")
-    .expect("starting the coordinator process")
+    CoordinatorProcess::start_on(BIN, db, ns).await
 }
 
 /// Whether a participant answered this command with `success`.

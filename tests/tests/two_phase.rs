@@ -266,14 +266,7 @@ async fn unanswered_check_backs_leave_the_saga_failed_until_an_operator_acts() {
 const BIN: &str = env!("CARGO_BIN_EXE_coordinator-under-test");
 
 async fn start_process(db: &TestDb, ns: &TestNamespace) -> CoordinatorProcess {
-    let url = db.url().to_string();
-    let namespace = ns.name().to_string();
-    tokio::task::spawn_blocking(move || {
-        CoordinatorProcess::start(BIN, &url, &e2e::amqp_url(), &namespace, &[])
-    })
-    .await
-    .expect("join")
-    .expect("starting the coordinator process")
+    CoordinatorProcess::start_on(BIN, db, ns).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
