@@ -160,11 +160,7 @@ async fn hundreds_of_orders_with_faults_and_crashes_keep_stock_and_money_exact()
         .expect("join")
         .expect("installing the order service")
     };
-    let api_addr = app
-        .api
-        .base_url
-        .trim_start_matches("http://")
-        .to_string();
+    let api_addr = app.api.base_url.trim_start_matches("http://").to_string();
     let proxy = Arc::new(TcpProxy::start(&api_addr).expect("proxy to the coordinator"));
     let relay_client = Client::new(&format!("http://{}", proxy.addr())).expect("client");
     let mut relay_settings = RelaySettings::new(orders::RELAY_NAME);

@@ -202,7 +202,9 @@ pub fn check(
     let v = &mut report.violations;
     for id in reserved.iter().chain(&charged).chain(&shipped) {
         if !ordered.contains(id) {
-            v.push(format!("an effect of saga {id} is in effect, but no order has that saga"));
+            v.push(format!(
+                "an effect of saga {id} is in effect, but no order has that saga"
+            ));
         }
     }
 
