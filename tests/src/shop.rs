@@ -11,7 +11,8 @@ use participants::shop::{Faults, Service, ShopSettings};
 
 use crate::{pg_server_url, TestNamespace};
 
-/// The shop's three databases, with a prefix of their own; dropped with this value.
+/// The shop's databases (three participants and the order service), with a prefix of their own;
+/// dropped with this value.
 #[derive(Debug)]
 pub struct ShopDbs {
     pub settings: ShopSettings,
@@ -49,8 +50,11 @@ impl Drop for ShopDbs {
             eprintln!("e2e: cannot connect to drop the shop databases");
             return;
         };
-        for service in Service::ALL {
-            let name = self.settings.database_name(service);
+        let names = Service::ALL
+            .into_iter()
+            .map(|service| self.settings.database_name(service))
+            .chain([self.settings.orders_database_name()]);
+        for name in names {
             if let Err(e) = sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                 .execute(&mut admin)
             {

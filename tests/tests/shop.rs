@@ -1,16 +1,19 @@
 //! End to end: the coordinator and the example shop (three participant processes built on the SDK),
-//! hundreds of `place-order` sagas with injected business failures, transient errors, slow replies,
-//! duplicate deliveries and crashes between commit and reply, operator aborts, plus a participant
-//! killed mid-run and restarted. Afterwards every saga is final and the shop is exactly consistent.
+//! hundreds of orders placed with the shop's order service, whose outbox relay starts their
+//! `place-order` sagas (the coordinator unreachable for the relay for a while), with injected
+//! business failures, transient errors, slow replies, duplicate deliveries and crashes between
+//! commit and reply, operator aborts, plus a participant killed mid-run and restarted. Afterwards
+//! every order has exactly one saga, every saga is final and the shop is exactly consistent.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e::{ShopDbs, ShopProcess, TestApp, BULK_TIMEOUT};
+use e2e::{ShopDbs, ShopProcess, TcpProxy, TestApp, BULK_TIMEOUT};
 use participants::client::{Client, RetryPolicy, SagaState};
+use participants::initiator::outbox::{self, RelaySettings};
 use participants::shop::order::{Order, OrderPolicy};
-use participants::shop::{report, Faults, Service};
+use participants::shop::{orders, report, Faults, Service};
 use tokio::task::JoinSet;
 
 const SHOP_BIN: &str = env!("CARGO_BIN_EXE_shop-under-test");
@@ -144,25 +147,79 @@ async fn hundreds_of_orders_with_faults_and_crashes_keep_stock_and_money_exact()
             multiplier: 2.0,
         },
     };
+
+    // The order service: its database, and its outbox relay reaching the coordinator through a
+    // proxy that the test closes for a while.
+    let orders_pool = {
+        let shop = dbs.settings.clone();
+        tokio::task::spawn_blocking(move || {
+            orders::install(&shop)?;
+            shop.orders_pool(4)
+        })
+        .await
+        .expect("join")
+        .expect("installing the order service")
+    };
+    let api_addr = app.api.base_url.trim_start_matches("http://").to_string();
+    let proxy = Arc::new(TcpProxy::start(&api_addr).expect("proxy to the coordinator"));
+    let relay_client = Client::new(&format!("http://{}", proxy.addr())).expect("client");
+    let mut relay_settings = RelaySettings::new(orders::RELAY_NAME);
+    relay_settings.poll = Duration::from_millis(200);
+    relay_settings.min_backoff = Duration::from_millis(50);
+    relay_settings.max_backoff = Duration::from_millis(500);
+    let relay = orders::relay(&dbs.settings, relay_client, Some(relay_settings));
+    let wake = relay.handle();
+    let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay_task = tokio::spawn(relay.run_until(async {
+        let _ = relay_stopped.await;
+    }));
+
     let mut waiting = JoinSet::new();
+    let mut reopen = None;
     for n in 0..orders() {
         if n == orders() / 3 {
             supervisor.kill(Service::Payments);
         }
-        let saga = client
-            .submit(&Order::random(&dbs.settings).saga(&policy))
+        if n == orders() / 2 {
+            // The coordinator is unreachable for the relay: orders are still taken, their sagas
+            // start once it is back.
+            proxy.pause();
+            proxy.sever();
+            let proxy = proxy.clone();
+            reopen = Some(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                proxy.resume();
+            }));
+        }
+        let placed = {
+            let (pool, order, policy, wake) = (
+                orders_pool.clone(),
+                Order::random(&dbs.settings),
+                policy.clone(),
+                wake.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let mut conn = pool.get().expect("a connection to the orders database");
+                orders::place_and_wake(&mut conn, &order, &policy, &wake)
+            })
             .await
-            .expect("submitting an order");
+            .expect("join")
+            .expect("placing an order")
+        };
         let client = client.clone();
+        let pool = orders_pool.clone();
         let abort = n % 10 == 5;
         waiting.spawn(async move {
+            let saga = orders::wait_for_saga(&pool, placed.id, BULK_TIMEOUT)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"));
             if abort {
                 // An operator's abort, often while an action is under way (or stalled by a slow
                 // fault): its compensation may overtake it (null compensation, then a hanging action).
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(0..300))).await;
-                abort_unless_final(&client, saga.id).await;
+                abort_unless_final(&client, saga).await;
             }
-            client.wait(saga.id, BULK_TIMEOUT).await
+            client.wait(saga, BULK_TIMEOUT).await
         });
         if n % 20 == 19 {
             // A steady stream rather than one burst.
@@ -187,7 +244,24 @@ async fn hundreds_of_orders_with_faults_and_crashes_keep_stock_and_money_exact()
             }
         }
     }
+    if let Some(reopen) = reopen {
+        reopen.await.expect("join");
+    }
+    let _ = stop_relay.send(());
+    relay_task.await.expect("join");
     supervisor.stop();
+    let retried = {
+        let pool = orders_pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get().expect("a connection to the orders database");
+            outbox::rows(&mut conn).expect("reading the outbox")
+        })
+        .await
+        .expect("join")
+        .into_iter()
+        .filter(|row| row.attempts > 1)
+        .count()
+    };
     let restarts = supervisor.restarts.load(Ordering::SeqCst);
 
     let not_final: Vec<_> = states.iter().filter(|(_, s)| !s.is_final()).collect();
@@ -206,6 +280,10 @@ async fn hundreds_of_orders_with_faults_and_crashes_keep_stock_and_money_exact()
         "a mix of outcomes: {committed} committed, {compensated} compensated"
     );
     assert!(restarts >= 1, "the killed participant was restarted");
+    assert!(
+        retried >= 1,
+        "some orders were placed while the relay could not reach the coordinator"
+    );
 
     let shop = dbs.settings.clone();
     let report = tokio::task::spawn_blocking(move || report::check(&shop, &states, true))
@@ -213,8 +291,13 @@ async fn hundreds_of_orders_with_faults_and_crashes_keep_stock_and_money_exact()
         .expect("join")
         .expect("reading the shop");
     let barrier = barrier_origins(&dbs);
-    eprintln!("{report}\n{restarts} participant restarts; barrier rows by origin: {barrier:?}");
+    eprintln!(
+        "{report}\n{restarts} participant restarts; {retried} outbox rows needed retries; \
+         barrier rows by origin: {barrier:?}"
+    );
     assert!(report.is_consistent(), "{report}");
+    assert_eq!(report.orders, orders(), "every order placed is stored");
+    assert_eq!(report.orders_with_saga, orders(), "one saga per order");
     assert_eq!(
         report.stock_available + report.stock_reserved,
         report.stock_initial

@@ -62,8 +62,8 @@ enum Cmd {
         #[command(flatten)]
         faults: Faults,
     },
-    /// Start the services, submit a steady stream of orders to a running coordinator, wait for every
-    /// saga to settle, and print the consistency report (exit 1 if it finds a violation). Unless a
+    /// Start the services, place a steady stream of orders with the order service (its outbox relay
+    /// submits their sagas to a running coordinator), wait for every saga to settle, and print the consistency report (exit 1 if it finds a violation). Unless a
     /// fault rate is given, it injects a mix of refusals, transient errors, slow replies and
     /// duplicate deliveries.
     Demo {

@@ -1,4 +1,5 @@
-//! The demo: the shop's services, a steady stream of orders to a running coordinator, a report.
+//! The demo: the shop's services, a steady stream of orders placed with the order service (whose
+//! outbox relay starts their sagas on a running coordinator), a report.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::order::{Order, OrderPolicy};
+use super::orders;
 use super::report::{self, Report};
 use super::{Faults, Service, ShopSettings};
 use crate::client::{Client, SagaState};
@@ -43,36 +45,71 @@ pub async fn run(demo: Demo) -> anyhow::Result<Report> {
     } else {
         Vec::new()
     };
+    let orders_pool = {
+        let shop = demo.shop.clone();
+        tokio::task::spawn_blocking(move || {
+            orders::install(&shop)?;
+            shop.orders_pool(4)
+        })
+        .await??
+    };
+    let relay = orders::relay(&demo.shop, demo.client.clone(), None);
+    let wake = relay.handle();
+    let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay_task = tokio::spawn(relay.run_until(async {
+        let _ = relay_stopped.await;
+    }));
     println!(
-        "submitting {} orders to {} ({}/s); watch them at {}/",
+        "placing {} orders ({}/s); the order service's outbox relay submits their sagas to {}; \
+         watch them at {}/",
         demo.orders,
-        demo.client.base_url(),
         demo.rate,
+        demo.client.base_url(),
         demo.client.base_url()
     );
 
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / demo.rate.max(0.01));
-    // Bounds the sagas being watched at once, not the submission rate.
+    // Bounds the sagas being watched at once, not the order rate.
     let watching = Arc::new(Semaphore::new(256));
     let mut sagas = JoinSet::new();
     for n in 1..=demo.orders {
         let order = Order::random(&demo.shop);
-        let request = order.saga(&demo.policy);
-        let saga = match demo.client.submit(&request).await {
-            Ok(saga) => saga,
+        let placed = {
+            let (pool, order, policy, wake) = (
+                orders_pool.clone(),
+                order.clone(),
+                demo.policy.clone(),
+                wake.clone(),
+            );
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let mut conn = pool.get()?;
+                Ok(orders::place_and_wake(&mut conn, &order, &policy, &wake)?)
+            })
+            .await?
+        };
+        let placed = match placed {
+            Ok(placed) => placed,
             Err(e) => {
-                eprintln!("order {n}: submission failed: {e}");
+                eprintln!("order {n}: not placed: {e:#}");
                 tokio::time::sleep(interval).await;
                 continue;
             }
         };
+        let pool = orders_pool.clone();
         let client = demo.client.clone();
         let timeout = demo.saga_timeout;
         let permit = watching.clone().acquire_owned().await?;
         sagas.spawn(async move {
             let _permit = permit;
-            let result = client.wait(saga.id, timeout).await;
+            let saga = match orders::wait_for_saga(&pool, placed.id, timeout).await {
+                Ok(saga) => saga,
+                Err(e) => {
+                    println!("order {n:>4}: {e:#}");
+                    return None;
+                }
+            };
+            let result = client.wait(saga, timeout).await;
             let state = match &result {
                 Ok(done) => {
                     let why = done
@@ -81,29 +118,31 @@ pub async fn run(demo: Demo) -> anyhow::Result<Report> {
                         .find_map(|s| s.error.as_ref().map(|e| format!(" ({}: {e})", s.name)))
                         .unwrap_or_default();
                     println!(
-                        "order {n:>4} {} {} x{}: {:?}{why}",
-                        saga.id, order.reserve.sku, order.reserve.qty, done.state
+                        "order {n:>4} {saga} {} x{}: {:?}{why}",
+                        order.reserve.sku, order.reserve.qty, done.state
                     );
                     done.state
                 }
                 Err(e) => {
-                    println!("order {n:>4} {}: {e}", saga.id);
+                    println!("order {n:>4} {saga}: {e}");
                     SagaState::Unknown
                 }
             };
-            (saga.id, state)
+            Some((saga, state))
         });
         tokio::time::sleep(interval).await;
     }
     let mut states: Vec<(Uuid, SagaState)> = Vec::new();
     while let Some(joined) = sagas.join_next().await {
-        states.push(joined?);
+        states.extend(joined?);
     }
     println!(
         "{} sagas settled in {:.1} s",
         states.len(),
         started.elapsed().as_secs_f64()
     );
+    let _ = stop_relay.send(());
+    relay_task.await?;
     for service in services {
         service.shutdown().await;
     }

@@ -4,7 +4,9 @@
 //! - `payments` (balances per account): `charge` / `refund`, moving money to and from the merchant.
 //! - `shipping`: `book` / `cancel`.
 //!
-//! The `place-order` saga ([`order`]) runs them in that order. [`Faults`] injects business failures,
+//! The `orders` service ([`orders`], its own database too) takes orders and starts their
+//! `place-order` sagas through the SDK's transactional outbox. The saga ([`order`]) runs the three
+//! participants in that order. [`Faults`] injects business failures,
 //! transient errors, slow replies, duplicate deliveries and crashes between the barrier's commit and
 //! the reply. [`report`] checks afterwards that stock and money are conserved and that every order's
 //! effects match its saga's final state.
@@ -14,6 +16,7 @@ pub mod demo;
 mod faults;
 pub mod inventory;
 pub mod order;
+pub mod orders;
 pub mod payments;
 pub mod report;
 pub mod shipping;
@@ -64,7 +67,8 @@ pub struct ShopSettings {
         default_value = "postgres://postgres@127.0.0.1:5432"
     )]
     pub database_server: String,
-    /// Each service's database is `{prefix}_{service}`, created if missing.
+    /// Each service's database is `{prefix}_{service}` (the order service's `{prefix}_orders`),
+    /// created if missing.
     #[arg(long, env = "SHOP_DATABASE_PREFIX", default_value = "shop")]
     pub database_prefix: String,
     /// SKUs `sku-0` .. `sku-{n-1}`.
@@ -108,6 +112,19 @@ impl ShopSettings {
         )
     }
 
+    /// The order service's database.
+    pub fn orders_database_name(&self) -> String {
+        format!("{}_orders", self.database_prefix)
+    }
+
+    pub fn orders_database_url(&self) -> String {
+        format!(
+            "{}/{}",
+            self.database_server.trim_end_matches('/'),
+            self.orders_database_name()
+        )
+    }
+
     /// Creates the service's database if missing, then its tables (seeded once) and the barrier.
     pub fn install(&self, service: Service) -> anyhow::Result<()> {
         create_database(&self.database_server, &self.database_name(service))?;
@@ -125,16 +142,41 @@ impl ShopSettings {
 
     /// A small pool to one service's database.
     pub fn pool(&self, service: Service, size: u32) -> anyhow::Result<DbPool> {
-        let url = self.database_url(service);
-        Pool::builder()
-            .max_size(size)
-            .connection_timeout(Duration::from_secs(10))
-            .build(ConnectionManager::new(url.clone()))
-            .with_context(|| format!("connecting to {url}"))
+        pool(self.database_url(service), size)
+    }
+
+    /// A small pool to the order service's database.
+    pub fn orders_pool(&self, size: u32) -> anyhow::Result<DbPool> {
+        pool(self.orders_database_url(), size)
     }
 }
 
-fn create_database(server: &str, name: &str) -> anyhow::Result<()> {
+fn pool(url: String, size: u32) -> anyhow::Result<DbPool> {
+    Pool::builder()
+        .max_size(size)
+        .connection_timeout(Duration::from_secs(10))
+        .build(ConnectionManager::new(url.clone()))
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// Whether the database `name` exists on `server`.
+pub(crate) fn database_exists(server: &str, name: &str) -> anyhow::Result<bool> {
+    let admin_url = format!("{}/postgres", server.trim_end_matches('/'));
+    let mut admin = PgConnection::establish(&admin_url)
+        .with_context(|| format!("connecting to {admin_url}"))?;
+    #[derive(diesel::QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        found: bool,
+    }
+    let found: Found =
+        sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS found")
+            .bind::<diesel::sql_types::Text, _>(name)
+            .get_result(&mut admin)?;
+    Ok(found.found)
+}
+
+pub(crate) fn create_database(server: &str, name: &str) -> anyhow::Result<()> {
     let admin_url = format!("{}/postgres", server.trim_end_matches('/'));
     let mut admin = PgConnection::establish(&admin_url)
         .with_context(|| format!("connecting to {admin_url}"))?;

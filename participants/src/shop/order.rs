@@ -68,7 +68,8 @@ impl Order {
         }
     }
 
-    /// The saga that places this order.
+    /// The saga that places this order, with a random idempotency key (the order service replaces
+    /// it with one derived from the order row, [`super::orders::saga_key`]).
     pub fn saga(&self, policy: &OrderPolicy) -> SagaRequest {
         let step = |name: &str, participant: &str, action: &str, compensation: &str| {
             StepRequest::new(name, participant, action)

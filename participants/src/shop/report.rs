@@ -1,4 +1,5 @@
-//! The consistency report: stock and money conserved, every order's effects match its saga.
+//! The consistency report: stock and money conserved, every order has exactly one saga and every
+//! saga an order, every order's effects match its saga.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -8,6 +9,7 @@ use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel::{sql_query, Connection, PgConnection, QueryableByName, RunQueryDsl};
 use uuid::Uuid;
 
+use super::orders::{self, OrderSaga};
 use super::{Service, ShopSettings};
 use crate::client::SagaState;
 
@@ -21,6 +23,10 @@ pub struct Report {
     pub money_total: i64,
     pub merchant_balance: i64,
     pub money_charged: i64,
+    /// Rows in the order service's `orders` table.
+    pub orders: usize,
+    /// Orders whose outbox row was sent and carries a saga id.
+    pub orders_with_saga: usize,
     /// How many of the sagas checked ended in each state.
     pub sagas: BTreeMap<String, usize>,
     /// Every broken invariant; empty when the shop is consistent.
@@ -36,6 +42,11 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "consistency report")?;
+        writeln!(
+            f,
+            "  orders: {} placed, {} with their saga",
+            self.orders, self.orders_with_saga
+        )?;
         writeln!(
             f,
             "  sagas:  {}",
@@ -59,7 +70,10 @@ impl fmt::Display for Report {
             self.money_total, self.money_initial, self.merchant_balance, self.money_charged
         )?;
         if self.violations.is_empty() {
-            writeln!(f, "  OK: stock and money conserved, every order consistent")
+            writeln!(
+                f,
+                "  OK: stock and money conserved, one saga per order, every order consistent"
+            )
         } else {
             writeln!(f, "  {} VIOLATIONS:", self.violations.len())?;
             for v in &self.violations {
@@ -105,8 +119,10 @@ fn ids(conn: &mut PgConnection, sql: &str) -> anyhow::Result<HashSet<Uuid>> {
     Ok(rows.into_iter().map(|r| r.saga_id).collect())
 }
 
-/// Checks the shop's databases. `sagas`: the orders to check one by one, with their final states;
-/// with `complete`, they are all the orders there are, so an effect of any other saga is a violation.
+/// Checks the shop's databases. `sagas`: the orders' sagas to check one by one, with their final
+/// states; with `complete`, they are all the sagas there are, so an order whose saga is not among
+/// them is a violation. Every order must have exactly one saga, and every saga (checked or with an
+/// effect in a participant) an order.
 pub fn check(
     shop: &ShopSettings,
     sagas: &[(Uuid, SagaState)],
@@ -182,6 +198,16 @@ pub fn check(
         "SELECT saga_id FROM shipping_shipments WHERE NOT cancelled",
     )?;
 
+    let ordered = check_orders(shop, &mut report)?;
+    let v = &mut report.violations;
+    for id in reserved.iter().chain(&charged).chain(&shipped) {
+        if !ordered.contains(id) {
+            v.push(format!(
+                "an effect of saga {id} is in effect, but no order has that saga"
+            ));
+        }
+    }
+
     let effects = |id: &Uuid| {
         [
             ("reservation", reserved.contains(id)),
@@ -195,6 +221,9 @@ pub fn check(
             .and_then(|s| s.as_str().map(str::to_string))
             .unwrap_or_else(|| format!("{state:?}"));
         *report.sagas.entry(label.clone()).or_default() += 1;
+        if !ordered.contains(id) {
+            v.push(format!("saga {id} belongs to no order"));
+        }
         let expect = match state {
             SagaState::Committed => true,
             SagaState::Compensated | SagaState::Aborted => false,
@@ -217,6 +246,51 @@ pub fn check(
                 v.push(format!("an effect of unknown saga {id} is in effect"));
             }
         }
+        for id in &ordered {
+            if !known.contains(id) {
+                v.push(format!("the saga {id} of an order was not checked"));
+            }
+        }
     }
     Ok(report)
+}
+
+/// Every order has exactly one saga (its outbox row sent, with a saga id no other order has), and
+/// every outbox row an order. Returns the orders' saga ids.
+fn check_orders(shop: &ShopSettings, report: &mut Report) -> anyhow::Result<HashSet<Uuid>> {
+    let mut ordered = HashSet::new();
+    if !super::database_exists(&shop.database_server, &shop.orders_database_name())? {
+        // No order was ever placed: any saga found elsewhere is one without an order.
+        return Ok(ordered);
+    }
+    let url = shop.orders_database_url();
+    let mut conn = PgConnection::establish(&url).with_context(|| format!("connecting to {url}"))?;
+    let all: Vec<OrderSaga> = orders::order_sagas(&mut conn).context("reading the orders")?;
+    let orphans = orders::orphan_outbox_rows(&mut conn).context("reading the outbox")?;
+    let v = &mut report.violations;
+    report.orders = all.len();
+    for order in &all {
+        match (order.outbox_id, order.saga_id) {
+            (None, _) => v.push(format!("order {} has no outbox row", order.order_id)),
+            (Some(_), Some(saga)) if order.sent => {
+                report.orders_with_saga += 1;
+                if !ordered.insert(saga) {
+                    v.push(format!("saga {saga} belongs to more than one order"));
+                }
+            }
+            (Some(row), _) => v.push(format!(
+                "order {} has no saga: outbox row {row} is {} ({})",
+                order.order_id,
+                if order.refused { "refused" } else { "pending" },
+                order.last_error.as_deref().unwrap_or("no error")
+            )),
+        }
+    }
+    for row in orphans {
+        v.push(format!(
+            "outbox row {} (saga {:?}) belongs to no order",
+            row.id, row.saga_id
+        ));
+    }
+    Ok(ordered)
 }
