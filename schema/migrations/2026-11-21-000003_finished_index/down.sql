@@ -1,0 +1,1 @@
+DROP INDEX sagas_finished_at;
