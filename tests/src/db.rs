@@ -32,6 +32,12 @@ struct Count {
     n: i64,
 }
 
+#[derive(QueryableByName)]
+struct DatabaseName {
+    #[diesel(sql_type = Text)]
+    datname: String,
+}
+
 impl TestDb {
     /// A fresh database with the coordinator's schema.
     pub fn new() -> TestDb {
@@ -199,8 +205,29 @@ pub fn template() -> anyhow::Result<String> {
         .execute(&mut admin);
     built?;
     unlocked?;
+    drop_stale_templates(&mut admin, &name);
     *cached = Some(name.clone());
     Ok(name)
+}
+
+/// Templates of earlier migration sets are dead weight once the migrations changed: drop them,
+/// leaving any that a test run of another checkout still uses (its DROP fails and is ignored).
+fn drop_stale_templates(admin: &mut PgConnection, current: &str) {
+    let stale: Vec<DatabaseName> = sql_query(
+        "SELECT datname FROM pg_database \
+         WHERE datname LIKE 'saga\\_test\\_template\\_%' AND datname <> $1 \
+           AND datname NOT LIKE '%\\_building'",
+    )
+    .bind::<Text, _>(current)
+    .load(admin)
+    .unwrap_or_default();
+    for db in stale {
+        let dropped =
+            sql_query(format!("DROP DATABASE IF EXISTS \"{}\"", db.datname)).execute(admin);
+        if let Err(e) = dropped {
+            eprintln!("e2e: leaving the old template {}: {e}", db.datname);
+        }
+    }
 }
 
 fn build_template(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
