@@ -26,6 +26,7 @@ pub mod namespace;
 pub mod participant;
 pub mod process;
 pub mod proxy;
+pub mod scenarios;
 pub mod shop;
 pub mod wait;
 

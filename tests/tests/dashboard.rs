@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use e2e::api::{expect_json, state};
 use e2e::defs::{fast_retry, saga, step, step_with};
+use e2e::scenarios::{broken_compensation_saga, broken_compensation_shop};
 use e2e::{Behaviour, Browser, FakeParticipant, TestApp, SAGA_TIMEOUT};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -19,31 +20,6 @@ const UI_TIMEOUT: Duration = Duration::from_secs(30);
 /// Text that would run if the page ever treated saga data as markup.
 const HOSTILE: &str = "<script>window.__xss = 1; document.title = 'pwned';</script>\
                        <img src=x onerror=\"window.__xss = 2; document.title = 'pwned'\">";
-
-/// A participant whose compensation fails until `fixed` is set; action `s2` fails.
-async fn broken_compensation_shop(app: &TestApp, fixed: Arc<AtomicBool>) -> FakeParticipant {
-    FakeParticipant::start(&app.ns, "shop", move |cmd| match (cmd.step(), cmd.kind()) {
-        ("s2", "action") => Behaviour::failure("card declined"),
-        (_, "action") => Behaviour::success_with(json!({"reserved": true})),
-        _ if fixed.load(Ordering::SeqCst) => Behaviour::success(),
-        _ => Behaviour::failure("the undo is broken"),
-    })
-    .await
-}
-
-fn broken_compensation_saga() -> Value {
-    saga(
-        "hard-to-undo",
-        vec![
-            step_with(
-                "s1",
-                "shop",
-                json!({"compensation_retry": {"max_attempts": 2, "initial_backoff_ms": 10}}),
-            ),
-            step("s2", "shop"),
-        ],
-    )
-}
 
 /// A step that waits on `participant` for ten minutes.
 fn slow_step(name: &str, participant: &str) -> Value {

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use e2e::api::{state, step};
 use e2e::defs::{fast_retry, saga, step_with};
+use e2e::scenarios::{broken_compensation_saga, broken_compensation_shop};
 use e2e::{Behaviour, FakeParticipant, ReceivedCommand, TestApp, SAGA_TIMEOUT};
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn summary(commands: &[ReceivedCommand]) -> Vec<(String, String)> {
     commands
@@ -285,31 +286,6 @@ async fn compensation_runs_in_reverse_dependency_order() {
         a.received_at >= answered(&b) && a.received_at >= answered(&c),
         "a is compensated only after b and c, which depend on it"
     );
-}
-
-/// A participant whose compensation of `s1` fails until `fixed` is set; `s2`'s action fails.
-async fn broken_compensation_shop(app: &TestApp, fixed: Arc<AtomicBool>) -> FakeParticipant {
-    FakeParticipant::start(&app.ns, "shop", move |cmd| match (cmd.step(), cmd.kind()) {
-        ("s2", "action") => Behaviour::failure("card declined"),
-        (_, "action") => Behaviour::success_with(json!({"reserved": true})),
-        _ if fixed.load(Ordering::SeqCst) => Behaviour::success(),
-        _ => Behaviour::failure("the undo is broken"),
-    })
-    .await
-}
-
-fn broken_compensation_saga() -> Value {
-    saga(
-        "hard-to-undo",
-        vec![
-            step_with(
-                "s1",
-                "shop",
-                json!({"compensation_retry": {"max_attempts": 2, "initial_backoff_ms": 10}}),
-            ),
-            e2e::defs::step("s2", "shop"),
-        ],
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
