@@ -514,3 +514,63 @@ async fn an_outbox_row_the_coordinator_refuses_is_marked_and_the_next_ones_still
     );
     assert!(rows[1].sent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_outbox_deliver_each_row_once_and_in_order() {
+    let app = TestApp::start().await;
+    let _shop = FakeParticipant::always_succeed(&app.ns, "shop").await;
+    let db = initiator_db().await;
+    let url = db.url().to_string();
+    let row_ids: Vec<i64> = tokio::task::spawn_blocking(move || {
+        let mut conn = connect(&url);
+        (0..12)
+            .map(|i| outbox::enqueue(&mut conn, &order_saga(&format!("item-{i}"))))
+            .collect::<QueryResult<Vec<i64>>>()
+    })
+    .await
+    .expect("join")
+    .expect("enqueue");
+    // Two service instances, each with its relay: only the one holding the lock delivers.
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let mut settings = RelaySettings::new("twins");
+        settings.poll = Duration::from_millis(20);
+        let client = Client::new(&app.api.base_url).expect("client");
+        let relay = OutboxRelay::new(client, db.url(), settings);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop_tx);
+        tasks.push(tokio::spawn(relay.run_until(async {
+            let _ = stop_rx.await;
+        })));
+    }
+    let url = db.url().to_string();
+    let rows = eventually("every outbox row sent", SAGA_TIMEOUT, async || {
+        let rows = outbox_rows(&url).await?;
+        rows.iter().all(|r| r.sent).then_some(rows)
+    })
+    .await;
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    assert_eq!(rows.len(), row_ids.len());
+    assert!(
+        rows.iter().all(|r| r.attempts == 1),
+        "each row submitted once: {rows:?}"
+    );
+    let saga_ids: Vec<Uuid> = rows.iter().filter_map(|r| r.saga_id).collect();
+    assert!(
+        saga_ids.windows(2).all(|w| w[0] < w[1]),
+        "in row order: {saga_ids:?}"
+    );
+    let listed = app
+        .list_ok(&[("name", "place-order"), ("limit", "500")])
+        .await;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(row_ids.len())
+    );
+}

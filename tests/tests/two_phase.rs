@@ -163,6 +163,11 @@ async fn http_check_back_answers_committed_aborted_and_pending() {
             (Some("pending-then-aborted"), _) => CheckAnswer::outcome("aborted"),
             (Some("error-then-committed"), 1) => CheckAnswer::status(503),
             (Some("error-then-committed"), _) => CheckAnswer::outcome("committed"),
+            (Some("garbage-then-aborted"), 1) => CheckAnswer {
+                status: 200,
+                body: "<html>not an answer</html>".into(),
+            },
+            (Some("garbage-then-aborted"), _) => CheckAnswer::outcome("aborted"),
             (Some(outcome), _) => CheckAnswer::outcome(outcome),
             (None, _) => CheckAnswer::status(404),
         }
@@ -175,6 +180,7 @@ async fn http_check_back_answers_committed_aborted_and_pending() {
         "aborted",
         "pending-then-aborted",
         "error-then-committed",
+        "garbage-then-aborted",
     ] {
         let def = prepared_saga(fast_check_back(json!({"url": server.url()}), 5), 200);
         // Submit, then register the answer: the first check-back is 200 ms away.
@@ -193,6 +199,17 @@ async fn http_check_back_answers_committed_aborted_and_pending() {
     assert_eq!(server.calls_for(&ids[0]), 1);
     assert_eq!(server.calls_for(&ids[2]), 2);
     assert_eq!(server.calls_for(&ids[3]), 2);
+    // A 200 whose body is not an answer counts as no answer: asked again, then decided.
+    app.wait_for_state(&ids[4], &["aborted"], SAGA_TIMEOUT)
+        .await;
+    assert_eq!(server.calls_for(&ids[4]), 2);
+    let events = app.events(&ids[4]).await;
+    assert!(
+        events_of_type(&events, "retry_scheduled")[0]["detail"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not {\"outcome\"")),
+        "{events:#?}"
+    );
     assert_eq!(shop.commands_for(&ids[0]).len(), 2);
     assert!(shop.commands_for(&ids[2]).is_empty());
     // The failed HTTP attempt is in the event log with its reason.
