@@ -14,7 +14,7 @@
 //! as 422) is marked refused with the reason and the relay moves on.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -179,36 +179,17 @@ impl OutboxRelay {
 
     /// Holds the lock and delivers rows until an error; never returns `Ok`.
     async fn serve(&self) -> Result<(), RelayError> {
-        let conn = self.connect_as_leader().await?;
-        let mut conn = Some(conn);
+        let conn = Arc::new(Mutex::new(self.connect_as_leader().await?));
         let mut backoff = self.backoff();
         loop {
-            let mut c = conn.take().ok_or_else(|| {
-                RelayError::Database(diesel::result::Error::BrokenTransactionManager)
-            })?;
-            let (c, head) = tokio::task::spawn_blocking(move || {
-                let head = next_pending(&mut c);
-                (c, head)
-            })
-            .await?;
-            conn = Some(c);
-            let Some(row) = head? else {
+            let Some(row) = on(&conn, next_pending).await?? else {
                 backoff = self.backoff();
                 let _ =
                     tokio::time::timeout(self.settings.poll, self.handle.notify.notified()).await;
                 continue;
             };
             let (delivery, update) = self.deliver(&row).await;
-            let mut c = conn.take().ok_or_else(|| {
-                RelayError::Database(diesel::result::Error::BrokenTransactionManager)
-            })?;
-            let (c, written) = tokio::task::spawn_blocking(move || {
-                let written = update.apply(&mut c);
-                (c, written)
-            })
-            .await?;
-            conn = Some(c);
-            written?;
+            on(&conn, move |c| update.apply(c)).await??;
             match delivery {
                 Delivery::Sent | Delivery::Refused => backoff = self.backoff(),
                 Delivery::Later => {
@@ -281,6 +262,20 @@ impl OutboxRelay {
             .without_max_times()
             .build()
     }
+}
+
+/// Runs `f` on the leader's connection on a blocking thread (diesel is synchronous).
+async fn on<T: Send + 'static>(
+    conn: &Arc<Mutex<PgConnection>>,
+    f: impl FnOnce(&mut PgConnection) -> T + Send + 'static,
+) -> Result<T, RelayError> {
+    let conn = Arc::clone(conn);
+    Ok(tokio::task::spawn_blocking(move || {
+        // A poisoned lock only means an earlier query panicked; the connection is still usable.
+        let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut conn)
+    })
+    .await?)
 }
 
 /// 4xx answers other than timeouts and throttling will not change by retrying.
