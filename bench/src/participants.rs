@@ -12,10 +12,10 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -64,6 +64,21 @@ impl Participants {
         .await
         .context("connecting the participants to RabbitMQ")?;
         let channel = connection.create_channel().await?;
+        // The coordinator answers HTTP before it has necessarily declared its topology: declare the
+        // commands exchange too (same arguments, so either may go first), as the SDK's participants do.
+        let commands = format!("{namespace}.commands");
+        channel
+            .exchange_declare(
+                commands.as_str().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("declaring {commands}"))?;
         for name in &names {
             let queue = format!("{namespace}.participant.{name}");
             let mut args = FieldTable::default();
@@ -78,7 +93,7 @@ impl Participants {
             channel
                 .queue_bind(
                     queue.as_str().into(),
-                    format!("{namespace}.commands").into(),
+                    commands.as_str().into(),
                     name.as_str().into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
