@@ -97,6 +97,11 @@ pub struct Options {
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
     pub pg_server: String,
 
+    /// Query parameters of every database URL built on `--pg-server`. Loopback needs no TLS, and the
+    /// floor-probe connects without it too; Debian's Postgres offers TLS, which libpq would take.
+    #[arg(long, default_value = "sslmode=disable")]
+    pub pg_params: String,
+
     /// The coordinator's database (default: a fresh one on `--pg-server`, dropped at the end).
     #[arg(long)]
     pub database_url: Option<String>,

@@ -46,6 +46,8 @@ pub struct Target {
     pub database_url: String,
     pub database_name: String,
     pub pg_server: String,
+    /// `?` and `--pg-params`, or nothing.
+    pg_params: String,
     pub namespace: String,
     pub amqp_url: String,
     own_database: bool,
@@ -56,6 +58,15 @@ pub struct Target {
     extra_env: Vec<(String, String)>,
 }
 
+/// `url` with `--pg-params` as its query string.
+fn with_params(url: &str, opts: &Options) -> String {
+    if opts.pg_params.is_empty() {
+        url.to_string()
+    } else {
+        format!("{url}?{}", opts.pg_params)
+    }
+}
+
 impl Target {
     /// Starts a coordinator (or attaches to one) as the options say.
     pub fn prepare(opts: &Options) -> anyhow::Result<Target> {
@@ -63,7 +74,10 @@ impl Target {
         let pg_server = opts.pg_server.trim_end_matches('/').to_string();
         let (database_url, own_database) = match &opts.database_url {
             Some(url) => (url.clone(), false),
-            None => (format!("{pg_server}/bench_{run_id}"), true),
+            None => (
+                with_params(&format!("{pg_server}/bench_{run_id}"), opts),
+                true,
+            ),
         };
         let database_name = database_url
             .split('?')
@@ -89,6 +103,7 @@ impl Target {
             database_url,
             database_name,
             pg_server,
+            pg_params: with_params("", opts),
             namespace,
             amqp_url: opts.amqp_url.clone(),
             own_database: own_database && opts.url.is_none() && !opts.keep,
@@ -197,7 +212,7 @@ impl Target {
     }
 
     fn admin(&self) -> anyhow::Result<PgConnection> {
-        let url = format!("{}/postgres", self.pg_server);
+        let url = format!("{}/postgres{}", self.pg_server, self.pg_params);
         PgConnection::establish(&url).with_context(|| format!("connecting to {url}"))
     }
 

@@ -19,9 +19,6 @@ use crate::runtime::{relay, Registry};
 use crate::saga::machine::Event;
 use crate::store::{self, Store, Writer};
 
-/// Writer threads committing transitions (each holds one pooled connection while it writes).
-const WRITER_THREADS: usize = 2;
-
 /// Runs the coordinator until the HTTP server stops (SIGTERM/SIGINT for the binary, or
 /// [`Coordinator::stop`]). `on_listening` learns the bound address once requests are accepted.
 pub async fn run(
@@ -36,18 +33,22 @@ pub async fn run(
         .context("cannot prepare the database")?;
     let pool = store::pool(&settings.database_url, settings.db_pool_size)?;
     let store = Store::new(pool.clone());
-    let (writer, writer_threads) = Writer::start(pool, WRITER_THREADS);
+    let writers = settings.writer_threads.clamp(1, 64);
+    let writer_pool = store::writer_pool(&settings.database_url, writers as u32)?;
+    let (writer, writer_threads) = Writer::start(writer_pool, writers);
 
     let (relay_tx, relay_rx) = mpsc::unbounded_channel();
-    let arbiters: Vec<Arbiter> = (0..settings.actor_threads.max(1))
+    let arbiters: Vec<Arbiter> = (0..settings.actor_threads)
         .map(|_| Arbiter::new())
         .collect();
-    let registry = Registry::new(
-        arbiters.iter().map(|a| a.handle()).collect(),
-        writer.clone(),
-        store.clone(),
-        relay_tx,
-    );
+    // With no threads of their own, actors run on this thread, beside the AMQP consumer and the
+    // outbox relay: a reply then reaches its saga without waking another thread.
+    let actor_arbiters = if arbiters.is_empty() {
+        vec![Arbiter::current()]
+    } else {
+        arbiters.iter().map(|a| a.handle()).collect()
+    };
+    let registry = Registry::new(actor_arbiters, writer.clone(), store.clone(), relay_tx);
     drop(writer);
 
     let recovering = store.clone();

@@ -48,9 +48,15 @@ pub struct Settings {
     #[arg(long, env = "SAGA_AMQP_PREFETCH", default_value_t = 256)]
     pub amqp_prefetch: u16,
 
-    /// Arbiters (threads) that run saga actors.
+    /// Threads of their own for saga actors; 0 runs them on the main thread, beside the AMQP
+    /// consumer and the outbox relay (fewest thread switches per reply).
     #[arg(long, env = "SAGA_ACTOR_THREADS", default_value_t = 2)]
     pub actor_threads: usize,
+
+    /// Writer threads committing transitions, each with a Postgres connection of its own (outside
+    /// the pool). Each commits one batch at a time; more threads overlap commits.
+    #[arg(long, env = "SAGA_WRITER_THREADS", default_value_t = 2)]
+    pub writer_threads: usize,
 }
 
 impl Settings {

@@ -73,14 +73,14 @@ impl Store {
         // Ids are UUIDv7, whose first 48 bits are the creation time in milliseconds: the primary key
         // finds the sagas started in the window without scanning older ones.
         let first_id = Uuid::from_u128(u128::from(start.timestamp_millis().max(0) as u64) << 80);
-        // A final saga is never written again, so its `updated_at` is when it finished.
+        // `finished_at` is set (generated from `updated_at`) by a saga's final transition.
         let rows: Vec<MinuteRow> = diesel::sql_query(
             "WITH happened AS ( \
                SELECT date_trunc('minute', created_at) AS minute, 1 AS started, 0 AS finished \
                  FROM sagas WHERE id >= $2 AND created_at >= $1 \
                UNION ALL \
-               SELECT date_trunc('minute', updated_at), 0, 1 \
-                 FROM sagas WHERE state IN ('committed', 'compensated', 'aborted') AND updated_at >= $1) \
+               SELECT date_trunc('minute', finished_at), 0, 1 \
+                 FROM sagas WHERE finished_at >= $1) \
              SELECT m.minute, \
                     coalesce(sum(h.started), 0)::bigint AS started, \
                     coalesce(sum(h.finished), 0)::bigint AS finished \

@@ -5,6 +5,7 @@
 //! that RabbitMQ has not confirmed yet. A transition and the commands it produces are written in one
 //! transaction (see [`writer`]), which is what makes "state first, then message" hold across crashes.
 
+mod batch;
 pub mod dashboard;
 mod gauges;
 mod rows;
@@ -92,6 +93,30 @@ pub fn pool(database_url: &str, size: u32) -> Result<Pool, StoreError> {
     R2d2Pool::builder()
         .max_size(size)
         .connection_timeout(std::time::Duration::from_secs(5))
+        .build(ConnectionManager::new(database_url))
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// Connections for the writer threads only (see [`Writer`]).
+///
+/// Every statement the writer runs finds its rows by primary key, but the planner, guessing from
+/// small tables and its fixed estimates for set-returning functions, would often scan and hash a
+/// whole table for a batch instead, reading it again on every commit. On these connections it
+/// is told to use the indexes, and to plan each prepared statement once (its generic plan) rather
+/// than for every batch: the batch statement costs more to plan than to run.
+pub fn writer_pool(database_url: &str, size: u32) -> Result<Pool, StoreError> {
+    #[derive(Debug)]
+    struct KeyLookups;
+    impl r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for KeyLookups {
+        fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+            conn.batch_execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
+                .map_err(diesel::r2d2::Error::QueryError)
+        }
+    }
+    R2d2Pool::builder()
+        .max_size(size)
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .connection_customizer(Box::new(KeyLookups))
         .build(ConnectionManager::new(database_url))
         .map_err(|e| StoreError::Unavailable(e.to_string()))
 }

@@ -14,19 +14,15 @@
 //! batch fails, its transitions are retried one by one so that one bad saga cannot fail the others.
 //! Diesel runs only on these threads, never on an actor's or HTTP worker's thread.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::sql_types::Jsonb;
-use serde_json::{json, Value};
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
 use super::rows::{to_i32, NewEvent, NewOutbox, SagaChange, SagaRow, StepChange, StepRow};
 use super::schema::{outbox, saga_events, saga_steps, sagas};
@@ -65,9 +61,6 @@ pub enum Written {
 /// How long confirmed outbox rows wait for a batch of transitions to ride along with before the
 /// writer commits their deletion on its own (only when no transition comes in that time).
 const FORGET_RIDE_ALONG: Duration = Duration::from_millis(200);
-
-/// Postgres takes at most this many parameters in one statement.
-const MAX_PARAMETERS: usize = 65_535;
 
 struct Job {
     persist: Persist,
@@ -203,11 +196,8 @@ fn commit(conn: Result<Conn, r2d2::Error>, jobs: Vec<Job>, forgets: Vec<Forget>)
             return None;
         }
     };
-    let together = conn.transaction(|c| {
-        let results = write_batch(c, &jobs)?;
-        delete_outbox(c, &ids)?;
-        Ok::<_, StoreError>(results)
-    });
+    let persists: Vec<&Persist> = jobs.iter().map(|j| &j.persist).collect();
+    let together = write_batch(&mut conn, &persists, &ids);
     match together {
         Ok(results) => {
             for (job, result) in jobs.into_iter().zip(results) {
@@ -251,212 +241,36 @@ fn delete_outbox(conn: &mut PgConnection, ids: &[i64]) -> Result<(), StoreError>
     Ok(())
 }
 
-/// Rows per multi-row insert of a table with `columns` columns.
-fn rows_per_insert(columns: usize) -> usize {
-    (MAX_PARAMETERS / columns.max(1)).max(1)
-}
-
-/// Timestamps for `jsonb_to_recordset`, at the microsecond precision Postgres keeps.
-fn timestamp(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
-fn timestamp_or_null(at: Option<DateTime<Utc>>) -> Value {
-    at.map_or(Value::Null, |at| Value::String(timestamp(at)))
-}
-
-#[derive(QueryableByName)]
-struct UpdatedId {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    id: Uuid,
-}
-
-/// Changed sagas, with the optimistic lock: only rows still at the version the actor loaded.
-const UPDATE_SAGAS: &str = "
-UPDATE sagas AS s
-SET state = v.state, deadline = v.deadline, check_back_at = v.check_back_at,
-    check_back_purpose = v.check_back_purpose, check_attempts = v.check_attempts,
-    check_attempt_limit = v.check_attempt_limit,
-    updated_at = v.updated_at, version = v.version + 1
-FROM jsonb_to_recordset($1) AS v(id uuid, version bigint, state text, deadline timestamptz,
-                                 check_back_at timestamptz, check_back_purpose text,
-                                 check_attempts integer, check_attempt_limit integer,
-                                 updated_at timestamptz)
-WHERE s.id = v.id AND s.version = v.version
-RETURNING s.id";
-
-/// Changed steps. A JSON `null` becomes SQL NULL in a recordset, so `has_output` tells a step whose
-/// output is the JSON value `null` from one without output.
-const UPDATE_STEPS: &str = r#"
-UPDATE saga_steps AS t
-SET state = v.state, attempts = v.attempts, compensation_attempts = v.compensation_attempts,
-    compensation_attempt_limit = v.compensation_attempt_limit,
-    output = CASE WHEN v.has_output THEN coalesce(v.output, 'null'::jsonb) END,
-    error = v.error, timer_due_at = v.timer_due_at, timer_purpose = v.timer_purpose,
-    refused = v.refused
-FROM jsonb_to_recordset($1) AS v(saga_id uuid, "position" integer, state text, attempts integer,
-                                 compensation_attempts integer, compensation_attempt_limit integer,
-                                 has_output boolean, output jsonb, error text,
-                                 timer_due_at timestamptz, timer_purpose text, refused boolean)
-WHERE t.saga_id = v.saga_id AND t.position = v."position""#;
-
-/// Writes a batch of transitions of distinct sagas with a few statements for the whole batch.
-/// The outer error aborts the transaction; an inner one (a conflict, a duplicate) is that
-/// transition's answer while the others commit.
+/// Writes a batch and deletes the confirmed outbox rows `forget`: one statement, or (if the batch
+/// holds two transitions of one saga, whose order matters) one transaction writing them in order.
+/// The outer error means nothing was written; an inner one (a conflict, a failed duplicate lookup)
+/// is that transition's answer while the others are committed.
 fn write_batch(
     conn: &mut PgConnection,
-    jobs: &[Job],
+    persists: &[&Persist],
+    forget: &[i64],
 ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
-    let persists: Vec<&Persist> = jobs.iter().map(|j| &j.persist).collect();
     let mut seen = HashSet::with_capacity(persists.len());
     if !persists.iter().all(|p| seen.insert(p.saga.id)) {
-        // Two transitions of one saga in a batch cannot happen (an actor waits for its write), but
-        // if they did, their order matters: write them one after the other.
-        return persists
-            .iter()
-            .map(|p| write_one(conn, p).map(Ok))
-            .collect();
+        // An actor waits for its write, so this does not happen; if it did, order would matter.
+        return conn.transaction(|c| {
+            let results = persists
+                .iter()
+                .map(|p| write_one(c, p).map(Ok))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            delete_outbox(c, forget)?;
+            Ok(results)
+        });
     }
-    let mut answers: Vec<Option<Result<Written, StoreError>>> =
-        persists.iter().map(|_| None).collect();
-    let mut versions = vec![0i64; persists.len()];
-
-    // New sagas: insert unless their idempotency key is taken, then the steps of those inserted.
-    let fresh: Vec<usize> = (0..persists.len())
-        .filter(|&i| persists[i].is_new)
-        .collect();
-    if !fresh.is_empty() {
-        let rows = fresh
-            .iter()
-            .map(|&i| SagaRow::from_saga(&persists[i].saga))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut inserted: HashSet<Uuid> = HashSet::with_capacity(rows.len());
-        for chunk in rows.chunks(rows_per_insert(14)) {
-            let ids: Vec<Uuid> = diesel::insert_into(sagas::table)
-                .values(chunk)
-                .on_conflict_do_nothing()
-                .returning(sagas::id)
-                .get_results(conn)?;
-            inserted.extend(ids);
-        }
-        let mut steps = Vec::new();
-        for &i in &fresh {
-            let saga = &persists[i].saga;
-            if inserted.contains(&saga.id) {
-                versions[i] = saga.version;
-                steps.extend((0..saga.steps.len()).map(|n| StepRow::from_step(saga, n)));
-            } else {
-                answers[i] = Some(Ok(duplicate_of(conn, saga)?));
-            }
-        }
-        for chunk in steps.chunks(rows_per_insert(12)) {
-            diesel::insert_into(saga_steps::table)
-                .values(chunk)
-                .execute(conn)?;
-        }
-    }
-
-    // Changed sagas, then the changed steps of those whose version still matched.
-    let changed: Vec<usize> = (0..persists.len())
-        .filter(|&i| !persists[i].is_new)
-        .collect();
-    if !changed.is_empty() {
-        let records: Vec<Value> = changed
-            .iter()
-            .map(|&i| {
-                let saga = &persists[i].saga;
-                json!({
-                    "id": saga.id,
-                    "version": saga.version,
-                    "state": saga.state.as_str(),
-                    "deadline": timestamp_or_null(saga.deadline),
-                    "check_back_at": timestamp_or_null(saga.check_back.timer.map(|t| t.due_at)),
-                    "check_back_purpose": saga.check_back.timer.map(|t| t.purpose.as_str()),
-                    "check_attempts": to_i32(saga.check_back.attempts),
-                    "check_attempt_limit": to_i32(saga.check_back.attempt_limit),
-                    "updated_at": timestamp(saga.updated_at),
-                })
-            })
-            .collect();
-        let updated: HashSet<Uuid> = diesel::sql_query(UPDATE_SAGAS)
-            .bind::<Jsonb, _>(Value::Array(records))
-            .load::<UpdatedId>(conn)?
-            .into_iter()
-            .map(|row| row.id)
-            .collect();
-        let mut steps = Vec::new();
-        for &i in &changed {
-            let p = persists[i];
-            if !updated.contains(&p.saga.id) {
-                answers[i] = Some(Err(StoreError::Conflict(p.saga.id)));
-                continue;
-            }
-            versions[i] = p.saga.version + 1;
-            for &position in &p.steps {
-                let s = &p.saga.steps[position];
-                steps.push(json!({
-                    "saga_id": p.saga.id,
-                    "position": position,
-                    "state": s.state.as_str(),
-                    "attempts": to_i32(s.attempts),
-                    "compensation_attempts": to_i32(s.compensation_attempts),
-                    "compensation_attempt_limit": to_i32(s.compensation_attempt_limit),
-                    "has_output": s.output.is_some(),
-                    "output": s.output,
-                    "error": s.error,
-                    "timer_due_at": timestamp_or_null(s.timer.map(|t| t.due_at)),
-                    "timer_purpose": s.timer.map(|t| t.purpose.as_str()),
-                    "refused": s.refused,
-                }));
-            }
-        }
-        if !steps.is_empty() {
-            diesel::sql_query(UPDATE_STEPS)
-                .bind::<Jsonb, _>(Value::Array(steps))
-                .execute(conn)?;
-        }
-    }
-
-    // The event log and the outbox of every transition that is going through.
-    let going: Vec<usize> = (0..persists.len())
-        .filter(|&i| answers[i].is_none())
-        .collect();
-    let events: Vec<NewEvent> = going
-        .iter()
-        .flat_map(|&i| new_events(persists[i]))
-        .collect();
-    for chunk in events.chunks(rows_per_insert(6)) {
-        diesel::insert_into(saga_events::table)
-            .values(chunk)
-            .execute(conn)?;
-    }
-    let rows: Vec<NewOutbox> = going
-        .iter()
-        .flat_map(|&i| persists[i].outbox.iter().map(new_outbox))
-        .collect();
-    let mut ids: HashMap<Uuid, i64> = HashMap::with_capacity(rows.len());
-    for chunk in rows.chunks(rows_per_insert(7)) {
-        let inserted: Vec<(i64, Uuid)> = diesel::insert_into(outbox::table)
-            .values(chunk)
-            .returning((outbox::id, outbox::message_id))
-            .get_results(conn)?;
-        ids.extend(inserted.into_iter().map(|(id, message)| (message, id)));
-    }
-    for &i in &going {
-        let mut outbox = persists[i].outbox.clone();
-        for message in &mut outbox {
-            message.id = ids.get(&message.message_id).copied().ok_or_else(|| {
-                StoreError::Corrupt(format!("outbox row {} not inserted", message.message_id))
-            })?;
-        }
-        answers[i] = Some(Ok(Written::Saved {
-            version: versions[i],
-            outbox,
-        }));
-    }
-    Ok(answers
+    let outcomes = super::batch::write(conn, persists, forget)?;
+    Ok(outcomes
         .into_iter()
-        .map(|a| a.unwrap_or_else(|| Err(StoreError::Corrupt("no answer".into()))))
+        .zip(persists)
+        .map(|(outcome, p)| match outcome {
+            super::batch::Outcome::Saved(written) => Ok(written),
+            super::batch::Outcome::Conflict => Err(StoreError::Conflict(p.saga.id)),
+            super::batch::Outcome::Duplicate => duplicate_of(conn, &p.saga),
+        })
         .collect())
 }
 

@@ -1,9 +1,10 @@
 //! The batched write path against the real Postgres at 127.0.0.1:5432, each test in a database of its
 //! own that it drops again.
 
-use chrono::SubsecRound;
+use chrono::{SubsecRound, Utc};
 use diesel::connection::SimpleConnection;
-use serde_json::json;
+use serde_json::{json, Value};
+use uuid::Uuid;
 
 use super::*;
 use crate::outbox::command_message;
@@ -23,7 +24,7 @@ impl TestDatabase {
         let name = format!("writer_test_{}", Uuid::new_v4().simple());
         let url = format!("{SERVER}/{name}");
         crate::store::migrate(&url).expect("migrating the test database");
-        let pool = crate::store::pool(&url, 2).expect("pool");
+        let pool = crate::store::writer_pool(&url, 2).expect("pool");
         TestDatabase { name, pool }
     }
 }
@@ -202,5 +203,59 @@ fn a_batch_commits_every_saga_but_the_stale_one_and_deletes_confirmed_rows() {
     assert_eq!(
         store.events(first.saga.id).expect("events").len(),
         2 * first.log.len()
+    );
+}
+
+#[test]
+fn the_prepared_batch_statement_keeps_writing_on_one_connection() {
+    // Postgres switches a prepared statement to its generic plan after a few runs: the same
+    // connection must keep writing correctly, empty parts (no new saga, no outbox row) included.
+    let db = TestDatabase::new();
+    let store = Store::new(db.pool.clone());
+    let first = started(None);
+    let answers = run_batch(&db.pool, vec![first.clone()], Vec::new());
+    let (mut version, mut outbox) = saved(&answers[0]);
+    let mut saga = first.saga.clone();
+    for round in 1..=8u32 {
+        saga.version = version;
+        saga.updated_at = Utc::now().trunc_subsecs(6);
+        saga.steps[0].attempts = round;
+        saga.steps[2].output = Some(json!({ "round": round }));
+        let commands = if round % 2 == 0 {
+            first.outbox.clone()
+        } else {
+            Vec::new()
+        };
+        let forget = outbox.iter().map(|m| m.id).collect();
+        let answers = run_batch(
+            &db.pool,
+            vec![Persist {
+                saga: saga.clone(),
+                steps: vec![0, 2],
+                log: first.log.clone(),
+                outbox: commands
+                    .into_iter()
+                    .map(|mut m| {
+                        m.message_id = Uuid::new_v4();
+                        m
+                    })
+                    .collect(),
+                is_new: false,
+            }],
+            forget,
+        );
+        (version, outbox) = saved(&answers[0]);
+        assert_eq!(version, i64::from(round) + first.saga.version);
+    }
+    saga.version = version;
+    assert_eq!(store.load(saga.id).expect("load"), Some(saga.clone()));
+    assert_eq!(
+        outbox_ids(&db.pool),
+        outbox.iter().map(|m| m.id).collect::<Vec<_>>(),
+        "each round deleted the rows the round before inserted"
+    );
+    assert_eq!(
+        store.events(saga.id).expect("events").len(),
+        9 * first.log.len()
     );
 }

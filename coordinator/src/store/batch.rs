@@ -1,0 +1,550 @@
+//! One SQL statement for a whole batch of transitions.
+//!
+//! A batch of transitions of different sagas is written by a single statement: data-modifying CTEs
+//! insert the new sagas and their steps, update the changed sagas (with the optimistic `version`
+//! check) and their changed steps, append the event log, insert the outbox rows and delete the outbox
+//! rows RabbitMQ confirmed. A single statement is atomic on its own, so it runs without `BEGIN` and
+//! `COMMIT`: one round trip to Postgres and one commit per batch, whatever its size.
+//!
+//! Every column travels as one array parameter, and `unnest` turns the arrays back into rows. The
+//! statement text never changes, so diesel prepares it once per connection and Postgres plans it once
+//! (the writer's connections ask for the generic plan, see [`super::writer_pool`]); planning a
+//! statement this size on every batch would cost more than running it. The
+//! event log, the steps and the outbox of a saga are written only if its own row was (a transition
+//! whose saga changed elsewhere, or a new saga whose idempotency key is taken, writes nothing).
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use diesel::pg::{Pg, PgConnection};
+use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::serialize::ToSql;
+use diesel::sql_types::{
+    Array, BigInt, Binary, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
+use diesel::sql_types::{HasSqlType, Untyped};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::rows::to_i32;
+use super::writer::{Persist, Written};
+use super::StoreError;
+use crate::saga::Saga;
+
+/// The statement; each `$?` is the next parameter, in the order [`WriteBatch::walk_ast`] binds them.
+const WRITE_BATCH: &str = r#"
+WITH new_sagas AS (
+    INSERT INTO sagas (id, name, idempotency_key, definition, state, deadline, check_back_at,
+                       traceparent, created_at, updated_at, version, check_back_purpose,
+                       check_attempts, check_attempt_limit)
+    SELECT * FROM unnest($?::uuid[], $?::text[], $?::text[], $?::jsonb[], $?::text[],
+                         $?::timestamptz[], $?::timestamptz[], $?::text[], $?::timestamptz[],
+                         $?::timestamptz[], $?::bigint[], $?::text[], $?::integer[],
+                         $?::integer[])
+    ON CONFLICT DO NOTHING
+    RETURNING id
+), changed_sagas AS (
+    UPDATE sagas AS s
+    SET state = v.state, deadline = v.deadline, check_back_at = v.check_back_at,
+        check_back_purpose = v.check_back_purpose, check_attempts = v.check_attempts,
+        check_attempt_limit = v.check_attempt_limit, updated_at = v.updated_at,
+        version = v.version + 1
+    FROM unnest($?::uuid[], $?::bigint[], $?::text[], $?::timestamptz[], $?::timestamptz[],
+                $?::text[], $?::integer[], $?::integer[], $?::timestamptz[])
+         AS v(id, version, state, deadline, check_back_at, check_back_purpose, check_attempts,
+              check_attempt_limit, updated_at)
+    WHERE s.id = v.id AND s.version = v.version
+    RETURNING s.id
+), written AS (
+    SELECT id FROM new_sagas UNION ALL SELECT id FROM changed_sagas
+), new_steps AS (
+    INSERT INTO saga_steps (saga_id, position, name, state, attempts, compensation_attempts,
+                            compensation_attempt_limit, output, error, timer_due_at,
+                            timer_purpose, refused)
+    SELECT v.* FROM unnest($?::uuid[], $?::integer[], $?::text[], $?::text[], $?::integer[],
+                           $?::integer[], $?::integer[], $?::jsonb[], $?::text[],
+                           $?::timestamptz[], $?::text[], $?::boolean[])
+         AS v(saga_id, position, name, state, attempts, compensation_attempts,
+              compensation_attempt_limit, output, error, timer_due_at, timer_purpose, refused)
+    WHERE v.saga_id IN (SELECT id FROM new_sagas)
+), changed_steps AS (
+    UPDATE saga_steps AS t
+    SET state = v.state, attempts = v.attempts, compensation_attempts = v.compensation_attempts,
+        compensation_attempt_limit = v.compensation_attempt_limit, output = v.output,
+        error = v.error, timer_due_at = v.timer_due_at, timer_purpose = v.timer_purpose,
+        refused = v.refused
+    FROM unnest($?::uuid[], $?::integer[], $?::text[], $?::integer[], $?::integer[],
+                $?::integer[], $?::jsonb[], $?::text[], $?::timestamptz[], $?::text[],
+                $?::boolean[])
+         AS v(saga_id, position, state, attempts, compensation_attempts,
+              compensation_attempt_limit, output, error, timer_due_at, timer_purpose, refused)
+    WHERE t.saga_id = v.saga_id AND t.position = v.position
+      AND v.saga_id IN (SELECT id FROM changed_sagas)
+), events AS (
+    INSERT INTO saga_events (saga_id, at, kind, step, attempt, detail)
+    SELECT v.saga_id, v.at, v.kind, v.step, v.attempt, v.detail
+    FROM unnest($?::uuid[], $?::timestamptz[], $?::text[], $?::text[], $?::integer[],
+                $?::jsonb[]) WITH ORDINALITY AS v(saga_id, at, kind, step, attempt, detail, n)
+    WHERE v.saga_id IN (SELECT id FROM written)
+    ORDER BY v.n
+), commands AS (
+    INSERT INTO outbox (saga_id, message_id, participant, kind, body, traceparent, created_at)
+    SELECT v.* FROM unnest($?::uuid[], $?::uuid[], $?::text[], $?::text[], $?::bytea[],
+                           $?::text[], $?::timestamptz[])
+         AS v(saga_id, message_id, participant, kind, body, traceparent, created_at)
+    WHERE v.saga_id IN (SELECT id FROM written)
+    RETURNING message_id, id
+), confirmed AS (
+    DELETE FROM outbox WHERE id = ANY($?::bigint[])
+)
+SELECT id AS saga_id, NULL::uuid AS message_id, NULL::bigint AS outbox_id FROM written
+UNION ALL
+SELECT NULL, message_id, id FROM commands"#;
+
+/// What the statement answers: the sagas it wrote, and the ids of the outbox rows it inserted.
+#[derive(QueryableByName)]
+struct Answer {
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    saga_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    message_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    outbox_id: Option<i64>,
+}
+
+/// What became of each transition of a batch (in order), before duplicates are looked up.
+pub(super) enum Outcome {
+    Saved(Written),
+    /// A new saga whose idempotency key an earlier saga has.
+    Duplicate,
+    /// The saga's row was no longer at the version the transition was computed from.
+    Conflict,
+}
+
+/// Writes the transitions (of distinct sagas) and deletes the confirmed outbox rows `forget`, in one
+/// statement.
+pub(super) fn write(
+    conn: &mut PgConnection,
+    persists: &[&Persist],
+    forget: &[i64],
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut new_sagas = NewSagas::default();
+    let mut changed_sagas = ChangedSagas::default();
+    let mut new_steps = NewSteps::default();
+    let mut changed_steps = ChangedSteps::default();
+    let mut events = Events::default();
+    let mut commands = Commands::default();
+    for p in persists {
+        if p.is_new {
+            new_sagas.push(&p.saga)?;
+            for position in 0..p.saga.steps.len() {
+                new_steps.push(&p.saga, position);
+            }
+        } else {
+            changed_sagas.push(&p.saga);
+            for &position in &p.steps {
+                changed_steps.push(&p.saga, position);
+            }
+        }
+        events.push(p);
+        commands.push(p);
+    }
+    let command_count = commands.message_id.len();
+    let answers: Vec<Answer> = WriteBatch {
+        new_sagas,
+        changed_sagas,
+        new_steps,
+        changed_steps,
+        events,
+        commands,
+        forget,
+    }
+    .load(conn)?;
+
+    let mut written = HashSet::with_capacity(persists.len());
+    let mut outbox_ids = HashMap::with_capacity(command_count);
+    for answer in answers {
+        match (answer.saga_id, answer.message_id, answer.outbox_id) {
+            (Some(saga), _, _) => {
+                written.insert(saga);
+            }
+            (None, Some(message), Some(id)) => {
+                outbox_ids.insert(message, id);
+            }
+            _ => return Err(StoreError::Corrupt("an unexpected answer row".into())),
+        }
+    }
+    persists
+        .iter()
+        .map(|p| {
+            if !written.contains(&p.saga.id) {
+                return Ok(if p.is_new {
+                    Outcome::Duplicate
+                } else {
+                    Outcome::Conflict
+                });
+            }
+            let mut outbox = p.outbox.clone();
+            for message in &mut outbox {
+                message.id = outbox_ids
+                    .get(&message.message_id)
+                    .copied()
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "outbox row {} not inserted",
+                            message.message_id
+                        ))
+                    })?;
+            }
+            let version = if p.is_new {
+                p.saga.version
+            } else {
+                p.saga.version + 1
+            };
+            Ok(Outcome::Saved(Written::Saved { version, outbox }))
+        })
+        .collect()
+}
+
+/// The batch as a diesel query with a fixed text, so that diesel caches its prepared statement.
+struct WriteBatch<'a> {
+    new_sagas: NewSagas<'a>,
+    changed_sagas: ChangedSagas,
+    new_steps: NewSteps<'a>,
+    changed_steps: ChangedSteps<'a>,
+    events: Events<'a>,
+    commands: Commands<'a>,
+    forget: &'a [i64],
+}
+
+impl QueryId for WriteBatch<'_> {
+    type QueryId = WriteBatch<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for WriteBatch<'_> {
+    type SqlType = Untyped;
+}
+
+impl RunQueryDsl<PgConnection> for WriteBatch<'_> {}
+
+impl QueryFragment<Pg> for WriteBatch<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let mut sql = Statement {
+            rest: WRITE_BATCH.split("$?"),
+        };
+        sql.next(&mut out);
+        self.new_sagas.walk(&mut out, &mut sql)?;
+        self.changed_sagas.walk(&mut out, &mut sql)?;
+        self.new_steps.walk(&mut out, &mut sql)?;
+        self.changed_steps.walk(&mut out, &mut sql)?;
+        self.events.walk(&mut out, &mut sql)?;
+        self.commands.walk(&mut out, &mut sql)?;
+        sql.bind::<Array<BigInt>, _>(&mut out, self.forget)
+    }
+}
+
+/// The statement's text, handed out piece by piece between its parameters.
+struct Statement {
+    rest: std::str::Split<'static, &'static str>,
+}
+
+impl Statement {
+    fn next(&mut self, out: &mut AstPass<'_, '_, Pg>) {
+        out.push_sql(self.rest.next().unwrap_or_default());
+    }
+
+    /// Binds the next parameter, then writes the text up to the one after it.
+    fn bind<'b, ST, U>(&mut self, out: &mut AstPass<'_, 'b, Pg>, value: &'b U) -> QueryResult<()>
+    where
+        Pg: HasSqlType<ST>,
+        U: ToSql<ST, Pg> + ?Sized,
+    {
+        out.push_bind_param::<ST, U>(value)?;
+        self.next(out);
+        Ok(())
+    }
+}
+
+fn timer_due(timer: Option<crate::saga::Timer>) -> Option<DateTime<Utc>> {
+    timer.map(|t| t.due_at)
+}
+
+fn timer_purpose(timer: Option<crate::saga::Timer>) -> Option<&'static str> {
+    timer.map(|t| t.purpose.as_str())
+}
+
+fn position(position: usize) -> i32 {
+    i32::try_from(position).unwrap_or(i32::MAX)
+}
+
+/// Columns of the `new_sagas` insert ($1 to $14).
+#[derive(Default)]
+struct NewSagas<'a> {
+    id: Vec<Uuid>,
+    name: Vec<&'a str>,
+    idempotency_key: Vec<Option<&'a str>>,
+    definition: Vec<Value>,
+    state: Vec<&'static str>,
+    deadline: Vec<Option<DateTime<Utc>>>,
+    check_back_at: Vec<Option<DateTime<Utc>>>,
+    traceparent: Vec<Option<&'a str>>,
+    created_at: Vec<DateTime<Utc>>,
+    updated_at: Vec<DateTime<Utc>>,
+    version: Vec<i64>,
+    check_back_purpose: Vec<Option<&'static str>>,
+    check_attempts: Vec<i32>,
+    check_attempt_limit: Vec<i32>,
+}
+
+impl<'a> NewSagas<'a> {
+    fn push(&mut self, saga: &'a Saga) -> Result<(), StoreError> {
+        let definition = serde_json::to_value(&*saga.definition)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.id.push(saga.id);
+        self.name.push(&saga.definition.name);
+        self.idempotency_key.push(saga.definition.key.as_deref());
+        self.definition.push(definition);
+        self.state.push(saga.state.as_str());
+        self.deadline.push(saga.deadline);
+        self.check_back_at.push(timer_due(saga.check_back.timer));
+        self.traceparent.push(saga.traceparent.as_deref());
+        self.created_at.push(saga.created_at);
+        self.updated_at.push(saga.updated_at);
+        self.version.push(saga.version);
+        self.check_back_purpose
+            .push(timer_purpose(saga.check_back.timer));
+        self.check_attempts.push(to_i32(saga.check_back.attempts));
+        self.check_attempt_limit
+            .push(to_i32(saga.check_back.attempt_limit));
+        Ok(())
+    }
+
+    fn walk<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, sql: &mut Statement) -> QueryResult<()> {
+        sql.bind::<Array<SqlUuid>, _>(out, &self.id)?;
+        sql.bind::<Array<Text>, _>(out, &self.name)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.idempotency_key)?;
+        sql.bind::<Array<Jsonb>, _>(out, &self.definition)?;
+        sql.bind::<Array<Text>, _>(out, &self.state)?;
+        sql.bind::<Array<Nullable<Timestamptz>>, _>(out, &self.deadline)?;
+        sql.bind::<Array<Nullable<Timestamptz>>, _>(out, &self.check_back_at)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.traceparent)?;
+        sql.bind::<Array<Timestamptz>, _>(out, &self.created_at)?;
+        sql.bind::<Array<Timestamptz>, _>(out, &self.updated_at)?;
+        sql.bind::<Array<BigInt>, _>(out, &self.version)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.check_back_purpose)?;
+        sql.bind::<Array<Integer>, _>(out, &self.check_attempts)?;
+        sql.bind::<Array<Integer>, _>(out, &self.check_attempt_limit)?;
+        Ok(())
+    }
+}
+
+/// Columns of the `changed_sagas` update ($15 to $23).
+#[derive(Default)]
+struct ChangedSagas {
+    id: Vec<Uuid>,
+    version: Vec<i64>,
+    state: Vec<&'static str>,
+    deadline: Vec<Option<DateTime<Utc>>>,
+    check_back_at: Vec<Option<DateTime<Utc>>>,
+    check_back_purpose: Vec<Option<&'static str>>,
+    check_attempts: Vec<i32>,
+    check_attempt_limit: Vec<i32>,
+    updated_at: Vec<DateTime<Utc>>,
+}
+
+impl ChangedSagas {
+    fn push(&mut self, saga: &Saga) {
+        self.id.push(saga.id);
+        self.version.push(saga.version);
+        self.state.push(saga.state.as_str());
+        self.deadline.push(saga.deadline);
+        self.check_back_at.push(timer_due(saga.check_back.timer));
+        self.check_back_purpose
+            .push(timer_purpose(saga.check_back.timer));
+        self.check_attempts.push(to_i32(saga.check_back.attempts));
+        self.check_attempt_limit
+            .push(to_i32(saga.check_back.attempt_limit));
+        self.updated_at.push(saga.updated_at);
+    }
+
+    fn walk<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, sql: &mut Statement) -> QueryResult<()> {
+        sql.bind::<Array<SqlUuid>, _>(out, &self.id)?;
+        sql.bind::<Array<BigInt>, _>(out, &self.version)?;
+        sql.bind::<Array<Text>, _>(out, &self.state)?;
+        sql.bind::<Array<Nullable<Timestamptz>>, _>(out, &self.deadline)?;
+        sql.bind::<Array<Nullable<Timestamptz>>, _>(out, &self.check_back_at)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.check_back_purpose)?;
+        sql.bind::<Array<Integer>, _>(out, &self.check_attempts)?;
+        sql.bind::<Array<Integer>, _>(out, &self.check_attempt_limit)?;
+        sql.bind::<Array<Timestamptz>, _>(out, &self.updated_at)?;
+        Ok(())
+    }
+}
+
+/// The progress columns a step has whether it is new or changed.
+#[derive(Default)]
+struct StepProgressColumns<'a> {
+    saga_id: Vec<Uuid>,
+    position: Vec<i32>,
+    state: Vec<&'static str>,
+    attempts: Vec<i32>,
+    compensation_attempts: Vec<i32>,
+    compensation_attempt_limit: Vec<i32>,
+    /// A step without output is SQL NULL; one whose output is JSON `null` is the jsonb `null`.
+    output: Vec<Option<&'a Value>>,
+    error: Vec<Option<&'a str>>,
+    timer_due_at: Vec<Option<DateTime<Utc>>>,
+    timer_purpose: Vec<Option<&'static str>>,
+    refused: Vec<bool>,
+}
+
+impl<'a> StepProgressColumns<'a> {
+    fn push(&mut self, saga: &'a Saga, at: usize) {
+        let s = &saga.steps[at];
+        self.saga_id.push(saga.id);
+        self.position.push(position(at));
+        self.state.push(s.state.as_str());
+        self.attempts.push(to_i32(s.attempts));
+        self.compensation_attempts
+            .push(to_i32(s.compensation_attempts));
+        self.compensation_attempt_limit
+            .push(to_i32(s.compensation_attempt_limit));
+        self.output.push(s.output.as_ref());
+        self.error.push(s.error.as_deref());
+        self.timer_due_at.push(timer_due(s.timer));
+        self.timer_purpose.push(timer_purpose(s.timer));
+        self.refused.push(s.refused);
+    }
+}
+
+/// Columns of the `new_steps` insert ($24 to $35).
+#[derive(Default)]
+struct NewSteps<'a> {
+    name: Vec<&'a str>,
+    progress: StepProgressColumns<'a>,
+}
+
+impl<'a> NewSteps<'a> {
+    fn push(&mut self, saga: &'a Saga, at: usize) {
+        self.name.push(&saga.definition.steps[at].name);
+        self.progress.push(saga, at);
+    }
+
+    fn walk<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, sql: &mut Statement) -> QueryResult<()> {
+        sql.bind::<Array<SqlUuid>, _>(out, &self.progress.saga_id)?;
+        sql.bind::<Array<Integer>, _>(out, &self.progress.position)?;
+        sql.bind::<Array<Text>, _>(out, &self.name)?;
+        sql.bind::<Array<Text>, _>(out, &self.progress.state)?;
+        sql.bind::<Array<Integer>, _>(out, &self.progress.attempts)?;
+        sql.bind::<Array<Integer>, _>(out, &self.progress.compensation_attempts)?;
+        sql.bind::<Array<Integer>, _>(out, &self.progress.compensation_attempt_limit)?;
+        sql.bind::<Array<Nullable<Jsonb>>, _>(out, &self.progress.output)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.progress.error)?;
+        sql.bind::<Array<Nullable<Timestamptz>>, _>(out, &self.progress.timer_due_at)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.progress.timer_purpose)?;
+        sql.bind::<Array<Bool>, _>(out, &self.progress.refused)?;
+        Ok(())
+    }
+}
+
+/// Columns of the `changed_steps` update ($36 to $46).
+#[derive(Default)]
+struct ChangedSteps<'a> {
+    progress: StepProgressColumns<'a>,
+}
+
+impl<'a> ChangedSteps<'a> {
+    fn push(&mut self, saga: &'a Saga, at: usize) {
+        self.progress.push(saga, at);
+    }
+
+    fn walk<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, sql: &mut Statement) -> QueryResult<()> {
+        sql.bind::<Array<SqlUuid>, _>(out, &self.progress.saga_id)?;
+        sql.bind::<Array<Integer>, _>(out, &self.progress.position)?;
+        sql.bind::<Array<Text>, _>(out, &self.progress.state)?;
+        sql.bind::<Array<Integer>, _>(out, &self.progress.attempts)?;
+        sql.bind::<Array<Integer>, _>(out, &self.progress.compensation_attempts)?;
+        sql.bind::<Array<Integer>, _>(out, &self.progress.compensation_attempt_limit)?;
+        sql.bind::<Array<Nullable<Jsonb>>, _>(out, &self.progress.output)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.progress.error)?;
+        sql.bind::<Array<Nullable<Timestamptz>>, _>(out, &self.progress.timer_due_at)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.progress.timer_purpose)?;
+        sql.bind::<Array<Bool>, _>(out, &self.progress.refused)?;
+        Ok(())
+    }
+}
+
+/// Columns of the event-log insert ($47 to $52), in the order the machine logged them.
+#[derive(Default)]
+struct Events<'a> {
+    saga_id: Vec<Uuid>,
+    at: Vec<DateTime<Utc>>,
+    kind: Vec<&'a str>,
+    step: Vec<Option<&'a str>>,
+    attempt: Vec<Option<i32>>,
+    detail: Vec<&'a Value>,
+}
+
+impl<'a> Events<'a> {
+    fn push(&mut self, p: &'a Persist) {
+        let saga = &p.saga;
+        for e in &p.log {
+            self.saga_id.push(saga.id);
+            self.at.push(saga.updated_at);
+            self.kind.push(e.kind);
+            self.step
+                .push(e.step.map(|i| saga.definition.steps[i].name.as_str()));
+            self.attempt.push(e.attempt.map(to_i32));
+            self.detail.push(&e.detail);
+        }
+    }
+
+    fn walk<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, sql: &mut Statement) -> QueryResult<()> {
+        sql.bind::<Array<SqlUuid>, _>(out, &self.saga_id)?;
+        sql.bind::<Array<Timestamptz>, _>(out, &self.at)?;
+        sql.bind::<Array<Text>, _>(out, &self.kind)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.step)?;
+        sql.bind::<Array<Nullable<Integer>>, _>(out, &self.attempt)?;
+        sql.bind::<Array<Jsonb>, _>(out, &self.detail)?;
+        Ok(())
+    }
+}
+
+/// Columns of the outbox insert ($53 to $59).
+#[derive(Default)]
+struct Commands<'a> {
+    saga_id: Vec<Uuid>,
+    message_id: Vec<Uuid>,
+    participant: Vec<&'a str>,
+    kind: Vec<&'static str>,
+    body: Vec<&'a [u8]>,
+    traceparent: Vec<Option<&'a str>>,
+    created_at: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Commands<'a> {
+    fn push(&mut self, p: &'a Persist) {
+        for m in &p.outbox {
+            self.saga_id.push(m.saga_id);
+            self.message_id.push(m.message_id);
+            self.participant.push(&m.participant);
+            self.kind.push(m.kind.as_str());
+            self.body.push(&m.body);
+            self.traceparent.push(m.traceparent.as_deref());
+            self.created_at.push(m.created_at);
+        }
+    }
+
+    fn walk<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, sql: &mut Statement) -> QueryResult<()> {
+        sql.bind::<Array<SqlUuid>, _>(out, &self.saga_id)?;
+        sql.bind::<Array<SqlUuid>, _>(out, &self.message_id)?;
+        sql.bind::<Array<Text>, _>(out, &self.participant)?;
+        sql.bind::<Array<Text>, _>(out, &self.kind)?;
+        sql.bind::<Array<Binary>, _>(out, &self.body)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.traceparent)?;
+        sql.bind::<Array<Timestamptz>, _>(out, &self.created_at)?;
+        Ok(())
+    }
+}
