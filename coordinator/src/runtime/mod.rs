@@ -2,7 +2,8 @@
 //!
 //! The registry starts one [`actor::SagaActor`] per unfinished saga (at submission, and at start-up
 //! for every unfinished saga in Postgres), routes replies and operator requests to it, and forgets it
-//! when the saga is final. Actors live on a few dedicated arbiters, away from the HTTP workers.
+//! when the saga is final. Actors live on the main arbiter (or on `SAGA_ACTOR_THREADS` arbiters of their
+//! own), away from the HTTP workers.
 
 pub mod actor;
 pub mod changes;
