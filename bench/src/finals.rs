@@ -1,18 +1,15 @@
 //! When each saga reached its final state: a Postgres trigger in the coordinator's database notifies
-//! the saga's id when the transition commits, and a listener thread here takes the time.
+//! the saga's id when the transition commits, and a listening task here takes the time.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use diesel::PgConnection;
+use futures_util::StreamExt;
 use tokio::sync::oneshot;
+use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
-
-/// How often the listening connection is looked at when nothing arrived.
-const POLL: Duration = Duration::from_micros(250);
 
 enum Slot {
     Waiting(oneshot::Sender<Instant>),
@@ -73,52 +70,46 @@ impl Finals {
     }
 }
 
-/// The listener thread; stops when dropped.
+/// The listening connection's task; stops when dropped.
 pub struct Listener {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _client: tokio_postgres::Client,
 }
 
 impl Listener {
-    /// Listens on `conn` (already `LISTEN`ing) and records into `finals`.
-    pub fn start(mut conn: PgConnection, finals: Arc<Finals>) -> Listener {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                let mut seen = false;
-                for notification in conn.notifications_iter() {
-                    let now = Instant::now();
-                    match notification {
-                        Ok(n) => {
-                            seen = true;
-                            if let Ok(id) = Uuid::parse_str(&n.payload) {
-                                finals.finished(id, now);
-                            }
-                        }
-                        Err(e) => {
-                            eprintln!("bench: the final-state listener failed: {e}");
-                            return;
+    /// Connects to the coordinator's database, `LISTEN`s on `channel` and records into `finals`
+    /// each notification the moment it arrives (no polling: a poll loop would take CPU from the
+    /// machine being measured).
+    pub async fn start(url: &str, channel: &str, finals: Arc<Finals>) -> anyhow::Result<Listener> {
+        let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        let task = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        let now = Instant::now();
+                        if let Ok(id) = Uuid::parse_str(n.payload()) {
+                            finals.finished(id, now);
                         }
                     }
-                }
-                if !seen {
-                    std::thread::sleep(POLL);
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("bench: the final-state listener failed: {e}");
+                        return;
+                    }
                 }
             }
         });
-        Listener {
-            stop,
-            thread: Some(thread),
-        }
+        client.batch_execute(&format!("LISTEN {channel}")).await?;
+        Ok(Listener {
+            task,
+            _client: client,
+        })
     }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.task.abort();
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use finals::{Finals, Listener};
+use finals::Finals;
 use load::{Recorder, Shared, Submitter};
 use options::{Mode, Options};
 use participants::Participants;
@@ -47,7 +47,7 @@ async fn measure(opts: &Options, target: Target, names: Vec<String>) -> anyhow::
     )
     .await?;
     let finals = Arc::new(Finals::default());
-    let listener = Listener::start(target.listener()?, Arc::clone(&finals));
+    let listener = target.listen(Arc::clone(&finals)).await?;
     let target = Arc::new(Mutex::new(target));
     let outcome = drive(opts, &target, &mut participants, &finals).await;
     drop(listener);

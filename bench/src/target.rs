@@ -4,13 +4,14 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
+use crate::finals::{Finals, Listener};
 use crate::options::{Options, Restart};
 
 /// The line `coordinator serve` prints once it listens.
@@ -223,11 +224,11 @@ impl Target {
             .context("installing the final-state trigger")
     }
 
-    /// A connection listening for final states (see [`crate::finals`]).
-    pub fn listener(&self) -> anyhow::Result<PgConnection> {
-        let mut conn = self.connect()?;
-        diesel::sql_query(format!("LISTEN {FINAL_CHANNEL}")).execute(&mut conn)?;
-        Ok(conn)
+    /// Starts listening for final states (see [`crate::finals`]).
+    pub async fn listen(&self, finals: Arc<Finals>) -> anyhow::Result<Listener> {
+        Listener::start(&self.database_url, FINAL_CHANNEL, finals)
+            .await
+            .context("listening for final states")
     }
 
     /// Transactions committed in the coordinator's database so far (`pg_stat_database`), read from

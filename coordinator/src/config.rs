@@ -57,8 +57,10 @@ pub struct Settings {
     pub actor_threads: usize,
 
     /// Writer threads committing transitions, each with a Postgres connection of its own (outside
-    /// the pool). Each commits one batch at a time; more threads overlap commits.
-    #[arg(long, env = "SAGA_WRITER_THREADS", default_value_t = 2)]
+    /// the pool). Each commits one batch at a time. One gives the largest batches and the fewest
+    /// commits, and had the lowest latency under load on 2 cores (docs/benchmark.md); more overlap
+    /// commits, which helps when Postgres has cores to spare.
+    #[arg(long, env = "SAGA_WRITER_THREADS", default_value_t = 1)]
     pub writer_threads: usize,
 }
 
