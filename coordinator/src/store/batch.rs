@@ -59,14 +59,15 @@ WITH new_sagas AS (
 ), written AS (
     SELECT id FROM new_sagas UNION ALL SELECT id FROM changed_sagas
 ), new_steps AS (
-    INSERT INTO saga_steps (saga_id, position, name, state, attempts, compensation_attempts,
+    INSERT INTO saga_steps (saga_id, position, state, attempts, compensation_attempts,
                             compensation_attempt_limit, output, error, timer_due_at,
-                            timer_purpose, refused)
-    SELECT v.* FROM unnest($?::uuid[], $?::integer[], $?::text[], $?::text[], $?::integer[],
-                           $?::integer[], $?::integer[], $?::jsonb[], $?::text[],
-                           $?::timestamptz[], $?::text[], $?::boolean[])
-         AS v(saga_id, position, name, state, attempts, compensation_attempts,
-              compensation_attempt_limit, output, error, timer_due_at, timer_purpose, refused)
+                            timer_purpose, refused, name)
+    SELECT v.* FROM unnest($?::uuid[], $?::integer[], $?::text[], $?::integer[], $?::integer[],
+                           $?::integer[], $?::jsonb[], $?::text[], $?::timestamptz[],
+                           $?::text[], $?::boolean[], $?::text[])
+         AS v(saga_id, position, state, attempts, compensation_attempts,
+              compensation_attempt_limit, output, error, timer_due_at, timer_purpose, refused,
+              name)
     WHERE v.saga_id IN (SELECT id FROM new_sagas)
 ), changed_steps AS (
     UPDATE saga_steps AS t
@@ -417,64 +418,43 @@ impl<'a> StepProgressColumns<'a> {
         self.timer_purpose.push(timer_purpose(s.timer));
         self.refused.push(s.refused);
     }
+
+    fn walk<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, sql: &mut Statement) -> QueryResult<()> {
+        sql.bind::<Array<SqlUuid>, _>(out, &self.saga_id)?;
+        sql.bind::<Array<Integer>, _>(out, &self.position)?;
+        sql.bind::<Array<Text>, _>(out, &self.state)?;
+        sql.bind::<Array<Integer>, _>(out, &self.attempts)?;
+        sql.bind::<Array<Integer>, _>(out, &self.compensation_attempts)?;
+        sql.bind::<Array<Integer>, _>(out, &self.compensation_attempt_limit)?;
+        sql.bind::<Array<Nullable<Jsonb>>, _>(out, &self.output)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.error)?;
+        sql.bind::<Array<Nullable<Timestamptz>>, _>(out, &self.timer_due_at)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.timer_purpose)?;
+        sql.bind::<Array<Bool>, _>(out, &self.refused)
+    }
 }
 
-/// Columns of the `new_steps` insert ($24 to $35).
+/// Columns of the `new_steps` insert ($24 to $35): a step's progress, then its name.
 #[derive(Default)]
 struct NewSteps<'a> {
-    name: Vec<&'a str>,
     progress: StepProgressColumns<'a>,
+    name: Vec<&'a str>,
 }
 
 impl<'a> NewSteps<'a> {
     fn push(&mut self, saga: &'a Saga, at: usize) {
-        self.name.push(&saga.definition.steps[at].name);
         self.progress.push(saga, at);
+        self.name.push(&saga.definition.steps[at].name);
     }
 
     fn walk<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, sql: &mut Statement) -> QueryResult<()> {
-        sql.bind::<Array<SqlUuid>, _>(out, &self.progress.saga_id)?;
-        sql.bind::<Array<Integer>, _>(out, &self.progress.position)?;
-        sql.bind::<Array<Text>, _>(out, &self.name)?;
-        sql.bind::<Array<Text>, _>(out, &self.progress.state)?;
-        sql.bind::<Array<Integer>, _>(out, &self.progress.attempts)?;
-        sql.bind::<Array<Integer>, _>(out, &self.progress.compensation_attempts)?;
-        sql.bind::<Array<Integer>, _>(out, &self.progress.compensation_attempt_limit)?;
-        sql.bind::<Array<Nullable<Jsonb>>, _>(out, &self.progress.output)?;
-        sql.bind::<Array<Nullable<Text>>, _>(out, &self.progress.error)?;
-        sql.bind::<Array<Nullable<Timestamptz>>, _>(out, &self.progress.timer_due_at)?;
-        sql.bind::<Array<Nullable<Text>>, _>(out, &self.progress.timer_purpose)?;
-        sql.bind::<Array<Bool>, _>(out, &self.progress.refused)?;
-        Ok(())
+        self.progress.walk(out, sql)?;
+        sql.bind::<Array<Text>, _>(out, &self.name)
     }
 }
 
 /// Columns of the `changed_steps` update ($36 to $46).
-#[derive(Default)]
-struct ChangedSteps<'a> {
-    progress: StepProgressColumns<'a>,
-}
-
-impl<'a> ChangedSteps<'a> {
-    fn push(&mut self, saga: &'a Saga, at: usize) {
-        self.progress.push(saga, at);
-    }
-
-    fn walk<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, sql: &mut Statement) -> QueryResult<()> {
-        sql.bind::<Array<SqlUuid>, _>(out, &self.progress.saga_id)?;
-        sql.bind::<Array<Integer>, _>(out, &self.progress.position)?;
-        sql.bind::<Array<Text>, _>(out, &self.progress.state)?;
-        sql.bind::<Array<Integer>, _>(out, &self.progress.attempts)?;
-        sql.bind::<Array<Integer>, _>(out, &self.progress.compensation_attempts)?;
-        sql.bind::<Array<Integer>, _>(out, &self.progress.compensation_attempt_limit)?;
-        sql.bind::<Array<Nullable<Jsonb>>, _>(out, &self.progress.output)?;
-        sql.bind::<Array<Nullable<Text>>, _>(out, &self.progress.error)?;
-        sql.bind::<Array<Nullable<Timestamptz>>, _>(out, &self.progress.timer_due_at)?;
-        sql.bind::<Array<Nullable<Text>>, _>(out, &self.progress.timer_purpose)?;
-        sql.bind::<Array<Bool>, _>(out, &self.progress.refused)?;
-        Ok(())
-    }
-}
+type ChangedSteps<'a> = StepProgressColumns<'a>;
 
 /// Columns of the event-log insert ($47 to $52), in the order the machine logged them.
 #[derive(Default)]
