@@ -117,6 +117,8 @@ pub async fn run(
     log::info!("stopping: no new requests; finishing in-flight work");
     broker.shutdown().await;
     dispatcher.abort();
+    // Actors on the main arbiter live as long as the process unless told to stop.
+    registry.stop_actors();
     for arbiter in &arbiters {
         arbiter.stop();
     }

@@ -164,8 +164,18 @@ async fn sigterm_stops_the_process_with_exit_code_0() {
         .api()
         .wait_for_state(&id, &["committed"], SAGA_TIMEOUT)
         .await;
+    // A saga still waiting for its participant: its actor is alive when the signal comes, and must
+    // not keep the process from finishing its writes and exiting.
+    let waiting = process
+        .api()
+        .submit_id(&saga("patient", vec![e2e::defs::step("a", "nobody-home")]))
+        .await;
+    process
+        .api()
+        .wait_for_state(&waiting, &["running"], SAGA_TIMEOUT)
+        .await;
     let status = tokio::task::spawn_blocking(move || {
-        let status = process.terminate(Duration::from_secs(60));
+        let status = process.terminate(Duration::from_secs(30));
         (process, status)
     })
     .await

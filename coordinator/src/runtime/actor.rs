@@ -36,6 +36,11 @@ pub struct Deliver {
     pub settle: Option<oneshot::Sender<Settlement>>,
 }
 
+/// Stop after the event under way (a shutdown): its write finishes first.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
 /// The saga's clock went off.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -212,6 +217,14 @@ impl Handler<Deliver> for SagaActor {
 
     fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> Self::Result {
         AtomicResponse::new(self.process(msg.event, msg.settle))
+    }
+}
+
+impl Handler<Stop> for SagaActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
     }
 }
 

@@ -11,7 +11,7 @@ pub mod check_back;
 pub mod relay;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +54,8 @@ struct Inner {
     actors: Mutex<HashMap<Uuid, Addr<SagaActor>>>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
+    /// Set at shutdown: no actor starts any more (it would keep the writer alive).
+    stopping: AtomicBool,
     writer: Writer,
     store: Store,
     relay: mpsc::UnboundedSender<Vec<OutboxMessage>>,
@@ -80,6 +82,7 @@ impl Registry {
                 actors: Mutex::new(HashMap::new()),
                 arbiters,
                 next_arbiter: AtomicUsize::new(0),
+                stopping: AtomicBool::new(false),
                 writer,
                 store,
                 relay,
@@ -148,12 +151,16 @@ impl Registry {
         self.actors().len()
     }
 
-    /// Starts an actor for an unfinished saga, unless one runs already.
-    pub fn adopt(&self, saga: Saga) -> Addr<SagaActor> {
+    /// Starts an actor for an unfinished saga, unless one runs already; none once stopping (the saga
+    /// stays in Postgres and is resumed by the next start).
+    pub fn adopt(&self, saga: Saga) -> Option<Addr<SagaActor>> {
         let id = saga.id;
         let mut actors = self.actors();
         if let Some(addr) = actors.get(&id).filter(|a| a.connected()) {
-            return addr.clone();
+            return Some(addr.clone());
+        }
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return None;
         }
         let n = self.inner.next_arbiter.fetch_add(1, Ordering::Relaxed);
         let registry = self.clone();
@@ -168,7 +175,17 @@ impl Registry {
             None => SagaActor::new(saga, registry).start(),
         };
         actors.insert(id, addr.clone());
-        addr
+        Some(addr)
+    }
+
+    /// Shutdown: every actor stops once the event it is handling is written. Their registry handles
+    /// (and with them the writer's) go with them, which lets the writer threads finish.
+    pub fn stop_actors(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        let actors: Vec<Addr<SagaActor>> = self.actors().drain().map(|(_, a)| a).collect();
+        for addr in actors {
+            addr.do_send(actor::Stop);
+        }
     }
 
     /// Drops a finished (or reloading) saga's actor from the map.
@@ -197,7 +214,7 @@ impl Registry {
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))??;
         Ok(match loaded {
-            Some(saga) if !saga.state.is_final() => Some(self.adopt(saga)),
+            Some(saga) if !saga.state.is_final() => self.adopt(saga),
             _ => None,
         })
     }
