@@ -166,6 +166,7 @@ async fn sigterm_stops_the_process_with_exit_code_0() {
         .await;
     // A saga still waiting for its participant: its actor is alive when the signal comes, and must
     // not keep the process from finishing its writes and exiting.
+    ns.register_participant("nobody-home");
     let waiting = process
         .api()
         .submit_id(&saga("patient", vec![e2e::defs::step("a", "nobody-home")]))

@@ -753,6 +753,7 @@ async fn a_prepared_saga_whose_check_backs_ran_out_can_be_committed_from_its_pag
     let base = app.api.base_url.clone();
     let shop = FakeParticipant::always_succeed(&app.ns, "shop").await;
     // The initiator's participant is down: every check-back times out.
+    app.ns.register_participant("orders-down");
     let mut def = saga("two-phase-order", vec![step("reserve", "shop")]);
     def["mode"] = json!("prepare");
     def["prepare_timeout_ms"] = json!(50);
