@@ -156,24 +156,16 @@ async fn sigterm_stops_the_process_with_exit_code_0() {
     let ns = TestNamespace::new();
     let mut process = start_process(&db, &ns).await;
     let _shop = FakeParticipant::always_succeed(&ns, "shop").await;
-    let id = process
-        .api()
-        .submit_id(&saga("polite", vec![e2e::defs::step("a", "shop")]))
-        .await;
-    process
-        .api()
-        .wait_for_state(&id, &["committed"], SAGA_TIMEOUT)
-        .await;
+    let api = process.api();
+    let one_step =
+        |name: &str, participant: &str| saga(name, vec![e2e::defs::step("a", participant)]);
+    let id = api.submit_id(&one_step("polite", "shop")).await;
+    api.wait_for_state(&id, &["committed"], SAGA_TIMEOUT).await;
     // A saga still waiting for its participant: its actor is alive when the signal comes, and must
     // not keep the process from finishing its writes and exiting.
     ns.register_participant("nobody-home");
-    let waiting = process
-        .api()
-        .submit_id(&saga("patient", vec![e2e::defs::step("a", "nobody-home")]))
-        .await;
-    process
-        .api()
-        .wait_for_state(&waiting, &["running"], SAGA_TIMEOUT)
+    let waiting = api.submit_id(&one_step("patient", "nobody-home")).await;
+    api.wait_for_state(&waiting, &["running"], SAGA_TIMEOUT)
         .await;
     let status = tokio::task::spawn_blocking(move || {
         let status = process.terminate(Duration::from_secs(30));
