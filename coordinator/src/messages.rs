@@ -81,11 +81,33 @@ impl ReplyMessage {
         if reply.attempt == 0 {
             return Err("attempt numbers start at 1".into());
         }
+        let output_has_nul = reply.output.as_ref().is_some_and(holds_nul);
+        if output_has_nul
+            || [&reply.step, &reply.error]
+                .iter()
+                .any(|s| s.as_deref().is_some_and(|s| s.contains('\0')))
+        {
+            // Postgres stores neither in text nor in jsonb; written, it would fail its saga's batch
+            // on every redelivery.
+            return Err(
+                "the reply holds the NUL character (\\u0000), which cannot be stored".into(),
+            );
+        }
         match (reply.kind, &reply.step) {
             (CommandKind::Check, _) => Ok(reply),
             (_, None) => Err(format!("a {} reply needs a step", reply.kind)),
             _ => Ok(reply),
         }
+    }
+}
+
+/// Whether any string in `value` (keys included) holds the NUL character, which Postgres cannot store.
+pub fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(fields) => fields.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 
@@ -97,6 +119,21 @@ pub fn idempotency_key(saga_id: Uuid, step: Option<&str>, kind: CommandKind) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_holding_a_nul_character_is_malformed() {
+        for body in [
+            r#"{"saga_id": "0193a0a0-0000-7000-8000-000000000000", "step": "charge", "kind": "action", "attempt": 1, "outcome": "failure", "error": "card\u0000declined"}"#,
+            r#"{"saga_id": "0193a0a0-0000-7000-8000-000000000000", "step": "charge", "kind": "action", "attempt": 1, "outcome": "success", "output": {"ids": ["p\u0000"]}}"#,
+            r#"{"saga_id": "0193a0a0-0000-7000-8000-000000000000", "step": "charge", "kind": "action", "attempt": 1, "outcome": "success", "output": {"\u0000": 1}}"#,
+        ] {
+            let refused = ReplyMessage::parse(body.as_bytes());
+            assert!(
+                refused.as_ref().is_err_and(|e| e.contains("NUL")),
+                "{body}: {refused:?}"
+            );
+        }
+    }
 
     #[test]
     fn parses_the_contract_example_reply() {

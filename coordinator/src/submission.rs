@@ -82,6 +82,12 @@ pub fn parse_submission(body: &serde_json::Value) -> Result<SagaDefinition, Vec<
         return Err(errs.0);
     };
     check_unknown(obj, TOP_FIELDS, "", &mut errs);
+    if crate::messages::holds_nul(body) {
+        errs.add(
+            "",
+            "must not hold the NUL character (\\u0000) in any string: Postgres cannot store it",
+        );
+    }
 
     let name = required_name(obj, "name", "", &mut errs);
     let key = parse_key(obj, &mut errs);
@@ -752,6 +758,21 @@ mod tests {
             s["after"] = after;
         }
         s
+    }
+
+    #[test]
+    fn a_nul_character_anywhere_is_refused() {
+        let mut in_payload = example();
+        in_payload["steps"][0]["payload"]["note"] = json!("gift\u{0}wrap");
+        let mut in_key = example();
+        in_key["key"] = json!("order\u{0}");
+        for body in [in_payload, in_key] {
+            let errors = parse_submission(&body).expect_err("refused");
+            assert!(
+                errors.iter().any(|e| e.message.contains("NUL")),
+                "{errors:?}"
+            );
+        }
     }
 
     #[test]

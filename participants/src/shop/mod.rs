@@ -159,11 +159,14 @@ fn pool(url: String, size: u32) -> anyhow::Result<DbPool> {
         .with_context(|| format!("connecting to {url}"))
 }
 
+/// A connection to `server`'s `postgres` database, for creating others.
+fn admin(server: &str) -> anyhow::Result<PgConnection> {
+    let admin_url = format!("{}/postgres", server.trim_end_matches('/'));
+    PgConnection::establish(&admin_url).with_context(|| format!("connecting to {admin_url}"))
+}
+
 /// Whether the database `name` exists on `server`.
 pub(crate) fn database_exists(server: &str, name: &str) -> anyhow::Result<bool> {
-    let admin_url = format!("{}/postgres", server.trim_end_matches('/'));
-    let mut admin = PgConnection::establish(&admin_url)
-        .with_context(|| format!("connecting to {admin_url}"))?;
     #[derive(diesel::QueryableByName)]
     struct Found {
         #[diesel(sql_type = diesel::sql_types::Bool)]
@@ -172,31 +175,20 @@ pub(crate) fn database_exists(server: &str, name: &str) -> anyhow::Result<bool> 
     let found: Found =
         sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS found")
             .bind::<diesel::sql_types::Text, _>(name)
-            .get_result(&mut admin)?;
+            .get_result(&mut admin(server)?)?;
     Ok(found.found)
 }
 
 pub(crate) fn create_database(server: &str, name: &str) -> anyhow::Result<()> {
-    let admin_url = format!("{}/postgres", server.trim_end_matches('/'));
-    let mut admin = PgConnection::establish(&admin_url)
-        .with_context(|| format!("connecting to {admin_url}"))?;
-    #[derive(diesel::QueryableByName)]
-    struct Found {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        found: bool,
-    }
-    let found: Found =
-        sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS found")
-            .bind::<diesel::sql_types::Text, _>(name)
-            .get_result(&mut admin)?;
-    if !found.found {
+    if !database_exists(server, name)? {
         // Two processes may race here; the loser's error is harmless if the database now exists.
-        if let Err(e) = sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut admin) {
-            let again: Found =
-                sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS found")
-                    .bind::<diesel::sql_types::Text, _>(name)
-                    .get_result(&mut admin)?;
-            anyhow::ensure!(again.found, "creating database {name}: {e}");
+        if let Err(e) =
+            sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut admin(server)?)
+        {
+            anyhow::ensure!(
+                database_exists(server, name)?,
+                "creating database {name}: {e}"
+            );
         }
     }
     Ok(())
