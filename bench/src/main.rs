@@ -13,8 +13,9 @@ fn main() -> ExitCode {
         return coordinator::cli::main();
     }
     let opts = Options::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the load generator shares the machine with what it measures, and on a small VM
+    // every hand-over between threads costs more CPU than the participants' own work.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

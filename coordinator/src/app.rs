@@ -5,6 +5,7 @@
 //! HTTP server. Shutdown stops taking requests first and lets the writer finish what is queued.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread;
 
 use actix::Arbiter;
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::amqp::{self, AmqpSettings, Inbound, InboundDelivery};
 use crate::config::Settings;
 use crate::http::{self, AppState};
+use crate::metrics::Metrics;
 use crate::runtime::{relay, Registry};
 use crate::saga::machine::Event;
 use crate::store::{self, Store, Writer};
@@ -35,7 +37,8 @@ pub async fn run(
     let store = Store::new(pool.clone());
     let writers = settings.writer_threads.clamp(1, 64);
     let writer_pool = store::writer_pool(&settings.database_url, writers as u32)?;
-    let (writer, writer_threads) = Writer::start(writer_pool, writers);
+    let metrics = Arc::new(Metrics::new());
+    let (writer, writer_threads) = Writer::start(writer_pool, writers, Arc::clone(&metrics));
 
     let (relay_tx, relay_rx) = mpsc::unbounded_channel();
     let arbiters: Vec<Arbiter> = (0..settings.actor_threads)
@@ -48,7 +51,13 @@ pub async fn run(
     } else {
         arbiters.iter().map(|a| a.handle()).collect()
     };
-    let registry = Registry::new(actor_arbiters, writer.clone(), store.clone(), relay_tx);
+    let registry = Registry::new(
+        actor_arbiters,
+        writer.clone(),
+        store.clone(),
+        relay_tx,
+        metrics,
+    );
     drop(writer);
 
     let recovering = store.clone();

@@ -77,6 +77,16 @@ fn step_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.5, 14))
 }
 
+/// Transitions per group commit: 1 to 256 (the writer's largest batch).
+fn batch_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 9))
+}
+
+/// A transition's wait for its commit: 0.5 ms to about 2 s.
+fn write_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 13))
+}
+
 /// Values read at scrape time.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -120,6 +130,8 @@ pub struct Metrics {
     outbox_published: Counter,
     outbox_publish_failures: Counter,
     outbox_publish_latency: Histogram,
+    store_batch_size: Histogram,
+    store_write_latency: Histogram,
 
     in_flight: Family<StateLabels, Gauge>,
     outbox_backlog: Gauge,
@@ -156,6 +168,8 @@ impl Metrics {
             outbox_published: Counter::default(),
             outbox_publish_failures: Counter::default(),
             outbox_publish_latency: step_buckets(),
+            store_batch_size: batch_buckets(),
+            store_write_latency: write_buckets(),
             in_flight: Family::default(),
             outbox_backlog: Gauge::default(),
             outbox_oldest_age: Gauge::default(),
@@ -252,6 +266,16 @@ impl Metrics {
             "outbox_backlog",
             "Commands committed but not yet confirmed by RabbitMQ",
             m.outbox_backlog.clone(),
+        );
+        m.registry.register(
+            "store_batch_size",
+            "Transitions committed together by one write (group commit)",
+            m.store_batch_size.clone(),
+        );
+        m.registry.register(
+            "store_write_seconds",
+            "Time from handing a transition to the writer until its batch was committed",
+            m.store_write_latency.clone(),
         );
         m.registry.register(
             "outbox_oldest_age_seconds",
@@ -411,6 +435,18 @@ impl Metrics {
         if let Some(created_at) = created_at {
             self.outbox_publish_latency
                 .observe(seconds(Utc::now() - created_at));
+        }
+    }
+
+    /// The writer committed (or failed) a batch of transitions that had waited `waits` since they
+    /// were handed to it. Batches that only delete confirmed outbox rows are not counted.
+    pub fn observe_batch(&self, waits: impl ExactSizeIterator<Item = std::time::Duration>) {
+        if waits.len() == 0 {
+            return;
+        }
+        self.store_batch_size.observe(waits.len() as f64);
+        for wait in waits {
+            self.store_write_latency.observe(wait.as_secs_f64());
         }
     }
 

@@ -130,6 +130,18 @@ async fn metrics_move_as_sagas_commit() {
         s.get("saga_outbox_published_total"),
         "every confirm has a latency"
     );
+    // Each order committed its start and two replies, the slow saga its start.
+    let writes = s.get("saga_store_write_seconds_count");
+    assert!(writes >= 7.0, "{writes} transitions written");
+    assert_eq!(
+        s.get("saga_store_batch_size_sum"),
+        writes,
+        "every transition of every batch has a write latency"
+    );
+    assert!(
+        (1.0..=writes).contains(&s.get("saga_store_batch_size_count")),
+        "batches"
+    );
     for id in &ids {
         assert!(!s.text.contains(id.as_str()), "saga id {id} is a label");
     }

@@ -76,6 +76,7 @@ impl Registry {
         writer: Writer,
         store: Store,
         relay: mpsc::UnboundedSender<Vec<OutboxMessage>>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Registry {
             inner: Arc::new(Inner {
@@ -88,7 +89,7 @@ impl Registry {
                 relay,
                 http_check_back: check_back::HttpCheckBack::new(),
                 changes: changes::Changes::default(),
-                metrics: Arc::new(Metrics::new()),
+                metrics,
             }),
         }
     }

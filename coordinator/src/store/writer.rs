@@ -5,20 +5,20 @@
 //! cost of a commit is shared by many sagas, and with one saga in flight nothing waits for a batch to
 //! fill: a transition waits at most for the commit already under way on each writer thread.
 //!
-//! A batch costs a handful of statements whatever its size: new sagas and their steps are inserted
-//! with multi-row inserts, changed sagas and steps are updated from one `jsonb_to_recordset`
-//! parameter each, and the event-log and outbox rows of every saga go in one insert each. Outbox rows
-//! that RabbitMQ confirmed are deleted in the same transaction ([`Writer::forget_outbox`]), so the
-//! relay adds no commits of its own under load. A transition whose saga changed elsewhere (stale
-//! `version`) is answered with [`StoreError::Conflict`] while the rest of the batch commits. If a
-//! batch fails, its transitions are retried one by one so that one bad saga cannot fail the others.
+//! A batch is one SQL statement whatever its size ([`super::batch`]). Outbox rows that RabbitMQ
+//! confirmed are deleted by the same statement ([`Writer::forget_outbox`]), so the relay adds no
+//! commits of its own under load. A transition whose saga changed elsewhere (stale `version`) is
+//! answered with [`StoreError::Conflict`] while the rest of the batch commits. If a batch fails, its
+//! transitions are retried one by one so that one bad saga cannot fail the others. Every batch is
+//! reported to the metrics (`saga_store_batch_size`, `saga_store_write_seconds`): how well group
+//! commit is working is the first thing to look at when latency grows under load.
 //! Diesel runs only on these threads, never on an actor's or HTTP worker's thread.
 
 use std::collections::HashSet;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 use super::rows::{to_i32, NewEvent, NewOutbox, SagaChange, SagaRow, StepChange, StepRow};
 use super::schema::{outbox, saga_events, saga_steps, sagas};
 use super::{Conn, Pool, StoreError};
+use crate::metrics::Metrics;
 use crate::outbox::OutboxMessage;
 use crate::saga::machine::LogEntry;
 use crate::saga::Saga;
@@ -64,6 +65,8 @@ const FORGET_RIDE_ALONG: Duration = Duration::from_millis(200);
 
 struct Job {
     persist: Persist,
+    /// When the transition was handed over, for `saga_store_write_seconds`.
+    queued: Instant,
     done: oneshot::Sender<Result<Written, StoreError>>,
 }
 
@@ -88,7 +91,11 @@ pub struct Writer {
 impl Writer {
     /// Starts `threads` writer threads on the pool. They stop when every `Writer` clone is dropped,
     /// after finishing what was queued: that is how a shutdown finishes in-flight writes.
-    pub fn start(pool: Pool, threads: usize) -> (Writer, Vec<thread::JoinHandle<()>>) {
+    pub fn start(
+        pool: Pool,
+        threads: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Writer, Vec<thread::JoinHandle<()>>) {
         let (jobs, queue) = mpsc::channel::<Work>();
         let queue = Arc::new(Mutex::new(queue));
         let forgets = Forgets::default();
@@ -97,9 +104,10 @@ impl Writer {
                 let queue = Arc::clone(&queue);
                 let forgets = Arc::clone(&forgets);
                 let pool = pool.clone();
+                let metrics = Arc::clone(&metrics);
                 thread::Builder::new()
                     .name(format!("saga-writer-{n}"))
-                    .spawn(move || run(&pool, &queue, &forgets))
+                    .spawn(move || run(&pool, &queue, &forgets, &metrics))
                     .map_err(|e| log::error!("cannot start writer thread: {e}"))
                     .ok()
             })
@@ -111,7 +119,11 @@ impl Writer {
     pub async fn write(&self, persist: Persist) -> Result<Written, StoreError> {
         let (done, answer) = oneshot::channel();
         self.jobs
-            .send(Work::Persist(Box::new(Job { persist, done })))
+            .send(Work::Persist(Box::new(Job {
+                persist,
+                queued: Instant::now(),
+                done,
+            })))
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
         answer
             .await
@@ -142,7 +154,7 @@ impl Writer {
     }
 }
 
-fn run(pool: &Pool, queue: &Mutex<Receiver<Work>>, forgets: &Forgets) {
+fn run(pool: &Pool, queue: &Mutex<Receiver<Work>>, forgets: &Forgets, metrics: &Metrics) {
     // The writer keeps its connection between batches (checking one out of the pool costs a
     // validation query); it takes a fresh one after a failure.
     let mut held: Option<Conn> = None;
@@ -174,7 +186,9 @@ fn run(pool: &Pool, queue: &Mutex<Receiver<Work>>, forgets: &Forgets) {
             Some(conn) => Ok(conn),
             None => pool.get(),
         };
+        let queued: Vec<Instant> = jobs.iter().map(|j| j.queued).collect();
         held = commit(conn, jobs, forgets);
+        metrics.observe_batch(queued.iter().map(|q| q.elapsed()));
     }
 }
 

@@ -83,7 +83,11 @@ fn run_batch(
     let mut answers = Vec::new();
     for persist in persists {
         let (done, answer) = oneshot::channel();
-        jobs.push(Job { persist, done });
+        jobs.push(Job {
+            persist,
+            queued: Instant::now(),
+            done,
+        });
         answers.push(answer);
     }
     let (done, forgotten) = oneshot::channel();
