@@ -1,20 +1,29 @@
 //! Publishing outbox messages as contract commands (section 4), with publisher confirms.
 //!
-//! [`Publisher::publish`] only sends; it hands back the confirm future so the caller can pipeline
-//! many messages and track their confirms concurrently.
+//! [`Publisher::publish`] hands back a future that sends the message and then waits for its confirm,
+//! so the caller can pipeline many messages and track them concurrently: lapin answers a publish only
+//! once its I/O thread has written the frames, and a publisher that waited for that before the next
+//! one would pay a round trip between threads per command.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use super::{names, short, topology, BrokerError, Context};
 use crate::outbox::OutboxMessage;
 
 /// How long declaring a participant's queue may take before the connection is presumed dead.
 const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handing one message's frames to the socket; past this the connection is presumed stuck.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One message on its way: resolves with what the broker said about it.
+pub(super) type Sending = Pin<Box<dyn Future<Output = Confirmed> + Send>>;
 
 /// Why one message could not be sent.
 #[derive(Debug)]
@@ -63,33 +72,42 @@ impl Publisher {
         })
     }
 
-    /// Sends one message (declaring its participant's queue first if needed) and returns the future
-    /// of the broker's confirm.
+    /// Starts sending one message (declaring its participant's queue first if needed). The answer
+    /// sends the frames when first polled, then resolves with the broker's confirm; messages are
+    /// written in the order their futures are first polled.
     pub(super) async fn publish(
         &mut self,
         connection: &Connection,
         message: &OutboxMessage,
-    ) -> Result<PublisherConfirm, PublishError> {
+    ) -> Result<Sending, PublishError> {
         self.ensure_participant(connection, &message.participant)
             .await?;
         let properties = properties(message, &self.reply_to)
             .map_err(|e| PublishError::Message(e.to_string()))?;
         let routing_key =
             short(&message.participant).map_err(|e| PublishError::Message(e.to_string()))?;
-        self.channel
-            .basic_publish(
-                self.exchange.clone(),
+        let (channel, exchange, body) = (
+            self.channel.clone(),
+            self.exchange.clone(),
+            message.body.clone(),
+        );
+        Ok(Box::pin(async move {
+            let publish = channel.basic_publish(
+                exchange,
                 routing_key,
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                &message.body,
+                &body,
                 properties,
-            )
-            .await
-            .context("publishing")
-            .map_err(|e| PublishError::Session(e.to_string()))
+            );
+            match tokio::time::timeout(SEND_TIMEOUT, publish).await {
+                Ok(Ok(confirm)) => confirmed(confirm.await),
+                Ok(Err(e)) => Confirmed::Unsent(format!("publishing: {e}")),
+                Err(_) => Confirmed::Unsent("publishing timed out".to_owned()),
+            }
+        }))
     }
 
     /// Makes the next publish to `participant` declare its queue again: a returned message means
@@ -174,6 +192,8 @@ pub(super) enum Confirmed {
     Returned(String),
     /// Nacked, or the channel died before the broker answered.
     Failed(String),
+    /// It could not even be sent: the channel or connection is broken, the session must start over.
+    Unsent(String),
 }
 
 impl Confirmed {
@@ -181,7 +201,9 @@ impl Confirmed {
     pub(super) fn into_result(self) -> Result<(), String> {
         match self {
             Confirmed::Stored => Ok(()),
-            Confirmed::Returned(reason) | Confirmed::Failed(reason) => Err(reason),
+            Confirmed::Returned(reason) | Confirmed::Failed(reason) | Confirmed::Unsent(reason) => {
+                Err(reason)
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
@@ -19,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, timeout_at, Instant, MissedTickBehavior};
 
 use super::consumer::{ConsumerEnd, ConsumerHandle, Source};
-use super::publisher::{confirmed, Confirmed, PublishError, Publisher};
+use super::publisher::{Confirmed, PublishError, Publisher};
 use super::{
     names, redact_url, short, topology, AmqpSettings, BrokerError, Context, InboundDelivery,
     PublishResult,
@@ -31,8 +32,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Connecting and declaring the topology; past this the broker is treated as unreachable.
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(15);
-/// Sending one message; past this the connection is presumed stuck.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the connection's state is looked at, in case a failure raised no event.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// A session that lasted this long resets the backoff.
@@ -198,7 +197,7 @@ impl Supervisor {
         // Health checks until the dead-letter queue is read again (now, at first).
         let mut ticks: u32 = 0;
 
-        let end = loop {
+        let end = 'session: loop {
             tokio::select! {
                 () = stop_requested(&mut self.stop) => break SessionEnd::Stop,
                 () = self.inbound.closed(), if !self.outbound_open => break SessionEnd::Stop,
@@ -207,14 +206,8 @@ impl Supervisor {
                         self.outbound_open = false;
                         continue;
                     };
-                    let sent = timeout(
-                        PUBLISH_TIMEOUT,
-                        session.publisher.publish(&session.connection, &message),
-                    )
-                    .await
-                    .unwrap_or_else(|_| Err(PublishError::Session("publishing timed out".into())));
-                    match sent {
-                        Ok(confirm) => {
+                    match session.publisher.publish(&session.connection, &message).await {
+                        Ok(sending) => {
                             let seq = next_seq;
                             next_seq = next_seq.wrapping_add(1);
                             outstanding.insert(
@@ -224,7 +217,19 @@ impl Supervisor {
                                     participant: message.participant,
                                 },
                             );
-                            confirms.push(confirm.map(move |c| (seq, confirmed(c))));
+                            confirms.push(sending.map(move |c| (seq, c)));
+                            // Poll now: the first poll hands the frames to lapin, so a message
+                            // goes out at once and in order, whatever the other branches do.
+                            while let Poll::Ready(Some((seq, outcome))) =
+                                futures_util::poll!(confirms.next())
+                            {
+                                let publisher = &mut session.publisher;
+                                if let Some(reason) =
+                                    self.confirmed(publisher, &mut outstanding, seq, outcome)
+                                {
+                                    break 'session SessionEnd::Lost(reason);
+                                }
+                            }
                         }
                         Err(PublishError::Message(reason)) => {
                             log::warn!("cannot publish outbox message {}: {reason}", message.id);
@@ -237,7 +242,11 @@ impl Supervisor {
                     }
                 }
                 Some((seq, outcome)) = confirms.next(), if !confirms.is_empty() => {
-                    self.confirmed(&mut session.publisher, &mut outstanding, seq, outcome);
+                    if let Some(reason) =
+                        self.confirmed(&mut session.publisher, &mut outstanding, seq, outcome)
+                    {
+                        break SessionEnd::Lost(reason);
+                    }
                 }
                 event = session.events.next() => match event {
                     Some(Event::Error(e)) if !session.connection.status().connected() => {
@@ -369,25 +378,30 @@ impl Supervisor {
         }
     }
 
-    /// Answers a resolved confirm.
+    /// Answers a resolved confirm; `Some(reason)` if the message could not even be sent, which ends
+    /// the session.
     fn confirmed(
         &self,
         publisher: &mut Publisher,
         outstanding: &mut HashMap<u64, Unconfirmed>,
         seq: u64,
         outcome: Confirmed,
-    ) {
-        let Some(message) = outstanding.remove(&seq) else {
-            return;
+    ) -> Option<String> {
+        let message = outstanding.remove(&seq)?;
+        let lost = match &outcome {
+            Confirmed::Returned(reason) => {
+                log::warn!(
+                    "outbox message {} was not routed: {reason}",
+                    message.outbox_id
+                );
+                publisher.forget_participant(&message.participant);
+                None
+            }
+            Confirmed::Unsent(reason) => Some(reason.clone()),
+            Confirmed::Stored | Confirmed::Failed(_) => None,
         };
-        if let Confirmed::Returned(reason) = &outcome {
-            log::warn!(
-                "outbox message {} was not routed: {reason}",
-                message.outbox_id
-            );
-            publisher.forget_participant(&message.participant);
-        }
         self.answer(message.outbox_id, outcome.into_result());
+        lost
     }
 
     fn answer(&self, outbox_id: i64, result: Result<(), String>) {

@@ -389,10 +389,14 @@ async fn publishes_commands_with_the_contract_properties() {
     let body: CommandMessage = serde_json::from_slice(&delivery.data).expect("a command");
     assert_eq!(body, cmd);
 
-    // Without a trace context there is no header; many messages are pipelined and all confirmed.
+    // Without a trace context there is no header; many messages are pipelined, all confirmed, and
+    // they reach the queue in the order they were handed over.
+    let mut sent = Vec::new();
     for id in 100..150 {
         let check = command(CommandKind::Check, None, 1);
-        h.send(outbox(id, "orders", &check));
+        let message = outbox(id, "orders", &check);
+        sent.push(message.message_id.to_string());
+        h.send(message);
     }
     let mut confirmed: Vec<i64> = Vec::new();
     for _ in 100..150 {
@@ -402,12 +406,15 @@ async fn publishes_commands_with_the_contract_properties() {
     }
     confirmed.sort_unstable();
     assert_eq!(confirmed, (100..150).collect::<Vec<_>>());
-    let got = get_one(&channel, &names::participant_queue(&ns, "orders")).await;
-    assert_eq!(got.delivery.properties.headers(), &None);
-    assert_eq!(
-        got.delivery.properties.kind().as_ref().map(|s| s.as_str()),
-        Some("check")
-    );
+    let mut arrived = Vec::new();
+    for _ in 100..150 {
+        let got = get_one(&channel, &names::participant_queue(&ns, "orders")).await;
+        let p = &got.delivery.properties;
+        assert_eq!(p.headers(), &None);
+        assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some("check"));
+        arrived.push(p.message_id().as_ref().map(|s| s.to_string()));
+    }
+    assert_eq!(arrived, sent.into_iter().map(Some).collect::<Vec<_>>());
 
     // A message nobody can route (its queue vanished) is an error, not a silent loss.
     channel
