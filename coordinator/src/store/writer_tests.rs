@@ -79,6 +79,17 @@ fn run_batch(
     persists: Vec<Persist>,
     forget: Vec<i64>,
 ) -> Vec<Result<Written, String>> {
+    let (kept, answers) = commit_batch(pool, persists, forget);
+    assert!(kept, "the connection stays with the writer");
+    answers
+}
+
+/// Hands one batch to `commit` and collects the answers; `true` if the writer kept its connection.
+fn commit_batch(
+    pool: &Pool,
+    persists: Vec<Persist>,
+    forget: Vec<i64>,
+) -> (bool, Vec<Result<Written, String>>) {
     let mut jobs = Vec::new();
     let mut answers = Vec::new();
     for persist in persists {
@@ -92,19 +103,19 @@ fn run_batch(
     }
     let (done, forgotten) = oneshot::channel();
     let kept = commit(pool.get(), jobs, vec![(forget, done)]);
-    assert!(kept.is_some(), "the connection stays with the writer");
     forgotten
         .blocking_recv()
         .expect("answered")
         .expect("confirmed outbox rows deleted");
-    answers
+    let answers = answers
         .into_iter()
         .map(|a| {
             a.blocking_recv()
                 .expect("answered")
                 .map_err(|e| e.to_string())
         })
-        .collect()
+        .collect();
+    (kept.is_some(), answers)
 }
 
 fn saved(written: &Result<Written, String>) -> (i64, Vec<OutboxMessage>) {
@@ -261,5 +272,61 @@ fn the_prepared_batch_statement_keeps_writing_on_one_connection() {
     assert_eq!(
         store.events(saga.id).expect("events").len(),
         9 * first.log.len()
+    );
+}
+
+/// A batch whose statement fails as a whole falls back to one transaction per transition: the saga
+/// that made it fail gets the error, every other one is committed, and the confirmed outbox rows are
+/// still deleted.
+#[test]
+fn a_saga_that_fails_the_batch_statement_fails_alone() {
+    let db = TestDatabase::new();
+    let store = Store::new(db.pool.clone());
+    let earlier = started(None);
+    let (_, earlier_outbox) = saved(&run_batch(&db.pool, vec![earlier], Vec::new())[0]);
+
+    let (good, bad, also_good) = (started(None), started(None), started(None));
+    // Stands in for whatever Postgres may refuse in one saga's rows.
+    db.pool
+        .get()
+        .expect("connection")
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.saga_id = '{}' THEN RAISE EXCEPTION 'refused by the test'; END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_one BEFORE INSERT ON saga_events
+                 FOR EACH ROW EXECUTE FUNCTION refuse_one();",
+            bad.saga.id
+        ))
+        .expect("trigger");
+
+    let (kept, answers) = commit_batch(
+        &db.pool,
+        vec![good.clone(), bad.clone(), also_good.clone()],
+        vec![earlier_outbox[0].id],
+    );
+    assert!(
+        !kept,
+        "after a failed statement the writer takes a fresh connection"
+    );
+    let (_, good_outbox) = saved(&answers[0]);
+    assert!(
+        matches!(answers[1], Err(ref e) if e.contains("refused by the test")),
+        "{:?}",
+        answers[1]
+    );
+    let (_, also_good_outbox) = saved(&answers[2]);
+    assert_eq!(store.load(good.saga.id).expect("load"), Some(good.saga));
+    assert_eq!(store.load(bad.saga.id).expect("load"), None);
+    assert_eq!(
+        store.load(also_good.saga.id).expect("load"),
+        Some(also_good.saga)
+    );
+    assert_eq!(
+        outbox_ids(&db.pool),
+        vec![good_outbox[0].id, also_good_outbox[0].id],
+        "the confirmed row is gone, the bad saga left none"
     );
 }
