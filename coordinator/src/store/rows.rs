@@ -1,4 +1,5 @@
-//! Row types and their conversion to and from the saga domain.
+//! Rows as read from Postgres and their conversion into the saga domain. (Everything written goes
+//! through the batch statement in `batch.rs`.)
 
 use std::sync::Arc;
 
@@ -12,12 +13,10 @@ use super::StoreError;
 use crate::outbox::OutboxMessage;
 use crate::saga::{CheckBackProgress, Saga, SagaDefinition, StepProgress, Timer, TimerPurpose};
 
-#[derive(Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(Queryable, Selectable)]
 #[diesel(table_name = sagas)]
 pub struct SagaRow {
     pub id: Uuid,
-    pub name: String,
-    pub idempotency_key: Option<String>,
     pub definition: Value,
     pub state: String,
     pub deadline: Option<DateTime<Utc>>,
@@ -31,42 +30,10 @@ pub struct SagaRow {
     pub check_attempt_limit: i32,
 }
 
-/// The columns a transition may change.
-#[derive(AsChangeset)]
-#[diesel(table_name = sagas, treat_none_as_null = true)]
-pub struct SagaChange<'a> {
-    pub state: &'a str,
-    pub deadline: Option<DateTime<Utc>>,
-    pub check_back_at: Option<DateTime<Utc>>,
-    pub check_back_purpose: Option<&'a str>,
-    pub check_attempts: i32,
-    pub check_attempt_limit: i32,
-    pub updated_at: DateTime<Utc>,
-    pub version: i64,
-}
-
-impl<'a> SagaChange<'a> {
-    /// The changeable columns of `saga`, to be written with version `version`.
-    pub fn from_saga(saga: &'a Saga, version: i64) -> Self {
-        SagaChange {
-            state: saga.state.as_str(),
-            deadline: saga.deadline,
-            check_back_at: saga.check_back.timer.map(|t| t.due_at),
-            check_back_purpose: saga.check_back.timer.map(|t| t.purpose.as_str()),
-            check_attempts: to_i32(saga.check_back.attempts),
-            check_attempt_limit: to_i32(saga.check_back.attempt_limit),
-            updated_at: saga.updated_at,
-            version,
-        }
-    }
-}
-
-#[derive(Queryable, Selectable, Insertable)]
+#[derive(Queryable, Selectable)]
 #[diesel(table_name = saga_steps)]
 pub struct StepRow {
     pub saga_id: Uuid,
-    pub position: i32,
-    pub name: String,
     pub state: String,
     pub attempts: i32,
     pub compensation_attempts: i32,
@@ -75,20 +42,6 @@ pub struct StepRow {
     pub error: Option<String>,
     pub timer_due_at: Option<DateTime<Utc>>,
     pub timer_purpose: Option<String>,
-    pub refused: bool,
-}
-
-#[derive(AsChangeset)]
-#[diesel(table_name = saga_steps, treat_none_as_null = true)]
-pub struct StepChange<'a> {
-    pub state: &'a str,
-    pub attempts: i32,
-    pub compensation_attempts: i32,
-    pub compensation_attempt_limit: i32,
-    pub output: Option<&'a Value>,
-    pub error: Option<&'a str>,
-    pub timer_due_at: Option<DateTime<Utc>>,
-    pub timer_purpose: Option<&'a str>,
     pub refused: bool,
 }
 
@@ -103,17 +56,6 @@ pub struct EventRow {
     pub detail: Value,
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = saga_events)]
-pub struct NewEvent<'a> {
-    pub saga_id: Uuid,
-    pub at: DateTime<Utc>,
-    pub kind: &'a str,
-    pub step: Option<&'a str>,
-    pub attempt: Option<i32>,
-    pub detail: &'a Value,
-}
-
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = outbox)]
 pub struct OutboxRow {
@@ -124,18 +66,6 @@ pub struct OutboxRow {
     pub kind: String,
     pub body: Vec<u8>,
     pub traceparent: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = outbox)]
-pub struct NewOutbox<'a> {
-    pub saga_id: Uuid,
-    pub message_id: Uuid,
-    pub participant: &'a str,
-    pub kind: &'a str,
-    pub body: &'a [u8],
-    pub traceparent: Option<&'a str>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -152,28 +82,6 @@ pub fn to_i32(n: u32) -> i32 {
 }
 
 impl SagaRow {
-    pub fn from_saga(saga: &Saga) -> Result<Self, StoreError> {
-        Ok(SagaRow {
-            id: saga.id,
-            name: saga.definition.name.clone(),
-            idempotency_key: saga.definition.key.clone(),
-            definition: serde_json::to_value(&*saga.definition).map_err(corrupt)?,
-            state: saga.state.as_str().into(),
-            deadline: saga.deadline,
-            check_back_at: saga.check_back.timer.map(|t| t.due_at),
-            traceparent: saga.traceparent.clone(),
-            created_at: saga.created_at,
-            updated_at: saga.updated_at,
-            version: saga.version,
-            check_back_purpose: saga
-                .check_back
-                .timer
-                .map(|t| t.purpose.as_str().to_string()),
-            check_attempts: to_i32(saga.check_back.attempts),
-            check_attempt_limit: to_i32(saga.check_back.attempt_limit),
-        })
-    }
-
     pub fn into_saga(self, steps: Vec<StepRow>) -> Result<Saga, StoreError> {
         let definition: SagaDefinition =
             serde_json::from_value(self.definition).map_err(corrupt)?;
@@ -227,42 +135,6 @@ impl SagaRow {
             updated_at: self.updated_at,
             version: self.version,
         })
-    }
-}
-
-impl StepRow {
-    pub fn from_step(saga: &Saga, position: usize) -> StepRow {
-        let s = &saga.steps[position];
-        StepRow {
-            saga_id: saga.id,
-            position: position as i32,
-            name: saga.definition.steps[position].name.clone(),
-            state: s.state.as_str().into(),
-            attempts: to_i32(s.attempts),
-            compensation_attempts: to_i32(s.compensation_attempts),
-            compensation_attempt_limit: to_i32(s.compensation_attempt_limit),
-            output: s.output.clone(),
-            error: s.error.clone(),
-            timer_due_at: s.timer.map(|t| t.due_at),
-            timer_purpose: s.timer.map(|t| t.purpose.as_str().to_string()),
-            refused: s.refused,
-        }
-    }
-}
-
-impl<'a> StepChange<'a> {
-    pub fn from_step(s: &'a StepProgress) -> Self {
-        StepChange {
-            state: s.state.as_str(),
-            attempts: to_i32(s.attempts),
-            compensation_attempts: to_i32(s.compensation_attempts),
-            compensation_attempt_limit: to_i32(s.compensation_attempt_limit),
-            output: s.output.as_ref(),
-            error: s.error.as_deref(),
-            timer_due_at: s.timer.map(|t| t.due_at),
-            timer_purpose: s.timer.map(|t| t.purpose.as_str()),
-            refused: s.refused,
-        }
     }
 }
 

@@ -24,8 +24,8 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use tokio::sync::oneshot;
 
-use super::rows::{to_i32, NewEvent, NewOutbox, SagaChange, SagaRow, StepChange, StepRow};
-use super::schema::{outbox, saga_events, saga_steps, sagas};
+use super::rows::{SagaRow, StepRow};
+use super::schema::{saga_steps, sagas};
 use super::{Conn, Pool, StoreError};
 use crate::metrics::Metrics;
 use crate::outbox::OutboxMessage;
@@ -248,9 +248,10 @@ fn commit(conn: Result<Conn, r2d2::Error>, jobs: Vec<Job>, forgets: Vec<Forget>)
     }
 }
 
+/// Deletes confirmed outbox rows on their own (the batch statement without transitions).
 fn delete_outbox(conn: &mut PgConnection, ids: &[i64]) -> Result<(), StoreError> {
     if !ids.is_empty() {
-        diesel::delete(outbox::table.filter(outbox::id.eq_any(ids))).execute(conn)?;
+        super::batch::write(conn, &[], ids)?;
     }
     Ok(())
 }
@@ -280,95 +281,30 @@ fn write_batch(
     Ok(outcomes
         .into_iter()
         .zip(persists)
-        .map(|(outcome, p)| match outcome {
-            super::batch::Outcome::Saved(written) => Ok(written),
-            super::batch::Outcome::Conflict => Err(StoreError::Conflict(p.saga.id)),
-            super::batch::Outcome::Duplicate => duplicate_of(conn, &p.saga),
-        })
+        .map(|(outcome, p)| answer(conn, p, outcome))
         .collect())
 }
 
-fn new_events(p: &Persist) -> impl Iterator<Item = NewEvent<'_>> {
-    let saga = &p.saga;
-    p.log.iter().map(move |e| NewEvent {
-        saga_id: saga.id,
-        at: saga.updated_at,
-        kind: e.kind,
-        step: e.step.map(|i| saga.definition.steps[i].name.as_str()),
-        attempt: e.attempt.map(to_i32),
-        detail: &e.detail,
-    })
-}
-
-fn new_outbox(m: &OutboxMessage) -> NewOutbox<'_> {
-    NewOutbox {
-        saga_id: m.saga_id,
-        message_id: m.message_id,
-        participant: &m.participant,
-        kind: m.kind.as_str(),
-        body: &m.body,
-        traceparent: m.traceparent.as_deref(),
-        created_at: m.created_at,
-    }
-}
-
+/// Writes one transition on its own: the batch statement with a single saga, so the fallback
+/// writes exactly what a batch would.
 fn write_one(conn: &mut PgConnection, p: &Persist) -> Result<Written, StoreError> {
-    let saga = &p.saga;
-    let version = if p.is_new {
-        let inserted = diesel::insert_into(sagas::table)
-            .values(SagaRow::from_saga(saga)?)
-            .on_conflict_do_nothing()
-            .execute(conn)?;
-        if inserted == 0 {
-            return duplicate_of(conn, saga);
-        }
-        let steps: Vec<StepRow> = (0..saga.steps.len())
-            .map(|i| StepRow::from_step(saga, i))
-            .collect();
-        diesel::insert_into(saga_steps::table)
-            .values(&steps)
-            .execute(conn)?;
-        saga.version
-    } else {
-        let next = saga.version + 1;
-        let updated = diesel::update(
-            sagas::table
-                .filter(sagas::id.eq(saga.id))
-                .filter(sagas::version.eq(saga.version)),
-        )
-        .set(SagaChange::from_saga(saga, next))
-        .execute(conn)?;
-        if updated == 0 {
-            return Err(StoreError::Conflict(saga.id));
-        }
-        for &position in &p.steps {
-            diesel::update(saga_steps::table.find((saga.id, position as i32)))
-                .set(StepChange::from_step(&saga.steps[position]))
-                .execute(conn)?;
-        }
-        next
-    };
-    if !p.log.is_empty() {
-        let events: Vec<NewEvent> = new_events(p).collect();
-        diesel::insert_into(saga_events::table)
-            .values(&events)
-            .execute(conn)?;
+    let outcome = super::batch::write(conn, &[p], &[])?
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("the batch statement answered nothing".into()))?;
+    answer(conn, p, outcome)
+}
+
+/// A transition's answer from what the batch statement did with it.
+fn answer(
+    conn: &mut PgConnection,
+    p: &Persist,
+    outcome: super::batch::Outcome,
+) -> Result<Written, StoreError> {
+    match outcome {
+        super::batch::Outcome::Saved(written) => Ok(written),
+        super::batch::Outcome::Conflict => Err(StoreError::Conflict(p.saga.id)),
+        super::batch::Outcome::Duplicate => duplicate_of(conn, &p.saga),
     }
-    let mut written = p.outbox.clone();
-    if !written.is_empty() {
-        let rows: Vec<NewOutbox> = p.outbox.iter().map(new_outbox).collect();
-        let ids: Vec<i64> = diesel::insert_into(outbox::table)
-            .values(&rows)
-            .returning(outbox::id)
-            .get_results(conn)?;
-        for (message, id) in written.iter_mut().zip(ids) {
-            message.id = id;
-        }
-    }
-    Ok(Written::Saved {
-        version,
-        outbox: written,
-    })
 }
 
 fn duplicate_of(conn: &mut PgConnection, saga: &Saga) -> Result<Written, StoreError> {

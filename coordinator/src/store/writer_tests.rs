@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::*;
 use crate::outbox::command_message;
 use crate::saga::machine::{self, Context, Decision, Event};
+use crate::store::schema::outbox;
 use crate::store::Store;
 
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
@@ -328,5 +329,40 @@ fn a_saga_that_fails_the_batch_statement_fails_alone() {
         outbox_ids(&db.pool),
         vec![good_outbox[0].id, also_good_outbox[0].id],
         "the confirmed row is gone, the bad saga left none"
+    );
+}
+
+/// Two transitions of one saga in one batch (actors wait for their writes, so only a bug would do
+/// this) are written in order, in one transaction, rather than racing in one statement.
+#[test]
+fn two_transitions_of_one_saga_in_a_batch_are_written_in_order() {
+    let db = TestDatabase::new();
+    let store = Store::new(db.pool.clone());
+    let first = started(None);
+    let mut moved = first.saga.clone();
+    moved.updated_at = Utc::now().trunc_subsecs(6);
+    moved.steps[0].attempts = 2;
+    let answers = run_batch(
+        &db.pool,
+        vec![
+            first.clone(),
+            Persist {
+                saga: moved.clone(),
+                steps: vec![0],
+                log: first.log.clone(),
+                outbox: Vec::new(),
+                is_new: false,
+            },
+        ],
+        Vec::new(),
+    );
+    let (created, _) = saved(&answers[0]);
+    let (version, _) = saved(&answers[1]);
+    assert_eq!(version, created + 1);
+    moved.version = version;
+    assert_eq!(store.load(moved.id).expect("load"), Some(moved.clone()));
+    assert_eq!(
+        store.events(moved.id).expect("events").len(),
+        2 * first.log.len()
     );
 }
