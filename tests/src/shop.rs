@@ -1,4 +1,4 @@
-//! The example shop (`participants::shop`) under test: its databases, and its services as child
+//! The example shop (`shop`) under test: its databases, and its services as child
 //! processes that a test can kill and restart.
 
 use std::io::{BufRead, BufReader};
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use diesel::{sql_query, Connection, PgConnection, RunQueryDsl};
-use participants::shop::{Faults, Service, ShopSettings};
+use shop::{Faults, Service, ShopSettings};
 
 use crate::{pg_server_url, TestNamespace};
 

@@ -9,7 +9,7 @@ use diesel::sql_types::{BigInt, Uuid as SqlUuid};
 use diesel::{sql_query, PgConnection, QueryableByName, RunQueryDsl};
 use e2e::{command_body, FakeCoordinator, ShopDbs, ShopProcess, TcpProxy, TestNamespace};
 use participants::barrier;
-use participants::shop::{Faults, Service};
+use shop::{Faults, Service};
 use participants::{BoxError, Command, Outcome, Participant, ParticipantHandle, Settings};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -32,7 +32,7 @@ async fn start_inventory(ns: &TestNamespace, dbs: &ShopDbs) -> ParticipantHandle
     let shop = dbs.settings.clone();
     let settings = settings(ns);
     let mut handles = tokio::task::spawn_blocking(move || {
-        participants::shop::spawn(&[Service::Inventory], &shop, &settings, &Faults::default())
+        shop::spawn(&[Service::Inventory], &shop, &settings, &Faults::default())
     })
     .await
     .expect("join")

@@ -12,8 +12,8 @@ use std::time::Duration;
 use e2e::{ShopDbs, ShopProcess, TcpProxy, TestApp, BULK_TIMEOUT};
 use participants::client::{Client, RetryPolicy, SagaState};
 use participants::initiator::outbox::{self, RelaySettings};
-use participants::shop::order::{Order, OrderPolicy};
-use participants::shop::{orders, report, Faults, Service};
+use shop::order::{Order, OrderPolicy};
+use shop::{orders, report, Faults, Service};
 use tokio::task::JoinSet;
 
 const SHOP_BIN: &str = env!("CARGO_BIN_EXE_shop-under-test");

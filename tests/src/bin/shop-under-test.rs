@@ -1,5 +1,5 @@
 //! The example shop's binary, built inside the e2e package so tests can run, kill and restart it.
 
 fn main() -> std::process::ExitCode {
-    participants::shop::cli::main()
+    shop::cli::main()
 }

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use super::demo::{self, Demo};
-use super::order::OrderPolicy;
-use super::{report, Faults, Service, ShopSettings};
-use crate::client::Client;
-use crate::Settings;
+use crate::demo::{self, Demo};
+use crate::order::OrderPolicy;
+use crate::{report, Faults, Service, ShopSettings};
+use participants::client::Client;
+use participants::Settings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -135,7 +135,7 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             };
             let settings = broker.settings();
             let handles = tokio::task::spawn_blocking(move || {
-                super::spawn(&services, &shop, &settings, &faults)
+                crate::spawn(&services, &shop, &settings, &faults)
             })
             .await??;
             println!("shop serving");

@@ -7,8 +7,8 @@ use diesel::{sql_query, PgConnection, QueryResult, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{guarded, Ctx, Faults};
-use crate::{Command, Outcome, ParticipantBuilder};
+use crate::{guarded, Ctx, Faults};
+use participants::{Command, Outcome, ParticipantBuilder};
 
 /// The payload of `book` and `cancel`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

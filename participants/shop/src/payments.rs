@@ -8,8 +8,8 @@ use diesel::{sql_query, PgConnection, QueryResult, QueryableByName, RunQueryDsl}
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{guarded, Ctx, Faults, ShopSettings};
-use crate::{Command, Outcome, ParticipantBuilder};
+use crate::{guarded, Ctx, Faults, ShopSettings};
+use participants::{Command, Outcome, ParticipantBuilder};
 
 /// The account that receives every charge.
 pub const MERCHANT: &str = "merchant";

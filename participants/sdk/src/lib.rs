@@ -16,8 +16,7 @@
 //!   no-op ("null compensation"), and an action arriving after its compensation is refused.
 //! - [`client`]: a typed client for the coordinator's HTTP API.
 //!
-//! With the `shop` feature, `shop` holds an example shop (inventory, payments, shipping) and the
-//! `shop` binary runs it and a demo.
+//! The example shop in `participants/shop` (its own crate) is a complete use of all of the above.
 //!
 //! ## Example
 //!
@@ -96,8 +95,6 @@ mod command;
 pub mod initiator;
 mod outcome;
 mod participant;
-#[cfg(feature = "shop")]
-pub mod shop;
 
 pub use command::{Command, CommandKind};
 pub use outcome::{CheckBackAnswer, Outcome};

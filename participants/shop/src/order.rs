@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::inventory::Reserve;
-use super::payments::Charge;
-use super::shipping::Ship;
-use super::ShopSettings;
-use crate::client::{RetryPolicy, SagaRequest, StepRequest};
+use crate::inventory::Reserve;
+use crate::payments::Charge;
+use crate::shipping::Ship;
+use crate::ShopSettings;
+use participants::client::{RetryPolicy, SagaRequest, StepRequest};
 
 /// Price of one item, in cents.
 pub const PRICE_CENTS: i64 = 1_250;
@@ -69,7 +69,7 @@ impl Order {
     }
 
     /// The saga that places this order, with a random idempotency key (the order service replaces
-    /// it with one derived from the order row, [`super::orders::saga_key`]).
+    /// it with one derived from the order row, [`crate::orders::saga_key`]).
     pub fn saga(&self, policy: &OrderPolicy) -> SagaRequest {
         let step = |name: &str, participant: &str, action: &str, compensation: &str| {
             StepRequest::new(name, participant, action)

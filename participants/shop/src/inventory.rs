@@ -7,8 +7,8 @@ use diesel::{sql_query, PgConnection, QueryResult, QueryableByName, RunQueryDsl}
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{guarded, Ctx, Faults, ShopSettings};
-use crate::{Command, Outcome, ParticipantBuilder};
+use crate::{guarded, Ctx, Faults, ShopSettings};
+use participants::{Command, Outcome, ParticipantBuilder};
 
 /// The payload of `reserve` and `release`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

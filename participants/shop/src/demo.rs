@@ -8,12 +8,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use super::order::{Order, OrderPolicy};
-use super::orders;
-use super::report::{self, Report};
-use super::{Faults, Service, ShopSettings};
-use crate::client::{Client, SagaState};
-use crate::Settings;
+use crate::order::{Order, OrderPolicy};
+use crate::orders;
+use crate::report::{self, Report};
+use crate::{Faults, Service, ShopSettings};
+use participants::client::{Client, SagaState};
+use participants::Settings;
 
 /// What the demo does.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub async fn run(demo: Demo) -> anyhow::Result<Report> {
             demo.participant.clone(),
             demo.faults.clone(),
         );
-        tokio::task::spawn_blocking(move || super::spawn(&Service::ALL, &shop, &settings, &faults))
+        tokio::task::spawn_blocking(move || crate::spawn(&Service::ALL, &shop, &settings, &faults))
             .await??
     } else {
         Vec::new()

@@ -9,9 +9,9 @@ use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel::{sql_query, Connection, PgConnection, QueryableByName, RunQueryDsl};
 use uuid::Uuid;
 
-use super::orders::{self, OrderSaga};
-use super::{Service, ShopSettings};
-use crate::client::SagaState;
+use crate::orders::{self, OrderSaga};
+use crate::{Service, ShopSettings};
+use participants::client::SagaState;
 
 /// What the report found.
 #[derive(Debug, Clone, Default)]
@@ -259,7 +259,7 @@ pub fn check(
 /// every outbox row an order. Returns the orders' saga ids.
 fn check_orders(shop: &ShopSettings, report: &mut Report) -> anyhow::Result<HashSet<Uuid>> {
     let mut ordered = HashSet::new();
-    if !super::database_exists(&shop.database_server, &shop.orders_database_name())? {
+    if !crate::database_exists(&shop.database_server, &shop.orders_database_name())? {
         // No order was ever placed: any saga found elsewhere is one without an order.
         return Ok(ordered);
     }

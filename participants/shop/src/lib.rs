@@ -1,4 +1,4 @@
-//! An example shop: three participants, each with its own database, all behind the barrier.
+//! An example shop built on the participants SDK: three participants, each with its own database, all behind the barrier.
 //!
 //! - `inventory` (stock per SKU): `reserve` / `release`.
 //! - `payments` (balances per account): `charge` / `refund`, moving money to and from the merchant.
@@ -30,8 +30,8 @@ use diesel::{sql_query, Connection, PgConnection, RunQueryDsl};
 
 pub use faults::Faults;
 
-use crate::barrier::{Barrier, Verdict};
-use crate::{BoxError, Command, Outcome, Participant, ParticipantHandle, Settings};
+use participants::barrier::{Barrier, Verdict};
+use participants::{BoxError, Command, Outcome, Participant, ParticipantHandle, Settings};
 
 /// A pool of connections to one service's database.
 pub type DbPool = Pool<ConnectionManager<PgConnection>>;
@@ -131,7 +131,7 @@ impl ShopSettings {
         let url = self.database_url(service);
         let mut conn =
             PgConnection::establish(&url).with_context(|| format!("connecting to {url}"))?;
-        crate::barrier::install(&mut conn)?;
+        participants::barrier::install(&mut conn)?;
         match service {
             Service::Inventory => inventory::install(&mut conn, self)?,
             Service::Payments => payments::install(&mut conn, self)?,

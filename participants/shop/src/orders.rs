@@ -1,6 +1,6 @@
 //! `orders`: the shop's order service, the initiator of `place-order` sagas.
 //!
-//! It starts sagas through the SDK's transactional outbox ([`crate::initiator::outbox`]): placing an
+//! It starts sagas through the SDK's transactional outbox ([`participants::initiator::outbox`]): placing an
 //! order is one local transaction that inserts the order row and enqueues its saga, so an order
 //! never exists without its saga request and a saga request never without its order. An
 //! [`OutboxRelay`] in the same process submits the enqueued requests; while the coordinator is
@@ -16,10 +16,10 @@ use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz, Uuid as SqlUu
 use diesel::{sql_query, Connection, PgConnection, QueryResult, QueryableByName, RunQueryDsl};
 use uuid::Uuid;
 
-use super::order::{Order, OrderPolicy};
-use super::ShopSettings;
-use crate::client::Client;
-use crate::initiator::outbox::{self, OutboxRelay, RelayHandle, RelaySettings};
+use crate::order::{Order, OrderPolicy};
+use crate::ShopSettings;
+use participants::client::Client;
+use participants::initiator::outbox::{self, OutboxRelay, RelayHandle, RelaySettings};
 
 /// The relay's name (its advisory lock and the fallback key prefix).
 pub const RELAY_NAME: &str = "shop-orders";
@@ -31,10 +31,10 @@ pub fn saga_key(order_id: Uuid) -> String {
 
 /// Creates the orders database if missing, the SDK's outbox table and the `orders` table.
 pub fn install(shop: &ShopSettings) -> anyhow::Result<()> {
-    super::create_database(&shop.database_server, &shop.orders_database_name())?;
+    crate::create_database(&shop.database_server, &shop.orders_database_name())?;
     let url = shop.orders_database_url();
     let mut conn = PgConnection::establish(&url).with_context(|| format!("connecting to {url}"))?;
-    crate::initiator::install(&mut conn)?;
+    participants::initiator::install(&mut conn)?;
     sql_query(
         "CREATE TABLE IF NOT EXISTS orders (
             id uuid PRIMARY KEY,
@@ -152,7 +152,7 @@ pub fn orphan_outbox_rows(conn: &mut PgConnection) -> QueryResult<Vec<outbox::Ou
 /// Waits until the relay delivered the order's saga request and returns the saga's id. Fails if the
 /// coordinator refused the saga for good, or after `timeout`.
 pub async fn wait_for_saga(
-    pool: &super::DbPool,
+    pool: &crate::DbPool,
     order_id: Uuid,
     timeout: std::time::Duration,
 ) -> anyhow::Result<Uuid> {
