@@ -19,10 +19,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use serde_json::Value;
+use serde::Serialize;
 
-use crate::saga::machine::LogEntry;
-use crate::saga::{Saga, SagaState, SubmissionMode, TimerPurpose};
+use crate::saga::event_log::{CommandAttempt, CompensationReason};
+use crate::saga::{CommandKind, LogEntry, Saga, SagaState, SubmissionMode, TimerPurpose};
 
 /// The content type of the text [`Metrics::render`] produces.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -310,51 +310,58 @@ impl Metrics {
         now: DateTime<Utc>,
     ) {
         let saga = &after.definition.name;
-        let step = |entry: &LogEntry| {
-            let i = entry.step?;
+        let step = |command: &CommandAttempt| {
+            let i = command.step?;
             let def = after.definition.steps.get(i)?;
             Some((i, def))
         };
-        let kind = |entry: &LogEntry| text(&entry.detail["kind"]);
         for entry in log {
-            if entry.step.is_none() && kind(entry) == "check" {
+            if entry
+                .command()
+                .is_some_and(|c| c.kind == CommandKind::Check)
+            {
                 self.observe_check_back(saga, entry);
                 continue;
             }
-            match entry.kind {
+            match entry {
                 // A two-phase saga starts when it is prepared; its later "started" is the same saga.
-                "started" if after.definition.mode == SubmissionMode::Prepare => {}
-                "started" | "prepared" => {
+                LogEntry::Started if after.definition.mode == SubmissionMode::Prepare => {}
+                LogEntry::Started | LogEntry::Prepared => {
                     self.sagas_started
                         .get_or_create(&SagaLabels { saga: saga.clone() })
                         .inc();
                 }
-                "dispatched" | "timed_out" | "gave_up" | "dead_lettered" => {
-                    let Some((_, def)) = step(entry) else {
+                LogEntry::Dispatched { command }
+                | LogEntry::TimedOut { command }
+                | LogEntry::GaveUp { command, .. }
+                | LogEntry::DeadLettered { command } => {
+                    let Some((_, def)) = step(command) else {
                         continue;
                     };
                     let labels = StepLabels {
                         saga: saga.clone(),
                         participant: def.participant.clone(),
-                        kind: kind(entry),
+                        kind: command.kind.as_str().into(),
                     };
-                    let family = match entry.kind {
-                        "dispatched" => &self.step_attempts,
-                        "timed_out" => &self.step_timeouts,
-                        "gave_up" => &self.step_gave_up,
+                    let family = match entry {
+                        LogEntry::Dispatched { .. } => &self.step_attempts,
+                        LogEntry::TimedOut { .. } => &self.step_timeouts,
+                        LogEntry::GaveUp { .. } => &self.step_gave_up,
                         _ => &self.dead_lettered,
                     };
                     family.get_or_create(&labels).inc();
                 }
-                "reply" => {
-                    let Some((i, def)) = step(entry) else {
+                LogEntry::Reply {
+                    command, outcome, ..
+                } => {
+                    let Some((i, def)) = step(command) else {
                         continue;
                     };
                     let labels = ReplyLabels {
                         saga: saga.clone(),
                         participant: def.participant.clone(),
-                        kind: kind(entry),
-                        outcome: text(&entry.detail["outcome"]),
+                        kind: command.kind.as_str().into(),
+                        outcome: label(outcome),
                     };
                     self.step_replies.get_or_create(&labels).inc();
                     // The attempt's reply timer was armed at dispatch for `timeout_ms`.
@@ -367,8 +374,8 @@ impl Metrics {
                             .observe(seconds(now - sent));
                     }
                 }
-                "compensating" => {
-                    let reason = compensation_reason(&entry.detail);
+                LogEntry::Compensating { reason } => {
+                    let reason = compensation_reason(reason);
                     self.compensations
                         .get_or_create(&ReasonLabels {
                             saga: saga.clone(),
@@ -376,7 +383,7 @@ impl Metrics {
                         })
                         .inc();
                 }
-                "failed" => {
+                LogEntry::Failed { .. } => {
                     self.sagas_failed
                         .get_or_create(&SagaLabels { saga: saga.clone() })
                         .inc();
@@ -402,25 +409,25 @@ impl Metrics {
             saga: saga.to_string(),
             outcome,
         };
-        match entry.kind {
-            "dispatched" => {
+        match entry {
+            LogEntry::Dispatched { .. } => {
                 self.check_backs
                     .get_or_create(&SagaLabels {
                         saga: saga.to_string(),
                     })
                     .inc();
             }
-            "reply" => {
+            LogEntry::Reply { outcome, .. } => {
                 self.check_back_answers
-                    .get_or_create(&answer(text(&entry.detail["outcome"])))
+                    .get_or_create(&answer(label(outcome)))
                     .inc();
             }
-            "timed_out" => {
+            LogEntry::TimedOut { .. } => {
                 self.check_back_answers
                     .get_or_create(&answer("timeout".into()))
                     .inc();
             }
-            "dead_lettered" => {
+            LogEntry::DeadLettered { .. } => {
                 self.check_back_answers
                     .get_or_create(&answer("dead_lettered".into()))
                     .inc();
@@ -485,18 +492,23 @@ impl Metrics {
     }
 }
 
-/// Why a saga began compensating, from the reason the state machine logged.
-fn compensation_reason(detail: &Value) -> &'static str {
-    match detail["reason"].as_str() {
-        Some("aborted") => "aborted",
-        Some("saga timed out") => "timed_out",
-        _ => "step_failed",
+/// The `reason` label of `saga_compensations_total`.
+fn compensation_reason(reason: &CompensationReason) -> &'static str {
+    match reason {
+        CompensationReason::Aborted => "aborted",
+        CompensationReason::TimedOut => "timed_out",
+        CompensationReason::StepFailed { .. } | CompensationReason::StepGaveUp { .. } => {
+            "step_failed"
+        }
     }
 }
 
-/// A label value from a log entry's detail (an enum serialised as a string).
-fn text(value: &Value) -> String {
-    value.as_str().unwrap_or("unknown").to_owned()
+/// A label value from an enum of the wire contract, spelled as it is on the wire.
+fn label(value: impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        _ => "unknown".into(),
+    }
 }
 
 fn seconds(d: chrono::Duration) -> f64 {
@@ -508,7 +520,7 @@ mod tests {
     use super::*;
     use crate::saga::machine::{self, Context, Decision, Event};
     use crate::submission::parse_submission;
-    use serde_json::json;
+    use serde_json::{json, Value};
     use uuid::Uuid;
 
     fn saga(body: Value, now: DateTime<Utc>) -> Saga {

@@ -20,8 +20,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
-use serde_json::{json, Value};
 
+use super::event_log::{CommandAttempt, CompensationReason, DecidedBy, FailureReason, LogEntry};
 use super::state::{CommandKind, Saga, SagaState, StepState, Timer, TimerPurpose};
 use crate::messages::{Outcome, ReplyMessage};
 
@@ -68,15 +68,6 @@ pub struct Command {
     pub deadline: DateTime<Utc>,
 }
 
-/// One entry for the saga's event log.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogEntry {
-    pub kind: &'static str,
-    pub step: Option<usize>,
-    pub attempt: Option<u32>,
-    pub detail: Value,
-}
-
 /// The saga after an event, and what must happen because of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
@@ -113,10 +104,10 @@ pub fn handle<R: Rng>(saga: &Saga, event: Event, ctx: &mut Context<'_, R>) -> De
             attempt,
         } => run.dead_lettered(step, kind, attempt, ctx),
         Event::TimerFired => run.timers(ctx),
-        Event::Abort => run.abort("api"),
+        Event::Abort => run.abort(DecidedBy::Api),
         Event::Retry => run.operator_retry(),
         Event::Resolve { note } => run.resolve(note),
-        Event::Commit => run.commit("initiator"),
+        Event::Commit => run.commit(DecidedBy::Initiator),
     };
     match verdict {
         Verdict::Changed => {
@@ -155,19 +146,8 @@ struct Run {
 }
 
 impl Run {
-    fn record(
-        &mut self,
-        kind: &'static str,
-        step: Option<usize>,
-        attempt: Option<u32>,
-        detail: Value,
-    ) {
-        self.log.push(LogEntry {
-            kind,
-            step,
-            attempt,
-            detail,
-        });
+    fn record(&mut self, entry: LogEntry) {
+        self.log.push(entry);
     }
 
     fn step_name(&self, step: usize) -> &str {
@@ -191,11 +171,11 @@ impl Run {
                 due_at: self.now + wait,
                 purpose: TimerPurpose::Backoff,
             });
-            self.record("prepared", None, None, json!({}));
+            self.record(LogEntry::Prepared);
             return Verdict::Changed;
         }
         self.saga.state = SagaState::Running;
-        self.record("started", None, None, json!({}));
+        self.record(LogEntry::Started);
         self.advance();
         Verdict::Changed
     }
@@ -211,8 +191,8 @@ impl Run {
             }
     }
 
-    /// `commit` from the initiator (`by` = "initiator") or a check-back answer ("check_back").
-    fn commit(&mut self, by: &str) -> Verdict {
+    /// `commit` from the initiator or a check-back answer.
+    fn commit(&mut self, by: DecidedBy) -> Verdict {
         if self.saga.definition.mode != super::SubmissionMode::Prepare {
             return Verdict::Reject(
                 "only a two-phase (\"mode\": \"prepare\") saga can be committed".into(),
@@ -220,8 +200,8 @@ impl Run {
         }
         if self.undecided() {
             self.saga.state = SagaState::Running;
-            self.record("commit", None, None, json!({"by": by}));
-            self.record("started", None, None, json!({}));
+            self.record(LogEntry::Commit { by });
+            self.record(LogEntry::Started);
             self.advance();
             return Verdict::Changed;
         }
@@ -232,20 +212,15 @@ impl Run {
     }
 
     /// `abort` from an operator or the initiator (`by`), or a check-back answer.
-    fn abort(&mut self, by: &str) -> Verdict {
+    fn abort(&mut self, by: DecidedBy) -> Verdict {
         if self.undecided() {
             self.saga.state = SagaState::Aborted;
-            self.record(
-                "aborted",
-                None,
-                None,
-                json!({"reason": "aborted before commit", "by": by}),
-            );
+            self.record(LogEntry::Aborted { by });
             return Verdict::Changed;
         }
         match self.saga.state {
             SagaState::Running => {
-                self.begin_compensation("aborted".into());
+                self.begin_compensation(CompensationReason::Aborted);
                 Verdict::Changed
             }
             // Repeating an abort that already took a prepared saga to `aborted` is harmless.
@@ -266,7 +241,7 @@ impl Run {
         if self.undecided() {
             // The check-backs ran out: ask the initiator again with a fresh budget.
             self.saga.state = SagaState::Prepared;
-            self.record("retry_requested", None, None, json!({}));
+            self.record(LogEntry::RetryRequested);
             let check = &mut self.saga.check_back;
             check.attempt_limit = check
                 .attempts
@@ -275,7 +250,7 @@ impl Run {
             return Verdict::Changed;
         }
         self.saga.state = SagaState::Compensating;
-        self.record("retry_requested", None, None, json!({}));
+        self.record(LogEntry::RetryRequested);
         let exhausted: Vec<usize> = (0..self.saga.steps.len())
             .filter(|&i| self.saga.steps[i].state == StepState::CompensationFailed)
             .collect();
@@ -304,7 +279,7 @@ impl Run {
         } else {
             SagaState::Aborted
         };
-        self.record("resolved", None, None, json!({"note": note}));
+        self.record(LogEntry::Resolved { note });
         Verdict::Changed
     }
 
@@ -327,12 +302,11 @@ impl Run {
                 reply.attempt
             ));
         }
-        self.record(
-            "reply",
-            Some(step),
-            Some(reply.attempt),
-            json!({"kind": reply.kind, "outcome": reply.outcome, "error": reply.error}),
-        );
+        self.record(LogEntry::Reply {
+            command: CommandAttempt::step(step, reply.kind, reply.attempt),
+            outcome: reply.outcome,
+            error: reply.error.clone(),
+        });
         match (reply.kind, reply.outcome) {
             (CommandKind::Action, Outcome::Success) => {
                 let s = &mut self.saga.steps[step];
@@ -353,8 +327,8 @@ impl Run {
                         .error
                         .unwrap_or_else(|| "refused by the participant".into()),
                 );
-                let reason = format!("step {} failed", self.step_name(step));
-                self.begin_compensation(reason);
+                let step = self.step_name(step).to_owned();
+                self.begin_compensation(CompensationReason::StepFailed { step });
                 Verdict::Changed
             }
             (CommandKind::Compensation, Outcome::Success) => {
@@ -407,16 +381,19 @@ impl Run {
                 self.saga.state
             ));
         }
-        let detail =
-            json!({"kind": CommandKind::Check, "outcome": reply.outcome, "error": reply.error});
+        let answer = LogEntry::Reply {
+            command: CommandAttempt::check_back(reply.attempt),
+            outcome: reply.outcome,
+            error: reply.error.clone(),
+        };
         match reply.outcome {
             Outcome::Committed => {
-                self.record("reply", None, Some(reply.attempt), detail);
-                self.commit("check_back")
+                self.record(answer);
+                self.commit(DecidedBy::CheckBack)
             }
             Outcome::Aborted => {
-                self.record("reply", None, Some(reply.attempt), detail);
-                self.abort("check_back")
+                self.record(answer);
+                self.abort(DecidedBy::CheckBack)
             }
             Outcome::Pending | Outcome::Retry | Outcome::Failure => {
                 if !self.awaits_check(reply.attempt) {
@@ -425,7 +402,7 @@ impl Run {
                         reply.outcome, reply.attempt
                     ));
                 }
-                self.record("reply", None, Some(reply.attempt), detail);
+                self.record(answer);
                 let error = match reply.outcome {
                     Outcome::Pending => "the initiator answered pending".to_string(),
                     _ => reply
@@ -464,12 +441,9 @@ impl Run {
             attempt,
             deadline,
         });
-        self.record(
-            "dispatched",
-            None,
-            Some(attempt),
-            json!({"kind": CommandKind::Check}),
-        );
+        self.record(LogEntry::Dispatched {
+            command: CommandAttempt::check_back(attempt),
+        });
     }
 
     /// The current check-back got no decisive answer: ask again after a backoff, or hand the saga
@@ -478,29 +452,23 @@ impl Run {
         let attempts = self.saga.check_back.attempts;
         if attempts >= self.saga.check_back.attempt_limit {
             let error = format!("gave up after {attempts} check-backs: {error}");
-            self.record(
-                "gave_up",
-                None,
-                Some(attempts),
-                json!({"kind": CommandKind::Check, "error": error}),
-            );
+            self.record(LogEntry::GaveUp {
+                command: CommandAttempt::check_back(attempts),
+                error,
+            });
             self.saga.state = SagaState::Failed;
             self.saga.check_back.timer = None;
-            self.record(
-                "failed",
-                None,
-                None,
-                json!({"reason": "no check-back answer: commit, abort, retry (ask again) or resolve"}),
-            );
+            self.record(LogEntry::Failed {
+                reason: FailureReason::CheckBackGaveUp,
+            });
             return;
         }
         let delay = backoff_with_jitter(&self.saga.definition.check_back_retry, attempts, ctx);
-        self.record(
-            "retry_scheduled",
-            None,
-            Some(attempts),
-            json!({"kind": CommandKind::Check, "error": error, "backoff_ms": delay}),
-        );
+        self.record(LogEntry::RetryScheduled {
+            command: CommandAttempt::check_back(attempts),
+            error,
+            backoff_ms: delay,
+        });
         self.saga.check_back.timer = Some(Timer {
             due_at: self.now + Duration::milliseconds(delay as i64),
             purpose: TimerPurpose::Backoff,
@@ -515,12 +483,9 @@ impl Run {
             TimerPurpose::Backoff => self.dispatch_check(),
             TimerPurpose::ReplyTimeout => {
                 let attempt = self.saga.check_back.attempts;
-                self.record(
-                    "timed_out",
-                    None,
-                    Some(attempt),
-                    json!({"kind": CommandKind::Check}),
-                );
+                self.record(LogEntry::TimedOut {
+                    command: CommandAttempt::check_back(attempt),
+                });
                 let error = format!(
                     "no answer within {} ms",
                     self.saga.definition.check_back_timeout_ms
@@ -544,7 +509,9 @@ impl Run {
                     "dead-lettered check-back attempt {attempt} is not current"
                 ));
             }
-            self.record("dead_lettered", None, Some(attempt), json!({"kind": kind}));
+            self.record(LogEntry::DeadLettered {
+                command: CommandAttempt::check_back(attempt),
+            });
             self.check_failed("the initiator rejected the check-back".into(), ctx);
             return Verdict::Changed;
         }
@@ -565,12 +532,9 @@ impl Run {
                 "dead-lettered {kind} attempt {attempt} is not current"
             ));
         }
-        self.record(
-            "dead_lettered",
-            Some(i),
-            Some(attempt),
-            json!({"kind": kind}),
-        );
+        self.record(LogEntry::DeadLettered {
+            command: CommandAttempt::step(i, kind, attempt),
+        });
         self.attempt_failed(i, kind, "the participant rejected the command".into(), ctx);
         Verdict::Changed
     }
@@ -582,7 +546,7 @@ impl Run {
         let now = self.now;
         let mut changed = false;
         if self.saga.state == SagaState::Running && self.saga.deadline.is_some_and(|d| d <= now) {
-            self.begin_compensation("saga timed out".into());
+            self.begin_compensation(CompensationReason::TimedOut);
             changed = true;
         }
         for i in 0..self.saga.steps.len() {
@@ -607,7 +571,9 @@ impl Run {
                         CommandKind::Action => s.attempts,
                         _ => s.compensation_attempts,
                     };
-                    self.record("timed_out", Some(i), Some(attempt), json!({"kind": kind}));
+                    self.record(LogEntry::TimedOut {
+                        command: CommandAttempt::step(i, kind, attempt),
+                    });
                     let error = format!(
                         "no reply within {} ms",
                         self.saga.definition.steps[i].timeout_ms
@@ -663,12 +629,10 @@ impl Run {
         };
         if attempts >= limit {
             let error = format!("gave up after {attempts} attempts: {error}");
-            self.record(
-                "gave_up",
-                Some(step),
-                Some(attempts),
-                json!({"kind": kind, "error": error}),
-            );
+            self.record(LogEntry::GaveUp {
+                command: CommandAttempt::step(step, kind, attempts),
+                error: error.clone(),
+            });
             let s = &mut self.saga.steps[step];
             s.timer = None;
             s.error = Some(error);
@@ -676,8 +640,8 @@ impl Run {
                 CommandKind::Action => {
                     // Outcome unknown: the step is compensated like any other that was dispatched.
                     s.state = StepState::Failed;
-                    let reason = format!("step {} ran out of attempts", self.step_name(step));
-                    self.begin_compensation(reason);
+                    let step = self.step_name(step).to_owned();
+                    self.begin_compensation(CompensationReason::StepGaveUp { step });
                 }
                 _ => {
                     s.state = StepState::CompensationFailed;
@@ -688,12 +652,11 @@ impl Run {
         }
         let delay = backoff_with_jitter(policy, attempts, ctx);
         let due_at = self.now + Duration::milliseconds(delay as i64);
-        self.record(
-            "retry_scheduled",
-            Some(step),
-            Some(attempts),
-            json!({"kind": kind, "error": error, "backoff_ms": delay}),
-        );
+        self.record(LogEntry::RetryScheduled {
+            command: CommandAttempt::step(step, kind, attempts),
+            error: error.clone(),
+            backoff_ms: delay,
+        });
         let s = &mut self.saga.steps[step];
         s.error = Some(error);
         s.timer = Some(Timer {
@@ -729,18 +692,14 @@ impl Run {
             attempt,
             deadline,
         });
-        self.record(
-            "dispatched",
-            Some(step),
-            Some(attempt),
-            json!({"kind": kind}),
-        );
+        self.record(LogEntry::Dispatched {
+            command: CommandAttempt::step(step, kind, attempt),
+        });
     }
 
     /// Stops dispatching actions and starts undoing what may have taken effect.
-    fn begin_compensation(&mut self, reason: String) {
+    fn begin_compensation(&mut self, reason: CompensationReason) {
         self.saga.state = SagaState::Compensating;
-        self.record("compensating", None, None, json!({"reason": reason}));
         for s in &mut self.saga.steps {
             if s.state == StepState::Running {
                 // In flight: it may or may not take effect, so it is compensated like a failed step.
@@ -749,6 +708,7 @@ impl Run {
                 s.error = Some(format!("abandoned with its outcome unknown: {reason}"));
             }
         }
+        self.record(LogEntry::Compensating { reason });
         self.advance();
     }
 
@@ -769,7 +729,7 @@ impl Run {
                     .all(|s| s.state == StepState::Succeeded)
                 {
                     self.saga.state = SagaState::Committed;
-                    self.record("committed", None, None, json!({}));
+                    self.record(LogEntry::Committed);
                     return;
                 }
                 let ready: Vec<usize> = (0..self.saga.steps.len())
@@ -817,15 +777,12 @@ impl Run {
                 });
                 if all_undone {
                     self.saga.state = SagaState::Compensated;
-                    self.record("compensated", None, None, json!({}));
+                    self.record(LogEntry::Compensated);
                 } else {
                     self.saga.state = SagaState::Failed;
-                    self.record(
-                        "failed",
-                        None,
-                        None,
-                        json!({"reason": "a compensation ran out of attempts: retry or resolve"}),
-                    );
+                    self.record(LogEntry::Failed {
+                        reason: FailureReason::CompensationGaveUp,
+                    });
                 }
             }
             _ => {}

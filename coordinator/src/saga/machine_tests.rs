@@ -9,6 +9,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::definition::{CheckBack, RetryPolicy, SagaDefinition, StepDefinition, SubmissionMode};
+use super::event_log::LogEntry;
 use super::machine::{handle, Command, Context, Decision, Event, Transition};
 use super::state::{CommandKind, Saga, SagaState, StepState};
 use crate::messages::{Outcome, ReplyMessage};
@@ -430,7 +431,9 @@ fn resolve_closes_a_failed_saga_with_the_operators_note() {
         panic!("resolve applies")
     };
     assert_eq!(t.saga.state, SagaState::Compensated);
-    assert!(t.log.iter().any(|e| e.detail["note"] == "refunded by hand"));
+    assert!(t.log.contains(&LogEntry::Resolved {
+        note: "refunded by hand".into()
+    }));
     assert!(matches!(
         h.decide(Event::Resolve {
             note: String::new()

@@ -3,10 +3,12 @@
 //! Nothing under this module performs I/O or knows actix, diesel, lapin or HTTP.
 
 pub mod definition;
+pub mod event_log;
 pub mod machine;
 pub mod state;
 
 pub use definition::{CheckBack, RetryPolicy, SagaDefinition, StepDefinition, SubmissionMode};
+pub use event_log::LogEntry;
 pub use state::{
     CheckBackProgress, CommandKind, Saga, SagaState, StepProgress, StepState, Timer, TimerPurpose,
 };

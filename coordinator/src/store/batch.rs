@@ -464,20 +464,20 @@ struct Events<'a> {
     kind: Vec<&'a str>,
     step: Vec<Option<&'a str>>,
     attempt: Vec<Option<i32>>,
-    detail: Vec<&'a Value>,
+    detail: Vec<Value>,
 }
 
 impl<'a> Events<'a> {
     fn push(&mut self, p: &'a Persist) {
         let saga = &p.saga;
         for e in &p.log {
+            let stored = super::events::render(e, &saga.definition);
             self.saga_id.push(saga.id);
             self.at.push(saga.updated_at);
-            self.kind.push(e.kind);
-            self.step
-                .push(e.step.map(|i| saga.definition.steps[i].name.as_str()));
-            self.attempt.push(e.attempt.map(to_i32));
-            self.detail.push(&e.detail);
+            self.kind.push(stored.kind);
+            self.step.push(stored.step);
+            self.attempt.push(stored.attempt);
+            self.detail.push(stored.detail);
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod batch;
 pub mod dashboard;
+mod events;
 mod gauges;
 mod rows;
 pub mod schema;

@@ -29,8 +29,7 @@ use super::schema::{saga_steps, sagas};
 use super::{Conn, Pool, StoreError};
 use crate::metrics::Metrics;
 use crate::outbox::OutboxMessage;
-use crate::saga::machine::LogEntry;
-use crate::saga::Saga;
+use crate::saga::{LogEntry, Saga};
 
 /// Most transitions in one Postgres transaction.
 pub const MAX_BATCH: usize = 256;
