@@ -171,3 +171,76 @@ impl Committed {
         saga
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn submitted(body: serde_json::Value, now: DateTime<Utc>) -> Saga {
+        let definition = crate::submission::parse_submission(&body).expect("a valid submission");
+        Saga::new(Uuid::now_v7(), definition, None, now)
+    }
+
+    fn applied(saga: &Saga, event: Event, now: DateTime<Utc>) -> Transition {
+        match decide(saga, event, now) {
+            Some(Decision::Apply(t)) => t,
+            other => panic!("expected a transition, got {other:?}"),
+        }
+    }
+
+    /// A prepared saga past its prepare timeout, and the transition that asks the initiator.
+    fn first_check_back(check_back: serde_json::Value) -> (Saga, Transition, DateTime<Utc>) {
+        let now = Utc::now();
+        let saga = submitted(
+            json!({"name": "n", "mode": "prepare", "prepare_timeout_ms": 1000,
+                   "check_back": check_back,
+                   "steps": [{"name": "a", "participant": "p", "action": "x"}]}),
+            now,
+        );
+        let prepared = applied(&saga, Event::Start, now).saga;
+        let later = now + chrono::Duration::seconds(2);
+        let asking = applied(&prepared, Event::TimerFired, later);
+        (prepared, asking, later)
+    }
+
+    #[test]
+    fn a_check_back_to_a_url_is_asked_over_http_after_the_commit_not_through_the_outbox() {
+        let (prepared, asking, now) = first_check_back(json!({"url": "http://initiator/check"}));
+        let commit = Commit::change(&prepared, asking, now);
+        assert!(commit.persist.outbox.is_empty());
+        assert_eq!(commit.then.http_checks, vec![1]);
+    }
+
+    #[test]
+    fn a_check_back_to_a_participant_is_an_outbox_row() {
+        let (prepared, asking, now) = first_check_back(json!({"participant": "initiator"}));
+        let commit = Commit::change(&prepared, asking, now);
+        assert_eq!(commit.persist.outbox.len(), 1);
+        assert!(commit.then.http_checks.is_empty());
+    }
+
+    #[test]
+    fn a_start_inserts_every_step_and_a_change_writes_only_the_changed_ones() {
+        let now = Utc::now();
+        let saga = submitted(
+            json!({"name": "n", "steps": [
+                {"name": "a", "participant": "p", "action": "x", "compensation": "y"},
+                {"name": "b", "participant": "p", "action": "x"}]}),
+            now,
+        );
+        let start = Commit::start(applied(&saga, Event::Start, now), now);
+        assert!(start.persist.is_new);
+        assert_eq!(start.persist.steps, vec![0, 1]);
+        assert_eq!(start.persist.outbox.len(), 1, "step a is dispatched");
+        assert_eq!(start.then.saga, start.persist.saga);
+
+        let running = start.persist.saga;
+        let abort = Commit::change(&running, applied(&running, Event::Abort, now), now);
+        assert!(!abort.persist.is_new);
+        assert_eq!(abort.persist.steps, vec![0], "b was never dispatched");
+        assert_eq!(abort.then.log, abort.persist.log);
+    }
+}
