@@ -17,6 +17,7 @@ use crate::amqp::{self, AmqpSettings, Inbound, InboundDelivery};
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::runtime::changes::Changes;
 use crate::runtime::{relay, Registry};
 use crate::saga::machine::Event;
 use crate::store::{self, Store, Writer};
@@ -51,19 +52,20 @@ pub async fn run(
     } else {
         arbiters.iter().map(|a| a.handle()).collect()
     };
+    let changes = Changes::default();
     let registry = Registry::new(
         actor_arbiters,
         writer.clone(),
         store.clone(),
         relay_tx,
-        metrics,
+        changes.clone(),
+        Arc::clone(&metrics),
     );
-    drop(writer);
 
-    let recovering = store.clone();
-    let unfinished = tokio::task::spawn_blocking(move || recovering.load_unfinished())
+    let unfinished = store
+        .interact(|db| db.load_unfinished())
         .await
-        .context("recovery task failed")??;
+        .context("cannot load the unfinished sagas")?;
     log::info!("resuming {} unfinished saga(s)", unfinished.len());
     for saga in unfinished {
         registry.adopt(saga);
@@ -79,18 +81,22 @@ pub async fn run(
     };
     let dead_letters = amqp::dead_letters::DeadLetterBrowser::new(amqp_settings.clone());
     let broker = amqp::start(amqp_settings, outbound_rx, published_tx, inbound_tx);
+    // The relay holds the last handle to the writer besides the actors'.
     let relay = relay::spawn(
         store.clone(),
-        registry.writer().clone(),
+        writer,
         relay_rx,
         outbound_tx,
         published_rx,
-        registry.metrics().clone(),
+        Arc::clone(&metrics),
     );
     let dispatcher = actix_rt::spawn(dispatch_inbound(inbound_rx, registry.clone()));
 
     let state = web::Data::new(AppState {
         registry: registry.clone(),
+        store,
+        changes: changes.clone(),
+        metrics,
         amqp_connected: broker.connected(),
         dead_letter_depth: broker.dead_letters(),
         api_token: settings.api_token.clone().filter(|t| !t.is_empty()),
@@ -114,7 +120,6 @@ pub async fn run(
     let server = server.run();
     if handle_signals {
         // actix stops the server on these signals; open event streams must end for it to finish.
-        let changes = registry.changes().clone();
         actix_rt::spawn(async move {
             wait_for_stop_signal().await;
             changes.close();

@@ -9,10 +9,10 @@ use diesel::sql_types::{BigInt, Uuid as SqlUuid};
 use diesel::{sql_query, PgConnection, QueryableByName, RunQueryDsl};
 use e2e::{command_body, FakeCoordinator, ShopDbs, ShopProcess, TcpProxy, TestNamespace};
 use participants::barrier;
-use shop::{Faults, Service};
 use participants::{BoxError, Command, Outcome, Participant, ParticipantHandle, Settings};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use shop::{Faults, Service};
 use tokio::sync::Notify;
 use uuid::Uuid;
 

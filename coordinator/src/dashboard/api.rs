@@ -48,27 +48,27 @@ pub async fn overview(
             other => return Err(ApiError::invalid(other, "unknown parameter")),
         }
     }
-    let store = state.registry.store().clone();
     let now = Utc::now();
-    let (counts, throughput, in_flight, finished) =
-        web::block(move || -> Result<_, crate::store::StoreError> {
-            let finished = ListFilter {
-                states: SagaState::ALL
-                    .iter()
-                    .copied()
-                    .filter(|s| s.is_final())
-                    .collect(),
-                limit: FINISHED_LIMIT,
-                ..ListFilter::default()
-            };
+    let finished = ListFilter {
+        states: SagaState::ALL
+            .iter()
+            .copied()
+            .filter(|s| s.is_final())
+            .collect(),
+        limit: FINISHED_LIMIT,
+        ..ListFilter::default()
+    };
+    let (counts, throughput, in_flight, finished) = state
+        .store
+        .interact(move |db| {
             Ok((
-                store.count_by_state()?,
-                store.throughput(THROUGHPUT_MINUTES, now)?,
-                store.in_flight(&filter)?,
-                store.list(&finished)?,
+                db.count_by_state()?,
+                db.throughput(THROUGHPUT_MINUTES, now)?,
+                db.in_flight(&filter)?,
+                db.list(&finished)?,
             ))
         })
-        .await??;
+        .await?;
     let mut by_state = serde_json::Map::new();
     for s in SagaState::ALL {
         let n = counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
@@ -133,9 +133,10 @@ pub async fn definition(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(format!("no saga {id:?}")))?;
-    let store = state.registry.store().clone();
-    let saga = web::block(move || store.load(id))
-        .await??
+    let saga = state
+        .store
+        .interact(move |db| db.load(id))
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))?;
     Ok(HttpResponse::Ok().json(saga.definition.as_ref()))
 }

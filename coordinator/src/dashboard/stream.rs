@@ -20,8 +20,8 @@ use crate::runtime::changes::SagaChange;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub async fn changes(state: web::Data<AppState>) -> HttpResponse {
-    let receiver = state.registry.changes().subscribe();
-    let closing = state.registry.changes().closing();
+    let receiver = state.changes.subscribe();
+    let closing = state.changes.closing();
     // `retry`: how long the browser waits before reconnecting after the stream ends.
     let hello = stream::once(async {
         Ok::<_, actix_web::Error>(Bytes::from_static(

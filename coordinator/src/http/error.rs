@@ -114,9 +114,3 @@ impl From<EngineError> for ApiError {
         }
     }
 }
-
-impl From<actix_web::error::BlockingError> for ApiError {
-    fn from(e: actix_web::error::BlockingError) -> Self {
-        ApiError::Internal(e.to_string())
-    }
-}

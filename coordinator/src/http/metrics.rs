@@ -16,8 +16,10 @@ use crate::metrics::{OutboxBacklog, Snapshot, CONTENT_TYPE};
         content_type = "application/openmetrics-text"),
 ))]
 pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let store = state.registry.store().clone();
-    let read = web::block(move || (store.in_flight_counts(), store.outbox_backlog())).await;
+    let read = state
+        .store
+        .interact(|db| Ok((db.in_flight_counts(), db.outbox_backlog())))
+        .await;
     let (in_flight, outbox) = match read {
         Ok((in_flight, outbox)) => (in_flight.ok(), outbox.ok()),
         Err(_) => (None, None),
@@ -39,8 +41,7 @@ pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         dead_letters: *state.dead_letter_depth.borrow(),
     };
     let text = state
-        .registry
-        .metrics()
+        .metrics
         .render(snapshot)
         .map_err(|e| ApiError::Internal(format!("cannot encode the metrics: {e}")))?;
     Ok(HttpResponse::Ok().content_type(CONTENT_TYPE).body(text))

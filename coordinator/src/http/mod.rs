@@ -1,7 +1,8 @@
 //! The HTTP API (contract, section 2): routes, authentication, and the service endpoints.
 //!
 //! Handlers parse, call the runtime or the store, and shape documents; saga rules live in
-//! `crate::saga`, never here.
+//! `crate::saga`, never here. Every read goes through [`Store::interact`], so none runs on an HTTP
+//! worker's thread.
 
 pub mod api_page;
 pub mod document;
@@ -19,12 +20,21 @@ use actix_web::{web, FromRequest, Handler, HttpResponse, Responder};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
+use crate::runtime::changes::Changes;
 use crate::runtime::Registry;
+use crate::store::Store;
 use error::ApiError;
 
 /// What every handler can reach.
 pub struct AppState {
+    /// The running sagas: submissions and operators' requests go here.
     pub registry: Registry,
+    /// Reads (sagas, events, aggregates).
+    pub store: Store,
+    /// Committed saga changes, for live views.
+    pub changes: Changes,
+    pub metrics: std::sync::Arc<Metrics>,
     pub amqp_connected: watch::Receiver<bool>,
     /// Depth of `{ns}.dead-letters`, for the metrics.
     pub dead_letter_depth: watch::Receiver<Option<u32>>,
@@ -185,8 +195,11 @@ async fn healthz() -> HttpResponse {
     (status = 503, description = "Postgres or RabbitMQ is not reachable", body = openapi::Readiness),
 ))]
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let store = state.registry.store().clone();
-    let postgres = web::block(move || store.ping()).await.unwrap_or(false);
+    let postgres = state
+        .store
+        .interact(|db| Ok(db.ping()))
+        .await
+        .unwrap_or(false);
     let rabbitmq = *state.amqp_connected.borrow();
     let body = json!({"postgres": postgres, "rabbitmq": rabbitmq});
     if postgres && rabbitmq {

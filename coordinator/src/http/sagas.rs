@@ -1,17 +1,15 @@
 //! Handlers of `/api/v1/sagas`: submit, read, list, and the operator's actions.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::Utc;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::document::{saga_document, saga_summary};
 use super::error::ApiError;
 use super::AppState;
-use crate::outbox::command_message;
-use crate::saga::machine::{self, Decision, Event};
-use crate::saga::{Saga, SagaState};
-use crate::store::writer::{Persist, Written};
+use crate::runtime::Submitted;
+use crate::saga::machine::Event;
+use crate::saga::SagaState;
 use crate::store::ListFilter;
 use crate::submission::parse_submission;
 
@@ -43,52 +41,12 @@ pub async fn submit(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let now = Utc::now();
-    let saga = Saga::new(Uuid::now_v7(), definition, traceparent, now);
-    let mut rng = rand::rng();
-    let mut ctx = machine::Context { now, rng: &mut rng };
-    let Decision::Apply(start) = machine::handle(&saga, Event::Start, &mut ctx) else {
-        return Err(ApiError::Internal("a new saga did not start".into()));
-    };
-    let outbox = start
-        .commands
-        .iter()
-        .map(|c| command_message(&start.saga, c, now))
-        .collect();
-    let persist = Persist {
-        steps: (0..start.saga.steps.len()).collect(),
-        saga: start.saga,
-        log: start.log,
-        outbox,
-        is_new: true,
-    };
-    let mut started = persist.saga.clone();
-    let log = persist.log.clone();
-    match state.registry.writer().write(persist).await? {
-        Written::Saved { version, outbox } => {
-            started.version = version;
-            state.registry.changes().send(&started);
-            state
-                .registry
-                .metrics()
-                .observe_transition(&saga, &started, &log, now);
-            let doc = saga_document(&started);
-            if !started.state.is_final() {
-                state.registry.adopt(started);
-            }
-            // Only now: a reply must find the saga's actor.
-            state.registry.publish(outbox);
-            Ok(HttpResponse::Created()
-                .insert_header((
-                    "Location",
-                    format!("/api/v1/sagas/{}", doc["id"].as_str().unwrap_or_default()),
-                ))
-                .json(doc))
-        }
-        Written::Duplicate(existing) if existing.definition == started.definition => {
-            Ok(HttpResponse::Ok().json(saga_document(&existing)))
-        }
-        Written::Duplicate(existing) => Err(ApiError::Conflict(format!(
+    match state.registry.submit(definition, traceparent).await? {
+        Submitted::Started(saga) => Ok(HttpResponse::Created()
+            .insert_header(("Location", format!("/api/v1/sagas/{}", saga.id)))
+            .json(saga_document(&saga))),
+        Submitted::Existing(existing) => Ok(HttpResponse::Ok().json(saga_document(&existing))),
+        Submitted::KeyTaken(existing) => Err(ApiError::Conflict(format!(
             "key {:?} was already used by saga {} with a different definition",
             existing.definition.key.as_deref().unwrap_or_default(),
             existing.id
@@ -114,9 +72,10 @@ pub async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
-    let store = state.registry.store().clone();
-    let saga = web::block(move || store.load(id))
-        .await??
+    let saga = state
+        .store
+        .interact(move |db| db.load(id))
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))?;
     Ok(HttpResponse::Ok().json(saga_document(&saga)))
 }
@@ -135,11 +94,10 @@ pub async fn events(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
-    let store = state.registry.store().clone();
-    let (exists, items) = web::block(move || -> Result<_, crate::store::StoreError> {
-        Ok((store.load(id)?.is_some(), store.events(id)?))
-    })
-    .await??;
+    let (exists, items) = state
+        .store
+        .interact(move |db| Ok((db.load(id)?.is_some(), db.events(id)?)))
+        .await?;
     if !exists {
         return Err(ApiError::NotFound(format!("no saga {id}")));
     }
@@ -193,9 +151,8 @@ pub async fn list(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    let store = state.registry.store().clone();
     let limit = filter.limit;
-    let sagas = web::block(move || store.list(&filter)).await??;
+    let sagas = state.store.interact(move |db| db.list(&filter)).await?;
     let next = (sagas.len() as i64 == limit)
         .then(|| sagas.last().map(|s| s.id.to_string()))
         .flatten();

@@ -1,23 +1,23 @@
 //! One actix actor per in-flight saga: it feeds events to the state machine and executes the decision.
 //!
-//! Executing means, in this order: persist the transition and its commands (one Postgres transaction,
-//! through the writer), then adopt the new state, hand the commands to the outbox relay, settle the
-//! RabbitMQ delivery that caused it, and re-arm the one clock the saga needs. Each event is processed
-//! atomically (`AtomicResponse`): the next one waits until the previous transition is durable.
+//! Executing means, in this order: commit the transition and let it take effect ([`super::commit`]:
+//! persist it with its commands, then the change notice, the metrics and the publishes), then adopt
+//! the new state, settle the RabbitMQ delivery that caused it, and re-arm the one clock the saga
+//! needs (or stop when it is final). Each event is processed atomically (`AtomicResponse`): the next
+//! one waits until the previous transition is durable.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
 use tokio::sync::oneshot;
 
+use super::commit::{self, Commit, NotCommitted};
 use super::{EngineError, Registry};
 use crate::amqp::Settlement;
-use crate::outbox::command_message;
-use crate::saga::machine::{self, Context as MachineContext, Decision, Event};
-use crate::saga::{CheckBack, CommandKind, Saga, SagaState};
-use crate::store::writer::{Persist, Written};
+use crate::saga::machine::{Decision, Event};
+use crate::saga::{Saga, SagaState};
+use crate::store::StoreError;
 
 /// How long to wait before trying again after the database refused a transition.
 const PERSIST_RETRY: Duration = Duration::from_secs(1);
@@ -73,25 +73,20 @@ impl SagaActor {
         settle: Option<oneshot::Sender<Settlement>>,
     ) -> ResponseActFuture<Self, Result<Saga, EngineError>> {
         let now = Utc::now();
-        let mut rng = rand::rng();
-        let mut machine_ctx = MachineContext { now, rng: &mut rng };
-        let decided = catch_unwind(AssertUnwindSafe(|| {
-            machine::handle(&self.saga, event, &mut machine_ctx)
-        }));
-        let transition = match decided {
-            Ok(Decision::Apply(t)) => t,
-            Ok(Decision::Ignore(reason)) => {
+        let transition = match commit::decide(&self.saga, event, now) {
+            Some(Decision::Apply(t)) => t,
+            Some(Decision::Ignore(reason)) => {
                 log::info!("saga {}: ignored: {reason}", self.saga.id);
                 settle_with(settle, Settlement::Ack);
                 return Box::pin(fut::ready(Ok(self.saga.clone())));
             }
-            Ok(Decision::Reject(reason)) => {
+            Some(Decision::Reject(reason)) => {
                 settle_with(settle, Settlement::Ack);
                 return Box::pin(fut::ready(Err(EngineError::Conflict(reason))));
             }
-            Err(_) => {
-                // A bug in the machine must not take other sagas down: this saga keeps its last
-                // durable state and the event is dropped (a reply will be retried by its timeout).
+            None => {
+                // This saga keeps its last durable state and the event is dropped (a reply will
+                // be retried by its timeout).
                 log::error!(
                     "saga {}: the state machine panicked; event dropped",
                     self.saga.id
@@ -102,57 +97,13 @@ impl SagaActor {
                 ))));
             }
         };
-        // A check-back to a URL is an HTTP request made after the commit, not an outbox row.
-        let check_url = match &transition.saga.definition.check_back {
-            Some(CheckBack::Url(url)) => Some(url.clone()),
-            _ => None,
-        };
-        let (http_checks, commands): (Vec<_>, Vec<_>) = transition
-            .commands
-            .iter()
-            .partition(|c| c.kind == CommandKind::Check && check_url.is_some());
-        let http_checks: Vec<u32> = http_checks.iter().map(|c| c.attempt).collect();
-        let outbox = commands
-            .into_iter()
-            .map(|c| command_message(&transition.saga, c, now))
-            .collect();
-        let steps = (0..transition.saga.steps.len())
-            .filter(|&i| transition.saga.steps[i] != self.saga.steps[i])
-            .collect();
-        let persist = Persist {
-            saga: transition.saga,
-            steps,
-            log: transition.log,
-            outbox,
-            is_new: false,
-        };
-        let new_saga = persist.saga.clone();
-        let log = persist.log.clone();
-        let writer = self.registry.writer().clone();
+        let written = Commit::change(&self.saga, transition, now).write(&self.registry);
         Box::pin(
-            async move { writer.write(persist).await }
+            written
                 .into_actor(self)
                 .map(move |written, act, ctx| match written {
-                    Ok(Written::Saved { version, outbox }) => {
-                        act.registry
-                            .metrics()
-                            .observe_transition(&act.saga, &new_saga, &log, now);
-                        act.saga = new_saga;
-                        act.saga.version = version;
-                        act.registry.changes().send(&act.saga);
-                        act.registry.publish(outbox);
-                        if let Some(url) = check_url {
-                            let timeout =
-                                Duration::from_millis(act.saga.definition.check_back_timeout_ms);
-                            for attempt in http_checks {
-                                act.registry.check_back_over_http(
-                                    act.saga.id,
-                                    url.clone(),
-                                    attempt,
-                                    timeout,
-                                );
-                            }
-                        }
+                    Ok(committed) => {
+                        act.saga = committed.take_effect(&act.registry, &act.saga);
                         settle_with(settle, Settlement::Ack);
                         if act.saga.state.is_final() {
                             act.registry.forget(act.saga.id);
@@ -162,13 +113,13 @@ impl SagaActor {
                         }
                         Ok(act.saga.clone())
                     }
-                    Ok(Written::Duplicate(_)) => {
+                    Err(NotCommitted::Duplicate(_)) => {
                         settle_with(settle, Settlement::Requeue);
                         Err(EngineError::Internal(
                             "an existing saga was inserted again".into(),
                         ))
                     }
-                    Err(crate::store::StoreError::Conflict(id)) => {
+                    Err(NotCommitted::Failed(StoreError::Conflict(id))) => {
                         // Someone else wrote this saga (or our last commit went through although its
                         // answer was lost): start over from what Postgres has.
                         log::warn!("saga {id}: changed elsewhere; reloading it");
@@ -180,7 +131,7 @@ impl SagaActor {
                             "the saga was reloaded; try again".into(),
                         ))
                     }
-                    Err(e) => {
+                    Err(NotCommitted::Failed(e)) => {
                         log::error!("saga {}: cannot persist a transition: {e}", act.saga.id);
                         settle_with(settle, Settlement::Requeue);
                         // Timers are still due: try again soon rather than at the next due time.

@@ -3,11 +3,13 @@
 //! The registry starts one [`actor::SagaActor`] per unfinished saga (at submission, and at start-up
 //! for every unfinished saga in Postgres), routes replies and operator requests to it, and forgets it
 //! when the saga is final. Actors live on the main arbiter (or on `SAGA_ACTOR_THREADS` arbiters of their
-//! own), away from the HTTP workers.
+//! own), away from the HTTP workers. Every transition, whoever asks for it, is committed by
+//! [`commit`]; the web edge only calls [`Registry::submit`] and [`Registry::operate`].
 
 pub mod actor;
 pub mod changes;
 pub mod check_back;
+mod commit;
 pub mod relay;
 
 use std::collections::HashMap;
@@ -16,16 +18,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
+use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::amqp::Settlement;
 use crate::metrics::Metrics;
 use crate::outbox::OutboxMessage;
-use crate::saga::machine::Event;
+use crate::saga::definition::SagaDefinition;
+use crate::saga::machine::{Decision, Event};
 use crate::saga::Saga;
 use crate::store::{Store, StoreError, Writer};
 use actor::{Deliver, SagaActor};
+use commit::{Commit, NotCommitted};
 
 /// What running a saga event can end in, besides success.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,17 @@ pub enum EngineError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What became of a submission.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Committed, and running (or prepared) unless its first transition finished it.
+    Started(Saga),
+    /// Its idempotency key was used before with the same definition: that saga.
+    Existing(Box<Saga>),
+    /// Its idempotency key was used before with a different definition: that saga.
+    KeyTaken(Box<Saga>),
 }
 
 impl From<StoreError> for EngineError {
@@ -71,11 +87,13 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// `changes` hears of every committed transition; `metrics` observes each one.
     pub fn new(
         arbiters: Vec<ArbiterHandle>,
         writer: Writer,
         store: Store,
         relay: mpsc::UnboundedSender<Vec<OutboxMessage>>,
+        changes: changes::Changes,
         metrics: Arc<Metrics>,
     ) -> Self {
         Registry {
@@ -88,32 +106,14 @@ impl Registry {
                 store,
                 relay,
                 http_check_back: check_back::HttpCheckBack::new(),
-                changes: changes::Changes::default(),
+                changes,
                 metrics,
             }),
         }
     }
 
-    pub fn writer(&self) -> &Writer {
-        &self.inner.writer
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
-    /// The feed of committed saga changes (for live views).
-    pub fn changes(&self) -> &changes::Changes {
-        &self.inner.changes
-    }
-
-    /// This coordinator's metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.inner.metrics
-    }
-
     /// Hands committed outbox rows to the relay for publishing.
-    pub fn publish(&self, outbox: Vec<OutboxMessage>) {
+    fn publish(&self, outbox: Vec<OutboxMessage>) {
         if !outbox.is_empty() && self.inner.relay.send(outbox).is_err() {
             // The relay is gone (shutting down): the rows stay in Postgres and go out after a restart.
             log::warn!("outbox relay stopped; commands will be published after a restart");
@@ -121,13 +121,7 @@ impl Registry {
     }
 
     /// Asks a check-back URL in the background and delivers its answer to the saga.
-    pub fn check_back_over_http(
-        &self,
-        saga_id: Uuid,
-        url: String,
-        attempt: u32,
-        timeout: Duration,
-    ) {
+    fn check_back_over_http(&self, saga_id: Uuid, url: String, attempt: u32, timeout: Duration) {
         let registry = self.clone();
         actix_rt::spawn(async move {
             let asker = registry.inner.http_check_back.clone();
@@ -190,12 +184,12 @@ impl Registry {
     }
 
     /// Drops a finished (or reloading) saga's actor from the map.
-    pub fn forget(&self, id: Uuid) {
+    fn forget(&self, id: Uuid) {
         self.actors().remove(&id);
     }
 
     /// Reloads a saga from Postgres after `delay` and starts its actor again if it is unfinished.
-    pub fn revive_later(&self, id: Uuid, delay: Duration) {
+    fn revive_later(&self, id: Uuid, delay: Duration) {
         let registry = self.clone();
         actix_rt::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -210,10 +204,7 @@ impl Registry {
         if let Some(addr) = self.actors().get(&id).filter(|a| a.connected()) {
             return Ok(Some(addr.clone()));
         }
-        let store = self.inner.store.clone();
-        let loaded = tokio::task::spawn_blocking(move || store.load(id))
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))??;
+        let loaded = self.inner.store.interact(move |db| db.load(id)).await?;
         Ok(match loaded {
             Some(saga) if !saga.state.is_final() => self.adopt(saga),
             _ => None,
@@ -243,6 +234,34 @@ impl Registry {
         }
     }
 
+    /// A new saga: its first transition is committed, then its actor started (before its first
+    /// commands go out, so that a reply finds it).
+    pub async fn submit(
+        &self,
+        definition: SagaDefinition,
+        traceparent: Option<String>,
+    ) -> Result<Submitted, EngineError> {
+        let now = Utc::now();
+        let saga = Saga::new(Uuid::now_v7(), definition, traceparent, now);
+        let Some(Decision::Apply(start)) = commit::decide(&saga, Event::Start, now) else {
+            return Err(EngineError::Internal("a new saga did not start".into()));
+        };
+        match self.commit(&saga, Commit::start(start, now)).await {
+            Ok(started) => Ok(Submitted::Started(started)),
+            Err(NotCommitted::Duplicate(existing)) if existing.definition == saga.definition => {
+                Ok(Submitted::Existing(existing))
+            }
+            Err(NotCommitted::Duplicate(existing)) => Ok(Submitted::KeyTaken(existing)),
+            Err(NotCommitted::Failed(e)) => Err(e.into()),
+        }
+    }
+
+    /// Commits a transition of `before` and makes it take effect (see [`commit`]); answers the
+    /// saga as committed.
+    async fn commit(&self, before: &Saga, commit: Commit) -> Result<Saga, NotCommitted> {
+        Ok(commit.write(self).await?.take_effect(self, before))
+    }
+
     /// Runs an operator's or initiator's request and answers with the saga afterwards.
     pub async fn operate(&self, saga_id: Uuid, event: Event) -> Result<Saga, EngineError> {
         // The actor may stop between being found and receiving the request (its saga just
@@ -269,21 +288,21 @@ impl Registry {
     }
 
     /// A final or unknown saga: run the machine only to get its answer (a rejection, or nothing to
-    /// do for a final saga).
+    /// do for a final saga). Nothing is committed without an actor: once the registry is stopping,
+    /// an unfinished saga is left as it is for the next start.
     async fn answer_without_actor(&self, saga_id: Uuid, event: Event) -> Result<Saga, EngineError> {
-        let store = self.inner.store.clone();
-        let saga = tokio::task::spawn_blocking(move || store.load(saga_id))
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))??
+        let saga = self
+            .inner
+            .store
+            .interact(move |db| db.load(saga_id))
+            .await?
             .ok_or(EngineError::NotFound(saga_id))?;
-        let mut rng = rand::rng();
-        let mut ctx = crate::saga::machine::Context {
-            now: chrono::Utc::now(),
-            rng: &mut rng,
-        };
-        match crate::saga::machine::handle(&saga, event, &mut ctx) {
-            crate::saga::machine::Decision::Reject(reason) => Err(EngineError::Conflict(reason)),
-            _ => Ok(saga),
+        match commit::decide(&saga, event, Utc::now()) {
+            Some(Decision::Reject(reason)) => Err(EngineError::Conflict(reason)),
+            Some(_) => Ok(saga),
+            None => Err(EngineError::Internal(
+                "the state machine failed on this event".into(),
+            )),
         }
     }
 }

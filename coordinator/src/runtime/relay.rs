@@ -88,18 +88,16 @@ pub fn spawn(
                     }
                 },
                 _ = sweep.tick() => {
-                    let store = store.clone();
                     let before = Utc::now() - chrono::Duration::from_std(SWEEP_EVERY).unwrap_or_default();
-                    let found = tokio::task::spawn_blocking(move || store.pending_outbox(before, SWEEP_BATCH)).await;
+                    let found = store.interact(move |db| db.pending_outbox(before, SWEEP_BATCH)).await;
                     match found {
-                        Ok(Ok(rows)) => {
+                        Ok(rows) => {
                             for message in rows {
                                 if !hand_over(&mut on_the_way, &outbound, message) {
                                     return;
                                 }
                             }
                         }
-                        Ok(Err(e)) => log::warn!("outbox sweep failed: {e}"),
                         Err(e) => log::warn!("outbox sweep failed: {e}"),
                     }
                 }

@@ -27,8 +27,8 @@ use diesel::sql_types::{HasSqlType, Untyped};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::persist::{Persist, Written};
 use super::rows::to_i32;
-use super::writer::{Persist, Written};
 use super::StoreError;
 use crate::saga::Saga;
 

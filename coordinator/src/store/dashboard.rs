@@ -10,7 +10,7 @@ use diesel::sql_types::{BigInt, Timestamptz};
 use uuid::Uuid;
 
 use super::schema::sagas;
-use super::{SagaRow, Store, StoreError};
+use super::{Queries, SagaRow, StoreError};
 use crate::saga::{Saga, SagaState};
 
 /// Sagas started and finished in one minute.
@@ -42,7 +42,7 @@ struct MinuteRow {
     finished: i64,
 }
 
-impl Store {
+impl Queries {
     /// How many sagas are in each state (states with none are left out).
     pub fn count_by_state(&self) -> Result<Vec<(SagaState, i64)>, StoreError> {
         let mut conn = self.conn()?;

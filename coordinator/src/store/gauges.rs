@@ -5,10 +5,10 @@ use diesel::dsl::{count_star, min};
 use diesel::prelude::*;
 
 use super::schema::{outbox, sagas};
-use super::{Store, StoreError};
+use super::{Queries, StoreError};
 use crate::saga::SagaState;
 
-impl Store {
+impl Queries {
     /// Unfinished sagas per (name, state).
     pub fn in_flight_counts(&self) -> Result<Vec<(String, SagaState, i64)>, StoreError> {
         let finals: Vec<&str> = SagaState::ALL

@@ -9,6 +9,7 @@ mod batch;
 pub mod dashboard;
 mod events;
 mod gauges;
+mod persist;
 mod rows;
 pub mod schema;
 pub mod writer;
@@ -29,7 +30,8 @@ use crate::saga::{Saga, SagaState};
 use rows::{EventRow, OutboxRow, SagaRow, StepRow};
 use schema::{outbox, saga_events, saga_steps, sagas};
 
-pub use writer::{Persist, Writer};
+pub use persist::{Persist, Written};
+pub use writer::Writer;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../schema/migrations");
 
@@ -47,6 +49,9 @@ pub enum StoreError {
     Conflict(Uuid),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The blocking task running a query panicked or was cancelled.
+    #[error("the query did not finish: {0}")]
+    Interrupted(String),
 }
 
 impl From<r2d2::Error> for StoreError {
@@ -144,7 +149,10 @@ pub struct ListFilter {
     pub before: Option<Uuid>,
 }
 
-/// Blocking queries. Every method must run off the async threads (`spawn_blocking`).
+/// The store's async face: every query runs on tokio's blocking pool, through [`Store::interact`].
+///
+/// The blocking [`Queries`] exist only inside its closure, so no async thread (an actor's, the
+/// relay's, an HTTP worker's) can call diesel by accident: it does not compile.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
@@ -153,6 +161,30 @@ pub struct Store {
 impl Store {
     pub fn new(pool: Pool) -> Self {
         Store { pool }
+    }
+
+    /// Runs `query` on the blocking pool and answers what it answered; a query whose task panicked
+    /// or was cancelled is [`StoreError::Interrupted`].
+    pub async fn interact<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Queries) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let queries = Queries::new(self.pool.clone());
+        tokio::task::spawn_blocking(move || query(&queries))
+            .await
+            .map_err(|e| StoreError::Interrupted(e.to_string()))?
+    }
+}
+
+/// Blocking queries: only [`Store::interact`] (and the store's own tests) can make one.
+pub struct Queries {
+    pool: Pool,
+}
+
+impl Queries {
+    fn new(pool: Pool) -> Self {
+        Queries { pool }
     }
 
     fn conn(&self) -> Result<Conn, StoreError> {

@@ -15,6 +15,7 @@
 //! Diesel runs only on these threads, never on an actor's or HTTP worker's thread.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -24,39 +25,15 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use tokio::sync::oneshot;
 
+use super::persist::{Persist, Written};
 use super::rows::{SagaRow, StepRow};
 use super::schema::{saga_steps, sagas};
 use super::{Conn, Pool, StoreError};
 use crate::metrics::Metrics;
-use crate::outbox::OutboxMessage;
-use crate::saga::{LogEntry, Saga};
+use crate::saga::Saga;
 
 /// Most transitions in one Postgres transaction.
 pub const MAX_BATCH: usize = 256;
-
-/// One transition to persist.
-#[derive(Debug, Clone)]
-pub struct Persist {
-    /// The saga after the transition; `version` is still the one it was loaded with.
-    pub saga: Saga,
-    /// Positions of the steps whose progress changed.
-    pub steps: Vec<usize>,
-    pub log: Vec<LogEntry>,
-    pub outbox: Vec<OutboxMessage>,
-    /// A new saga: insert it, unless its idempotency key is taken.
-    pub is_new: bool,
-}
-
-#[derive(Debug)]
-pub enum Written {
-    /// Committed: the saga's new version, and the outbox rows with their ids.
-    Saved {
-        version: i64,
-        outbox: Vec<OutboxMessage>,
-    },
-    /// A new saga whose (name, key) an earlier saga already has; that saga is returned instead.
-    Duplicate(Box<Saga>),
-}
 
 /// How long confirmed outbox rows wait for a batch of transitions to ride along with before the
 /// writer commits their deletion on its own (only when no transition comes in that time).
@@ -115,18 +92,28 @@ impl Writer {
     }
 
     /// Commits one transition (possibly together with others) and answers when it is durable.
-    pub async fn write(&self, persist: Persist) -> Result<Written, StoreError> {
+    ///
+    /// The transition is queued at once; the answer borrows nothing, so an actor need not hold a
+    /// handle of its own to the writer while it waits.
+    pub fn write(
+        &self,
+        persist: Persist,
+    ) -> impl Future<Output = Result<Written, StoreError>> + 'static {
         let (done, answer) = oneshot::channel();
-        self.jobs
+        let queued = self
+            .jobs
             .send(Work::Persist(Box::new(Job {
                 persist,
                 queued: Instant::now(),
                 done,
             })))
-            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer dropped the transition".into()))?
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()));
+        async move {
+            queued?;
+            answer
+                .await
+                .map_err(|_| StoreError::Unavailable("the writer dropped the transition".into()))?
+        }
     }
 
     /// Deletes outbox rows RabbitMQ has confirmed, together with the next batch of transitions (or

@@ -7,10 +7,10 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::*;
-use crate::outbox::command_message;
+use crate::outbox::{command_message, OutboxMessage};
 use crate::saga::machine::{self, Context, Decision, Event};
 use crate::store::schema::outbox;
-use crate::store::Store;
+use crate::store::Queries;
 
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
@@ -138,7 +138,7 @@ fn outbox_ids(pool: &Pool) -> Vec<i64> {
 #[test]
 fn a_batch_commits_every_saga_but_the_stale_one_and_deletes_confirmed_rows() {
     let db = TestDatabase::new();
-    let store = Store::new(db.pool.clone());
+    let store = Queries::new(db.pool.clone());
 
     // Two new sagas and a duplicate of the first one's key, in one batch.
     let first = started(Some("k-1"));
@@ -227,7 +227,7 @@ fn the_prepared_batch_statement_keeps_writing_on_one_connection() {
     // Postgres switches a prepared statement to its generic plan after a few runs: the same
     // connection must keep writing correctly, empty parts (no new saga, no outbox row) included.
     let db = TestDatabase::new();
-    let store = Store::new(db.pool.clone());
+    let store = Queries::new(db.pool.clone());
     let first = started(None);
     let answers = run_batch(&db.pool, vec![first.clone()], Vec::new());
     let (mut version, mut outbox) = saved(&answers[0]);
@@ -282,7 +282,7 @@ fn the_prepared_batch_statement_keeps_writing_on_one_connection() {
 #[test]
 fn a_saga_that_fails_the_batch_statement_fails_alone() {
     let db = TestDatabase::new();
-    let store = Store::new(db.pool.clone());
+    let store = Queries::new(db.pool.clone());
     let earlier = started(None);
     let (_, earlier_outbox) = saved(&run_batch(&db.pool, vec![earlier], Vec::new())[0]);
 
@@ -337,7 +337,7 @@ fn a_saga_that_fails_the_batch_statement_fails_alone() {
 #[test]
 fn two_transitions_of_one_saga_in_a_batch_are_written_in_order() {
     let db = TestDatabase::new();
-    let store = Store::new(db.pool.clone());
+    let store = Queries::new(db.pool.clone());
     let first = started(None);
     let mut moved = first.saga.clone();
     moved.updated_at = Utc::now().trunc_subsecs(6);

@@ -1,0 +1,247 @@
+//! The one way a transition takes effect: from the machine's decision to a committed transition,
+//! and everything its commit sets off.
+//!
+//! Every transition goes this way, a submission's first as much as an actor's: its commands become
+//! outbox rows (a check-back to a URL is an HTTP request instead, made after the commit), the
+//! transition and its rows go to the writer as one [`Persist`], and only once they are durable does
+//! anything leave the saga: the change notice, the metrics, a new saga's actor, the commands handed
+//! to the relay and the check-backs. The types keep that order: only a [`Committed`], which the
+//! writer's `Saved` answer makes, can [`Committed::take_effect`].
+//!
+//! The actor awaits the write as an actix future, which cannot borrow the actor across the wait; so
+//! [`Commit::write`] borrows nothing, and the saga before the transition (for the metrics) is passed
+//! to [`Committed::take_effect`] once the commit is known. [`super::Registry::commit`] is the same
+//! two calls for a caller that holds its saga itself.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::Registry;
+use crate::outbox::{command_message, OutboxMessage};
+use crate::saga::machine::{self, Decision, Event, Transition};
+use crate::saga::LogEntry;
+use crate::saga::{CheckBack, CommandKind, Saga};
+use crate::store::{Persist, StoreError, Written};
+
+/// Asks the state machine what `event` means for `saga`, with the runtime's clock and jitter.
+/// `None`: the machine panicked. A bug in it must not take other sagas down, so the caller keeps
+/// the saga's last durable state.
+pub(super) fn decide(saga: &Saga, event: Event, now: DateTime<Utc>) -> Option<Decision> {
+    let mut rng = rand::rng();
+    let mut ctx = machine::Context { now, rng: &mut rng };
+    catch_unwind(AssertUnwindSafe(|| machine::handle(saga, event, &mut ctx))).ok()
+}
+
+/// A transition the machine decided, ready for the writer.
+pub(super) struct Commit {
+    persist: Persist,
+    then: AfterCommit,
+}
+
+/// What is done once the transition is durable.
+struct AfterCommit {
+    /// The saga after the transition (the writer takes the other copy).
+    saga: Saga,
+    log: Vec<LogEntry>,
+    now: DateTime<Utc>,
+    /// Attempts of the check-backs to ask over HTTP: the saga's check-back is a URL.
+    http_checks: Vec<u32>,
+    is_new: bool,
+}
+
+/// Why a transition was not committed.
+pub(super) enum NotCommitted {
+    /// A new saga whose idempotency key an earlier saga has: that saga.
+    Duplicate(Box<Saga>),
+    /// Nothing was written: the saga changed elsewhere ([`StoreError::Conflict`]), or Postgres.
+    Failed(StoreError),
+}
+
+/// A durable transition whose effects are still to happen.
+#[must_use = "a committed transition must take effect: its commands wait for it"]
+pub(super) struct Committed {
+    then: AfterCommit,
+    /// The outbox rows as inserted (with their ids).
+    outbox: Vec<OutboxMessage>,
+}
+
+impl Commit {
+    /// The first transition of a submitted saga: it inserts the saga and every step.
+    pub(super) fn start(transition: Transition, now: DateTime<Utc>) -> Commit {
+        let steps = (0..transition.saga.steps.len()).collect();
+        Commit::new(transition, steps, now, true)
+    }
+
+    /// A transition of a stored saga: only the steps whose progress changed are written.
+    pub(super) fn change(before: &Saga, transition: Transition, now: DateTime<Utc>) -> Commit {
+        let steps = (0..transition.saga.steps.len())
+            .filter(|&i| transition.saga.steps[i] != before.steps[i])
+            .collect();
+        Commit::new(transition, steps, now, false)
+    }
+
+    fn new(transition: Transition, steps: Vec<usize>, now: DateTime<Utc>, is_new: bool) -> Self {
+        let Transition {
+            saga,
+            commands,
+            log,
+        } = transition;
+        // A check-back to a URL is an HTTP request made after the commit, not an outbox row.
+        let over_http = matches!(saga.definition.check_back, Some(CheckBack::Url(_)));
+        let mut http_checks = Vec::new();
+        let mut outbox = Vec::with_capacity(commands.len());
+        for command in &commands {
+            if over_http && command.kind == CommandKind::Check {
+                http_checks.push(command.attempt);
+            } else {
+                outbox.push(command_message(&saga, command, now));
+            }
+        }
+        let then = AfterCommit {
+            saga: saga.clone(),
+            log: log.clone(),
+            now,
+            http_checks,
+            is_new,
+        };
+        Commit {
+            persist: Persist {
+                saga,
+                steps,
+                log,
+                outbox,
+                is_new,
+            },
+            then,
+        }
+    }
+
+    /// Hands the transition to the writer (at once) and answers once it is durable, or why not.
+    /// The answer borrows nothing, so an actor can await it as its own future.
+    pub(super) fn write(
+        self,
+        registry: &Registry,
+    ) -> impl Future<Output = Result<Committed, NotCommitted>> + 'static {
+        let Commit { persist, mut then } = self;
+        let written = registry.inner.writer.write(persist);
+        async move {
+            match written.await {
+                Ok(Written::Saved { version, outbox }) => {
+                    then.saga.version = version;
+                    Ok(Committed { then, outbox })
+                }
+                Ok(Written::Duplicate(existing)) => Err(NotCommitted::Duplicate(existing)),
+                Err(e) => Err(NotCommitted::Failed(e)),
+            }
+        }
+    }
+}
+
+impl Committed {
+    /// Everything a commit sets off, in this order: the change notice and the metrics (`before` is
+    /// the saga as it was before the transition); a new saga's actor, started before its first
+    /// command goes out so that a reply finds it; the commands, to the relay; the check-backs over
+    /// HTTP. Answers the saga as committed (with its new version).
+    pub(super) fn take_effect(self, registry: &Registry, before: &Saga) -> Saga {
+        let Committed { then, outbox } = self;
+        let AfterCommit {
+            saga,
+            log,
+            now,
+            http_checks,
+            is_new,
+        } = then;
+        registry.inner.changes.send(&saga);
+        registry
+            .inner
+            .metrics
+            .observe_transition(before, &saga, &log, now);
+        if is_new && !saga.state.is_final() {
+            registry.adopt(saga.clone());
+        }
+        registry.publish(outbox);
+        if let Some(CheckBack::Url(url)) = &saga.definition.check_back {
+            let timeout = Duration::from_millis(saga.definition.check_back_timeout_ms);
+            for attempt in http_checks {
+                registry.check_back_over_http(saga.id, url.clone(), attempt, timeout);
+            }
+        }
+        saga
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn submitted(body: serde_json::Value, now: DateTime<Utc>) -> Saga {
+        let definition = crate::submission::parse_submission(&body).expect("a valid submission");
+        Saga::new(Uuid::now_v7(), definition, None, now)
+    }
+
+    fn applied(saga: &Saga, event: Event, now: DateTime<Utc>) -> Transition {
+        match decide(saga, event, now) {
+            Some(Decision::Apply(t)) => t,
+            other => panic!("expected a transition, got {other:?}"),
+        }
+    }
+
+    /// A prepared saga past its prepare timeout, and the transition that asks the initiator.
+    fn first_check_back(check_back: serde_json::Value) -> (Saga, Transition, DateTime<Utc>) {
+        let now = Utc::now();
+        let saga = submitted(
+            json!({"name": "n", "mode": "prepare", "prepare_timeout_ms": 1000,
+                   "check_back": check_back,
+                   "steps": [{"name": "a", "participant": "p", "action": "x"}]}),
+            now,
+        );
+        let prepared = applied(&saga, Event::Start, now).saga;
+        let later = now + chrono::Duration::seconds(2);
+        let asking = applied(&prepared, Event::TimerFired, later);
+        (prepared, asking, later)
+    }
+
+    #[test]
+    fn a_check_back_to_a_url_is_asked_over_http_after_the_commit_not_through_the_outbox() {
+        let (prepared, asking, now) = first_check_back(json!({"url": "http://initiator/check"}));
+        let commit = Commit::change(&prepared, asking, now);
+        assert!(commit.persist.outbox.is_empty());
+        assert_eq!(commit.then.http_checks, vec![1]);
+    }
+
+    #[test]
+    fn a_check_back_to_a_participant_is_an_outbox_row() {
+        let (prepared, asking, now) = first_check_back(json!({"participant": "initiator"}));
+        let commit = Commit::change(&prepared, asking, now);
+        assert_eq!(commit.persist.outbox.len(), 1);
+        assert!(commit.then.http_checks.is_empty());
+    }
+
+    #[test]
+    fn a_start_inserts_every_step_and_a_change_writes_only_the_changed_ones() {
+        let now = Utc::now();
+        let saga = submitted(
+            json!({"name": "n", "steps": [
+                {"name": "a", "participant": "p", "action": "x", "compensation": "y"},
+                {"name": "b", "participant": "p", "action": "x"}]}),
+            now,
+        );
+        let start = Commit::start(applied(&saga, Event::Start, now), now);
+        assert!(start.persist.is_new);
+        assert_eq!(start.persist.steps, vec![0, 1]);
+        assert_eq!(start.persist.outbox.len(), 1, "step a is dispatched");
+        assert_eq!(start.then.saga, start.persist.saga);
+
+        let running = start.persist.saga;
+        let abort = Commit::change(&running, applied(&running, Event::Abort, now), now);
+        assert!(!abort.persist.is_new);
+        assert_eq!(abort.persist.steps, vec![0], "b was never dispatched");
+        assert_eq!(abort.then.log, abort.persist.log);
+    }
+}

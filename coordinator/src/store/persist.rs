@@ -1,0 +1,31 @@
+//! What the write path is asked to commit and what it answers: the plain types between the runtime
+//! and the writer, in a module of their own so that the writer threads ([`super::writer`]) and the
+//! batch statement ([`super::batch`]) both depend on them and not on each other.
+
+use crate::outbox::OutboxMessage;
+use crate::saga::LogEntry;
+use crate::saga::Saga;
+
+/// One transition to persist.
+#[derive(Debug, Clone)]
+pub struct Persist {
+    /// The saga after the transition; `version` is still the one it was loaded with.
+    pub saga: Saga,
+    /// Positions of the steps whose progress changed.
+    pub steps: Vec<usize>,
+    pub log: Vec<LogEntry>,
+    pub outbox: Vec<OutboxMessage>,
+    /// A new saga: insert it, unless its idempotency key is taken.
+    pub is_new: bool,
+}
+
+#[derive(Debug)]
+pub enum Written {
+    /// Committed: the saga's new version, and the outbox rows with their ids.
+    Saved {
+        version: i64,
+        outbox: Vec<OutboxMessage>,
+    },
+    /// A new saga whose (name, key) an earlier saga already has; that saga is returned instead.
+    Duplicate(Box<Saga>),
+}
