@@ -244,7 +244,7 @@ impl Drop for Inner {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("e2e: no runtime to delete namespace {ns}: {e}");
+                    eprintln!("testkit: no runtime to delete namespace {ns}: {e}");
                     return;
                 }
             };
@@ -257,8 +257,8 @@ impl Drop for Inner {
             });
             match result {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("e2e: deleting namespace {ns}: {e:#}"),
-                Err(_) => eprintln!("e2e: deleting namespace {ns} timed out"),
+                Ok(Err(e)) => eprintln!("testkit: deleting namespace {ns}: {e:#}"),
+                Err(_) => eprintln!("testkit: deleting namespace {ns} timed out"),
             }
         });
         let _ = cleanup.join();
@@ -283,7 +283,7 @@ async fn delete_namespace(ns: &str, participants: &[String]) -> anyhow::Result<(
             .await
         {
             Ok(_) => channel = Some(ch),
-            Err(e) => eprintln!("e2e: deleting queue {queue}: {e}"),
+            Err(e) => eprintln!("testkit: deleting queue {queue}: {e}"),
         }
     }
     for exchange in [format!("{ns}.commands"), format!("{ns}.dead")] {
@@ -296,7 +296,7 @@ async fn delete_namespace(ns: &str, participants: &[String]) -> anyhow::Result<(
             .await
         {
             Ok(()) => channel = Some(ch),
-            Err(e) => eprintln!("e2e: deleting exchange {exchange}: {e}"),
+            Err(e) => eprintln!("testkit: deleting exchange {exchange}: {e}"),
         }
     }
     let _ = conn.close(200, "done".into()).await;
