@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use e2e::namespace::amqp_connect;
-use e2e::{Behaviour, FakeParticipant, Reply, TcpProxy, TestDb, TestNamespace};
+use e2e::{Behaviour, FakeParticipant, Reply, TestNamespace};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, ExchangeKind};
 use serde_json::{json, Value};
 
 /// Declares the topology of section 3 the way the coordinator would, for a namespace with no coordinator.
