@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
 use diesel_migrations::embed_migrations;
-use lapin::options::QueueDeclareOptions;
+use lapin::options::{BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection as AmqpConnection, ConnectionProperties};
 use testkit::{amqp_connect, Schema, TcpProxy, TestDb, TestNamespace};
@@ -93,17 +93,13 @@ async fn proxy_forwards_severs_and_refuses() {
         assert!(Instant::now() < noticed, "the connection never noticed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(channel
-        .queue_declare(
-            "testkit-never".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .is_err());
+    assert!(
+        channel
+            .basic_qos(1, BasicQosOptions::default())
+            .await
+            .is_err(),
+        "a severed connection's channel is closed"
+    );
 
     proxy.pause();
     let refused = tokio::time::timeout(
