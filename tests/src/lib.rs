@@ -3,8 +3,8 @@
 //! The tests under `tests/` are black-box tests of the external contract (`docs/contract.md`):
 //! they talk HTTP to a coordinator and AMQP to RabbitMQ, against a real Postgres and a real RabbitMQ.
 //! Every test gets its own database ([`test_db`]: a [`TestDb`] with the coordinator's schema) and its
-//! own AMQP namespace ([`TestNamespace`]), so tests run in parallel without seeing each other; both,
-//! the [`TcpProxy`] and the service URLs come from the workspace's `testkit`, re-exported here.
+//! own AMQP namespace ([`TestNamespace`]), so tests run in parallel without seeing each other. These,
+//! the [`TcpProxy`] and the service URLs are the workspace's `testkit` crate, re-exported here.
 //!
 //! - [`TestApp`]: a coordinator started in-process, with an HTTP client ([`Api`]).
 //! - [`CoordinatorProcess`]: the real binary as a child process (for SIGKILL tests).
