@@ -36,7 +36,7 @@ impl TestAppBuilder {
     }
 
     pub async fn start(self) -> TestApp {
-        let db = tokio::task::spawn_blocking(TestDb::new)
+        let db = tokio::task::spawn_blocking(crate::test_db)
             .await
             .expect("creating the test database");
         let ns = TestNamespace::new();

@@ -1,9 +1,10 @@
 //! End-to-end test harness for the saga coordinator.
 //!
-//! The tests under `tests/` are black-box tests of the external contract (`shared/spec/contract.md`):
+//! The tests under `tests/` are black-box tests of the external contract (`docs/contract.md`):
 //! they talk HTTP to a coordinator and AMQP to RabbitMQ, against a real Postgres and a real RabbitMQ.
-//! Every test gets its own database ([`TestDb`], cloned from a migrated template) and its own AMQP
-//! namespace ([`TestNamespace`]), so tests run in parallel without seeing each other.
+//! Every test gets its own database ([`test_db`]: a [`TestDb`] with the coordinator's schema) and its
+//! own AMQP namespace ([`TestNamespace`]), so tests run in parallel without seeing each other. These,
+//! the [`TcpProxy`] and the service URLs are the workspace's `testkit` crate, re-exported here.
 //!
 //! - [`TestApp`]: a coordinator started in-process, with an HTTP client ([`Api`]).
 //! - [`CoordinatorProcess`]: the real binary as a child process (for SIGKILL tests).
@@ -13,19 +14,16 @@
 //! - [`ShopDbs`], [`ShopProcess`]: the example shop's databases, and its services as child processes.
 //!
 //! Where the services live can be changed with `E2E_PG_URL` (server URL without a database name) and
-//! `E2E_AMQP_URL`.
+//! `E2E_AMQP_URL` (see `testkit`).
 
 pub mod api;
 pub mod app;
 pub mod browser;
 pub mod check_back;
-pub mod db;
 pub mod defs;
 pub mod fake_coordinator;
-pub mod namespace;
 pub mod participant;
 pub mod process;
-pub mod proxy;
 pub mod scenarios;
 pub mod shop;
 pub mod wait;
@@ -34,42 +32,27 @@ pub use api::Api;
 pub use app::{TestApp, TestAppBuilder};
 pub use browser::Browser;
 pub use check_back::{CheckAnswer, CheckBackServer};
-pub use db::TestDb;
 pub use fake_coordinator::{command_body, FakeCoordinator};
-pub use namespace::{DeadLetter, TestNamespace};
 pub use participant::{Behaviour, FakeParticipant, ReceivedCommand, Reply, SentReply};
 pub use process::CoordinatorProcess;
-pub use proxy::TcpProxy;
 pub use shop::{ShopDbs, ShopProcess};
+pub use testkit::{amqp_host_port, amqp_url, pg_server_url};
+pub use testkit::{db, namespace, proxy};
+pub use testkit::{DeadLetter, Schema, TcpProxy, TestDb, TestNamespace};
 pub use wait::eventually;
 
 use std::time::Duration;
 
-/// The Postgres server, as a URL without a database name.
-pub fn pg_server_url() -> String {
-    std::env::var("E2E_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
-        .trim_end_matches('/')
-        .to_string()
-}
+/// The coordinator's schema: what every test database starts with.
+pub const SCHEMA: Schema = Schema {
+    name: "saga",
+    migrations: coordinator::store::MIGRATIONS,
+    migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/migrations"),
+};
 
-/// The RabbitMQ broker the participants and (unless proxied) the coordinator use.
-pub fn amqp_url() -> String {
-    std::env::var("E2E_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
-}
-
-/// Host and port of the broker in [`amqp_url`], for the proxy.
-pub fn amqp_host_port() -> String {
-    let url = amqp_url();
-    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    let host_port = rest.split('/').next().unwrap_or("127.0.0.1:5672");
-    if host_port.contains(':') {
-        host_port.to_string()
-    } else {
-        format!("{host_port}:5672")
-    }
+/// A database of its own for one test, with the coordinator's schema; dropped with the value.
+pub fn test_db() -> TestDb {
+    TestDb::new(SCHEMA)
 }
 
 /// Long enough for a saga of a few steps on a loaded two-core machine.

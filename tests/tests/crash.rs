@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_coordinator-under-test");
 
 async fn new_db() -> TestDb {
-    tokio::task::spawn_blocking(TestDb::new)
+    tokio::task::spawn_blocking(e2e::test_db)
         .await
         .expect("creating the test database")
 }

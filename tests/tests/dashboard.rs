@@ -700,7 +700,7 @@ async fn dead_letters_are_shown_with_their_reason_and_stay_queued() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_open_change_streams_cleanly() {
-    let db = tokio::task::spawn_blocking(e2e::TestDb::new)
+    let db = tokio::task::spawn_blocking(e2e::test_db)
         .await
         .expect("creating the test database");
     let ns = e2e::TestNamespace::new();

@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use e2e::namespace::amqp_connect;
-use e2e::{Behaviour, FakeParticipant, Reply, TcpProxy, TestDb, TestNamespace};
+use e2e::{Behaviour, FakeParticipant, Reply, TestNamespace};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, ExchangeKind};
 use serde_json::{json, Value};
 
 /// Declares the topology of section 3 the way the coordinator would, for a namespace with no coordinator.
@@ -211,64 +211,4 @@ async fn fake_participant_answers_by_script_and_dead_letters_on_reject() {
         None,
         "the namespace's queues are deleted on drop"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_forwards_severs_and_refuses() {
-    let proxy = TcpProxy::to_rabbitmq();
-    let url = proxy.amqp_url();
-    let conn = Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .expect("connect through the proxy");
-    let channel = conn.create_channel().await.expect("channel");
-    assert_eq!(proxy.active(), 1);
-
-    assert_eq!(proxy.sever(), 1);
-    e2e::eventually(
-        "the connection to notice",
-        Duration::from_secs(30),
-        async || (!conn.status().connected()).then_some(()),
-    )
-    .await;
-    assert!(channel
-        .queue_declare(
-            "e2e-never".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .is_err());
-
-    proxy.pause();
-    let refused = tokio::time::timeout(
-        Duration::from_secs(30),
-        Connection::connect(&url, ConnectionProperties::default()),
-    )
-    .await
-    .expect("a paused proxy answers quickly");
-    assert!(refused.is_err(), "a paused proxy refuses connections");
-
-    proxy.resume();
-    let again = Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .expect("connect again after resume");
-    assert!(again.create_channel().await.is_ok());
-    assert_eq!(proxy.accepted(), 2);
-}
-
-#[test]
-fn test_databases_come_from_the_template_and_are_dropped() {
-    let db = TestDb::new();
-    assert!(db.exists().expect("exists"));
-    let other = TestDb::new();
-    assert_ne!(db.name(), other.name());
-    let name = db.name().to_string();
-    drop(db);
-    assert!(!e2e::db::database_exists_named(&name).expect("exists"));
-    let reserved = TestDb::reserve_name();
-    assert!(!reserved.exists().expect("exists"));
-    assert!(other.exists().expect("exists"));
 }

@@ -25,7 +25,7 @@ const COORDINATOR: &str = env!("CARGO_BIN_EXE_coordinator-under-test");
 /// The initiator's own database: the SDK's tables and an `orders` table.
 async fn initiator_db() -> TestDb {
     tokio::task::spawn_blocking(|| {
-        let db = TestDb::new();
+        let db = e2e::test_db();
         let mut conn = PgConnection::establish(db.url()).expect("connecting");
         participants::initiator::install(&mut conn).expect("installing the initiator tables");
         diesel::sql_query(
@@ -361,7 +361,7 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_rows_written_while_the_coordinator_is_down_become_exactly_one_saga_each() {
     let db = initiator_db().await;
-    let coordinator_db = tokio::task::spawn_blocking(TestDb::new)
+    let coordinator_db = tokio::task::spawn_blocking(e2e::test_db)
         .await
         .expect("join");
     let ns = TestNamespace::new();

@@ -288,7 +288,7 @@ async fn start_process(db: &TestDb, ns: &TestNamespace) -> CoordinatorProcess {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_sagas_survive_a_coordinator_crash() {
-    let db = tokio::task::spawn_blocking(TestDb::new)
+    let db = tokio::task::spawn_blocking(e2e::test_db)
         .await
         .expect("creating the test database");
     let ns = TestNamespace::new();

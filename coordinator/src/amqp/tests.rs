@@ -1,53 +1,48 @@
-//! Tests against the real RabbitMQ at 127.0.0.1:5672, each in its own namespace that it deletes again.
+//! Tests against the real RabbitMQ, each in its own namespace that it deletes again.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use lapin::message::BasicGetMessage;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use serde_json::{json, Map, Value};
-use tokio::net::{TcpListener, TcpStream};
+use testkit::{amqp_connect, amqp_url, TcpProxy, TestNamespace};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::topology::dead_lettering_arguments;
 use super::*;
 use crate::messages::{idempotency_key, CommandMessage, Outcome, ReplyMessage};
 
-const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const WAIT: Duration = Duration::from_secs(15);
 
 /// The coordinator side of one test: the broker task and the ends of its channels.
 struct Harness {
-    ns: String,
+    /// Deleted, with the queues of every participant sent to, when the harness is dropped.
+    ns: TestNamespace,
     handle: Option<BrokerHandle>,
     outbound: mpsc::UnboundedSender<OutboxMessage>,
     published: mpsc::UnboundedReceiver<PublishResult>,
     inbound: mpsc::Receiver<InboundDelivery>,
-    /// Participants whose queues the cleanup deletes.
-    participants: Vec<String>,
 }
 
 impl Harness {
     async fn start(url: &str) -> Harness {
         let _ = env_logger::builder().is_test(true).try_init();
-        let ns = format!("t-{}", Uuid::new_v4());
+        let ns = TestNamespace::new();
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
         let (published_tx, published) = mpsc::unbounded_channel();
         let (inbound_tx, inbound) = mpsc::channel(16);
         let handle = start(
             AmqpSettings {
                 url: url.to_owned(),
-                namespace: ns.clone(),
+                namespace: ns.name().to_owned(),
                 prefetch: 8,
             },
             outbound_rx,
@@ -60,7 +55,6 @@ impl Harness {
             outbound,
             published,
             inbound,
-            participants: Vec::new(),
         }
     }
 
@@ -77,9 +71,7 @@ impl Harness {
     }
 
     fn send(&mut self, message: OutboxMessage) {
-        if !self.participants.contains(&message.participant) {
-            self.participants.push(message.participant.clone());
-        }
+        self.ns.register_participant(&message.participant);
         self.outbound.send(message).expect("broker task alive");
     }
 
@@ -107,56 +99,17 @@ impl Harness {
 }
 
 impl Drop for Harness {
-    /// Deletes the test's namespace even when the test failed half-way.
+    /// Stops the broker task before the namespace (a field, dropped after this) is deleted.
     fn drop(&mut self) {
         if let Some(handle) = self.handle.take() {
             handle.task.abort();
         }
-        let ns = self.ns.clone();
-        let participants = self.participants.clone();
-        let cleaned = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(delete_namespace(&ns, &participants));
-        })
-        .join();
-        if cleaned.is_err() {
-            eprintln!("cleaning up namespace {} failed", self.ns);
-        }
     }
-}
-
-async fn delete_namespace(ns: &str, participants: &[String]) {
-    let connection = Connection::connect(BROKER, ConnectionProperties::default())
-        .await
-        .expect("connect for cleanup");
-    let channel = connection.create_channel().await.expect("channel");
-    let mut queues = vec![
-        names::replies_queue(ns),
-        names::dead_letters_queue(ns),
-        names::dead_commands_queue(ns),
-    ];
-    queues.extend(participants.iter().map(|p| names::participant_queue(ns, p)));
-    for queue in queues {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for exchange in [names::commands_exchange(ns), names::dead_exchange(ns)] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-    let _ = connection.close(200, "done".into()).await;
 }
 
 /// A participant: a plain client on its own connection.
 async fn participant() -> (Connection, Channel) {
-    let connection = Connection::connect(BROKER, ConnectionProperties::default())
-        .await
-        .expect("participant connects");
+    let connection = amqp_connect().await.expect("participant connects");
     let channel = connection.create_channel().await.expect("channel");
     (connection, channel)
 }
@@ -245,9 +198,9 @@ async fn publish_reply(channel: &Channel, ns: &str, body: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declares_the_contract_topology() {
-    let mut h = Harness::start(BROKER).await;
+    let mut h = Harness::start(&amqp_url()).await;
     h.wait_connected(true).await;
-    let ns = h.ns.clone();
+    let ns = h.ns.name().to_owned();
     let (conn, channel) = participant().await;
 
     for (exchange, kind) in [
@@ -335,9 +288,9 @@ async fn declares_the_contract_topology() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_commands_with_the_contract_properties() {
-    let mut h = Harness::start(BROKER).await;
+    let mut h = Harness::start(&amqp_url()).await;
     h.wait_connected(true).await;
-    let ns = h.ns.clone();
+    let ns = h.ns.name().to_owned();
     let (_conn, channel) = participant().await;
 
     let cmd = command(CommandKind::Compensation, Some("reserve"), 2);
@@ -441,9 +394,9 @@ async fn publishes_commands_with_the_contract_properties() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_replies_and_settles_them() {
-    let mut h = Harness::start(BROKER).await;
+    let mut h = Harness::start(&amqp_url()).await;
     h.wait_connected(true).await;
-    let ns = h.ns.clone();
+    let ns = h.ns.name().to_owned();
     let (_conn, channel) = participant().await;
 
     let reply = ReplyMessage {
@@ -476,9 +429,9 @@ async fn delivers_replies_and_settles_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_acknowledgements_never_cover_an_unsettled_reply() {
-    let mut h = Harness::start(BROKER).await;
+    let mut h = Harness::start(&amqp_url()).await;
     h.wait_connected(true).await;
-    let ns = h.ns.clone();
+    let ns = h.ns.name().to_owned();
     let (_conn, channel) = participant().await;
 
     let replies: Vec<ReplyMessage> = (1..=5)
@@ -538,9 +491,9 @@ async fn batched_acknowledgements_never_cover_an_unsettled_reply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_replies_end_in_dead_letters() {
-    let mut h = Harness::start(BROKER).await;
+    let mut h = Harness::start(&amqp_url()).await;
     h.wait_connected(true).await;
-    let ns = h.ns.clone();
+    let ns = h.ns.name().to_owned();
     let (_conn, channel) = participant().await;
 
     publish_reply(&channel, &ns, b"{\"saga_id\": \"not a uuid\"}").await;
@@ -564,9 +517,9 @@ async fn malformed_replies_end_in_dead_letters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_a_participant_rejects_come_back_as_dead_lettered() {
-    let mut h = Harness::start(BROKER).await;
+    let mut h = Harness::start(&amqp_url()).await;
     h.wait_connected(true).await;
-    let ns = h.ns.clone();
+    let ns = h.ns.name().to_owned();
     let (_conn, channel) = participant().await;
 
     let cmd = command(CommandKind::Action, Some("reserve"), 3);
@@ -602,69 +555,12 @@ async fn commands_a_participant_rejects_come_back_as_dead_lettered() {
     );
 }
 
-/// A TCP proxy in front of the broker whose connections a test can sever.
-struct Proxy {
-    addr: SocketAddr,
-    accepting: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    listener: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start() -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let accepting = Arc::new(AtomicBool::new(true));
-        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let listener = tokio::spawn({
-            let accepting = accepting.clone();
-            let connections = connections.clone();
-            async move {
-                while let Ok((mut client, _)) = listener.accept().await {
-                    if !accepting.load(Ordering::SeqCst) {
-                        continue;
-                    }
-                    let relay = tokio::spawn(async move {
-                        if let Ok(mut broker) = TcpStream::connect("127.0.0.1:5672").await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
-                        }
-                    });
-                    connections.lock().expect("lock").push(relay);
-                }
-            }
-        });
-        Proxy {
-            addr,
-            accepting,
-            connections,
-            listener,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.addr)
-    }
-
-    fn sever(&self) {
-        for relay in self.connections.lock().expect("lock").drain(..) {
-            relay.abort();
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.listener.abort();
-        self.sever();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_the_connection_is_severed() {
-    let proxy = Proxy::start().await;
-    let mut h = Harness::start(&proxy.url()).await;
+    let proxy = TcpProxy::to_rabbitmq();
+    let mut h = Harness::start(&proxy.amqp_url()).await;
     h.wait_connected(true).await;
-    let ns = h.ns.clone();
+    let ns = h.ns.name().to_owned();
     let (_conn, channel) = participant().await;
 
     let cmd = command(CommandKind::Action, Some("charge"), 1);
@@ -672,7 +568,7 @@ async fn reconnects_after_the_connection_is_severed() {
     assert_eq!(h.next_published().await.result, Ok(()));
 
     // Severed with the broker unreachable: disconnected, and publishes are refused at once.
-    proxy.accepting.store(false, Ordering::SeqCst);
+    proxy.pause();
     proxy.sever();
     h.wait_connected(false).await;
     h.send(outbox(2, "payments", &cmd));
@@ -685,7 +581,7 @@ async fn reconnects_after_the_connection_is_severed() {
     );
 
     // Reachable again: it reconnects by itself and publishing works.
-    proxy.accepting.store(true, Ordering::SeqCst);
+    proxy.resume();
     h.wait_connected(true).await;
     h.send(outbox(3, "payments", &cmd));
     assert_eq!(h.next_published().await.result, Ok(()));
@@ -747,9 +643,9 @@ async fn refuses_publishes_while_the_broker_is_unreachable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_inbound_receiver_replies_stay_queued_and_publishing_goes_on() {
-    let mut h = Harness::start(BROKER).await;
+    let mut h = Harness::start(&amqp_url()).await;
     h.wait_connected(true).await;
-    let ns = h.ns.clone();
+    let ns = h.ns.name().to_owned();
     let (_conn, channel) = participant().await;
 
     let (_, closed) = mpsc::channel(1);
@@ -774,7 +670,7 @@ async fn without_an_inbound_receiver_replies_stay_queued_and_publishing_goes_on(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stops_when_nobody_is_left_to_talk_to() {
-    let mut h = Harness::start(BROKER).await;
+    let mut h = Harness::start(&amqp_url()).await;
     h.wait_connected(true).await;
     let mut connected = h.connected();
     let (_, closed) = mpsc::channel(1);

@@ -33,7 +33,8 @@ use schema::{outbox, saga_events, saga_steps, sagas};
 pub use persist::{Persist, Written};
 pub use writer::Writer;
 
-const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../schema/migrations");
+/// The schema, embedded from `schema/migrations`; public for the test databases of the e2e harness.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../schema/migrations");
 
 pub type Pool = R2d2Pool<ConnectionManager<PgConnection>>;
 type Conn = PooledConnection<ConnectionManager<PgConnection>>;

@@ -1,9 +1,10 @@
-//! The batched write path against the real Postgres at 127.0.0.1:5432, each test in a database of its
-//! own that it drops again.
+//! The batched write path against the real Postgres, each test in a database of its own that it drops
+//! again.
 
 use chrono::{SubsecRound, Utc};
 use diesel::connection::SimpleConnection;
 use serde_json::{json, Value};
+use testkit::{Schema, TestDb};
 use uuid::Uuid;
 
 use super::*;
@@ -12,32 +13,23 @@ use crate::saga::machine::{self, Context, Decision, Event};
 use crate::store::schema::outbox;
 use crate::store::Queries;
 
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+const SCHEMA: Schema = Schema {
+    name: "saga",
+    migrations: crate::store::MIGRATIONS,
+    migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/migrations"),
+};
 
-/// A migrated database of its own, dropped at the end.
+/// A migrated database of its own with a writer's pool on it, dropped at the end (the pool first).
 struct TestDatabase {
-    name: String,
     pool: Pool,
+    _db: TestDb,
 }
 
 impl TestDatabase {
     fn new() -> TestDatabase {
-        let name = format!("writer_test_{}", Uuid::new_v4().simple());
-        let url = format!("{SERVER}/{name}");
-        crate::store::migrate(&url).expect("migrating the test database");
-        let pool = crate::store::writer_pool(&url, 2).expect("pool");
-        TestDatabase { name, pool }
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = PgConnection::establish(&format!("{SERVER}/postgres")) {
-            let _ = admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ));
-        }
+        let db = TestDb::new(SCHEMA);
+        let pool = crate::store::writer_pool(db.url(), 2).expect("pool");
+        TestDatabase { pool, _db: db }
     }
 }
 

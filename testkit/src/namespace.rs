@@ -244,7 +244,7 @@ impl Drop for Inner {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("e2e: no runtime to delete namespace {ns}: {e}");
+                    eprintln!("testkit: no runtime to delete namespace {ns}: {e}");
                     return;
                 }
             };
@@ -257,8 +257,8 @@ impl Drop for Inner {
             });
             match result {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("e2e: deleting namespace {ns}: {e:#}"),
-                Err(_) => eprintln!("e2e: deleting namespace {ns} timed out"),
+                Ok(Err(e)) => eprintln!("testkit: deleting namespace {ns}: {e:#}"),
+                Err(_) => eprintln!("testkit: deleting namespace {ns} timed out"),
             }
         });
         let _ = cleanup.join();
@@ -274,31 +274,39 @@ async fn delete_namespace(ns: &str, participants: &[String]) -> anyhow::Result<(
     queues.extend(participants.iter().map(|p| format!("{ns}.participant.{p}")));
     let mut channel: Option<Channel> = None;
     for queue in &queues {
-        let ch = match channel.take() {
-            Some(ch) if ch.status().connected() => ch,
-            _ => conn.create_channel().await?,
-        };
-        match ch
+        let ch = reuse_or_open(&conn, channel.take()).await?;
+        let deleted = ch
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await
-        {
-            Ok(_) => channel = Some(ch),
-            Err(e) => eprintln!("e2e: deleting queue {queue}: {e}"),
-        }
+            .await;
+        channel = survivor(ch, deleted.map(drop), "queue", queue);
     }
     for exchange in [format!("{ns}.commands"), format!("{ns}.dead")] {
-        let ch = match channel.take() {
-            Some(ch) if ch.status().connected() => ch,
-            _ => conn.create_channel().await?,
-        };
-        match ch
+        let ch = reuse_or_open(&conn, channel.take()).await?;
+        let deleted = ch
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await
-        {
-            Ok(()) => channel = Some(ch),
-            Err(e) => eprintln!("e2e: deleting exchange {exchange}: {e}"),
-        }
+            .await;
+        channel = survivor(ch, deleted, "exchange", &exchange);
     }
     let _ = conn.close(200, "done".into()).await;
     Ok(())
+}
+
+/// The channel of the previous deletion if it is still open, else a new one.
+async fn reuse_or_open(conn: &Connection, channel: Option<Channel>) -> anyhow::Result<Channel> {
+    match channel {
+        Some(ch) if ch.status().connected() => Ok(ch),
+        _ => Ok(conn.create_channel().await?),
+    }
+}
+
+/// The channel to go on with after a deletion: none after a failure, which closes it (as every AMQP
+/// channel error does). The failure is only reported: cleanup does what it can.
+fn survivor(ch: Channel, deleted: lapin::Result<()>, kind: &str, name: &str) -> Option<Channel> {
+    match deleted {
+        Ok(()) => Some(ch),
+        Err(e) => {
+            eprintln!("testkit: deleting {kind} {name}: {e}");
+            None
+        }
+    }
 }

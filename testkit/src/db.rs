@@ -1,23 +1,49 @@
 //! One Postgres database per test, cloned from a migrated template.
 //!
-//! The template `saga_test_template_<hash of the migration files>` is built once (by whichever test
-//! binary gets there first, under an advisory lock on the `postgres` database): created under a
-//! temporary name, migrated with `coordinator::store::migrate`, disconnected, then renamed into place,
+//! The template `<schema name>_test_template_<hash of the migration files>` is built once (by whichever
+//! test binary gets there first, under an advisory lock on the `postgres` database): created under a
+//! temporary name, migrated with the [`Schema`]'s migrations, disconnected, then renamed into place,
 //! so a half-built template is never used. Each test then runs
 //! `CREATE DATABASE test_<uuid> TEMPLATE <template>`, which is a file copy, and drops it at the end.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
+use diesel::migration::MigrationSource;
+use diesel::pg::Pg;
 use diesel::sql_types::{BigInt, Text};
 use diesel::{sql_query, Connection, PgConnection, QueryableByName, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
 use crate::pg_server_url;
 
 /// Key of the advisory lock that serializes template builds across test binaries.
 const TEMPLATE_LOCK_KEY: i64 = 0x5a6a_7e57_0000_0001;
+
+/// What a test database starts with: the migrations of the crate under test.
+///
+/// Each crate spells its schema out once, as a constant:
+///
+/// ```ignore
+/// const SCHEMA: Schema = Schema {
+///     name: "saga",
+///     migrations: crate::store::MIGRATIONS,
+///     migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/migrations"),
+/// };
+/// ```
+pub struct Schema {
+    /// Names its templates (`{name}_test_template_{hash}`): a plain identifier. Stale templates are
+    /// dropped only among those of the same name, so schemas do not drop each other's.
+    pub name: &'static str,
+    /// The migrations that build it, as the crate under test embeds them (`embed_migrations!`).
+    pub migrations: EmbeddedMigrations,
+    /// The directory they are embedded from. A hash of its files names the template, so a changed
+    /// migration gets a template of its own (the embedded migrations give names, not contents).
+    pub migrations_dir: &'static str,
+}
 
 /// A database of its own for one test; dropped (`WITH (FORCE)`) when this value is dropped.
 #[derive(Debug)]
@@ -39,14 +65,14 @@ struct DatabaseName {
 }
 
 impl TestDb {
-    /// A fresh database with the coordinator's schema.
-    pub fn new() -> TestDb {
-        Self::try_new().expect("creating a test database")
+    /// A fresh database with `schema`.
+    pub fn new(schema: Schema) -> TestDb {
+        Self::try_new(schema).expect("creating a test database")
     }
 
-    /// A fresh database with the coordinator's schema.
-    pub fn try_new() -> anyhow::Result<TestDb> {
-        let template = template()?;
+    /// A fresh database with `schema`.
+    pub fn try_new(schema: Schema) -> anyhow::Result<TestDb> {
+        let template = template(schema)?;
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = admin_connection()?;
         // Creating from a template fails while anything is connected to the template; nothing should be,
@@ -61,7 +87,7 @@ impl TestDb {
             {
                 Ok(_) => break,
                 Err(e) if attempt < 20 => {
-                    eprintln!("e2e: CREATE DATABASE {name} failed ({e}), retrying");
+                    eprintln!("testkit: CREATE DATABASE {name} failed ({e}), retrying");
                     std::thread::sleep(Duration::from_millis(250));
                 }
                 Err(e) => {
@@ -73,7 +99,7 @@ impl TestDb {
         Ok(TestDb { name, url })
     }
 
-    /// Only a name: no database is created (to check that the coordinator creates a missing one).
+    /// Only a name: no database is created (to check that the code under test creates a missing one).
     /// The database is still dropped, if it exists, when this value is dropped.
     pub fn reserve_name() -> TestDb {
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
@@ -96,12 +122,6 @@ impl TestDb {
     }
 }
 
-impl Default for TestDb {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Drop for TestDb {
     fn drop(&mut self) {
         let result = admin_connection().and_then(|mut admin| {
@@ -114,7 +134,7 @@ impl Drop for TestDb {
             .map_err(anyhow::Error::from)
         });
         if let Err(e) = result {
-            eprintln!("e2e: could not drop test database {}: {e:#}", self.name);
+            eprintln!("testkit: could not drop test database {}: {e:#}", self.name);
         }
     }
 }
@@ -146,13 +166,8 @@ fn terminate_connections(conn: &mut PgConnection, name: &str) -> anyhow::Result<
     Ok(())
 }
 
-/// The directory of the coordinator's migrations.
-pub fn migrations_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema/migrations")
-}
-
 /// FNV-1a over the relative paths and contents of every file under the migrations directory.
-pub fn migrations_hash() -> String {
+fn migrations_hash(root: &Path) -> String {
     fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -166,9 +181,8 @@ pub fn migrations_hash() -> String {
             }
         }
     }
-    let root = migrations_dir();
     let mut files = Vec::new();
-    collect(&root, &mut files);
+    collect(root, &mut files);
     files.sort();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
@@ -178,7 +192,7 @@ pub fn migrations_hash() -> String {
         }
     };
     for file in &files {
-        let relative = file.strip_prefix(&root).unwrap_or(file);
+        let relative = file.strip_prefix(root).unwrap_or(file);
         feed(relative.to_string_lossy().as_bytes());
         feed(&[0]);
         feed(&std::fs::read(file).unwrap_or_default());
@@ -187,37 +201,58 @@ pub fn migrations_hash() -> String {
     format!("{hash:016x}")
 }
 
-/// The name of the migrated template database, building it if this is the first test to need it.
-pub fn template() -> anyhow::Result<String> {
-    static TEMPLATE: Mutex<Option<String>> = Mutex::new(None);
-    let mut cached = TEMPLATE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(name) = cached.as_ref() {
+/// The name of `schema`'s migrated template database, building it if this is the first test to need it.
+fn template(schema: Schema) -> anyhow::Result<String> {
+    // By migrations directory: the name costs a hash of the files, paid once per test binary.
+    static TEMPLATES: Mutex<BTreeMap<&'static str, String>> = Mutex::new(BTreeMap::new());
+    let mut cached = TEMPLATES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(name) = cached.get(schema.migrations_dir) {
         return Ok(name.clone());
     }
-    let name = format!("saga_test_template_{}", migrations_hash());
+    let prefix = format!("{}_test_template_", schema.name);
+    let name = format!("{prefix}{}", migrations_hash(&embedded_from(&schema)?));
     let mut admin = admin_connection()?;
     sql_query("SELECT pg_advisory_lock($1)")
         .bind::<BigInt, _>(TEMPLATE_LOCK_KEY)
         .execute(&mut admin)?;
-    let built = build_template(&mut admin, &name);
+    let built = build_template(&mut admin, &name, schema.migrations);
     let unlocked = sql_query("SELECT pg_advisory_unlock($1)")
         .bind::<BigInt, _>(TEMPLATE_LOCK_KEY)
         .execute(&mut admin);
     built?;
     unlocked?;
-    drop_stale_templates(&mut admin, &name);
-    *cached = Some(name.clone());
+    drop_stale_templates(&mut admin, &prefix, &name);
+    cached.insert(schema.migrations_dir, name.clone());
     Ok(name)
+}
+
+/// `schema.migrations_dir`, once checked to hold every embedded migration: hashing another directory
+/// would name the template after files that did not build it.
+fn embedded_from(schema: &Schema) -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(schema.migrations_dir);
+    let migrations = MigrationSource::<Pg>::migrations(&schema.migrations)
+        .map_err(|e| anyhow::anyhow!("listing the {} migrations: {e}", schema.name))?;
+    for migration in migrations {
+        let migration = migration.name().to_string();
+        anyhow::ensure!(
+            dir.join(&migration).is_dir(),
+            "{} has no migration {migration}: it is not where the {} migrations are embedded from",
+            dir.display(),
+            schema.name
+        );
+    }
+    Ok(dir)
 }
 
 /// Templates of earlier migration sets are dead weight once the migrations changed: drop them,
 /// leaving any that a test run of another checkout still uses (its DROP fails and is ignored).
-fn drop_stale_templates(admin: &mut PgConnection, current: &str) {
+fn drop_stale_templates(admin: &mut PgConnection, prefix: &str, current: &str) {
     let stale: Vec<DatabaseName> = sql_query(
         "SELECT datname FROM pg_database \
-         WHERE datname LIKE 'saga\\_test\\_template\\_%' AND datname <> $1 \
+         WHERE starts_with(datname, $1) AND datname <> $2 \
            AND datname NOT LIKE '%\\_building'",
     )
+    .bind::<Text, _>(prefix)
     .bind::<Text, _>(current)
     .load(admin)
     .unwrap_or_default();
@@ -225,12 +260,16 @@ fn drop_stale_templates(admin: &mut PgConnection, current: &str) {
         let dropped =
             sql_query(format!("DROP DATABASE IF EXISTS \"{}\"", db.datname)).execute(admin);
         if let Err(e) = dropped {
-            eprintln!("e2e: leaving the old template {}: {e}", db.datname);
+            eprintln!("testkit: leaving the old template {}: {e}", db.datname);
         }
     }
 }
 
-fn build_template(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
+fn build_template(
+    admin: &mut PgConnection,
+    name: &str,
+    migrations: EmbeddedMigrations,
+) -> anyhow::Result<()> {
     if database_exists(admin, name)? {
         // Someone may have left a connection open; creating from it would fail.
         terminate_connections(admin, name)?;
@@ -243,12 +282,13 @@ fn build_template(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
     .execute(admin)?;
     sql_query(format!("CREATE DATABASE \"{building}\"")).execute(admin)?;
     let url = format!("{}/{building}", pg_server_url());
-    // Migrations may start runtimes or pools of their own: run them on a thread of their own.
-    let migrated = std::thread::spawn(move || coordinator::store::migrate(&url))
-        .join()
-        .map_err(|_| anyhow::anyhow!("coordinator::store::migrate panicked"))?;
-    migrated.with_context(|| format!("migrating the template database {building}"))?;
-    // Pools may linger for a moment after `migrate` returns; nothing may stay connected to a template.
+    let mut conn =
+        PgConnection::establish(&url).with_context(|| format!("connecting to {building}"))?;
+    conn.run_pending_migrations(migrations)
+        .map_err(|e| anyhow::anyhow!("migrating the template database {building}: {e}"))?;
+    drop(conn);
+    // A backend may linger for a moment after its connection closed; nothing may stay connected to a
+    // template.
     for _ in 0..100 {
         terminate_connections(admin, &building)?;
         match sql_query(format!(
@@ -258,7 +298,7 @@ fn build_template(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
         {
             Ok(_) => return Ok(()),
             Err(e) => {
-                eprintln!("e2e: renaming the template failed ({e}), retrying");
+                eprintln!("testkit: renaming the template failed ({e}), retrying");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }

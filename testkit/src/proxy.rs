@@ -56,17 +56,17 @@ impl TcpProxy {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
-            .thread_name("e2e-proxy")
+            .thread_name("testkit-proxy")
             .build()
             .context("building the proxy runtime")?;
         let thread = std::thread::Builder::new()
-            .name("e2e-proxy".into())
+            .name("testkit-proxy".into())
             .spawn(move || {
                 runtime.block_on(async move {
                     let listener = match TcpListener::from_std(std_listener) {
                         Ok(l) => l,
                         Err(e) => {
-                            eprintln!("e2e proxy: {e}");
+                            eprintln!("testkit proxy: {e}");
                             return;
                         }
                     };
@@ -155,7 +155,7 @@ async fn accept_loop(listener: TcpListener, target: String, state: Arc<State>) {
         let (client, _) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("e2e proxy: accept failed: {e}");
+                eprintln!("testkit proxy: accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
@@ -174,7 +174,7 @@ async fn accept_loop(listener: TcpListener, target: String, state: Arc<State>) {
             let mut upstream = match TcpStream::connect(&target).await {
                 Ok(u) => u,
                 Err(e) => {
-                    eprintln!("e2e proxy: connecting to {target}: {e}");
+                    eprintln!("testkit proxy: connecting to {target}: {e}");
                     return;
                 }
             };
