@@ -5,15 +5,15 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::document::{saga_document, saga_summary};
-use super::error::ApiError;
-use super::AppState;
 use crate::outbox::command_message;
 use crate::saga::machine::{self, Decision, Event};
 use crate::saga::{Saga, SagaState};
 use crate::store::writer::{Persist, Written};
 use crate::store::ListFilter;
 use crate::submission::parse_submission;
+use crate::web::document::{saga_document, saga_summary};
+use crate::web::error::ApiError;
+use crate::web::AppState;
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
