@@ -1,6 +1,6 @@
 //! The operator's dashboard, served by the coordinator itself at `/` (one half of the web edge,
-//! beside the API): an overview of sagas by state, each saga's page, the dead letters, and the operator's
-//! actions, updated live through server-sent events.
+//! beside the API): an overview of sagas by state, each saga's page, the dead letters, and the
+//! operator's actions, updated live through server-sent events.
 //!
 //! The page is plain HTML, CSS and JavaScript embedded in the binary (no build step). The script
 //! builds every element with `textContent`, never `innerHTML`, so values from sagas (names,

@@ -5,6 +5,7 @@ pub mod api_page;
 pub mod metrics;
 pub mod openapi;
 pub mod sagas;
+pub mod schemas;
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -13,15 +14,15 @@ use super::AppState;
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "service",
-    responses((status = 200, description = "The process is alive", body = openapi::Health)))]
+    responses((status = 200, description = "The process is alive", body = schemas::Health)))]
 pub(super) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
 /// 200 only while both Postgres and RabbitMQ are reachable.
 #[utoipa::path(get, path = "/readyz", tag = "service", responses(
-    (status = 200, description = "Postgres and RabbitMQ are reachable", body = openapi::Readiness),
-    (status = 503, description = "Postgres or RabbitMQ is not reachable", body = openapi::Readiness),
+    (status = 200, description = "Postgres and RabbitMQ are reachable", body = schemas::Readiness),
+    (status = 503, description = "Postgres or RabbitMQ is not reachable", body = schemas::Readiness),
 ))]
 pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store = state.registry.store().clone();

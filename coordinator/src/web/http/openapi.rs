@@ -1,23 +1,14 @@
 //! The OpenAPI 3.1 document of the HTTP API, generated from the code with `utoipa`.
 //!
 //! Each handler carries its `#[utoipa::path]` annotation (method, path, parameters, answers); this
-//! module collects them and describes the JSON bodies. The bodies are built with `serde_json` by the
-//! handlers, so the schemas here are written out next to each other; the end-to-end tests check the
-//! real answers against them, and the route table against the document (`tests/tests/observability.rs`).
-//! Enumerations (saga and step states, command kinds) are generated from the domain's own lists.
-
-use std::borrow::Cow;
+//! module collects them, and `schemas` describes the bodies. The end-to-end tests check the route
+//! table against the document (`tests/tests/observability.rs`).
 
 use actix_web::HttpResponse;
-use chrono::{DateTime, Utc};
-use serde_json::Value;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::RefOr;
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
-use uuid::Uuid;
+use utoipa::{Modify, OpenApi};
 
-use crate::saga::{CommandKind, SagaState, StepState};
+use super::schemas::{CommandKindName, Problem, SagaStateName, StepStateName};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -42,7 +33,9 @@ use crate::saga::{CommandKind, SagaState, StepState};
         super::sagas::retry,
         super::sagas::resolve,
     ),
-    components(schemas(SagaStateName, StepStateName, CommandKindName)),
+    // Problem is named here because the shared problem answers (`schemas::Unauthorized`, ...)
+    // reference it without registering it.
+    components(schemas(SagaStateName, StepStateName, CommandKindName, Problem)),
     modifiers(&BearerToken),
     tags(
         (name = "sagas", description = "Submit, read and operate sagas"),
@@ -78,247 +71,10 @@ impl Modify for BearerToken {
     }
 }
 
-/// A string enumeration whose values come from the domain type's `ALL` list.
-fn string_enum(values: impl Iterator<Item = &'static str>, description: &str) -> RefOr<Schema> {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(values))
-        .description(Some(description))
-        .into()
-}
-
-macro_rules! enum_schema {
-    ($schema:ident, $name:literal, $domain:ty, $description:literal) => {
-        #[doc = $description]
-        pub struct $schema;
-
-        impl PartialSchema for $schema {
-            fn schema() -> RefOr<Schema> {
-                string_enum(<$domain>::ALL.iter().map(|v| v.as_str()), $description)
-            }
-        }
-
-        impl ToSchema for $schema {
-            fn name() -> Cow<'static, str> {
-                Cow::Borrowed($name)
-            }
-        }
-    };
-}
-
-enum_schema!(
-    SagaStateName,
-    "SagaState",
-    SagaState,
-    "A saga's state (contract, section 1)"
-);
-enum_schema!(
-    StepStateName,
-    "StepState",
-    StepState,
-    "A step's state (contract, section 1)"
-);
-enum_schema!(
-    CommandKindName,
-    "CommandKind",
-    CommandKind,
-    "Which command of a step a message is about"
-);
-
-/// `GET /healthz`.
-#[derive(ToSchema)]
-pub struct Health {
-    /// Always `ok`.
-    pub status: String,
-}
-
-/// `GET /readyz`: whether each dependency answers.
-#[derive(ToSchema)]
-pub struct Readiness {
-    pub postgres: bool,
-    pub rabbitmq: bool,
-}
-
-/// How often and how fast a command is tried again (every field optional; defaults in the contract).
-#[derive(ToSchema)]
-pub struct RetryPolicy {
-    #[schema(minimum = 1)]
-    pub max_attempts: Option<u32>,
-    pub initial_backoff_ms: Option<u64>,
-    pub max_backoff_ms: Option<u64>,
-    pub multiplier: Option<f64>,
-}
-
-/// One step of a submission.
-#[derive(ToSchema)]
-pub struct StepSubmission {
-    /// Unique within the saga.
-    pub name: String,
-    /// Names the participant's command queue `{ns}.participant.{participant}`.
-    pub participant: String,
-    pub action: String,
-    /// Omitted: the step needs no undoing.
-    pub compensation: Option<String>,
-    pub payload: Option<Value>,
-    pub timeout_ms: Option<u64>,
-    pub retry: Option<RetryPolicy>,
-    pub compensation_retry: Option<RetryPolicy>,
-    /// Names of steps that must succeed first.
-    pub after: Option<Vec<String>>,
-}
-
-/// Where a prepared saga asks whether its initiator committed (give one of `participant` and `url`),
-/// and how patiently.
-#[derive(ToSchema)]
-pub struct CheckBack {
-    /// A `check` command to `{ns}.participant.{participant}`.
-    pub participant: Option<String>,
-    /// `GET {url}?saga_id={id}`, answering `{"outcome": "committed" | "aborted" | "pending"}`.
-    pub url: Option<String>,
-    /// How long one check-back may go unanswered (default 5000).
-    pub timeout_ms: Option<u64>,
-    /// Check-back retry policy (default 10 attempts, 1 s doubling to 60 s); when it runs out the
-    /// saga becomes `failed`.
-    pub retry: Option<RetryPolicy>,
-}
-
-/// A two-phase saga's check-backs so far.
-#[derive(ToSchema)]
-pub struct CheckBackProgress {
-    pub participant: Option<String>,
-    pub url: Option<String>,
-    /// Check-backs sent so far.
-    pub attempts: u32,
-    /// Check-backs allowed in total (an operator's `retry` adds a fresh budget).
-    pub max_attempts: u32,
-    /// When the next check-back goes out (or the one out times out); `null` when none is due.
-    pub next_at: Option<DateTime<Utc>>,
-}
-
-/// `POST /api/v1/sagas` body (contract, section 2 "Submit").
-#[derive(ToSchema)]
-pub struct SagaSubmission {
-    pub name: String,
-    /// Idempotency key, scoped to the saga name.
-    pub key: Option<String>,
-    pub payload: Option<Value>,
-    /// Saga deadline: past it a running saga compensates.
-    pub timeout_ms: Option<u64>,
-    /// `run` (default) or `prepare` (two-phase, contract section 5).
-    pub mode: Option<String>,
-    pub check_back: Option<CheckBack>,
-    pub prepare_timeout_ms: Option<u64>,
-    #[schema(min_items = 1)]
-    pub steps: Vec<StepSubmission>,
-}
-
-/// A saga as the list shows it (no steps).
-#[derive(ToSchema)]
-pub struct SagaSummary {
-    pub id: Uuid,
-    pub name: String,
-    pub key: Option<String>,
-    #[schema(value_type = SagaStateName)]
-    pub state: String,
-    pub payload: Value,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub deadline: Option<DateTime<Utc>>,
-}
-
-/// One step of a saga document.
-#[derive(ToSchema)]
-pub struct StepDocument {
-    pub name: String,
-    pub participant: String,
-    pub action: String,
-    pub compensation: Option<String>,
-    #[schema(value_type = StepStateName)]
-    pub state: String,
-    pub attempts: u32,
-    pub compensation_attempts: u32,
-    pub output: Option<Value>,
-    pub error: Option<String>,
-    pub after: Vec<String>,
-}
-
-/// A saga with its steps (contract, section 2 "Read").
-#[derive(ToSchema)]
-pub struct SagaDocument {
-    pub id: Uuid,
-    pub name: String,
-    pub key: Option<String>,
-    #[schema(value_type = SagaStateName)]
-    pub state: String,
-    pub payload: Value,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub deadline: Option<DateTime<Utc>>,
-    pub steps: Vec<StepDocument>,
-    /// `prepare` for a two-phase submission (absent otherwise).
-    pub mode: Option<String>,
-    /// Two-phase submissions only.
-    pub check_back: Option<CheckBackProgress>,
-}
-
-/// A page of sagas, newest first.
-#[derive(ToSchema)]
-pub struct SagaList {
-    pub items: Vec<SagaSummary>,
-    /// Pass as `before` for the next page; `null` on the last one.
-    pub next: Option<String>,
-}
-
-/// One entry of a saga's event log.
-#[derive(ToSchema)]
-pub struct EventRecord {
-    pub seq: i64,
-    pub at: DateTime<Utc>,
-    /// What happened (`started`, `dispatched`, `reply`, `timed_out`, `compensating`, ...).
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub step: Option<String>,
-    pub attempt: Option<i32>,
-    pub detail: Value,
-}
-
-/// A saga's event log, oldest first.
-#[derive(ToSchema)]
-pub struct EventList {
-    pub items: Vec<EventRecord>,
-}
-
-/// `POST /api/v1/sagas/{id}/resolve` body.
-#[derive(ToSchema)]
-pub struct ResolveRequest {
-    /// What was repaired by hand (non-empty).
-    pub note: String,
-}
-
-/// A broken rule of a request.
-#[derive(ToSchema)]
-pub struct FieldError {
-    /// Path of the field (`steps[0].participant`), empty for the whole body.
-    pub field: String,
-    pub message: String,
-}
-
-/// An error, as `application/problem+json` (RFC 9457).
-#[derive(ToSchema)]
-pub struct Problem {
-    /// Always `about:blank`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-    /// Only for 422: every broken rule.
-    pub errors: Option<Vec<FieldError>>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::saga::SagaState;
 
     #[test]
     fn the_document_lists_every_state_from_the_domain() {

@@ -1,0 +1,320 @@
+//! The JSON bodies of the HTTP API as OpenAPI schemas, and the problem answers operations share.
+//!
+//! The handlers build their bodies with `serde_json`, so these types only describe them; the
+//! end-to-end tests check the real answers against them (`tests/tests/observability.rs`).
+//! Enumerations (saga and step states, command kinds) are generated from the domain's own lists.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{IntoResponses, PartialSchema, ToSchema};
+use uuid::Uuid;
+
+use crate::saga::{CommandKind, SagaState, StepState};
+
+/// A string enumeration whose values come from the domain type's `ALL` list.
+fn string_enum(values: impl Iterator<Item = &'static str>, description: &str) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values))
+        .description(Some(description))
+        .into()
+}
+
+macro_rules! enum_schema {
+    ($schema:ident, $name:literal, $domain:ty, $description:literal) => {
+        #[doc = $description]
+        pub struct $schema;
+
+        impl PartialSchema for $schema {
+            fn schema() -> RefOr<Schema> {
+                string_enum(<$domain>::ALL.iter().map(|v| v.as_str()), $description)
+            }
+        }
+
+        impl ToSchema for $schema {
+            fn name() -> Cow<'static, str> {
+                Cow::Borrowed($name)
+            }
+        }
+    };
+}
+
+enum_schema!(
+    SagaStateName,
+    "SagaState",
+    SagaState,
+    "A saga's state (contract, section 1)"
+);
+enum_schema!(
+    StepStateName,
+    "StepState",
+    StepState,
+    "A step's state (contract, section 1)"
+);
+enum_schema!(
+    CommandKindName,
+    "CommandKind",
+    CommandKind,
+    "Which command of a step a message is about"
+);
+
+/// `GET /healthz`.
+#[derive(ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// `GET /readyz`: whether each dependency answers.
+#[derive(ToSchema)]
+pub struct Readiness {
+    pub postgres: bool,
+    pub rabbitmq: bool,
+}
+
+/// How often and how fast a command is tried again (every field optional; defaults in the contract).
+#[derive(ToSchema)]
+pub struct RetryPolicy {
+    #[schema(minimum = 1)]
+    pub max_attempts: Option<u32>,
+    pub initial_backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
+    pub multiplier: Option<f64>,
+}
+
+/// One step of a submission.
+#[derive(ToSchema)]
+pub struct StepSubmission {
+    /// Unique within the saga.
+    pub name: String,
+    /// Names the participant's command queue `{ns}.participant.{participant}`.
+    pub participant: String,
+    pub action: String,
+    /// Omitted: the step needs no undoing.
+    pub compensation: Option<String>,
+    pub payload: Option<Value>,
+    pub timeout_ms: Option<u64>,
+    pub retry: Option<RetryPolicy>,
+    pub compensation_retry: Option<RetryPolicy>,
+    /// Names of steps that must succeed first.
+    pub after: Option<Vec<String>>,
+}
+
+/// Where a prepared saga asks whether its initiator committed (give one of `participant` and `url`),
+/// and how patiently.
+#[derive(ToSchema)]
+pub struct CheckBack {
+    /// A `check` command to `{ns}.participant.{participant}`.
+    pub participant: Option<String>,
+    /// `GET {url}?saga_id={id}`, answering `{"outcome": "committed" | "aborted" | "pending"}`.
+    pub url: Option<String>,
+    /// How long one check-back may go unanswered (default 5000).
+    pub timeout_ms: Option<u64>,
+    /// Check-back retry policy (default 10 attempts, 1 s doubling to 60 s); when it runs out the
+    /// saga becomes `failed`.
+    pub retry: Option<RetryPolicy>,
+}
+
+/// A two-phase saga's check-backs so far.
+#[derive(ToSchema)]
+pub struct CheckBackProgress {
+    pub participant: Option<String>,
+    pub url: Option<String>,
+    /// Check-backs sent so far.
+    pub attempts: u32,
+    /// Check-backs allowed in total (an operator's `retry` adds a fresh budget).
+    pub max_attempts: u32,
+    /// When the next check-back goes out (or the one out times out); `null` when none is due.
+    pub next_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /api/v1/sagas` body (contract, section 2 "Submit").
+#[derive(ToSchema)]
+pub struct SagaSubmission {
+    pub name: String,
+    /// Idempotency key, scoped to the saga name.
+    pub key: Option<String>,
+    pub payload: Option<Value>,
+    /// Saga deadline: past it a running saga compensates.
+    pub timeout_ms: Option<u64>,
+    /// `run` (default) or `prepare` (two-phase, contract section 5).
+    pub mode: Option<String>,
+    pub check_back: Option<CheckBack>,
+    pub prepare_timeout_ms: Option<u64>,
+    #[schema(min_items = 1)]
+    pub steps: Vec<StepSubmission>,
+}
+
+/// A saga as the list shows it (no steps).
+#[derive(ToSchema)]
+pub struct SagaSummary {
+    pub id: Uuid,
+    pub name: String,
+    pub key: Option<String>,
+    #[schema(value_type = SagaStateName)]
+    pub state: String,
+    pub payload: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// One step of a saga document.
+#[derive(ToSchema)]
+pub struct StepDocument {
+    pub name: String,
+    pub participant: String,
+    pub action: String,
+    pub compensation: Option<String>,
+    #[schema(value_type = StepStateName)]
+    pub state: String,
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub after: Vec<String>,
+}
+
+/// A saga with its steps (contract, section 2 "Read").
+#[derive(ToSchema)]
+pub struct SagaDocument {
+    pub id: Uuid,
+    pub name: String,
+    pub key: Option<String>,
+    #[schema(value_type = SagaStateName)]
+    pub state: String,
+    pub payload: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deadline: Option<DateTime<Utc>>,
+    pub steps: Vec<StepDocument>,
+    /// `prepare` for a two-phase submission (absent otherwise).
+    pub mode: Option<String>,
+    /// Two-phase submissions only.
+    pub check_back: Option<CheckBackProgress>,
+}
+
+/// A page of sagas, newest first.
+#[derive(ToSchema)]
+pub struct SagaList {
+    pub items: Vec<SagaSummary>,
+    /// Pass as `before` for the next page; `null` on the last one.
+    pub next: Option<String>,
+}
+
+/// One entry of a saga's event log.
+#[derive(ToSchema)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    /// What happened (`started`, `dispatched`, `reply`, `timed_out`, `compensating`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub step: Option<String>,
+    pub attempt: Option<i32>,
+    pub detail: Value,
+}
+
+/// A saga's event log, oldest first.
+#[derive(ToSchema)]
+pub struct EventList {
+    pub items: Vec<EventRecord>,
+}
+
+/// `POST /api/v1/sagas/{id}/resolve` body.
+#[derive(ToSchema)]
+pub struct ResolveRequest {
+    /// What was repaired by hand (non-empty).
+    pub note: String,
+}
+
+/// A broken rule of a request.
+#[derive(ToSchema)]
+pub struct FieldError {
+    /// Path of the field (`steps[0].participant`), empty for the whole body.
+    pub field: String,
+    pub message: String,
+}
+
+/// An error, as `application/problem+json` (RFC 9457).
+#[derive(ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Only for 422: every broken rule.
+    pub errors: Option<Vec<FieldError>>,
+}
+
+// The problem answers (`application/problem+json`, see `web::error`) that several operations give
+// alike; an operation lists the ones it can give in its `responses(...)`.
+
+/// 400, answered for `ApiError::MalformedJson`.
+#[derive(IntoResponses)]
+#[response(
+    status = 400,
+    description = "The body is not JSON",
+    content_type = "application/problem+json"
+)]
+pub struct MalformedJson(pub Problem);
+
+/// 401, answered for `ApiError::Unauthorized`.
+#[derive(IntoResponses)]
+#[response(
+    status = 401,
+    description = "A bearer token is required",
+    content_type = "application/problem+json"
+)]
+pub struct Unauthorized(pub Problem);
+
+/// 404, answered for `ApiError::NotFound`.
+#[derive(IntoResponses)]
+#[response(
+    status = 404,
+    description = "No such saga",
+    content_type = "application/problem+json"
+)]
+pub struct NoSuchSaga(pub Problem);
+
+/// 409, answered for `ApiError::Conflict`.
+#[derive(IntoResponses)]
+#[response(
+    status = 409,
+    description = "The saga's state does not allow it, or the key was used with a different definition",
+    content_type = "application/problem+json"
+)]
+pub struct Conflict(pub Problem);
+
+/// 413, answered for `ApiError::TooLarge`.
+#[derive(IntoResponses)]
+#[response(
+    status = 413,
+    description = "The body is too large",
+    content_type = "application/problem+json"
+)]
+pub struct TooLarge(pub Problem);
+
+/// 422, answered for `ApiError::Invalid`.
+#[derive(IntoResponses)]
+#[response(
+    status = 422,
+    description = "The request breaks a rule (every broken rule is listed)",
+    content_type = "application/problem+json"
+)]
+pub struct Invalid(pub Problem);
+
+/// 503, answered for `ApiError::Unavailable`.
+#[derive(IntoResponses)]
+#[response(
+    status = 503,
+    description = "Postgres is unavailable",
+    content_type = "application/problem+json"
+)]
+pub struct Unavailable(pub Problem);
