@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::runtime::{relay, Registry};
 use crate::saga::machine::Event;
 use crate::store::{self, Store, Writer};
-use crate::web::AppState;
+use crate::web::state::AppState;
 
 /// Runs the coordinator until the HTTP server stops (SIGTERM/SIGINT for the binary, or
 /// [`Coordinator::stop`]). `on_listening` learns the bound address once requests are accepted.

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::AppState;
+use super::state::AppState;
 
 /// The cookie holding the dashboard's token.
 pub const COOKIE: &str = "saga_token";

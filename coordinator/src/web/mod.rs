@@ -22,7 +22,7 @@ use actix_web::{web, FromRequest, Handler, HttpResponse, Responder};
 
 use auth::require_token;
 use error::ApiError;
-pub use state::AppState;
+use state::AppState;
 
 /// Where the API lives; its routes are listed relative to it in [`api_routes`].
 pub const API_PREFIX: &str = "/api/v1";

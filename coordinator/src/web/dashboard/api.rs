@@ -12,7 +12,7 @@ use crate::store::dashboard::InFlightFilter;
 use crate::store::ListFilter;
 use crate::web::document::saga_summary;
 use crate::web::error::ApiError;
-use crate::web::AppState;
+use crate::web::state::AppState;
 
 /// In-flight sagas listed at most.
 const IN_FLIGHT_LIMIT: i64 = 200;

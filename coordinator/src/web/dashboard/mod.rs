@@ -20,7 +20,7 @@ use actix_web::http::header;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
 
-use super::auth;
+use crate::web::auth;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");

@@ -15,7 +15,7 @@ use tokio::sync::broadcast::Receiver;
 use tokio::sync::watch;
 
 use crate::runtime::changes::SagaChange;
-use crate::web::AppState;
+use crate::web::state::AppState;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 

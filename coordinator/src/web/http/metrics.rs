@@ -5,7 +5,7 @@ use chrono::Utc;
 
 use crate::metrics::{OutboxBacklog, Snapshot, CONTENT_TYPE};
 use crate::web::error::ApiError;
-use crate::web::AppState;
+use crate::web::state::AppState;
 
 /// Every metric of this coordinator in the OpenMetrics text format (listed in `docs/metrics.md`).
 ///

@@ -16,7 +16,7 @@ use crate::store::ListFilter;
 use crate::submission::parse_submission;
 use crate::web::document::{saga_document, saga_summary};
 use crate::web::error::ApiError;
-use crate::web::AppState;
+use crate::web::state::AppState;
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
