@@ -15,12 +15,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::amqp::{self, AmqpSettings, Inbound, InboundDelivery};
 use crate::config::Settings;
-use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::runtime::changes::Changes;
 use crate::runtime::{relay, Registry};
 use crate::saga::machine::Event;
 use crate::store::{self, Store, Writer};
+use crate::web::state::AppState;
 
 /// Runs the coordinator until the HTTP server stops (SIGTERM/SIGINT for the binary, or
 /// [`Coordinator::stop`]). `on_listening` learns the bound address once requests are accepted.
@@ -103,9 +103,10 @@ pub async fn run(
         max_body_bytes: settings.max_body_bytes,
         dead_letters,
     });
-    let mut server =
-        HttpServer::new(move || App::new().configure(|cfg| http::configure(cfg, state.clone())))
-            .shutdown_timeout(settings.shutdown_grace().as_secs());
+    let mut server = HttpServer::new(move || {
+        App::new().configure(|cfg| crate::web::configure(cfg, state.clone()))
+    })
+    .shutdown_timeout(settings.shutdown_grace().as_secs());
     if !handle_signals {
         server = server.disable_signals();
     }

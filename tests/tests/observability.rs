@@ -334,7 +334,7 @@ async fn the_openapi_document_matches_the_real_routes() {
     let documented = documented_operations(&doc);
 
     // Every route the server registers is documented, and nothing else is.
-    let registered: BTreeSet<(String, String)> = coordinator::http::route_table()
+    let registered: BTreeSet<(String, String)> = coordinator::web::route_table()
         .into_iter()
         .map(|(method, path)| (method.as_str().to_string(), path))
         .collect();

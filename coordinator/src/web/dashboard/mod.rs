@@ -1,6 +1,6 @@
-//! The operator's dashboard, served by the coordinator itself at `/` (part of the web edge, like
-//! `http/`): an overview of sagas by state, each saga's page, the dead letters, and the operator's
-//! actions, updated live through server-sent events.
+//! The operator's dashboard, served by the coordinator itself at `/` (one half of the web edge,
+//! beside the API): an overview of sagas by state, each saga's page, the dead letters, and the
+//! operator's actions, updated live through server-sent events.
 //!
 //! The page is plain HTML, CSS and JavaScript embedded in the binary (no build step). The script
 //! builds every element with `textContent`, never `innerHTML`, so values from sagas (names,
@@ -10,16 +10,17 @@
 //! stream) from `/dashboard/api/...`.
 //!
 //! Authentication follows the API's: with `SAGA_API_TOKEN` set, the page asks for the token once and
-//! [`auth`] keeps it in an HttpOnly, SameSite=Strict cookie, which the API accepts in place of the
+//! `web::auth` keeps it in an HttpOnly, SameSite=Strict cookie, which the API accepts in place of the
 //! bearer header for same-origin requests only.
 
 mod api;
-pub mod auth;
 mod stream;
 
 use actix_web::http::header;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
+
+use crate::web::auth;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -40,7 +41,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/dashboard/logout", web::post().to(auth::logout))
         .service(
             web::scope("/dashboard/api")
-                .wrap(from_fn(crate::http::require_token))
+                .wrap(from_fn(auth::require_token))
                 .route("/overview", web::get().to(api::overview))
                 .route("/sagas/{id}/definition", web::get().to(api::definition))
                 .route("/dead-letters", web::get().to(api::dead_letters))

@@ -1,4 +1,6 @@
-//! The dashboard's login cookie and the protection of actions against cross-site requests.
+//! Who may call the web edge, for both of its halves: the API's bearer token, the dashboard's login
+//! cookie that stands in for it, and the refusal of cross-site changes. [`require_token`] guards
+//! `/api/v1` and `/dashboard/api`; [`login`] and [`logout`] are the dashboard's.
 //!
 //! With `SAGA_API_TOKEN` set, `POST /dashboard/login` checks the token once and stores it (hex-encoded)
 //! in the cookie [`COOKIE`]: HttpOnly (no script can read it), SameSite=Strict (no other site's page
@@ -10,14 +12,17 @@
 //! token the API is open, and a page elsewhere must still not abort sagas through the operator's
 //! browser. Clients that are not browsers send neither header and are unaffected.
 
+use actix_web::body::MessageBody;
 use actix_web::cookie::{Cookie, SameSite};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
+use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::http::error::ApiError;
-use crate::http::{constant_time_eq, AppState};
+use super::error::ApiError;
+use super::state::AppState;
 
 /// The cookie holding the dashboard's token.
 pub const COOKIE: &str = "saga_token";
@@ -26,13 +31,55 @@ pub const COOKIE: &str = "saga_token";
 pub const DASHBOARD_HEADER: &str = "x-requested-with";
 pub const DASHBOARD_HEADER_VALUE: &str = "saga-dashboard";
 
+/// `SAGA_API_TOKEN`: when set, every `/api/` request must carry it as a bearer token, or come from
+/// the dashboard with its login cookie (see the module comment). Requests that would change
+/// something are refused when a browser says they come from another site.
+pub async fn require_token(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let changes = changes_state(req.request());
+    if changes && is_cross_origin(req.request()) {
+        return Err(ApiError::Forbidden("cross-site requests may not change sagas".into()).into());
+    }
+    let expected = req
+        .app_data::<web::Data<AppState>>()
+        .and_then(|s| s.api_token.clone());
+    if let Some(expected) = expected {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => {}
+            None if cookie_matches(req.request(), &expected) => {
+                if changes && !from_dashboard(req.request()) {
+                    return Err(ApiError::Forbidden(
+                        "a change authenticated by the dashboard's cookie must come from its page"
+                            .into(),
+                    )
+                    .into());
+                }
+            }
+            _ => return Err(ApiError::Unauthorized.into()),
+        }
+    }
+    next.call(req).await
+}
+
+/// Compares without leaking where the first difference is through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Whether the request may change something (anything but GET, HEAD and OPTIONS).
-pub fn changes_state(req: &HttpRequest) -> bool {
+fn changes_state(req: &HttpRequest) -> bool {
     !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 /// The browser says this request comes from a page of another origin.
-pub fn is_cross_origin(req: &HttpRequest) -> bool {
+fn is_cross_origin(req: &HttpRequest) -> bool {
     let headers = req.headers();
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
         // `none`: typed by the user or a bookmark; `same-origin`: our own page.
@@ -53,7 +100,7 @@ pub fn is_cross_origin(req: &HttpRequest) -> bool {
 }
 
 /// The request was sent by the dashboard's script (see the module comment).
-pub fn from_dashboard(req: &HttpRequest) -> bool {
+fn from_dashboard(req: &HttpRequest) -> bool {
     req.headers()
         .get(DASHBOARD_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -61,7 +108,7 @@ pub fn from_dashboard(req: &HttpRequest) -> bool {
 }
 
 /// The token the cookie carries matches `expected`.
-pub fn cookie_matches(req: &HttpRequest, expected: &str) -> bool {
+fn cookie_matches(req: &HttpRequest, expected: &str) -> bool {
     req.cookie(COOKIE)
         .is_some_and(|c| constant_time_eq(c.value().as_bytes(), hex(expected).as_bytes()))
 }

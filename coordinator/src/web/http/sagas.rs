@@ -4,31 +4,29 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::document::{saga_document, saga_summary};
-use super::error::ApiError;
-use super::AppState;
+use super::schemas::{
+    self, Conflict, Invalid, MalformedJson, NoSuchSaga, TooLarge, Unauthorized, Unavailable,
+};
 use crate::runtime::Submitted;
 use crate::saga::machine::Event;
 use crate::saga::SagaState;
 use crate::store::ListFilter;
 use crate::submission::parse_submission;
+use crate::web::document::{saga_document, saga_summary};
+use crate::web::error::ApiError;
+use crate::web::state::AppState;
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
 /// Submits a saga (contract, section 2 "Submit").
 #[utoipa::path(post, path = "/api/v1/sagas", tag = "sagas", security(("bearer" = [])),
-    request_body(content = super::openapi::SagaSubmission, description = "The saga definition"),
+    request_body(content = schemas::SagaSubmission, description = "The saga definition"),
     responses(
-    (status = 201, description = "Accepted: the saga runs", body = super::openapi::SagaDocument,
+    (status = 201, description = "Accepted: the saga runs", body = schemas::SagaDocument,
         headers(("Location" = String, description = "The saga's URL"))),
-    (status = 200, description = "The key was used before with the same definition: that saga", body = super::openapi::SagaDocument),
-    (status = 400, description = "The body is not JSON", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 409, description = "The saga's state does not allow it, or the key was used with a different definition", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 413, description = "The body is too large", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 422, description = "The request breaks a rule (every broken rule is listed)", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 200, description = "The key was used before with the same definition: that saga", body = schemas::SagaDocument),
+    MalformedJson, Unauthorized, Conflict, TooLarge, Invalid, Unavailable,
 ))]
 pub async fn submit(
     state: web::Data<AppState>,
@@ -62,10 +60,8 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 #[utoipa::path(get, path = "/api/v1/sagas/{id}", tag = "sagas", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The saga's id")),
     responses(
-    (status = 200, description = "The saga", body = super::openapi::SagaDocument),
-    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 404, description = "No such saga", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 200, description = "The saga", body = schemas::SagaDocument),
+    Unauthorized, NoSuchSaga, Unavailable,
 ))]
 pub async fn get(
     state: web::Data<AppState>,
@@ -84,10 +80,8 @@ pub async fn get(
 #[utoipa::path(get, path = "/api/v1/sagas/{id}/events", tag = "sagas", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The saga's id")),
     responses(
-    (status = 200, description = "The event log", body = super::openapi::EventList),
-    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 404, description = "No such saga", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 200, description = "The event log", body = schemas::EventList),
+    Unauthorized, NoSuchSaga, Unavailable,
 ))]
 pub async fn events(
     state: web::Data<AppState>,
@@ -107,16 +101,14 @@ pub async fn events(
 /// Sagas, newest first, filtered by state and name, paged with a cursor.
 #[utoipa::path(get, path = "/api/v1/sagas", tag = "sagas", security(("bearer" = [])),
     params(
-        ("state" = Option<Vec<super::openapi::SagaStateName>>, Query, description = "Only these states (repeat the parameter for several)"),
+        ("state" = Option<Vec<schemas::SagaStateName>>, Query, description = "Only these states (repeat the parameter for several)"),
         ("name" = Option<String>, Query, description = "Only sagas of this name"),
         ("limit" = Option<i64>, Query, description = "Page size, 1 to 500 (default 50)"),
         ("before" = Option<Uuid>, Query, description = "The `next` cursor of the previous page"),
     ),
     responses(
-    (status = 200, description = "A page of sagas", body = super::openapi::SagaList),
-    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 422, description = "The request breaks a rule (every broken rule is listed)", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 200, description = "A page of sagas", body = schemas::SagaList),
+    Unauthorized, Invalid, Unavailable,
 ))]
 pub async fn list(
     state: web::Data<AppState>,
@@ -177,11 +169,8 @@ async fn operate(state: &AppState, id: &str, event: Event) -> Result<HttpRespons
 #[utoipa::path(post, path = "/api/v1/sagas/{id}/abort", tag = "sagas", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The saga's id")),
     responses(
-    (status = 200, description = "The saga afterwards", body = super::openapi::SagaDocument),
-    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 404, description = "No such saga", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 409, description = "The saga's state does not allow it, or the key was used with a different definition", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 200, description = "The saga afterwards", body = schemas::SagaDocument),
+    Unauthorized, NoSuchSaga, Conflict, Unavailable,
 ))]
 pub async fn abort(
     state: web::Data<AppState>,
@@ -195,11 +184,9 @@ pub async fn abort(
 #[utoipa::path(post, path = "/api/v1/sagas/{id}/commit", tag = "sagas", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The saga's id")),
     responses(
-    (status = 200, description = "The saga afterwards", body = super::openapi::SagaDocument),
-    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 404, description = "No such saga", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 409, description = "The saga was aborted, or was not submitted with \"mode\": \"prepare\"", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 200, description = "The saga afterwards", body = schemas::SagaDocument),
+    (status = 409, description = "The saga was aborted, or was not submitted with \"mode\": \"prepare\"", body = schemas::Problem, content_type = "application/problem+json"),
+    Unauthorized, NoSuchSaga, Unavailable,
 ))]
 pub async fn commit(
     state: web::Data<AppState>,
@@ -212,11 +199,8 @@ pub async fn commit(
 #[utoipa::path(post, path = "/api/v1/sagas/{id}/retry", tag = "sagas", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The saga's id")),
     responses(
-    (status = 200, description = "The saga afterwards", body = super::openapi::SagaDocument),
-    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 404, description = "No such saga", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 409, description = "The saga's state does not allow it, or the key was used with a different definition", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 200, description = "The saga afterwards", body = schemas::SagaDocument),
+    Unauthorized, NoSuchSaga, Conflict, Unavailable,
 ))]
 pub async fn retry(
     state: web::Data<AppState>,
@@ -228,15 +212,10 @@ pub async fn retry(
 /// Marks a failed saga as repaired by hand.
 #[utoipa::path(post, path = "/api/v1/sagas/{id}/resolve", tag = "sagas", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The saga's id")),
-    request_body(content = super::openapi::ResolveRequest),
+    request_body(content = schemas::ResolveRequest),
     responses(
-    (status = 200, description = "The saga afterwards", body = super::openapi::SagaDocument),
-    (status = 400, description = "The body is not JSON", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 401, description = "A bearer token is required", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 404, description = "No such saga", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 409, description = "The saga's state does not allow it, or the key was used with a different definition", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 422, description = "The request breaks a rule (every broken rule is listed)", body = super::openapi::Problem, content_type = "application/problem+json"),
-    (status = 503, description = "Postgres is unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 200, description = "The saga afterwards", body = schemas::SagaDocument),
+    MalformedJson, Unauthorized, NoSuchSaga, Conflict, Invalid, Unavailable,
 ))]
 pub async fn resolve(
     state: web::Data<AppState>,

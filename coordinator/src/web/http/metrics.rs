@@ -3,9 +3,9 @@
 use actix_web::{web, HttpResponse};
 use chrono::Utc;
 
-use super::error::ApiError;
-use super::AppState;
 use crate::metrics::{OutboxBacklog, Snapshot, CONTENT_TYPE};
+use crate::web::error::ApiError;
+use crate::web::state::AppState;
 
 /// Every metric of this coordinator in the OpenMetrics text format (listed in `docs/metrics.md`).
 ///

@@ -7,9 +7,9 @@
 use actix_web::http::header::{CacheControl, CacheDirective, ContentType};
 use actix_web::{web, HttpResponse};
 
-const BUNDLE_JS: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.js");
-const CSS: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui.css");
-const LICENSE: &[u8] = include_bytes!("../../assets/swagger-ui/LICENSE");
+const BUNDLE_JS: &[u8] = include_bytes!("../../../assets/swagger-ui/swagger-ui-bundle.js");
+const CSS: &[u8] = include_bytes!("../../../assets/swagger-ui/swagger-ui.css");
+const LICENSE: &[u8] = include_bytes!("../../../assets/swagger-ui/LICENSE");
 
 const PAGE: &str = r##"<!doctype html>
 <html lang="en">

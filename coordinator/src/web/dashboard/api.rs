@@ -7,11 +7,12 @@ use uuid::Uuid;
 
 use actix_web::{web, HttpResponse};
 
-use crate::http::error::ApiError;
-use crate::http::AppState;
 use crate::saga::{Saga, SagaState, StepState};
 use crate::store::dashboard::InFlightFilter;
 use crate::store::ListFilter;
+use crate::web::document::saga_summary;
+use crate::web::error::ApiError;
+use crate::web::state::AppState;
 
 /// In-flight sagas listed at most.
 const IN_FLIGHT_LIMIT: i64 = 200;
@@ -80,7 +81,7 @@ pub async fn overview(
         "counts": by_state,
         "throughput": throughput,
         "in_flight": in_flight.iter().map(in_flight_item).collect::<Vec<_>>(),
-        "finished": finished.iter().map(crate::http::document::saga_summary).collect::<Vec<_>>(),
+        "finished": finished.iter().map(saga_summary).collect::<Vec<_>>(),
     })))
 }
 

@@ -14,8 +14,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::watch;
 
-use crate::http::AppState;
 use crate::runtime::changes::SagaChange;
+use crate::web::state::AppState;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 

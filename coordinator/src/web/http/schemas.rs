@@ -1,82 +1,19 @@
-//! The OpenAPI 3.1 document of the HTTP API, generated from the code with `utoipa`.
+//! The JSON bodies of the HTTP API as OpenAPI schemas, and the problem answers operations share.
 //!
-//! Each handler carries its `#[utoipa::path]` annotation (method, path, parameters, answers); this
-//! module collects them and describes the JSON bodies. The bodies are built with `serde_json` by the
-//! handlers, so the schemas here are written out next to each other; the end-to-end tests check the
-//! real answers against them, and the route table against the document (`tests/tests/observability.rs`).
+//! The handlers build their bodies with `serde_json`, so these types only describe them; the
+//! end-to-end tests check the real answers against them (`tests/tests/observability.rs`).
 //! Enumerations (saga and step states, command kinds) are generated from the domain's own lists.
 
 use std::borrow::Cow;
 
-use actix_web::HttpResponse;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::RefOr;
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::{IntoResponses, PartialSchema, ToSchema};
 use uuid::Uuid;
 
 use crate::saga::{CommandKind, SagaState, StepState};
-
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "Saga coordinator",
-        description = "Runs distributed transactions (sagas) across microservices over Postgres and \
-                       RabbitMQ. The contract is docs/contract.md; errors are RFC 9457 problem \
-                       details. When SAGA_API_TOKEN is set, /api/v1 requires it as a bearer token.",
-        license(name = "Apache-2.0"),
-    ),
-    paths(
-        super::healthz,
-        super::readyz,
-        super::metrics::scrape,
-        document,
-        super::sagas::submit,
-        super::sagas::list,
-        super::sagas::get,
-        super::sagas::events,
-        super::sagas::abort,
-        super::sagas::commit,
-        super::sagas::retry,
-        super::sagas::resolve,
-    ),
-    components(schemas(SagaStateName, StepStateName, CommandKindName)),
-    modifiers(&BearerToken),
-    tags(
-        (name = "sagas", description = "Submit, read and operate sagas"),
-        (name = "service", description = "Health, readiness, metrics and this document"),
-    ),
-)]
-pub struct ApiDoc;
-
-/// The document as served at `/api/v1/openapi.json`.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
-}
-
-/// This OpenAPI document.
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "service", responses(
-    (status = 200, description = "The OpenAPI 3.1 document of this API", body = Object),
-))]
-pub async fn document() -> HttpResponse {
-    HttpResponse::Ok().json(openapi())
-}
-
-/// Declares the bearer token the `/api/v1` operations name in their `security`.
-struct BearerToken;
-
-impl Modify for BearerToken {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        if let Some(components) = openapi.components.as_mut() {
-            components.add_security_scheme(
-                "bearer",
-                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-            );
-        }
-    }
-}
 
 /// A string enumeration whose values come from the domain type's `ALL` list.
 fn string_enum(values: impl Iterator<Item = &'static str>, description: &str) -> RefOr<Schema> {
@@ -316,16 +253,68 @@ pub struct Problem {
     pub errors: Option<Vec<FieldError>>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+// The problem answers (`application/problem+json`, see `web::error`) that several operations give
+// alike; an operation lists the ones it can give in its `responses(...)`.
 
-    #[test]
-    fn the_document_lists_every_state_from_the_domain() {
-        let doc = serde_json::to_value(openapi()).expect("serialises");
-        let states = &doc["components"]["schemas"]["SagaState"]["enum"];
-        let expected: Vec<&str> = SagaState::ALL.iter().map(|s| s.as_str()).collect();
-        assert_eq!(states, &serde_json::json!(expected));
-        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
-    }
-}
+/// 400, answered for `ApiError::MalformedJson`.
+#[derive(IntoResponses)]
+#[response(
+    status = 400,
+    description = "The body is not JSON",
+    content_type = "application/problem+json"
+)]
+pub struct MalformedJson(pub Problem);
+
+/// 401, answered for `ApiError::Unauthorized`.
+#[derive(IntoResponses)]
+#[response(
+    status = 401,
+    description = "A bearer token is required",
+    content_type = "application/problem+json"
+)]
+pub struct Unauthorized(pub Problem);
+
+/// 404, answered for `ApiError::NotFound`.
+#[derive(IntoResponses)]
+#[response(
+    status = 404,
+    description = "No such saga",
+    content_type = "application/problem+json"
+)]
+pub struct NoSuchSaga(pub Problem);
+
+/// 409, answered for `ApiError::Conflict`.
+#[derive(IntoResponses)]
+#[response(
+    status = 409,
+    description = "The saga's state does not allow it, or the key was used with a different definition",
+    content_type = "application/problem+json"
+)]
+pub struct Conflict(pub Problem);
+
+/// 413, answered for `ApiError::TooLarge`.
+#[derive(IntoResponses)]
+#[response(
+    status = 413,
+    description = "The body is too large",
+    content_type = "application/problem+json"
+)]
+pub struct TooLarge(pub Problem);
+
+/// 422, answered for `ApiError::Invalid`.
+#[derive(IntoResponses)]
+#[response(
+    status = 422,
+    description = "The request breaks a rule (every broken rule is listed)",
+    content_type = "application/problem+json"
+)]
+pub struct Invalid(pub Problem);
+
+/// 503, answered for `ApiError::Unavailable`.
+#[derive(IntoResponses)]
+#[response(
+    status = 503,
+    description = "Postgres is unavailable",
+    content_type = "application/problem+json"
+)]
+pub struct Unavailable(pub Problem);
