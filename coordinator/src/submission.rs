@@ -82,7 +82,7 @@ pub fn parse_submission(body: &serde_json::Value) -> Result<SagaDefinition, Vec<
         return Err(errs.0);
     };
     check_unknown(obj, TOP_FIELDS, "", &mut errs);
-    if crate::messages::holds_nul(body) {
+    if contract::holds_nul(body) {
         errs.add(
             "",
             "must not hold the NUL character (\\u0000) in any string: Postgres cannot store it",

@@ -4,9 +4,11 @@
 
 pub mod definition;
 pub mod machine;
+pub mod reply;
 pub mod state;
 
 pub use definition::{CheckBack, RetryPolicy, SagaDefinition, StepDefinition, SubmissionMode};
+pub use reply::{Outcome, Reply};
 pub use state::{
     CheckBackProgress, CommandKind, Saga, SagaState, StepProgress, StepState, Timer, TimerPurpose,
 };
