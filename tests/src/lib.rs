@@ -1,6 +1,6 @@
 //! End-to-end test harness for the saga coordinator.
 //!
-//! The tests under `tests/` are black-box tests of the external contract (`shared/spec/contract.md`):
+//! The tests under `tests/` are black-box tests of the external contract (`docs/contract.md`):
 //! they talk HTTP to a coordinator and AMQP to RabbitMQ, against a real Postgres and a real RabbitMQ.
 //! Every test gets its own database ([`TestDb`], cloned from a migrated template) and its own AMQP
 //! namespace ([`TestNamespace`]), so tests run in parallel without seeing each other.
