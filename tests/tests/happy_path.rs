@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use contract::properties::TRACEPARENT;
-use contract::{idempotency_key, names, CommandKind};
-use e2e::api::{saga_id, state, step};
+use contract::{names, CommandKind};
+use e2e::api::{idempotency_key, saga_id, state, step};
 use e2e::defs::{fast_retry, saga, step_with};
 use e2e::{Behaviour, FakeParticipant, ReceivedCommand, Reply, TestApp, SAGA_TIMEOUT};
 use serde_json::{json, Value};
@@ -19,12 +19,6 @@ fn parse_time(v: &Value, what: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
         .unwrap_or_else(|e| panic!("{what} {s:?} is not RFC 3339: {e}"))
         .with_timezone(&Utc)
-}
-
-/// The idempotency key of `step`'s action in saga `id` (contract, section 1).
-fn action_key(id: &str, step: &str) -> String {
-    let id = id.parse().expect("a saga id is a UUID");
-    idempotency_key(id, Some(step), CommandKind::Action)
 }
 
 /// The properties every command carries (contract, sections 3 and 4).
@@ -187,7 +181,11 @@ async fn three_steps_commit_and_commands_carry_the_contract_fields() {
         assert_eq!(b["kind"], "action", "{b}");
         assert_eq!(b["command"], action, "{b}");
         assert_eq!(b["attempt"], 1, "{b}");
-        assert_eq!(b["idempotency_key"], action_key(&id, name), "{b}");
+        assert_eq!(
+            b["idempotency_key"],
+            idempotency_key(&id, Some(name), CommandKind::Action),
+            "{b}"
+        );
         assert_eq!(b["saga_payload"], json!({"order_id": 8812}), "{b}");
         assert!(
             b.get("action_output").is_none(),
@@ -351,7 +349,10 @@ async fn retry_replies_then_success_commit_with_attempts_counted() {
         .map(|c| c.idempotency_key().to_string())
         .collect();
     assert_eq!(keys.len(), 1, "all attempts share one idempotency key");
-    assert_eq!(keys.into_iter().next(), Some(action_key(&id, "wobble")));
+    assert_eq!(
+        keys.into_iter().next(),
+        Some(idempotency_key(&id, Some("wobble"), CommandKind::Action))
+    );
     let message_ids: HashSet<_> = commands.iter().map(|c| c.message_id.clone()).collect();
     assert_eq!(message_ids.len(), 3, "message_id is unique per attempt");
     for c in &commands {
