@@ -97,16 +97,30 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_domain_names_nothing_of_the_wire() {
-        let saga = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/saga");
+    /// Fails if any source under `src/{dir}` names one of `words` outside comments.
+    fn assert_names_none(dir: &str, words: &[&str], why: &str) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir);
         let mut files = Vec::new();
-        rust_files(&saga, &mut files);
-        assert!(files.len() >= 3, "no saga sources under {}", saga.display());
+        rust_files(&root, &mut files);
+        assert!(!files.is_empty(), "no sources under {}", root.display());
         for file in files {
             let text = std::fs::read_to_string(&file).expect("a readable source");
             let code = code(&text);
-            for word in [
+            for word in words {
+                assert!(
+                    !code.contains(word),
+                    "{} names {word:?}: {why}",
+                    file.display()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_domain_names_nothing_of_the_wire() {
+        assert_names_none(
+            "saga",
+            &[
                 "contract::",
                 "messages",
                 "lapin",
@@ -114,13 +128,17 @@ mod tests {
                 "actix",
                 "crate::amqp",
                 "crate::wire",
-            ] {
-                assert!(
-                    !code.contains(word),
-                    "{} names {word:?}: the domain must not know the wire or the edges",
-                    file.display()
-                );
-            }
-        }
+            ],
+            "the domain must not know the wire or the edges",
+        );
+    }
+
+    #[test]
+    fn the_amqp_edge_names_nothing_of_the_domain() {
+        assert_names_none(
+            "amqp",
+            &["crate::saga", "crate::wire"],
+            "the AMQP edge speaks only the contract; wire.rs converts",
+        );
     }
 }
