@@ -1,11 +1,11 @@
 //! Where the wire contract meets the domain: the one place `contract` types become `saga` types and
 //! back.
 //!
-//! `saga/` names nothing of the wire (the test below checks it), so the machine takes its own
-//! [`Reply`] and [`CommandKind`]; the AMQP edge speaks only the contract. A reply crosses here on its
-//! way from the consumer to its saga, a command kind on its way into an outbox message
-//! (`outbox::command_message`). The spellings agree by construction: the tests hold each domain
-//! name to the contract's.
+//! `saga/` names nothing of the wire, so the machine takes its own [`Reply`] and [`CommandKind`];
+//! `amqp/` names nothing of the domain and speaks only the contract (the tests below check both). A
+//! reply crosses here on its way from the consumer to its saga (`app::dispatch_inbound`), a command
+//! kind on its way into an outbox message (`outbox::command_message`). The tests also hold each
+//! domain spelling to the contract's, since the event log stores outcomes by their serde names.
 
 use crate::saga::{CommandKind, Outcome, Reply};
 
