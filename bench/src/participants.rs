@@ -8,6 +8,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use anyhow::Context;
+use contract::properties::{CONTENT_TYPE, PERSISTENT};
+use contract::{names, CommandBody, Outcome, ReplyBody};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -16,17 +18,6 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use serde::Deserialize;
-use serde_json::json;
-
-/// What a participant needs from a command body.
-#[derive(Deserialize)]
-struct Command {
-    saga_id: String,
-    step: Option<String>,
-    kind: String,
-    attempt: u64,
-}
 
 /// Counters of the participants' work.
 #[derive(Default)]
@@ -66,7 +57,7 @@ impl Participants {
         let channel = connection.create_channel().await?;
         // The coordinator answers HTTP before it has necessarily declared its topology: declare the
         // commands exchange too (same arguments, so either may go first), as the SDK's participants do.
-        let commands = format!("{namespace}.commands");
+        let commands = names::commands_exchange(namespace);
         channel
             .exchange_declare(
                 commands.as_str().into(),
@@ -80,12 +71,11 @@ impl Participants {
             .await
             .with_context(|| format!("declaring {commands}"))?;
         for name in &names {
-            let queue = format!("{namespace}.participant.{name}");
+            let queue = names::participant_queue(namespace, name);
             let mut args = FieldTable::default();
-            args.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString(format!("{namespace}.dead").into()),
-            );
+            for (argument, value) in names::dead_lettering_arguments(namespace) {
+                args.insert(argument.into(), AMQPValue::LongString(value.into()));
+            }
             channel
                 .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
                 .await
@@ -127,7 +117,7 @@ impl Participants {
             channel
                 .basic_qos(self.prefetch, BasicQosOptions::default())
                 .await?;
-            let queue = format!("{}.participant.{name}", self.namespace);
+            let queue = names::participant_queue(&self.namespace, name);
             let mut consumer = channel
                 .basic_consume(
                     queue.as_str().into(),
@@ -171,17 +161,19 @@ async fn answer(
     activity: &Activity,
     first_step: &str,
 ) -> anyhow::Result<()> {
-    let command: Command = serde_json::from_slice(&delivery.data).context("command body")?;
+    let command: CommandBody = serde_json::from_slice(&delivery.data).context("command body")?;
     if command.attempt > 1 || command.step.as_deref() != Some(first_step) {
         let _ = activity.first_followup.set(Instant::now());
     }
-    let reply = serde_json::to_vec(&json!({
-        "saga_id": command.saga_id,
-        "step": command.step,
-        "kind": command.kind,
-        "attempt": command.attempt,
-        "outcome": "success",
-    }))?;
+    let reply = serde_json::to_vec(&ReplyBody {
+        saga_id: command.saga_id,
+        step: command.step,
+        kind: command.kind,
+        attempt: command.attempt,
+        outcome: Outcome::Success,
+        output: None,
+        error: None,
+    })?;
     let props = &delivery.properties;
     let reply_to = props
         .reply_to()
@@ -189,8 +181,8 @@ async fn answer(
         .context("a command without reply_to")?
         .clone();
     let mut properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into());
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type(CONTENT_TYPE.into());
     if let Some(correlation) = props.correlation_id() {
         properties = properties.with_correlation_id(correlation.clone());
     }

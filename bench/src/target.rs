@@ -293,18 +293,19 @@ async fn delete_namespace(url: &str, ns: &str, participants: &[String]) -> anyho
     let connection =
         lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
+    use contract::names;
     let mut queues = vec![
-        format!("{ns}.replies"),
-        format!("{ns}.dead-letters"),
-        format!("{ns}.coordinator.dead-commands"),
+        names::replies_queue(ns),
+        names::dead_letters_queue(ns),
+        names::dead_commands_queue(ns),
     ];
-    queues.extend(participants.iter().map(|p| format!("{ns}.participant.{p}")));
+    queues.extend(participants.iter().map(|p| names::participant_queue(ns, p)));
     for queue in queues {
         channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
     }
-    for exchange in [format!("{ns}.commands"), format!("{ns}.dead")] {
+    for exchange in [names::commands_exchange(ns), names::dead_exchange(ns)] {
         channel
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await?;

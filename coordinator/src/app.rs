@@ -172,7 +172,7 @@ async fn wait_for_stop_signal() {
 async fn dispatch_inbound(mut inbound: mpsc::Receiver<InboundDelivery>, registry: Registry) {
     while let Some(delivery) = inbound.recv().await {
         let (saga_id, event) = match delivery.message {
-            Inbound::Reply(reply) => (reply.saga_id, Event::Reply(reply)),
+            Inbound::Reply(reply) => (reply.saga_id, Event::Reply(reply.into())),
             Inbound::DeadLettered {
                 saga_id,
                 step,
@@ -182,7 +182,7 @@ async fn dispatch_inbound(mut inbound: mpsc::Receiver<InboundDelivery>, registry
                 saga_id,
                 Event::DeadLettered {
                     step,
-                    kind,
+                    kind: kind.into(),
                     attempt,
                 },
             ),

@@ -539,13 +539,12 @@ mod tests {
     }
 
     fn reply(saga: &Saga, step: &str, kind: &str, outcome: &str) -> Event {
-        Event::Reply(
-            serde_json::from_value(json!({
-                "saga_id": saga.id, "step": step, "kind": kind, "attempt": 1,
-                "outcome": outcome,
-            }))
-            .expect("a reply"),
-        )
+        let body: contract::ReplyBody = serde_json::from_value(json!({
+            "saga_id": saga.id, "step": step, "kind": kind, "attempt": 1,
+            "outcome": outcome,
+        }))
+        .expect("a reply");
+        Event::Reply(body.into())
     }
 
     fn body(m: &Metrics) -> String {

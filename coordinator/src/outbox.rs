@@ -19,8 +19,8 @@ pub struct OutboxMessage {
     /// Routing key on `{ns}.commands`; also names the queue `{ns}.participant.{participant}`.
     pub participant: String,
     /// AMQP `type` property.
-    pub kind: CommandKind,
-    /// The JSON body (a serialized `messages::CommandMessage`).
+    pub kind: contract::CommandKind,
+    /// The JSON body (a serialized `contract::CommandBody`).
     pub body: Vec<u8>,
     /// W3C trace context, sent as the `traceparent` header when present.
     pub traceparent: Option<String>,
@@ -34,7 +34,7 @@ pub fn command_message(
     command: &crate::saga::machine::Command,
     now: DateTime<Utc>,
 ) -> OutboxMessage {
-    use crate::messages::{idempotency_key, CommandMessage};
+    use contract::{idempotency_key, CommandBody};
     use serde_json::{Map, Value};
 
     let def = &saga.definition;
@@ -67,12 +67,13 @@ pub fn command_message(
         }
     };
     let step_name = step.map(|(d, _)| d.name.clone());
-    let body = CommandMessage {
+    let kind = contract::CommandKind::from(command.kind);
+    let body = CommandBody {
         saga_id: saga.id,
         saga_name: def.name.clone(),
-        idempotency_key: idempotency_key(saga.id, step_name.as_deref(), command.kind),
+        idempotency_key: idempotency_key(saga.id, step_name.as_deref(), kind),
         step: step_name,
-        kind: command.kind,
+        kind,
         command: name,
         attempt: command.attempt,
         deadline: command.deadline,
@@ -86,7 +87,7 @@ pub fn command_message(
         saga_id: saga.id,
         message_id: Uuid::now_v7(),
         participant,
-        kind: command.kind,
+        kind,
         // Serializing plain data into a Vec cannot fail.
         body: serde_json::to_vec(&body).unwrap_or_default(),
         traceparent: saga.traceparent.clone(),

@@ -211,6 +211,14 @@ impl Api {
     }
 }
 
+/// The idempotency key of a command of saga `id` (contract, section 1), `id` as documents spell it.
+pub fn idempotency_key(id: &str, step: Option<&str>, kind: contract::CommandKind) -> String {
+    let saga_id = id
+        .parse()
+        .unwrap_or_else(|e| panic!("saga id {id:?} is not a UUID: {e}"));
+    contract::idempotency_key(saga_id, step, kind)
+}
+
 /// The `id` of a saga document.
 pub fn saga_id(doc: &Value) -> String {
     doc.get("id")

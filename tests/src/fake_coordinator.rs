@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use contract::properties::{CONTENT_TYPE, PERSISTENT};
+use contract::{idempotency_key, CommandBody, CommandKind};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
@@ -13,7 +15,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::namespace::{amqp_connect, TestNamespace};
 
@@ -26,7 +28,8 @@ pub struct FakeCoordinator {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// A command body as the contract spells it (section 4), deadline one minute from now.
+/// A command body as the contract spells it (section 4), deadline one minute from now. Panics on a
+/// `saga_id` that is not a UUID or a `kind` the contract does not know: callers are tests.
 pub fn command_body(
     saga_id: &str,
     step: &str,
@@ -35,23 +38,24 @@ pub fn command_body(
     attempt: u32,
     payload: Value,
 ) -> Value {
-    let mut body = json!({
-        "saga_id": saga_id,
-        "saga_name": "sdk-test",
-        "step": step,
-        "kind": kind,
-        "command": command,
-        "attempt": attempt,
-        "idempotency_key": format!("{saga_id}:{step}:{kind}"),
-        "deadline": (chrono::Utc::now() + chrono::Duration::minutes(1)).to_rfc3339(),
-        "payload": payload,
-        "saga_payload": null,
-        "outputs": {},
-    });
-    if kind == "compensation" {
-        body["action_output"] = Value::Null;
-    }
-    body
+    let saga_id = saga_id.parse().expect("a saga id is a UUID");
+    let kind: CommandKind = kind.parse().expect("a command kind");
+    let body = CommandBody {
+        saga_id,
+        saga_name: "sdk-test".into(),
+        step: Some(step.into()),
+        kind,
+        command: command.into(),
+        attempt,
+        idempotency_key: idempotency_key(saga_id, Some(step), kind),
+        deadline: chrono::Utc::now() + chrono::Duration::minutes(1),
+        payload,
+        saga_payload: Value::Null,
+        outputs: Default::default(),
+        // A compensation always carries its action's output, `null` when there was none.
+        action_output: (kind == CommandKind::Compensation).then_some(Value::Null),
+    };
+    serde_json::to_value(body).expect("a command body serializes")
 }
 
 impl FakeCoordinator {
@@ -164,8 +168,8 @@ impl FakeCoordinator {
     ) -> anyhow::Result<()> {
         let id = uuid::Uuid::new_v4().to_string();
         let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type(CONTENT_TYPE.into())
             .with_message_id(id.as_str().into())
             .with_correlation_id(id.as_str().into())
             .with_reply_to(self.ns.replies_queue().as_str().into())

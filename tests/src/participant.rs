@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use contract::properties::{CONTENT_TYPE, PERSISTENT};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -598,8 +599,8 @@ async fn send_reply(
         .clone()
         .context("the command has no reply_to")?;
     let mut props = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into());
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type(CONTENT_TYPE.into());
     if let Some(id) = &command.correlation_id {
         props = props.with_correlation_id(id.as_str().into());
     }

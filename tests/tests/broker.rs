@@ -4,7 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use e2e::api::{state, step};
+use contract::CommandKind;
+use e2e::api::{idempotency_key, state, step};
 use e2e::defs::{fast_retry, saga, step_with};
 use e2e::{eventually, Behaviour, FakeParticipant, Reply, TestApp, BULK_TIMEOUT, SAGA_TIMEOUT};
 use reqwest::{Method, StatusCode};
@@ -283,7 +284,10 @@ async fn every_saga_finishes_despite_losing_the_rabbitmq_connection() {
         for (s, p) in [("s1", "p1"), ("s2", "p2"), ("s3", "p3")] {
             let output = &step(&done, s)["output"];
             assert_eq!(output["by"], p, "{done:#}");
-            assert_eq!(output["key"], format!("{id}:{s}:action"));
+            assert_eq!(
+                output["key"],
+                idempotency_key(id, Some(s), CommandKind::Action)
+            );
         }
     }
     for p in &participants {

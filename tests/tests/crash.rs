@@ -3,7 +3,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use e2e::api::{state, step};
+use contract::CommandKind;
+use e2e::api::{idempotency_key, state, step};
 use e2e::defs::saga;
 use e2e::process::run_to_completion;
 use e2e::{
@@ -118,7 +119,7 @@ async fn sigkill_mid_flight_then_restart_finishes_every_saga_without_losing_effe
                     assert_eq!(state(step_doc), "succeeded", "{doc:#}");
                     assert_eq!(
                         step_doc["output"],
-                        json!({"by": p, "key": format!("{id}:{s}:action")}),
+                        json!({"by": p, "key": idempotency_key(id, Some(s), CommandKind::Action)}),
                         "the participant's output is kept: {doc:#}"
                     );
                 }

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::api::{state, step};
+use contract::CommandKind;
+use e2e::api::{idempotency_key, state, step};
 use e2e::defs::{fast_retry, saga, step_with};
 use e2e::scenarios::{broken_compensation_saga, broken_compensation_shop};
 use e2e::{Behaviour, FakeParticipant, ReceivedCommand, TestApp, SAGA_TIMEOUT};
@@ -86,7 +87,7 @@ async fn business_failure_on_step_3_compensates_2_then_1() {
         assert_eq!(b["attempt"], 1, "{b}");
         assert_eq!(
             b["idempotency_key"],
-            format!("{id}:{s}:compensation"),
+            idempotency_key(&id, Some(s), CommandKind::Compensation),
             "{b}"
         );
         assert_eq!(b["action_output"], json!({"made": s}), "{b}");

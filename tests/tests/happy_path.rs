@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use e2e::api::{saga_id, state, step};
+use contract::properties::TRACEPARENT;
+use contract::{names, CommandKind};
+use e2e::api::{idempotency_key, saga_id, state, step};
 use e2e::defs::{fast_retry, saga, step_with};
 use e2e::{Behaviour, FakeParticipant, ReceivedCommand, Reply, TestApp, SAGA_TIMEOUT};
 use serde_json::{json, Value};
@@ -33,7 +35,7 @@ fn assert_command_envelope(cmd: &ReceivedCommand, ns: &str, participant: &str, k
     );
     assert_eq!(
         cmd.reply_to.as_deref(),
-        Some(format!("{ns}.replies").as_str())
+        Some(names::replies_queue(ns).as_str())
     );
     assert_eq!(
         cmd.type_property.as_deref(),
@@ -49,7 +51,7 @@ fn assert_command_envelope(cmd: &ReceivedCommand, ns: &str, participant: &str, k
         cmd.content_type
     );
     assert!(cmd.timestamp.is_some(), "commands carry a timestamp");
-    assert_eq!(cmd.exchange, format!("{ns}.commands"));
+    assert_eq!(cmd.exchange, names::commands_exchange(ns));
     assert_eq!(cmd.routing_key, participant);
 }
 
@@ -179,7 +181,11 @@ async fn three_steps_commit_and_commands_carry_the_contract_fields() {
         assert_eq!(b["kind"], "action", "{b}");
         assert_eq!(b["command"], action, "{b}");
         assert_eq!(b["attempt"], 1, "{b}");
-        assert_eq!(b["idempotency_key"], format!("{id}:{name}:action"), "{b}");
+        assert_eq!(
+            b["idempotency_key"],
+            idempotency_key(&id, Some(name), CommandKind::Action),
+            "{b}"
+        );
         assert_eq!(b["saga_payload"], json!({"order_id": 8812}), "{b}");
         assert!(
             b.get("action_output").is_none(),
@@ -343,7 +349,10 @@ async fn retry_replies_then_success_commit_with_attempts_counted() {
         .map(|c| c.idempotency_key().to_string())
         .collect();
     assert_eq!(keys.len(), 1, "all attempts share one idempotency key");
-    assert_eq!(keys.into_iter().next(), Some(format!("{id}:wobble:action")));
+    assert_eq!(
+        keys.into_iter().next(),
+        Some(idempotency_key(&id, Some("wobble"), CommandKind::Action))
+    );
     let message_ids: HashSet<_> = commands.iter().map(|c| c.message_id.clone()).collect();
     assert_eq!(message_ids.len(), 3, "message_id is unique per attempt");
     for c in &commands {
@@ -445,7 +454,7 @@ async fn commands_carry_the_traceparent_of_the_submitting_request() {
     let with = &shop.commands_for(&traced)[0];
     let header = with
         .headers
-        .get("traceparent")
+        .get(TRACEPARENT)
         .unwrap_or_else(|| panic!("no traceparent header: {with:?}"));
     assert!(
         header.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
@@ -453,7 +462,7 @@ async fn commands_carry_the_traceparent_of_the_submitting_request() {
     );
     let without = &shop.commands_for(&untraced)[0];
     assert!(
-        !without.headers.contains_key("traceparent"),
+        !without.headers.contains_key(TRACEPARENT),
         "no traceparent without one on the request: {without:?}"
     );
 }

@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use contract::CommandKind;
 use diesel::sql_types::{BigInt, Uuid as SqlUuid};
 use diesel::{sql_query, PgConnection, QueryableByName, RunQueryDsl};
+use e2e::api::idempotency_key;
 use e2e::{command_body, FakeCoordinator, ShopDbs, ShopProcess, TcpProxy, TestNamespace};
 use participants::barrier;
 use participants::{BoxError, Command, Outcome, Participant, ParticipantHandle, Settings};
@@ -197,7 +199,11 @@ async fn a_compensation_without_its_action_is_null_and_the_late_action_is_refuse
         },
         "and has no effect (no stock was given back)"
     );
-    let (origin, _) = recorded(&dbs, &format!("{saga}:reserve:compensation")).expect("recorded");
+    let (origin, _) = recorded(
+        &dbs,
+        &idempotency_key(&saga, Some("reserve"), CommandKind::Compensation),
+    )
+    .expect("recorded");
     assert_eq!(origin, "null");
 
     // The action arrives late (hanging): refused, no effect, and so on every redelivery.
@@ -412,8 +418,11 @@ async fn a_crash_between_commit_and_reply_is_answered_with_the_recorded_reply_on
             reservations: 1
         }
     );
-    let (origin, committed) =
-        recorded(&dbs, &format!("{saga}:reserve:action")).expect("the barrier row");
+    let (origin, committed) = recorded(
+        &dbs,
+        &idempotency_key(&saga, Some("reserve"), CommandKind::Action),
+    )
+    .expect("the barrier row");
     assert_eq!(origin, "ran");
     assert!(committed.is_success());
     assert!(

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::api::{expect_json, expect_problem, saga_id, state};
+use contract::CommandKind;
+use e2e::api::{expect_json, expect_problem, idempotency_key, saga_id, state};
 use e2e::defs::{fast_retry, saga, step};
 use e2e::{
     Behaviour, CheckAnswer, CheckBackServer, CoordinatorProcess, FakeParticipant, Reply, TestApp,
@@ -132,7 +133,10 @@ async fn amqp_check_back_answers_committed_aborted_and_pending() {
         "{:#}",
         check.body
     );
-    assert_eq!(check.body["idempotency_key"], format!("{}::check", ids[0]));
+    assert_eq!(
+        check.body["idempotency_key"],
+        idempotency_key(&ids[0], None, CommandKind::Check)
+    );
     assert_eq!(
         orders.commands_for(&ids[2]).len(),
         2,

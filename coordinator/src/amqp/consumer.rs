@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use contract::{CommandBody, CommandKind, ReplyBody};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
@@ -22,8 +23,6 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{short, BrokerError, Context, Inbound, InboundDelivery, Settlement};
-use crate::messages::{CommandMessage, ReplyMessage};
-use crate::saga::CommandKind;
 
 /// Which queue a consumer reads, which decides how its deliveries are understood.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,7 +249,7 @@ async fn handle(
     acks: &mut Acks,
 ) -> Flow {
     let understood = match source {
-        Source::Replies => ReplyMessage::parse(&delivery.data).map(Inbound::Reply),
+        Source::Replies => ReplyBody::parse(&delivery.data).map(Inbound::Reply),
         Source::DeadCommands => dead_lettered(&delivery.properties, &delivery.data),
     };
     match (source, understood) {
@@ -340,7 +339,7 @@ fn dead_lettered(properties: &BasicProperties, body: &[u8]) -> Result<Inbound, S
         .ok_or_else(|| "no type property".to_owned())?
         .as_str()
         .parse()?;
-    let command: CommandMessage =
+    let command: CommandBody =
         serde_json::from_slice(body).map_err(|e| format!("the body is not a command: {e}"))?;
     if command.kind != kind {
         return Err(format!(
@@ -370,8 +369,8 @@ mod tests {
     use chrono::Utc;
     use serde_json::{Map, Value};
 
-    fn command(kind: CommandKind) -> CommandMessage {
-        CommandMessage {
+    fn command(kind: CommandKind) -> CommandBody {
+        CommandBody {
             saga_id: Uuid::now_v7(),
             saga_name: "s".into(),
             step: Some("a".into()),

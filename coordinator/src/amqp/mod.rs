@@ -31,9 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::messages::ReplyMessage;
 use crate::outbox::OutboxMessage;
-use crate::saga::CommandKind;
 
 /// How to reach RabbitMQ and which names to use there.
 #[derive(Clone)]
@@ -58,41 +56,8 @@ impl fmt::Debug for AmqpSettings {
     }
 }
 
-/// Names of the contract's topology (section 3) plus the coordinator's private dead-commands queue.
-///
-/// Kept in one place because participants integrate against these exact strings.
-pub mod names {
-    /// The direct exchange commands are published to.
-    pub fn commands_exchange(ns: &str) -> String {
-        format!("{ns}.commands")
-    }
-
-    /// A participant's command queue, bound to the commands exchange with the participant as key.
-    pub fn participant_queue(ns: &str, participant: &str) -> String {
-        format!("{ns}.participant.{participant}")
-    }
-
-    /// Where participants send replies (through the default exchange).
-    pub fn replies_queue(ns: &str) -> String {
-        format!("{ns}.replies")
-    }
-
-    /// The fanout exchange every contract queue dead-letters to.
-    pub fn dead_exchange(ns: &str) -> String {
-        format!("{ns}.dead")
-    }
-
-    /// The operators' queue: everything dead-lettered stays here for inspection.
-    pub fn dead_letters_queue(ns: &str) -> String {
-        format!("{ns}.dead-letters")
-    }
-
-    /// The coordinator's own copy of the dead-letter fanout, so it learns about rejected commands
-    /// without taking anything away from `dead-letters`.
-    pub fn dead_commands_queue(ns: &str) -> String {
-        format!("{ns}.coordinator.dead-commands")
-    }
-}
+/// Names of the contract's topology (section 3), spelled once in the `contract` crate.
+pub use contract::names;
 
 /// How the caller settles an [`InboundDelivery`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,12 +71,13 @@ pub enum Settlement {
 /// What arrives from the broker.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
-    Reply(ReplyMessage),
+    /// A reply that passed [`contract::ReplyBody::parse`].
+    Reply(contract::ReplyBody),
     /// A command a participant rejected without requeue (seen through the dead-letter fanout).
     DeadLettered {
         saga_id: Uuid,
         step: Option<String>,
-        kind: CommandKind,
+        kind: contract::CommandKind,
         attempt: u32,
     },
 }

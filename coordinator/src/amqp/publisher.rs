@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use contract::properties::{CONTENT_TYPE, PERSISTENT, TRACEPARENT};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
@@ -165,17 +166,17 @@ fn properties(
     let id = short(&message.message_id.to_string())?;
     let timestamp = u64::try_from(message.created_at.timestamp()).unwrap_or(0);
     let mut properties = BasicProperties::default()
-        .with_delivery_mode(2)
+        .with_delivery_mode(PERSISTENT)
         .with_message_id(id.clone())
         .with_correlation_id(id)
         .with_reply_to(reply_to.clone())
         .with_type(short(message.kind.as_str())?)
-        .with_content_type(short("application/json")?)
+        .with_content_type(short(CONTENT_TYPE)?)
         .with_timestamp(timestamp);
     if let Some(traceparent) = &message.traceparent {
         let mut headers = FieldTable::default();
         headers.insert(
-            "traceparent".into(),
+            TRACEPARENT.into(),
             AMQPValue::LongString(traceparent.as_str().into()),
         );
         properties = properties.with_headers(headers);

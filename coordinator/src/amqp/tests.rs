@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use contract::{idempotency_key, CommandBody, CommandKind, Outcome, ReplyBody};
 use lapin::message::BasicGetMessage;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ExchangeDeclareOptions,
@@ -18,7 +19,6 @@ use uuid::Uuid;
 
 use super::topology::dead_lettering_arguments;
 use super::*;
-use crate::messages::{idempotency_key, CommandMessage, Outcome, ReplyMessage};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -114,9 +114,9 @@ async fn participant() -> (Connection, Channel) {
     (connection, channel)
 }
 
-fn command(kind: CommandKind, step: Option<&str>, attempt: u32) -> CommandMessage {
+fn command(kind: CommandKind, step: Option<&str>, attempt: u32) -> CommandBody {
     let saga_id = Uuid::now_v7();
-    CommandMessage {
+    CommandBody {
         saga_id,
         saga_name: "place-order".into(),
         step: step.map(str::to_owned),
@@ -132,7 +132,7 @@ fn command(kind: CommandKind, step: Option<&str>, attempt: u32) -> CommandMessag
     }
 }
 
-fn outbox(id: i64, participant: &str, command: &CommandMessage) -> OutboxMessage {
+fn outbox(id: i64, participant: &str, command: &CommandBody) -> OutboxMessage {
     OutboxMessage {
         id,
         saga_id: command.saga_id,
@@ -339,7 +339,7 @@ async fn publishes_commands_with_the_contract_properties() {
         ),
         other => panic!("traceparent header: {other:?}"),
     }
-    let body: CommandMessage = serde_json::from_slice(&delivery.data).expect("a command");
+    let body: CommandBody = serde_json::from_slice(&delivery.data).expect("a command");
     assert_eq!(body, cmd);
 
     // Without a trace context there is no header; many messages are pipelined, all confirmed, and
@@ -399,7 +399,7 @@ async fn delivers_replies_and_settles_them() {
     let ns = h.ns.name().to_owned();
     let (_conn, channel) = participant().await;
 
-    let reply = ReplyMessage {
+    let reply = ReplyBody {
         saga_id: Uuid::now_v7(),
         step: Some("charge".into()),
         kind: CommandKind::Action,
@@ -434,8 +434,8 @@ async fn batched_acknowledgements_never_cover_an_unsettled_reply() {
     let ns = h.ns.name().to_owned();
     let (_conn, channel) = participant().await;
 
-    let replies: Vec<ReplyMessage> = (1..=5)
-        .map(|attempt| ReplyMessage {
+    let replies: Vec<ReplyBody> = (1..=5)
+        .map(|attempt| ReplyBody {
             saga_id: Uuid::now_v7(),
             step: Some("charge".into()),
             kind: CommandKind::Action,
@@ -484,7 +484,7 @@ async fn batched_acknowledgements_never_cover_an_unsettled_reply() {
     h.shutdown().await;
     drop(third);
     let left = get_one(&channel, &names::replies_queue(&ns)).await;
-    let left: ReplyMessage = serde_json::from_slice(&left.data).expect("a reply");
+    let left: ReplyBody = serde_json::from_slice(&left.data).expect("a reply");
     assert_eq!(left, replies[2]);
     assert_eq!(message_count(&channel, &names::replies_queue(&ns)).await, 0);
 }
@@ -602,7 +602,7 @@ async fn reconnects_after_the_connection_is_severed() {
         message_count(&channel, &names::participant_queue(&ns, "payments")).await,
         3
     );
-    let reply = ReplyMessage {
+    let reply = ReplyBody {
         saga_id: cmd.saga_id,
         step: Some("charge".into()),
         kind: CommandKind::Action,
@@ -702,20 +702,4 @@ fn settings_do_not_show_the_password() {
         "{shown}"
     );
     assert_eq!(redact_url("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
-}
-
-#[test]
-fn names_follow_the_contract() {
-    assert_eq!(names::commands_exchange("saga"), "saga.commands");
-    assert_eq!(
-        names::participant_queue("saga", "inventory"),
-        "saga.participant.inventory"
-    );
-    assert_eq!(names::replies_queue("saga"), "saga.replies");
-    assert_eq!(names::dead_exchange("saga"), "saga.dead");
-    assert_eq!(names::dead_letters_queue("saga"), "saga.dead-letters");
-    assert_eq!(
-        names::dead_commands_queue("saga"),
-        "saga.coordinator.dead-commands"
-    );
 }

@@ -16,14 +16,13 @@ fn durable_exchange() -> ExchangeDeclareOptions {
     }
 }
 
-/// The arguments of every queue that dead-letters: exactly `x-dead-letter-exchange = {ns}.dead`, as a
-/// long string, because participants redeclare with the same and RabbitMQ refuses any difference.
+/// The arguments of every queue that dead-letters (`names::dead_lettering_arguments`), as long
+/// strings, because participants redeclare with the same and RabbitMQ refuses any difference.
 pub(super) fn dead_lettering_arguments(ns: &str) -> FieldTable {
     let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(names::dead_exchange(ns).into()),
-    );
+    for (name, value) in names::dead_lettering_arguments(ns) {
+        arguments.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
     arguments
 }
 

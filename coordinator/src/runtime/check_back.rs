@@ -11,8 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::messages::{Outcome, ReplyMessage};
-use crate::saga::CommandKind;
+use crate::saga::{CommandKind, Outcome, Reply};
 
 /// The body a check-back URL answers with.
 #[derive(Deserialize)]
@@ -51,21 +50,14 @@ impl HttpCheckBack {
 
     /// Asks `url` about `saga_id` and turns the answer into the reply the machine expects: the
     /// outcome it gave, or `retry` with the reason when there was no usable answer.
-    pub async fn ask(
-        &self,
-        url: &str,
-        saga_id: Uuid,
-        attempt: u32,
-        timeout: Duration,
-    ) -> ReplyMessage {
+    pub async fn ask(&self, url: &str, saga_id: Uuid, attempt: u32, timeout: Duration) -> Reply {
         let (outcome, error) = match self.get(url, saga_id, timeout).await {
             Ok(CheckBackOutcome::Committed) => (Outcome::Committed, None),
             Ok(CheckBackOutcome::Aborted) => (Outcome::Aborted, None),
             Ok(CheckBackOutcome::Pending) => (Outcome::Pending, None),
             Err(e) => (Outcome::Retry, Some(e)),
         };
-        ReplyMessage {
-            saga_id,
+        Reply {
             step: None,
             kind: CommandKind::Check,
             attempt,

@@ -6,8 +6,8 @@
 
 use std::fmt;
 
+use super::reply::Outcome;
 use super::state::CommandKind;
-use crate::messages::Outcome;
 
 /// One entry of a saga's event log.
 #[derive(Debug, Clone, PartialEq)]

@@ -22,8 +22,8 @@ use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
 
 use super::event_log::{CommandAttempt, CompensationReason, DecidedBy, FailureReason, LogEntry};
+use super::reply::{Outcome, Reply};
 use super::state::{CommandKind, Saga, SagaState, StepState, Timer, TimerPurpose};
-use crate::messages::{Outcome, ReplyMessage};
 
 /// What the machine needs from the outside world, passed in so that it stays pure.
 pub struct Context<'a, R: Rng> {
@@ -38,7 +38,7 @@ pub enum Event {
     /// The saga was just submitted: dispatch the first steps (or wait for commit, if prepared).
     Start,
     /// A participant answered.
-    Reply(ReplyMessage),
+    Reply(Reply),
     /// A participant rejected a command without requeue: counts as `retry` at once.
     DeadLettered {
         step: Option<String>,
@@ -283,7 +283,7 @@ impl Run {
         Verdict::Changed
     }
 
-    fn reply<R: Rng>(&mut self, reply: ReplyMessage, ctx: &mut Context<'_, R>) -> Verdict {
+    fn reply<R: Rng>(&mut self, reply: Reply, ctx: &mut Context<'_, R>) -> Verdict {
         if reply.kind == CommandKind::Check {
             return self.check_reply(reply, ctx);
         }
@@ -374,7 +374,7 @@ impl Run {
     /// An answer to a check-back. `committed` and `aborted` decide the saga whichever attempt they
     /// answer (the initiator's decision is never lost); `pending` (or a failed HTTP check, which the
     /// runtime reports as `retry`) only counts from the attempt currently out.
-    fn check_reply<R: Rng>(&mut self, reply: ReplyMessage, ctx: &mut Context<'_, R>) -> Verdict {
+    fn check_reply<R: Rng>(&mut self, reply: Reply, ctx: &mut Context<'_, R>) -> Verdict {
         if !self.undecided() {
             return Verdict::Ignore(format!(
                 "check-back answer for a saga that is {}",

@@ -11,8 +11,8 @@ use uuid::Uuid;
 use super::definition::{CheckBack, RetryPolicy, SagaDefinition, StepDefinition, SubmissionMode};
 use super::event_log::LogEntry;
 use super::machine::{handle, Command, Context, Decision, Event, Transition};
+use super::reply::{Outcome, Reply};
 use super::state::{CommandKind, Saga, SagaState, StepState};
-use crate::messages::{Outcome, ReplyMessage};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 21, 10, 0, 0)
@@ -131,8 +131,7 @@ impl Harness {
 }
 
 fn reply(step: &str, kind: CommandKind, attempt: u32, outcome: Outcome) -> Event {
-    Event::Reply(ReplyMessage {
-        saga_id: Uuid::nil(),
+    Event::Reply(Reply {
         step: Some(step.into()),
         kind,
         attempt,
@@ -509,8 +508,7 @@ fn prepared(steps: &[&str]) -> Harness {
 }
 
 fn check_answer(attempt: u32, outcome: Outcome) -> Event {
-    Event::Reply(ReplyMessage {
-        saga_id: Uuid::nil(),
+    Event::Reply(Reply {
         step: None,
         kind: CommandKind::Check,
         attempt,

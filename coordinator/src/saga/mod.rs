@@ -5,10 +5,12 @@
 pub mod definition;
 pub mod event_log;
 pub mod machine;
+pub mod reply;
 pub mod state;
 
 pub use definition::{CheckBack, RetryPolicy, SagaDefinition, StepDefinition, SubmissionMode};
 pub use event_log::LogEntry;
+pub use reply::{Outcome, Reply};
 pub use state::{
     CheckBackProgress, CommandKind, Saga, SagaState, StepProgress, StepState, Timer, TimerPurpose,
 };

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 
 use super::{render, StoredEvent};
-use crate::messages::Outcome;
 use crate::saga::event_log::{CommandAttempt, CompensationReason, DecidedBy, FailureReason};
+use crate::saga::Outcome;
 use crate::saga::{CommandKind, LogEntry, SagaDefinition};
 use crate::submission::parse_submission;
 

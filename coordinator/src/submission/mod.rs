@@ -70,7 +70,7 @@ pub fn parse_submission(body: &Value) -> Result<SagaDefinition, Vec<FieldError>>
     if !saga.object(TOP_FIELDS, "must be a JSON object") {
         return Err(errs);
     }
-    if crate::messages::holds_nul(body) {
+    if contract::holds_nul(body) {
         saga.error(
             "must not hold the NUL character (\\u0000) in any string: Postgres cannot store it",
         );

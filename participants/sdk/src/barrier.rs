@@ -152,7 +152,7 @@ impl Barrier {
 
     /// The key of this step's action row: `{saga_id}:{step}:action` (contract, section 1).
     fn action_key(&self) -> String {
-        format!("{}:{}:action", self.saga_id, self.step)
+        contract::idempotency_key(self.saga_id, Some(&self.step), CommandKind::Action)
     }
 
     /// Runs `business` at most once for this command, in one transaction with the barrier row, and

@@ -1,64 +1,16 @@
 //! The command a participant receives (contract, section 4), typed.
-
-use std::fmt;
+//!
+//! The body on the wire is `contract::CommandBody`; this is the form handlers see.
 
 use chrono::{DateTime, Utc};
+use contract::CommandBody;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-/// Whether a command runs a step forward or undoes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CommandKind {
-    /// The step's action.
-    Action,
-    /// The step's compensation: semantically undoes the action.
-    Compensation,
-    /// A two-phase submission's check-back (contract, section 5), answered by the handler given to
-    /// `ParticipantBuilder::check_back`.
-    Check,
-}
-
-impl CommandKind {
-    /// The name used on the wire (`action`, `compensation`, `check`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CommandKind::Action => "action",
-            CommandKind::Compensation => "compensation",
-            CommandKind::Check => "check",
-        }
-    }
-}
-
-impl fmt::Display for CommandKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The JSON body of a command, exactly as the coordinator sends it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct CommandBody {
-    pub saga_id: Uuid,
-    pub saga_name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
-    pub kind: CommandKind,
-    pub command: String,
-    pub attempt: u32,
-    pub idempotency_key: String,
-    pub deadline: DateTime<Utc>,
-    #[serde(default)]
-    pub payload: Value,
-    #[serde(default)]
-    pub saga_payload: Value,
-    #[serde(default)]
-    pub outputs: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action_output: Option<Value>,
-}
+/// Whether a command runs a step forward (`action`), undoes it (`compensation`), or asks about a
+/// prepared saga (`check`, answered by the handler given to `ParticipantBuilder::check_back`).
+pub use contract::CommandKind;
 
 /// One delivery of a command, with its step payload decoded as `P`.
 ///

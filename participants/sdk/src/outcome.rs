@@ -1,8 +1,9 @@
 //! What a handler answers, and the reply that carries it (contract, section 4).
+//!
+//! The body on the wire is `contract::ReplyBody`; [`reply_body`] builds it from an [`Outcome`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use uuid::Uuid;
 
 use crate::command::{Command, CommandKind};
 
@@ -37,10 +38,14 @@ pub enum CheckBackAnswer {
 impl CheckBackAnswer {
     /// The contract's spelling: `committed`, `aborted` or `pending`.
     pub fn as_str(self) -> &'static str {
+        self.wire().as_str()
+    }
+
+    fn wire(self) -> contract::Outcome {
         match self {
-            CheckBackAnswer::Committed => "committed",
-            CheckBackAnswer::Aborted => "aborted",
-            CheckBackAnswer::Pending => "pending",
+            CheckBackAnswer::Committed => contract::Outcome::Committed,
+            CheckBackAnswer::Aborted => contract::Outcome::Aborted,
+            CheckBackAnswer::Pending => contract::Outcome::Pending,
         }
     }
 }
@@ -71,11 +76,16 @@ impl Outcome {
 
     /// `success`, `failure` or `retry` (or a check-back's `committed`, `aborted`, `pending`).
     pub fn label(&self) -> &'static str {
+        self.wire().as_str()
+    }
+
+    /// The reply's `outcome` on the wire.
+    fn wire(&self) -> contract::Outcome {
         match self {
-            Outcome::Success(_) => "success",
-            Outcome::Failure(_) => "failure",
-            Outcome::Retry(_) => "retry",
-            Outcome::CheckBack(answer) => answer.as_str(),
+            Outcome::Success(_) => contract::Outcome::Success,
+            Outcome::Failure(_) => contract::Outcome::Failure,
+            Outcome::Retry(_) => contract::Outcome::Retry,
+            Outcome::CheckBack(answer) => answer.wire(),
         }
     }
 
@@ -101,29 +111,15 @@ impl Outcome {
     }
 }
 
-/// The JSON body of a reply.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct ReplyBody {
-    pub saga_id: Uuid,
-    /// `None` for a check-back, which has no step.
-    pub step: Option<String>,
-    pub kind: CommandKind,
-    pub attempt: u32,
-    pub outcome: String,
-    pub output: Option<Value>,
-    pub error: Option<String>,
-}
-
-impl ReplyBody {
-    pub(crate) fn new<P>(command: &Command<P>, outcome: &Outcome) -> ReplyBody {
-        ReplyBody {
-            saga_id: command.saga_id,
-            step: (command.kind != CommandKind::Check).then(|| command.step.clone()),
-            kind: command.kind,
-            attempt: command.attempt,
-            outcome: outcome.label().to_string(),
-            output: outcome.output().cloned(),
-            error: outcome.error().map(str::to_string),
-        }
+/// The reply to `command` that carries `outcome`.
+pub(crate) fn reply_body<P>(command: &Command<P>, outcome: &Outcome) -> contract::ReplyBody {
+    contract::ReplyBody {
+        saga_id: command.saga_id,
+        step: (command.kind != CommandKind::Check).then(|| command.step.clone()),
+        kind: command.kind,
+        attempt: command.attempt,
+        outcome: outcome.wire(),
+        output: outcome.output().cloned(),
+        error: outcome.error().map(str::to_string),
     }
 }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use contract::properties::{CONTENT_TYPE, PERSISTENT, TRACEPARENT};
+use contract::{names, CommandBody};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -24,8 +26,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{Handlers, Participant, Settings};
-use crate::command::{Command, CommandBody, CommandKind};
-use crate::outcome::{Outcome, ReplyBody};
+use crate::command::{Command, CommandKind};
+use crate::outcome::{reply_body, Outcome};
 
 /// A session that lasted this long resets the reconnection backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(5);
@@ -103,8 +105,8 @@ async fn establish(
         .basic_qos(settings.prefetch, BasicQosOptions::default())
         .await
         .map_err(|e| fail("setting the prefetch", e))?;
-    let queue = short(&settings.queue(name))?;
-    let exchange = short(&settings.commands_exchange())?;
+    let queue = short(&names::participant_queue(&settings.namespace, name))?;
+    let exchange = short(&names::commands_exchange(&settings.namespace))?;
     // Same declarations as the coordinator's (contract, section 3): idempotent, so commands are
     // routed here even when the participant starts first.
     channel
@@ -120,10 +122,9 @@ async fn establish(
         .await
         .map_err(|e| fail("declaring the commands exchange", e))?;
     let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(settings.dead_exchange().into()),
-    );
+    for (name, value) in names::dead_lettering_arguments(&settings.namespace) {
+        arguments.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
     channel
         .queue_declare(
             queue.clone(),
@@ -172,7 +173,10 @@ async fn session(
     let (connection, channel, mut consumer) =
         established.map_err(|_| "connecting timed out".to_string())??;
     let mut events = connection.events_listener();
-    log::info!("participant {name} consuming {}", settings.queue(name));
+    log::info!(
+        "participant {name} consuming {}",
+        names::participant_queue(&settings.namespace, name)
+    );
     consuming.send_replace(true);
 
     let permits = Arc::new(Semaphore::new(settings.concurrency));
@@ -358,7 +362,7 @@ impl Job {
         }
         let traceparent =
             delivery.properties.headers().as_ref().and_then(|headers| {
-                match headers.inner().get("traceparent") {
+                match headers.inner().get(TRACEPARENT) {
                     Some(AMQPValue::LongString(s)) => {
                         Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
                     }
@@ -420,11 +424,11 @@ impl Job {
         command: &Command<serde_json::Value>,
         outcome: &Outcome,
     ) -> Result<bool, String> {
-        let body = serde_json::to_vec(&ReplyBody::new(command, outcome))
+        let body = serde_json::to_vec(&reply_body(command, outcome))
             .map_err(|e| format!("serializing the reply: {e}"))?;
         let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into());
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type(CONTENT_TYPE.into());
         if let Some(id) = command_properties.correlation_id() {
             properties = properties.with_correlation_id(id.clone());
         }

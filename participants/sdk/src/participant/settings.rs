@@ -88,18 +88,6 @@ impl Settings {
         }
         Ok(())
     }
-
-    pub(crate) fn commands_exchange(&self) -> String {
-        format!("{}.commands", self.namespace)
-    }
-
-    pub(crate) fn dead_exchange(&self) -> String {
-        format!("{}.dead", self.namespace)
-    }
-
-    pub(crate) fn queue(&self, participant: &str) -> String {
-        format!("{}.participant.{participant}", self.namespace)
-    }
 }
 
 fn parse_env<T: std::str::FromStr>(name: &str) -> Result<Option<T>, Error> {
