@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use contract::names;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -80,23 +81,23 @@ impl TestNamespace {
     }
 
     pub fn commands_exchange(&self) -> String {
-        format!("{}.commands", self.name())
+        names::commands_exchange(self.name())
     }
 
     pub fn replies_queue(&self) -> String {
-        format!("{}.replies", self.name())
+        names::replies_queue(self.name())
     }
 
     pub fn dead_exchange(&self) -> String {
-        format!("{}.dead", self.name())
+        names::dead_exchange(self.name())
     }
 
     pub fn dead_letters_queue(&self) -> String {
-        format!("{}.dead-letters", self.name())
+        names::dead_letters_queue(self.name())
     }
 
     pub fn participant_queue(&self, participant: &str) -> String {
-        format!("{}.participant.{participant}", self.name())
+        names::participant_queue(self.name(), participant)
     }
 
     /// Publishes raw bytes to `{ns}.replies` (persistent, confirmed), as a broken or stale participant
@@ -218,10 +219,9 @@ impl TestNamespace {
     /// The arguments a participant queue must be declared with (contract, section 3).
     pub fn participant_queue_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(self.dead_exchange().into()),
-        );
+        for (key, value) in names::dead_lettering_arguments(self.name()) {
+            args.insert(key.into(), AMQPValue::LongString(value.into()));
+        }
         args
     }
 }
@@ -267,11 +267,12 @@ impl Drop for Inner {
 
 async fn delete_namespace(ns: &str, participants: &[String]) -> anyhow::Result<()> {
     let conn = amqp_connect().await?;
-    let mut queues: Vec<String> = ["replies", "dead-letters", "coordinator.dead-commands"]
-        .iter()
-        .map(|q| format!("{ns}.{q}"))
-        .collect();
-    queues.extend(participants.iter().map(|p| format!("{ns}.participant.{p}")));
+    let mut queues = vec![
+        names::replies_queue(ns),
+        names::dead_letters_queue(ns),
+        names::dead_commands_queue(ns),
+    ];
+    queues.extend(participants.iter().map(|p| names::participant_queue(ns, p)));
     let mut channel: Option<Channel> = None;
     for queue in &queues {
         let ch = reuse_or_open(&conn, channel.take()).await?;
@@ -280,7 +281,7 @@ async fn delete_namespace(ns: &str, participants: &[String]) -> anyhow::Result<(
             .await;
         channel = survivor(ch, deleted.map(drop), "queue", queue);
     }
-    for exchange in [format!("{ns}.commands"), format!("{ns}.dead")] {
+    for exchange in [names::commands_exchange(ns), names::dead_exchange(ns)] {
         let ch = reuse_or_open(&conn, channel.take()).await?;
         let deleted = ch
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
