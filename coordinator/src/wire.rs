@@ -2,7 +2,7 @@
 //! back.
 //!
 //! `saga/` names nothing of the wire, so the machine takes its own [`Reply`] and [`CommandKind`];
-//! `amqp/` names nothing of the domain and speaks only the contract (the tests below check both). A
+//! `amqp/` names nothing of the domain and speaks only the contract (`coordinator/tests/layering.rs` checks both). A
 //! reply crosses here on its way from the consumer to its saga (`app::dispatch_inbound`), a command
 //! kind on its way into an outbox message (`outbox::command_message`). The tests also hold each
 //! domain spelling to the contract's, since the event log stores outcomes by their serde names.
@@ -59,8 +59,6 @@ impl From<contract::ReplyBody> for Reply {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
     #[test]
@@ -76,69 +74,5 @@ mod tests {
             let logged = serde_json::to_value(Outcome::from(outcome)).expect("serializes");
             assert_eq!(logged, outcome.as_str());
         }
-    }
-
-    /// Strips `//` comments, so that prose may name what code must not.
-    fn code(text: &str) -> String {
-        text.lines()
-            .map(|line| line.split("//").next().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn rust_files(dir: &Path, found: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("a readable directory") {
-            let path = entry.expect("a directory entry").path();
-            if path.is_dir() {
-                rust_files(&path, found);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                found.push(path);
-            }
-        }
-    }
-
-    /// Fails if any source under `src/{dir}` names one of `words` outside comments.
-    fn assert_names_none(dir: &str, words: &[&str], why: &str) {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir);
-        let mut files = Vec::new();
-        rust_files(&root, &mut files);
-        assert!(!files.is_empty(), "no sources under {}", root.display());
-        for file in files {
-            let text = std::fs::read_to_string(&file).expect("a readable source");
-            let code = code(&text);
-            for word in words {
-                assert!(
-                    !code.contains(word),
-                    "{} names {word:?}: {why}",
-                    file.display()
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn the_domain_names_nothing_of_the_wire() {
-        assert_names_none(
-            "saga",
-            &[
-                "contract::",
-                "messages",
-                "lapin",
-                "diesel",
-                "actix",
-                "crate::amqp",
-                "crate::wire",
-            ],
-            "the domain must not know the wire or the edges",
-        );
-    }
-
-    #[test]
-    fn the_amqp_edge_names_nothing_of_the_domain() {
-        assert_names_none(
-            "amqp",
-            &["crate::saga", "crate::wire"],
-            "the AMQP edge speaks only the contract; wire.rs converts",
-        );
     }
 }

@@ -120,6 +120,3 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
 async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".into()))
 }
-
-#[cfg(test)]
-mod tests;
