@@ -7,11 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use contract::names;
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::amqp_url;
 
@@ -214,6 +214,60 @@ impl TestNamespace {
             .await;
         let _ = conn.close(200, "done".into()).await;
         Ok(result.ok().map(|q| q.message_count()))
+    }
+
+    /// Declares the topology of section 3 the way the coordinator would (commands and dead
+    /// exchanges, replies and dead-letters queues), for tests that play the coordinator's side.
+    pub async fn declare_coordinator_topology(&self, channel: &Channel) -> anyhow::Result<()> {
+        let durable_exchange = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        for (exchange, kind) in [
+            (self.commands_exchange(), ExchangeKind::Direct),
+            (self.dead_exchange(), ExchangeKind::Fanout),
+        ] {
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    kind,
+                    durable_exchange,
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("declaring {exchange}"))?;
+        }
+        channel
+            .queue_declare(
+                self.replies_queue().as_str().into(),
+                durable_queue,
+                self.participant_queue_arguments(),
+            )
+            .await
+            .context("declaring the replies queue")?;
+        channel
+            .queue_declare(
+                self.dead_letters_queue().as_str().into(),
+                durable_queue,
+                FieldTable::default(),
+            )
+            .await
+            .context("declaring the dead-letters queue")?;
+        channel
+            .queue_bind(
+                self.dead_letters_queue().as_str().into(),
+                self.dead_exchange().as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("binding the dead-letters queue")?;
+        Ok(())
     }
 
     /// The arguments a participant queue must be declared with (contract, section 3).

@@ -9,12 +9,9 @@ use anyhow::Context;
 use contract::properties::{CONTENT_TYPE, PERSISTENT};
 use contract::{idempotency_key, CommandBody, CommandKind};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection};
 use serde_json::Value;
 
 use crate::namespace::{amqp_connect, TestNamespace};
@@ -65,53 +62,7 @@ impl FakeCoordinator {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        let queue = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        channel
-            .exchange_declare(
-                ns.commands_exchange().as_str().into(),
-                ExchangeKind::Direct,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .exchange_declare(
-                ns.dead_exchange().as_str().into(),
-                ExchangeKind::Fanout,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_declare(
-                ns.dead_letters_queue().as_str().into(),
-                queue,
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                ns.dead_letters_queue().as_str().into(),
-                ns.dead_exchange().as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_declare(
-                ns.replies_queue().as_str().into(),
-                queue,
-                ns.participant_queue_arguments(),
-            )
-            .await?;
+        ns.declare_coordinator_topology(&channel).await?;
         let consume_channel = connection.create_channel().await?;
         let mut consumer = consume_channel
             .basic_consume(

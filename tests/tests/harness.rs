@@ -8,67 +8,10 @@ use e2e::{Behaviour, FakeParticipant, Reply, TestNamespace};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::{BasicProperties, Channel};
 use serde_json::{json, Value};
-
-/// Declares the topology of section 3 the way the coordinator would, for a namespace with no coordinator.
-async fn declare_topology(channel: &Channel, ns: &TestNamespace) {
-    let durable_exchange = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(
-            ns.commands_exchange().as_str().into(),
-            ExchangeKind::Direct,
-            durable_exchange,
-            FieldTable::default(),
-        )
-        .await
-        .expect("commands exchange");
-    channel
-        .exchange_declare(
-            ns.dead_exchange().as_str().into(),
-            ExchangeKind::Fanout,
-            durable_exchange,
-            FieldTable::default(),
-        )
-        .await
-        .expect("dead exchange");
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(
-            ns.replies_queue().as_str().into(),
-            durable_queue,
-            ns.participant_queue_arguments(),
-        )
-        .await
-        .expect("replies queue");
-    channel
-        .queue_declare(
-            ns.dead_letters_queue().as_str().into(),
-            durable_queue,
-            FieldTable::default(),
-        )
-        .await
-        .expect("dead-letters queue");
-    channel
-        .queue_bind(
-            ns.dead_letters_queue().as_str().into(),
-            ns.dead_exchange().as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("dead-letters binding");
-}
 
 async fn publish_command(channel: &Channel, ns: &TestNamespace, participant: &str, body: &Value) {
     let id = uuid::Uuid::new_v4().to_string();
@@ -106,7 +49,9 @@ async fn fake_participant_answers_by_script_and_dead_letters_on_reject() {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirms");
-    declare_topology(&channel, &ns).await;
+    ns.declare_coordinator_topology(&channel)
+        .await
+        .expect("the coordinator's topology");
 
     let participant = FakeParticipant::start(&ns, "svc", |cmd| match cmd.step() {
         "ok" => Behaviour::success_with(json!({"n": 1})),

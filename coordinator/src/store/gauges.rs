@@ -5,17 +5,13 @@ use diesel::dsl::{count_star, min};
 use diesel::prelude::*;
 
 use super::schema::{outbox, sagas};
-use super::{Queries, StoreError};
+use super::{final_states, Queries, StoreError};
 use crate::saga::SagaState;
 
 impl Queries {
     /// Unfinished sagas per (name, state).
     pub fn in_flight_counts(&self) -> Result<Vec<(String, SagaState, i64)>, StoreError> {
-        let finals: Vec<&str> = SagaState::ALL
-            .iter()
-            .filter(|s| s.is_final())
-            .map(|s| s.as_str())
-            .collect();
+        let finals = final_states();
         let mut conn = self.conn()?;
         let rows: Vec<(String, String, i64)> = sagas::table
             .filter(sagas::state.ne_all(&finals))

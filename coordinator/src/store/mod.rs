@@ -128,6 +128,15 @@ pub fn writer_pool(database_url: &str, size: u32) -> Result<Pool, StoreError> {
         .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
+/// The stored names of the final states, for `state <> ALL(...)` filters.
+fn final_states() -> Vec<&'static str> {
+    SagaState::ALL
+        .iter()
+        .filter(|s| s.is_final())
+        .map(|s| s.as_str())
+        .collect()
+}
+
 /// One entry of a saga's event log, as the API shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EventRecord {
@@ -215,11 +224,7 @@ impl Queries {
     /// thousand: two queries per batch, not one per saga.
     pub fn load_unfinished(&self) -> Result<Vec<Saga>, StoreError> {
         const BATCH: i64 = 2_000;
-        let finals: Vec<&str> = SagaState::ALL
-            .iter()
-            .filter(|s| s.is_final())
-            .map(|s| s.as_str())
-            .collect();
+        let finals = final_states();
         let mut conn = self.conn()?;
         let mut out = Vec::new();
         let mut after = Uuid::nil();

@@ -256,65 +256,26 @@ pub struct Problem {
 // The problem answers (`application/problem+json`, see `web::error`) that several operations give
 // alike; an operation lists the ones it can give in its `responses(...)`.
 
-/// 400, answered for `ApiError::MalformedJson`.
-#[derive(IntoResponses)]
-#[response(
-    status = 400,
-    description = "The body is not JSON",
-    content_type = "application/problem+json"
-)]
-pub struct MalformedJson(pub Problem);
+/// Declares a problem answer: `Name(status, variant of ApiError, description)`.
+macro_rules! problem_responses {
+    ($($name:ident($status:literal, $variant:literal, $description:literal);)*) => {$(
+        #[doc = concat!(stringify!($status), ", answered for `ApiError::", $variant, "`.")]
+        #[derive(IntoResponses)]
+        #[response(
+            status = $status,
+            description = $description,
+            content_type = "application/problem+json"
+        )]
+        pub struct $name(pub Problem);
+    )*};
+}
 
-/// 401, answered for `ApiError::Unauthorized`.
-#[derive(IntoResponses)]
-#[response(
-    status = 401,
-    description = "A bearer token is required",
-    content_type = "application/problem+json"
-)]
-pub struct Unauthorized(pub Problem);
-
-/// 404, answered for `ApiError::NotFound`.
-#[derive(IntoResponses)]
-#[response(
-    status = 404,
-    description = "No such saga",
-    content_type = "application/problem+json"
-)]
-pub struct NoSuchSaga(pub Problem);
-
-/// 409, answered for `ApiError::Conflict`.
-#[derive(IntoResponses)]
-#[response(
-    status = 409,
-    description = "The saga's state does not allow it, or the key was used with a different definition",
-    content_type = "application/problem+json"
-)]
-pub struct Conflict(pub Problem);
-
-/// 413, answered for `ApiError::TooLarge`.
-#[derive(IntoResponses)]
-#[response(
-    status = 413,
-    description = "The body is too large",
-    content_type = "application/problem+json"
-)]
-pub struct TooLarge(pub Problem);
-
-/// 422, answered for `ApiError::Invalid`.
-#[derive(IntoResponses)]
-#[response(
-    status = 422,
-    description = "The request breaks a rule (every broken rule is listed)",
-    content_type = "application/problem+json"
-)]
-pub struct Invalid(pub Problem);
-
-/// 503, answered for `ApiError::Unavailable`.
-#[derive(IntoResponses)]
-#[response(
-    status = 503,
-    description = "Postgres is unavailable",
-    content_type = "application/problem+json"
-)]
-pub struct Unavailable(pub Problem);
+problem_responses! {
+    MalformedJson(400, "MalformedJson", "The body is not JSON");
+    Unauthorized(401, "Unauthorized", "A bearer token is required");
+    NoSuchSaga(404, "NotFound", "No such saga");
+    Conflict(409, "Conflict", "The saga's state does not allow it, or the key was used with a different definition");
+    TooLarge(413, "TooLarge", "The body is too large");
+    Invalid(422, "Invalid", "The request breaks a rule (every broken rule is listed)");
+    Unavailable(503, "Unavailable", "Postgres is unavailable");
+}
