@@ -119,7 +119,9 @@ impl TcpProxy {
         let (scheme, rest) = server
             .split_once("://")
             .unwrap_or(("postgres", server.as_str()));
-        let userinfo = rest.rsplit_once('@').map_or(String::new(), |(u, _)| format!("{u}@"));
+        let userinfo = rest
+            .rsplit_once('@')
+            .map_or(String::new(), |(u, _)| format!("{u}@"));
         format!("{scheme}://{userinfo}{}/{name}", self.addr)
     }
 

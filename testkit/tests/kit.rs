@@ -139,7 +139,10 @@ fn a_postgres_outage_cuts_connections_and_refuses_new_ones_until_resumed() {
         PgConnection::establish(&url).is_err(),
         "new connections are refused during the outage"
     );
-    assert!(started.elapsed() < Duration::from_secs(5), "refused at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once"
+    );
 
     proxy.resume();
     let mut again = PgConnection::establish(&url).expect("connect again after resume");

@@ -135,12 +135,18 @@ fn create_database_if_missing(database_url: &str) -> Result<(), PrepareError> {
     let mut admin = PgConnection::establish(&format!("{server}/postgres"))?;
     let quoted = name.replace('"', "\"\"");
     match admin.batch_execute(&format!("CREATE DATABASE \"{quoted}\"")) {
-        Ok(()) => log::info!("created database {name}"),
-        // Another coordinator may have created it at the same moment.
-        Err(e) if e.to_string().contains("already exists") => {}
-        Err(e) => return Err(e.into()),
+        Ok(()) => {
+            log::info!("created database {name}");
+            Ok(())
+        }
+        // Another coordinator may have created it at the same moment ("already exists", or a
+        // unique violation in the catalog when the race is closer).
+        Err(_) if PgConnection::establish(database_url).is_ok() => Ok(()),
+        // Worth another try: the server may be starting, or another creation held the template.
+        Err(e) => Err(PrepareError::Unreachable(format!(
+            "cannot create the database {name}: {e}"
+        ))),
     }
-    Ok(())
 }
 
 /// `postgres://u@h:p/db?x` → (`postgres://u@h:p`, `db`).
