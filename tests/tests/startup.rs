@@ -401,3 +401,34 @@ async fn migrate_fails_fast_and_a_bounded_wait_gives_up_while_postgres_is_away()
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_waiting_for_postgres_exits_0() {
+    let db = TestDb::reserve_name();
+    let ns = TestNamespace::new();
+    let proxy = TcpProxy::to_postgres();
+    proxy.outage();
+    let (url, namespace) = (proxy.postgres_url(db.name()), ns.name().to_string());
+    let mut process = blocking(move || {
+        CoordinatorProcess::start_listening(BIN, &url, &e2e::amqp_url(), &namespace, &[])
+    })
+    .await
+    .expect("the coordinator listens while Postgres is away");
+    let api = process.api().clone();
+    eventually(
+        "the coordinator to wait for Postgres",
+        SAGA_TIMEOUT,
+        async || {
+            let (_, body) = readyz(&api).await?;
+            body["reason"]
+                .as_str()?
+                .starts_with("waiting for Postgres: ")
+                .then_some(())
+        },
+    )
+    .await;
+    let status = blocking(move || process.terminate(Duration::from_secs(20)))
+        .await
+        .expect("the coordinator stops on SIGTERM while waiting");
+    assert!(status.success(), "{status}");
+}
