@@ -125,12 +125,12 @@ async fn start(
     metrics: Arc<Metrics>,
     changes: Changes,
 ) -> anyhow::Result<Started> {
-    state.set_starting("connecting to Postgres");
+    state.set_starting("connecting to Postgres", false);
     crate::startup::prepare_database(&settings.database_url, settings.db_wait, |reason| {
-        state.set_starting(format!("waiting for Postgres: {reason}"));
+        state.set_starting(format!("waiting for Postgres: {reason}"), false);
     })
     .await?;
-    state.set_starting("resuming unfinished sagas");
+    state.set_starting("resuming unfinished sagas", true);
     let pool = store::pool(&settings.database_url, settings.db_pool_size)?;
     let store = Store::new(pool.clone());
     let writers = settings.writer_threads.clamp(1, 64);
@@ -336,15 +336,6 @@ impl Coordinator {
             Some(Err(_)) => Err(anyhow::anyhow!("the coordinator thread panicked")),
             None => Ok(()),
         }
-    }
-
-    /// Whether the thread ended (start-up gave up, e.g. on a database from a newer build), and
-    /// with what: `None` while it runs.
-    pub fn finished(&mut self) -> Option<anyhow::Result<()>> {
-        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-            return Some(self.join());
-        }
-        None
     }
 
     pub fn http_addr(&self) -> SocketAddr {

@@ -196,26 +196,6 @@ impl CoordinatorProcess {
             .clone()
     }
 
-    /// Waits up to `timeout` for the process to exit by itself (SIGKILL after that).
-    pub fn wait_for_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        let mut child = self
-            .child
-            .take()
-            .context("the process was already stopped")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                anyhow::bail!("the coordinator did not exit within {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// SIGKILL, then reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

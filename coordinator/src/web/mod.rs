@@ -122,4 +122,6 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 }
 
 #[cfg(test)]
+mod starting_tests;
+#[cfg(test)]
 mod tests;

@@ -20,7 +20,7 @@ pub struct AppState {
     /// Set once start-up is done (database migrated, unfinished sagas resumed, broker started).
     running: OnceLock<Running>,
     /// What start-up is doing while `running` is unset, for `/readyz` and 503 answers.
-    starting: Mutex<String>,
+    starting: Mutex<Starting>,
     /// Committed saga changes, for live views.
     pub changes: Changes,
     pub metrics: std::sync::Arc<Metrics>,
@@ -28,6 +28,13 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Browses `{ns}.dead-letters` for the dashboard.
     pub dead_letters: DeadLetterBrowser,
+}
+
+/// What start-up is doing, and whether it reached Postgres (migrated) yet.
+#[derive(Debug, Clone)]
+pub struct Starting {
+    pub doing: String,
+    pub postgres: bool,
 }
 
 /// The parts of the coordinator that exist once start-up is done.
@@ -52,7 +59,10 @@ impl AppState {
     ) -> AppState {
         AppState {
             running: OnceLock::new(),
-            starting: Mutex::new("starting".to_owned()),
+            starting: Mutex::new(Starting {
+                doing: "starting".to_owned(),
+                postgres: false,
+            }),
             changes,
             metrics,
             api_token,
@@ -61,9 +71,13 @@ impl AppState {
         }
     }
 
-    /// Says what start-up is doing now (shown by `/readyz` until [`AppState::started`]).
-    pub fn set_starting(&self, doing: impl Into<String>) {
-        *self.starting.lock().unwrap_or_else(|e| e.into_inner()) = doing.into();
+    /// Says what start-up is doing now, and whether Postgres was reached and migrated (shown by
+    /// `/readyz` until [`AppState::started`]).
+    pub fn set_starting(&self, doing: impl Into<String>, postgres: bool) {
+        *self.starting.lock().unwrap_or_else(|e| e.into_inner()) = Starting {
+            doing: doing.into(),
+            postgres,
+        };
     }
 
     /// Start-up is done: every handler answers from now on.
@@ -79,7 +93,7 @@ impl AppState {
     }
 
     /// What start-up is doing, while it is not done.
-    pub fn starting_reason(&self) -> Option<String> {
+    pub fn still_starting(&self) -> Option<Starting> {
         match self.running.get() {
             Some(_) => None,
             None => Some(
@@ -105,7 +119,7 @@ impl AppState {
         self.running.get().ok_or_else(|| {
             ApiError::Unavailable(format!(
                 "the coordinator is starting: {}",
-                self.starting_reason().unwrap_or_default()
+                self.still_starting().map(|s| s.doing).unwrap_or_default()
             ))
         })
     }

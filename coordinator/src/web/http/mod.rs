@@ -27,9 +27,11 @@ pub(super) async fn healthz() -> HttpResponse {
 ))]
 pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let Some(running) = state.running() else {
-        let reason = state.starting_reason().unwrap_or_default();
+        let (postgres, reason) = state
+            .still_starting()
+            .map_or((false, String::new()), |s| (s.postgres, s.doing));
         // RabbitMQ is connected only once Postgres is ready: until then it is not, whatever the broker.
-        let body = json!({"postgres": false, "rabbitmq": false, "reason": reason});
+        let body = json!({"postgres": postgres, "rabbitmq": false, "reason": reason});
         return HttpResponse::ServiceUnavailable().json(body);
     };
     let postgres = running
