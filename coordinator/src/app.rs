@@ -1,8 +1,10 @@
 //! Wiring: starts every part of the coordinator in the right order and stops them in reverse.
 //!
-//! Start-up order matters for correctness: migrations, then the writer, then recovery of every
-//! unfinished saga (actors exist before any reply is routed), then the broker, the relay and the
-//! HTTP server. Shutdown stops taking requests first and lets the writer finish what is queued.
+//! The HTTP server listens first, so that `/healthz` and `/readyz` answer while start-up waits for
+//! Postgres (other requests get 503 until it is done). Then the order matters for correctness:
+//! migrations, then the writer, then recovery of every unfinished saga (actors exist before any
+//! reply is routed), then the broker and the relay; only then do the API's handlers run. Shutdown
+//! stops taking requests first and lets the writer finish what is queued.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,33 +14,127 @@ use actix::Arbiter;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
-use crate::amqp::{self, AmqpSettings, Inbound, InboundDelivery};
+use crate::amqp::{self, AmqpSettings, BrokerHandle, Inbound, InboundDelivery};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::runtime::changes::Changes;
 use crate::runtime::{relay, Registry};
 use crate::saga::machine::Event;
 use crate::store::{self, Store, Writer};
-use crate::web::state::AppState;
+use crate::web::state::{AppState, Running};
 
 /// Runs the coordinator until the HTTP server stops (SIGTERM/SIGINT for the binary, or
-/// [`Coordinator::stop`]). `on_listening` learns the bound address once requests are accepted.
+/// [`Coordinator::stop`]). `on_listening` learns the bound address as soon as `/healthz` and
+/// `/readyz` answer; `on_started` is called once start-up is done and every request is served.
 pub async fn run(
     settings: Settings,
     handle_signals: bool,
     on_listening: impl FnOnce(SocketAddr, actix_web::dev::ServerHandle),
+    on_started: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let url = settings.database_url.clone();
-    tokio::task::spawn_blocking(move || store::migrate(&url))
-        .await
-        .context("migration task failed")?
-        .context("cannot prepare the database")?;
+    let metrics = Arc::new(Metrics::new());
+    let changes = Changes::default();
+    let amqp_settings = AmqpSettings {
+        url: settings.amqp_url.clone(),
+        namespace: settings.namespace.clone(),
+        prefetch: settings.amqp_prefetch,
+    };
+    let state = web::Data::new(AppState::starting(
+        changes.clone(),
+        Arc::clone(&metrics),
+        settings.api_token.clone().filter(|t| !t.is_empty()),
+        settings.max_body_bytes,
+        amqp::dead_letters::DeadLetterBrowser::new(amqp_settings.clone()),
+    ));
+    let app_state = state.clone();
+    let mut server = HttpServer::new(move || {
+        App::new().configure(|cfg| crate::web::configure(cfg, app_state.clone()))
+    })
+    .shutdown_timeout(settings.shutdown_grace().as_secs());
+    if !handle_signals {
+        server = server.disable_signals();
+    }
+    let server = server
+        .bind(&settings.http_addr)
+        .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .context("the HTTP server has no address")?;
+    let server = server.run();
+    let server_handle = server.handle();
+    if handle_signals {
+        // actix stops the server on these signals; open event streams must end for it to finish.
+        let changes = changes.clone();
+        actix_rt::spawn(async move {
+            wait_for_stop_signal().await;
+            changes.close();
+        });
+    }
+    let mut served = actix_rt::spawn(server);
+    on_listening(addr, server_handle.clone());
+
+    let started = tokio::select! {
+        started = start(&settings, &state, amqp_settings, metrics, changes) => started,
+        // Stopped while starting (e.g. SIGTERM while waiting for Postgres): nothing to wind down.
+        served = &mut served => {
+            log::info!("stopped before start-up was done");
+            return served.context("the HTTP server task failed")?.context("the HTTP server failed");
+        }
+    };
+    let parts = match started {
+        Ok(parts) => parts,
+        Err(e) => {
+            server_handle.stop(false).await;
+            let _ = served.await;
+            return Err(e);
+        }
+    };
+    on_started(addr);
+    let served = served.await;
+
+    log::info!("stopping: no new requests; finishing in-flight work");
+    // The state holds the registry, hence a handle to the writer: the writer threads end only once
+    // it is gone.
+    drop(state);
+    parts.stop().await;
+    served
+        .context("the HTTP server task failed")?
+        .context("the HTTP server failed")
+}
+
+/// What start-up started, to be stopped in order.
+struct Started {
+    broker: BrokerHandle,
+    dispatcher: JoinHandle<()>,
+    registry: Registry,
+    arbiters: Vec<Arbiter>,
+    relay: JoinHandle<()>,
+    writer_threads: Vec<thread::JoinHandle<()>>,
+}
+
+/// Waits for Postgres and migrates, then starts the writer, resumes every unfinished saga and
+/// starts the broker and the relay; the API serves requests from then on.
+async fn start(
+    settings: &Settings,
+    state: &AppState,
+    amqp_settings: AmqpSettings,
+    metrics: Arc<Metrics>,
+    changes: Changes,
+) -> anyhow::Result<Started> {
+    state.set_starting("connecting to Postgres", false);
+    crate::startup::prepare_database(&settings.database_url, settings.db_wait, |reason| {
+        state.set_starting(format!("waiting for Postgres: {reason}"), false);
+    })
+    .await?;
+    state.set_starting("resuming unfinished sagas", true);
     let pool = store::pool(&settings.database_url, settings.db_pool_size)?;
     let store = Store::new(pool.clone());
     let writers = settings.writer_threads.clamp(1, 64);
     let writer_pool = store::writer_pool(&settings.database_url, writers as u32)?;
-    let metrics = Arc::new(Metrics::new());
     let (writer, writer_threads) = Writer::start(writer_pool, writers, Arc::clone(&metrics));
 
     let (relay_tx, relay_rx) = mpsc::unbounded_channel();
@@ -52,13 +148,12 @@ pub async fn run(
     } else {
         arbiters.iter().map(|a| a.handle()).collect()
     };
-    let changes = Changes::default();
     let registry = Registry::new(
         actor_arbiters,
         writer.clone(),
         store.clone(),
         relay_tx,
-        changes.clone(),
+        changes,
         Arc::clone(&metrics),
     );
 
@@ -74,12 +169,6 @@ pub async fn run(
     let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
     let (published_tx, published_rx) = mpsc::unbounded_channel();
     let (inbound_tx, inbound_rx) = mpsc::channel(usize::from(settings.amqp_prefetch.max(16)) * 2);
-    let amqp_settings = AmqpSettings {
-        url: settings.amqp_url.clone(),
-        namespace: settings.namespace.clone(),
-        prefetch: settings.amqp_prefetch,
-    };
-    let dead_letters = amqp::dead_letters::DeadLetterBrowser::new(amqp_settings.clone());
     let broker = amqp::start(amqp_settings, outbound_rx, published_tx, inbound_tx);
     // The relay holds the last handle to the writer besides the actors'.
     let relay = relay::spawn(
@@ -88,68 +177,57 @@ pub async fn run(
         relay_rx,
         outbound_tx,
         published_rx,
-        Arc::clone(&metrics),
+        metrics,
     );
     let dispatcher = actix_rt::spawn(dispatch_inbound(inbound_rx, registry.clone()));
-
-    let state = web::Data::new(AppState {
+    state.started(Running {
         registry: registry.clone(),
         store,
-        changes: changes.clone(),
-        metrics,
         amqp_connected: broker.connected(),
         dead_letter_depth: broker.dead_letters(),
-        api_token: settings.api_token.clone().filter(|t| !t.is_empty()),
-        max_body_bytes: settings.max_body_bytes,
-        dead_letters,
     });
-    let mut server = HttpServer::new(move || {
-        App::new().configure(|cfg| crate::web::configure(cfg, state.clone()))
+    log::info!("started");
+    Ok(Started {
+        broker,
+        dispatcher,
+        registry,
+        arbiters,
+        relay,
+        writer_threads,
     })
-    .shutdown_timeout(settings.shutdown_grace().as_secs());
-    if !handle_signals {
-        server = server.disable_signals();
-    }
-    let server = server
-        .bind(&settings.http_addr)
-        .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .context("the HTTP server has no address")?;
-    let server = server.run();
-    if handle_signals {
-        // actix stops the server on these signals; open event streams must end for it to finish.
-        actix_rt::spawn(async move {
-            wait_for_stop_signal().await;
-            changes.close();
-        });
-    }
-    on_listening(addr, server.handle());
-    let served = server.await;
+}
 
-    log::info!("stopping: no new requests; finishing in-flight work");
-    broker.shutdown().await;
-    dispatcher.abort();
-    // Actors on the main arbiter live as long as the process unless told to stop.
-    registry.stop_actors();
-    for arbiter in &arbiters {
-        arbiter.stop();
-    }
-    for arbiter in arbiters {
-        let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
-    }
-    relay.abort();
-    drop(registry);
-    // The writer threads end once every handle is gone and their queue is empty.
-    let _ = tokio::task::spawn_blocking(move || {
-        for t in writer_threads {
-            let _ = t.join();
+impl Started {
+    /// After the HTTP server stopped: the broker, then the actors, then the writer once drained.
+    async fn stop(self) {
+        let Started {
+            broker,
+            dispatcher,
+            registry,
+            arbiters,
+            relay,
+            writer_threads,
+        } = self;
+        broker.shutdown().await;
+        dispatcher.abort();
+        // Actors on the main arbiter live as long as the process unless told to stop.
+        registry.stop_actors();
+        for arbiter in &arbiters {
+            arbiter.stop();
         }
-    })
-    .await;
-    served.context("the HTTP server failed")
+        for arbiter in arbiters {
+            let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
+        }
+        relay.abort();
+        drop(registry);
+        // The writer threads end once every handle is gone and their queue is empty.
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in writer_threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
 }
 
 /// SIGTERM or SIGINT (the signals actix's server stops on).
@@ -197,29 +275,66 @@ pub struct Coordinator {
     addr: SocketAddr,
     server: actix_web::dev::ServerHandle,
     thread: Option<thread::JoinHandle<anyhow::Result<()>>>,
+    started: Option<oneshot::Receiver<()>>,
 }
 
 impl Coordinator {
-    /// Starts the coordinator and returns once it accepts HTTP requests.
+    /// Starts the coordinator and returns once start-up is done and every request is served (it
+    /// waits for Postgres as long as `settings.db_wait` says).
     pub fn start(settings: Settings) -> anyhow::Result<Coordinator> {
-        let (ready_tx, ready_rx) = oneshot::channel();
+        let mut coordinator = Self::start_listening(settings)?;
+        match coordinator
+            .started
+            .take()
+            .map(|started| started.blocking_recv())
+        {
+            Some(Ok(())) => Ok(coordinator),
+            _ => Err(coordinator
+                .join()
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("the coordinator stopped while starting"))),
+        }
+    }
+
+    /// Starts the coordinator and returns as soon as it listens: `/healthz` and `/readyz` answer,
+    /// the rest may still answer 503 while start-up waits for Postgres.
+    pub fn start_listening(settings: Settings) -> anyhow::Result<Coordinator> {
+        let (listening_tx, listening_rx) = oneshot::channel();
+        let (started_tx, started_rx) = oneshot::channel();
         let thread = thread::Builder::new()
             .name("coordinator".into())
             .spawn(move || {
-                actix_rt::System::new().block_on(run(settings, false, move |addr, handle| {
-                    let _ = ready_tx.send((addr, handle));
-                }))
+                actix_rt::System::new().block_on(run(
+                    settings,
+                    false,
+                    move |addr, handle| {
+                        let _ = listening_tx.send((addr, handle));
+                    },
+                    move |_| {
+                        let _ = started_tx.send(());
+                    },
+                ))
             })?;
-        match ready_rx.blocking_recv() {
+        match listening_rx.blocking_recv() {
             Ok((addr, server)) => Ok(Coordinator {
                 addr,
                 server,
                 thread: Some(thread),
+                started: Some(started_rx),
             }),
             Err(_) => match thread.join() {
                 Ok(Err(e)) => Err(e),
                 _ => Err(anyhow::anyhow!("the coordinator stopped while starting")),
             },
+        }
+    }
+
+    /// Waits until the thread ends (start-up failed, or stopped): its result.
+    fn join(&mut self) -> anyhow::Result<()> {
+        match self.thread.take().map(thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(anyhow::anyhow!("the coordinator thread panicked")),
+            None => Ok(()),
         }
     }
 

@@ -19,11 +19,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Apply pending migrations, declare the AMQP topology, resume unfinished sagas and serve HTTP.
+    /// Serve HTTP at once, wait for Postgres (see --db-wait), apply pending migrations, resume
+    /// unfinished sagas, connect to RabbitMQ.
     Serve(Settings),
-    /// Apply pending migrations (creating the database if missing) and exit.
+    /// Apply pending migrations (creating the database if missing) and exit; fails at once if
+    /// Postgres is unreachable.
     Migrate(Settings),
 }
+
+/// Printed once the HTTP server listens, before start-up reaches Postgres.
+pub const STARTING_PREFIX: &str = "coordinator starting, health checks on http://";
+/// Printed once start-up is done: every request is served.
+pub const LISTENING_PREFIX: &str = "coordinator listening on http://";
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
@@ -32,10 +39,17 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Migrate(settings) => crate::store::migrate(&settings.database_url),
         Command::Serve(settings) => {
-            actix_rt::System::new().block_on(crate::app::run(settings, true, |addr, _| {
-                // Printed (not logged) so that scripts and tests can wait for it whatever RUST_LOG says.
-                println!("coordinator listening on http://{addr}");
-            }))
+            actix_rt::System::new().block_on(crate::app::run(
+                settings,
+                true,
+                |addr, _| {
+                    // Printed (not logged) so that scripts and tests can wait for them whatever
+                    // RUST_LOG says: the first once /healthz and /readyz answer, the second once
+                    // start-up is done (Postgres reached, sagas resumed) and every request is served.
+                    println!("{STARTING_PREFIX}{addr}");
+                },
+                |addr| println!("{LISTENING_PREFIX}{addr}"),
+            ))
         }
     };
     match result {

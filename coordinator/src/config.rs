@@ -62,6 +62,38 @@ pub struct Settings {
     /// commits, which helps when Postgres has cores to spare.
     #[arg(long, env = "SAGA_WRITER_THREADS", default_value_t = 1)]
     pub writer_threads: usize,
+
+    /// How long `serve` waits for Postgres at start-up before giving up (exit status 1): seconds
+    /// (`90`) or a duration (`500ms`, `90s`, `5m`, `1h`); `0` tries once. Unset, it waits as long as it
+    /// takes, answering `/healthz` and (503) `/readyz` meanwhile. `migrate` never waits.
+    #[arg(long, env = "SAGA_DB_WAIT", value_parser = parse_wait)]
+    pub db_wait: Option<Duration>,
+}
+
+/// `90`, `90s`, `500ms`, `5m`, `1h`: a number of seconds unless a unit says otherwise.
+pub fn parse_wait(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 30, 30s, 500ms, 5m, 1h)"))?;
+    let scale = |per: u64| {
+        n.checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{text:?} is too long"))
+    };
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => scale(1),
+        "m" => scale(60),
+        "h" => scale(3600),
+        other => Err(format!(
+            "unknown unit {other:?} in {text:?} (use ms, s, m or h)"
+        )),
+    }
 }
 
 impl Settings {
@@ -81,5 +113,31 @@ impl Settings {
     /// How long a graceful shutdown waits for in-flight work.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(10)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_is_seconds_unless_a_unit_says_otherwise() {
+        assert_eq!(parse_wait("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_wait("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_wait("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_wait("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_wait(" 1h "), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_wait("0"), Ok(Duration::ZERO));
+        for wrong in ["", "s", "-1", "1.5s", "10d", "forever"] {
+            assert!(parse_wait(wrong).is_err(), "{wrong:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn by_default_start_up_waits_for_postgres_as_long_as_it_takes() {
+        let settings = Settings::from_env().expect("the defaults parse");
+        if std::env::var_os("SAGA_DB_WAIT").is_none() {
+            assert_eq!(settings.db_wait, None);
+        }
     }
 }

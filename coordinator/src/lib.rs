@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod runtime;
 pub mod saga;
+pub mod startup;
 pub mod store;
 pub mod submission;
 pub mod web;

@@ -7,7 +7,9 @@
 //!   crate under test supplies (this crate knows no schema: the coordinator's own tests use it, so it
 //!   cannot depend on the coordinator).
 //! - [`TestNamespace`]: an AMQP namespace of its own, its exchanges and queues deleted at the end.
-//! - [`TcpProxy`]: a TCP proxy in front of RabbitMQ that can sever every connection.
+//! - [`TcpProxy`]: a TCP proxy in front of RabbitMQ or Postgres that can sever every connection and
+//!   refuse new ones, standing in for a broker or database that goes away (the shared servers are
+//!   never stopped: other tests run beside).
 //!
 //! Where the services live can be changed with `E2E_PG_URL` (server URL without a database name) and
 //! `E2E_AMQP_URL`; nothing else in the workspace's tests names an address.
@@ -28,6 +30,11 @@ pub fn pg_server_url() -> String {
         .to_string()
 }
 
+/// Host and port of the Postgres server in [`pg_server_url`], for the proxy.
+pub fn pg_host_port() -> String {
+    host_port(&pg_server_url(), 5432)
+}
+
 /// The RabbitMQ broker the participants and (unless proxied) the coordinator use.
 pub fn amqp_url() -> String {
     std::env::var("E2E_AMQP_URL")
@@ -36,13 +43,17 @@ pub fn amqp_url() -> String {
 
 /// Host and port of the broker in [`amqp_url`], for the proxy.
 pub fn amqp_host_port() -> String {
-    let url = amqp_url();
-    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    host_port(&amqp_url(), 5672)
+}
+
+/// `scheme://user@host:port/...` → `host:port` (`default_port` if the URL names none).
+fn host_port(url: &str, default_port: u16) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    let host_port = rest.split('/').next().unwrap_or("127.0.0.1:5672");
+    let host_port = rest.split(['/', '?']).next().unwrap_or_default();
     if host_port.contains(':') {
         host_port.to_string()
     } else {
-        format!("{host_port}:5672")
+        format!("{host_port}:{default_port}")
     }
 }

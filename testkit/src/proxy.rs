@@ -1,4 +1,5 @@
-//! A TCP proxy in front of RabbitMQ, to cut the coordinator's broker connection on demand.
+//! A TCP proxy in front of RabbitMQ or Postgres, to cut the coordinator's connections on demand and
+//! stand in for a server that is away ([`TcpProxy::outage`]) without stopping the shared one.
 //!
 //! It runs on a thread and runtime of its own, so it keeps forwarding whatever the test thread does.
 
@@ -41,6 +42,11 @@ impl TcpProxy {
     /// A proxy on `127.0.0.1:0` to the test broker.
     pub fn to_rabbitmq() -> TcpProxy {
         Self::start(&crate::amqp_host_port()).expect("starting the TCP proxy")
+    }
+
+    /// A proxy on `127.0.0.1:0` to the test Postgres server.
+    pub fn to_postgres() -> TcpProxy {
+        Self::start(&crate::pg_host_port()).expect("starting the TCP proxy")
     }
 
     /// A proxy on `127.0.0.1:0` to `target` (`host:port`).
@@ -105,6 +111,25 @@ impl TcpProxy {
         };
         let path = rest.find('/').map_or("/%2f", |i| &rest[i..]);
         format!("{scheme}://{userinfo}{}{path}", self.addr)
+    }
+
+    /// A Postgres URL of database `name` that goes through this proxy (the test server's user).
+    pub fn postgres_url(&self, name: &str) -> String {
+        let server = crate::pg_server_url();
+        let (scheme, rest) = server
+            .split_once("://")
+            .unwrap_or(("postgres", server.as_str()));
+        let userinfo = rest
+            .rsplit_once('@')
+            .map_or(String::new(), |(u, _)| format!("{u}@"));
+        format!("{scheme}://{userinfo}{}/{name}", self.addr)
+    }
+
+    /// The server "goes away": every connection is cut and new ones are refused (accepted and
+    /// closed at once) until [`TcpProxy::resume`]. Returns how many were cut.
+    pub fn outage(&self) -> usize {
+        self.pause();
+        self.sever()
     }
 
     /// Closes every connection open right now; new ones are still accepted (unless paused).

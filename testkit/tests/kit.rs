@@ -117,3 +117,36 @@ async fn proxy_forwards_severs_and_refuses() {
     assert!(again.create_channel().await.is_ok());
     assert_eq!(proxy.accepted(), 2);
 }
+
+#[test]
+fn a_postgres_outage_cuts_connections_and_refuses_new_ones_until_resumed() {
+    let db = TestDb::new(SCHEMA);
+    let proxy = TcpProxy::to_postgres();
+    let url = proxy.postgres_url(db.name());
+    assert!(url.contains(&proxy.addr().to_string()), "{url}");
+    let mut conn = PgConnection::establish(&url).expect("connect through the proxy");
+    conn.batch_execute("INSERT INTO probe (id) VALUES (1)")
+        .expect("the test database is behind the proxy");
+
+    assert_eq!(proxy.outage(), 1);
+    let cut = Instant::now() + Duration::from_secs(10);
+    while conn.batch_execute("SELECT 1").is_ok() {
+        assert!(Instant::now() < cut, "the connection was never cut");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    assert!(
+        PgConnection::establish(&url).is_err(),
+        "new connections are refused during the outage"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once"
+    );
+
+    proxy.resume();
+    let mut again = PgConnection::establish(&url).expect("connect again after resume");
+    again
+        .batch_execute("INSERT INTO probe (id) VALUES (2)")
+        .expect("the database is back");
+}

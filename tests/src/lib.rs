@@ -9,7 +9,8 @@
 //! - [`TestApp`]: a coordinator started in-process, with an HTTP client ([`Api`]).
 //! - [`CoordinatorProcess`]: the real binary as a child process (for SIGKILL tests).
 //! - [`FakeParticipant`]: a participant written directly against lapin, answering from a script.
-//! - [`TcpProxy`]: a TCP proxy in front of RabbitMQ that can sever every connection.
+//! - [`TcpProxy`]: a TCP proxy in front of RabbitMQ or Postgres that can sever every connection and
+//!   refuse new ones (an outage, without stopping the shared server).
 //! - [`FakeCoordinator`]: the coordinator's side of AMQP by hand, to test participants (the SDK).
 //! - [`ShopDbs`], [`ShopProcess`]: the example shop's databases, and its services as child processes.
 //!

@@ -3,32 +3,73 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::Api;
 
-/// The line `coordinator serve` prints once it listens.
-pub const LISTENING_PREFIX: &str = "coordinator listening on http://";
+/// The lines `coordinator serve` prints: once `/healthz` and `/readyz` answer (start-up may still be
+/// waiting for Postgres), and once start-up is done and every request is served.
+pub use coordinator::cli::{LISTENING_PREFIX, STARTING_PREFIX};
 
 /// A `coordinator serve` child process. Dropping it kills it (SIGKILL).
 pub struct CoordinatorProcess {
     child: Option<Child>,
     addr: SocketAddr,
     api: Api,
+    /// Every line it wrote so far, stdout and stderr.
+    output: Arc<Mutex<Vec<String>>>,
 }
 
 impl CoordinatorProcess {
     /// Runs `bin serve` (pass `env!("CARGO_BIN_EXE_coordinator-under-test")`) on this database and
-    /// namespace and waits until it listens. `extra_env` is added to (and wins over) the test settings.
+    /// namespace and waits until it is started (it serves every request). `extra_env` is added to
+    /// (and wins over) the test settings.
     pub fn start(
         bin: &str,
         database_url: &str,
         amqp_url: &str,
         namespace: &str,
         extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<CoordinatorProcess> {
+        Self::spawn(
+            bin,
+            database_url,
+            amqp_url,
+            namespace,
+            extra_env,
+            LISTENING_PREFIX,
+        )
+    }
+
+    /// Like [`CoordinatorProcess::start`], but returns as soon as `/healthz` and `/readyz` answer:
+    /// start-up may still be waiting for Postgres.
+    pub fn start_listening(
+        bin: &str,
+        database_url: &str,
+        amqp_url: &str,
+        namespace: &str,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<CoordinatorProcess> {
+        Self::spawn(
+            bin,
+            database_url,
+            amqp_url,
+            namespace,
+            extra_env,
+            STARTING_PREFIX,
+        )
+    }
+
+    fn spawn(
+        bin: &str,
+        database_url: &str,
+        amqp_url: &str,
+        namespace: &str,
+        extra_env: &[(&str, &str)],
+        wait_for: &'static str,
     ) -> anyhow::Result<CoordinatorProcess> {
         let mut command = Command::new(bin);
         command
@@ -60,14 +101,17 @@ impl CoordinatorProcess {
 
         let stdout = child.stdout.take().context("child stdout")?;
         let stderr = child.stderr.take().context("child stderr")?;
+        let output = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel::<SocketAddr>();
+        let stdout_lines = Arc::clone(&output);
         std::thread::spawn(move || {
             // Keep draining stdout after the line, or the child blocks on a full pipe.
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("[coordinator {pid} stdout] {line}");
-                if let Some(rest) = line.trim().strip_prefix(LISTENING_PREFIX) {
+                remember(&stdout_lines, &line);
+                if let Some(rest) = line.trim().strip_prefix(wait_for) {
                     let addr = rest.trim_end_matches('/').parse::<SocketAddr>();
                     if let (Some(sender), Ok(addr)) = (tx.as_ref(), addr) {
                         let _ = sender.send(addr);
@@ -76,10 +120,12 @@ impl CoordinatorProcess {
                 }
             }
         });
+        let stderr_lines = Arc::clone(&output);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("[coordinator {pid} stderr] {line}");
+                remember(&stderr_lines, &line);
             }
         });
 
@@ -94,15 +140,13 @@ impl CoordinatorProcess {
                     if Instant::now() > deadline {
                         let _ = child.kill();
                         let _ = child.wait();
-                        anyhow::bail!(
-                            "the coordinator did not print {LISTENING_PREFIX:?} within 120 s"
-                        );
+                        anyhow::bail!("the coordinator did not print {wait_for:?} within 120 s");
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = child.wait()?;
                     anyhow::bail!(
-                        "the coordinator closed stdout ({status}) without printing {LISTENING_PREFIX:?}"
+                        "the coordinator closed stdout ({status}) without printing {wait_for:?}"
                     );
                 }
             }
@@ -112,6 +156,7 @@ impl CoordinatorProcess {
             child: Some(child),
             addr,
             api,
+            output,
         })
     }
 
@@ -141,6 +186,14 @@ impl CoordinatorProcess {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Every line the process wrote so far (stdout and stderr, in arrival order per stream).
+    pub fn output(&self) -> Vec<String> {
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// SIGKILL, then reap.
@@ -181,6 +234,13 @@ impl Drop for CoordinatorProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn remember(lines: &Mutex<Vec<String>>, line: &str) {
+    lines
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(line.to_owned());
 }
 
 /// Runs `bin args...` with these environment variables to completion (e.g. `migrate`).

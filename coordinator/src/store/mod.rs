@@ -9,6 +9,7 @@ mod batch;
 pub mod dashboard;
 mod events;
 mod gauges;
+mod migrations;
 mod persist;
 mod rows;
 pub mod schema;
@@ -21,7 +22,7 @@ use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool as R2d2Pool, PooledConnection};
-use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -30,6 +31,7 @@ use crate::saga::{Saga, SagaState};
 use rows::{EventRow, OutboxRow, SagaRow, StepRow};
 use schema::{outbox, saga_events, saga_steps, sagas};
 
+pub use migrations::{prepare, PrepareError, MIGRATION_LOCK_KEY};
 pub use persist::{Persist, Written};
 pub use writer::Writer;
 
@@ -61,39 +63,11 @@ impl From<r2d2::Error> for StoreError {
     }
 }
 
-/// Creates the database if it is missing and applies pending migrations.
+/// Creates the database if it is missing and applies pending migrations, at once or not at all
+/// (the `migrate` command; `serve` waits for Postgres around [`prepare`]).
 pub fn migrate(database_url: &str) -> anyhow::Result<()> {
-    create_database_if_missing(database_url)?;
-    let mut conn = PgConnection::establish(database_url)?;
-    conn.run_pending_migrations(MIGRATIONS)
-        .map_err(|e| anyhow::anyhow!("migrations failed: {e}"))?;
+    prepare(database_url)?;
     Ok(())
-}
-
-fn create_database_if_missing(database_url: &str) -> anyhow::Result<()> {
-    if PgConnection::establish(database_url).is_ok() {
-        return Ok(());
-    }
-    let (server, name) = split_database_url(database_url)
-        .ok_or_else(|| anyhow::anyhow!("cannot find the database name in {database_url:?}"))?;
-    let mut admin = PgConnection::establish(&format!("{server}/postgres"))?;
-    let quoted = name.replace('"', "\"\"");
-    match admin.batch_execute(&format!("CREATE DATABASE \"{quoted}\"")) {
-        Ok(()) => log::info!("created database {name}"),
-        // Another coordinator may have created it at the same moment.
-        Err(e) if e.to_string().contains("already exists") => {}
-        Err(e) => return Err(e.into()),
-    }
-    Ok(())
-}
-
-/// `postgres://u@h:p/db?x` → (`postgres://u@h:p`, `db`).
-fn split_database_url(url: &str) -> Option<(&str, &str)> {
-    let without_query = url.split('?').next()?;
-    let scheme_end = without_query.find("://")? + 3;
-    let slash = without_query[scheme_end..].find('/')? + scheme_end;
-    let name = &without_query[slash + 1..];
-    (!name.is_empty()).then_some((&without_query[..slash], name))
 }
 
 pub fn pool(database_url: &str, size: u32) -> Result<Pool, StoreError> {

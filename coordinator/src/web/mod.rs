@@ -120,3 +120,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
 async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".into()))
 }
+
+#[cfg(test)]
+mod starting_tests;

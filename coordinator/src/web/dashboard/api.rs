@@ -60,7 +60,7 @@ pub async fn overview(
         ..ListFilter::default()
     };
     let (counts, throughput, in_flight, finished) = state
-        .store
+        .store()?
         .interact(move |db| {
             Ok((
                 db.count_by_state()?,
@@ -135,7 +135,7 @@ pub async fn definition(
 ) -> Result<HttpResponse, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(format!("no saga {id:?}")))?;
     let saga = state
-        .store
+        .store()?
         .interact(move |db| db.load(id))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))?;

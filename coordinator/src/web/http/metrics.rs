@@ -16,17 +16,25 @@ use crate::web::state::AppState;
         content_type = "application/openmetrics-text"),
 ))]
 pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let read = state
-        .store
-        .interact(|db| Ok((db.in_flight_counts(), db.outbox_backlog())))
-        .await;
-    let (in_flight, outbox) = match read {
-        Ok((in_flight, outbox)) => (in_flight.ok(), outbox.ok()),
-        Err(_) => (None, None),
+    let running = state.running();
+    let (in_flight, outbox) = match running {
+        // Starting: Postgres may not be there yet, and the gauges it holds are left out.
+        None => (None, None),
+        Some(running) => {
+            let read = running
+                .store
+                .interact(|db| Ok((db.in_flight_counts(), db.outbox_backlog())))
+                .await;
+            let (in_flight, outbox) = match read {
+                Ok((in_flight, outbox)) => (in_flight.ok(), outbox.ok()),
+                Err(_) => (None, None),
+            };
+            if in_flight.is_none() || outbox.is_none() {
+                log::warn!("metrics: cannot read sagas in flight or the outbox from Postgres");
+            }
+            (in_flight, outbox)
+        }
     };
-    if in_flight.is_none() || outbox.is_none() {
-        log::warn!("metrics: cannot read sagas in flight or the outbox from Postgres");
-    }
     let now = Utc::now();
     let snapshot = Snapshot {
         in_flight,
@@ -36,9 +44,9 @@ pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
                 .and_then(|t| (now - t).to_std().ok())
                 .map_or(0.0, |d| d.as_secs_f64()),
         }),
-        actors: state.registry.in_flight(),
-        amqp_connected: *state.amqp_connected.borrow(),
-        dead_letters: *state.dead_letter_depth.borrow(),
+        actors: running.map_or(0, |r| r.registry.in_flight()),
+        amqp_connected: running.is_some_and(|r| *r.amqp_connected.borrow()),
+        dead_letters: running.and_then(|r| *r.dead_letter_depth.borrow()),
     };
     let text = state
         .metrics

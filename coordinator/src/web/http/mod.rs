@@ -19,22 +19,36 @@ pub(super) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// 200 only while both Postgres and RabbitMQ are reachable.
+/// 200 only while both Postgres and RabbitMQ are reachable; 503 otherwise, and while the
+/// coordinator starts (waiting for Postgres, migrating, resuming sagas), with the reason.
 #[utoipa::path(get, path = "/readyz", tag = "service", responses(
     (status = 200, description = "Postgres and RabbitMQ are reachable", body = schemas::Readiness),
-    (status = 503, description = "Postgres or RabbitMQ is not reachable", body = schemas::Readiness),
+    (status = 503, description = "Starting, or Postgres or RabbitMQ is not reachable", body = schemas::Readiness),
 ))]
 pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let postgres = state
+    let Some(running) = state.running() else {
+        let (postgres, reason) = state
+            .still_starting()
+            .map_or((false, String::new()), |s| (s.postgres, s.doing));
+        // RabbitMQ is connected only once Postgres is ready: until then it is not, whatever the broker.
+        let body = json!({"postgres": postgres, "rabbitmq": false, "reason": reason});
+        return HttpResponse::ServiceUnavailable().json(body);
+    };
+    let postgres = running
         .store
         .interact(|db| Ok(db.ping()))
         .await
         .unwrap_or(false);
-    let rabbitmq = *state.amqp_connected.borrow();
-    let body = json!({"postgres": postgres, "rabbitmq": rabbitmq});
-    if postgres && rabbitmq {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
+    let rabbitmq = *running.amqp_connected.borrow();
+    let reason = match (postgres, rabbitmq) {
+        (true, true) => None,
+        (false, true) => Some("Postgres is not reachable"),
+        (true, false) => Some("RabbitMQ is not connected"),
+        (false, false) => Some("Postgres is not reachable and RabbitMQ is not connected"),
+    };
+    match reason {
+        None => HttpResponse::Ok().json(json!({"postgres": postgres, "rabbitmq": rabbitmq})),
+        Some(reason) => HttpResponse::ServiceUnavailable()
+            .json(json!({"postgres": postgres, "rabbitmq": rabbitmq, "reason": reason})),
     }
 }

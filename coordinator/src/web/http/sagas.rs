@@ -39,7 +39,7 @@ pub async fn submit(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match state.registry.submit(definition, traceparent).await? {
+    match state.registry()?.submit(definition, traceparent).await? {
         Submitted::Started(saga) => Ok(HttpResponse::Created()
             .insert_header(("Location", format!("/api/v1/sagas/{}", saga.id)))
             .json(saga_document(&saga))),
@@ -69,7 +69,7 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     let saga = state
-        .store
+        .store()?
         .interact(move |db| db.load(id))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))?;
@@ -89,7 +89,7 @@ pub async fn events(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     let (exists, items) = state
-        .store
+        .store()?
         .interact(move |db| Ok((db.load(id)?.is_some(), db.events(id)?)))
         .await?;
     if !exists {
@@ -144,7 +144,7 @@ pub async fn list(
         return Err(ApiError::Invalid(errors));
     }
     let limit = filter.limit;
-    let sagas = state.store.interact(move |db| db.list(&filter)).await?;
+    let sagas = state.store()?.interact(move |db| db.list(&filter)).await?;
     let next = (sagas.len() as i64 == limit)
         .then(|| sagas.last().map(|s| s.id.to_string()))
         .flatten();
@@ -161,7 +161,7 @@ fn field_error(field: &str, message: impl Into<String>) -> crate::submission::Fi
 
 async fn operate(state: &AppState, id: &str, event: Event) -> Result<HttpResponse, ApiError> {
     let id = parse_id(id)?;
-    let saga = state.registry.operate(id, event).await?;
+    let saga = state.registry()?.operate(id, event).await?;
     Ok(HttpResponse::Ok().json(saga_document(&saga)))
 }
 

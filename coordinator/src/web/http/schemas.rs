@@ -74,6 +74,8 @@ pub struct Health {
 pub struct Readiness {
     pub postgres: bool,
     pub rabbitmq: bool,
+    /// Only when not ready: why, e.g. `waiting for Postgres: <error>` during start-up.
+    pub reason: Option<String>,
 }
 
 /// How often and how fast a command is tried again (every field optional; defaults in the contract).
