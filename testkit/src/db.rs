@@ -27,12 +27,20 @@ const TEMPLATE_LOCK_KEY: i64 = 0x5a6a_7e57_0000_0001;
 ///
 /// Each crate spells its schema out once, as a constant:
 ///
-/// ```ignore
+/// ```no_run
+/// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+/// use testkit::{Schema, TestDb};
+///
+/// // The coordinator passes its own `store::MIGRATIONS` and `schema/migrations`.
+/// const MIGRATIONS: EmbeddedMigrations = embed_migrations!("tests/migrations");
 /// const SCHEMA: Schema = Schema {
-///     name: "saga",
-///     migrations: crate::store::MIGRATIONS,
-///     migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/migrations"),
+///     name: "kit",
+///     migrations: MIGRATIONS,
+///     migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/tests/migrations"),
 /// };
+///
+/// let db = TestDb::new(SCHEMA);
+/// println!("{}", db.url());
 /// ```
 pub struct Schema {
     /// Names its templates (`{name}_test_template_{hash}`): a plain identifier. Stale templates are
