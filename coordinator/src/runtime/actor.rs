@@ -139,6 +139,7 @@ impl SagaActor {
                     }
                     Err(NotCommitted::Failed(e)) => {
                         log::error!("saga {}: cannot persist a transition: {e}", act.saga.id);
+                        act.registry.inner.sendings.store_failed(Utc::now());
                         settle_with(settle, Settlement::Requeue);
                         // Timers are still due: try again soon rather than at the next due time.
                         if let Some(handle) = act.clock.take() {

@@ -5,7 +5,9 @@
 //! Kept in memory only, so it costs no write per command. A command is `unconfirmed` from the moment
 //! its transition committed (or the sweep found its row) until RabbitMQ confirms it; after a restart
 //! nothing is known until the sweep has found the rows still in the outbox, and reply timeouts are
-//! held anyway until the broker has been connected for [`REPLY_GRACE`].
+//! held anyway until the broker has been connected for [`REPLY_GRACE`]. The same grace follows the
+//! last transition Postgres refused: replies are requeued while it is away, and must win when it
+//! is back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,6 +33,8 @@ struct State {
     commands: HashMap<Uuid, HashMap<Sent, Option<DateTime<Utc>>>>,
     /// Since when replies have been consumed without interruption; `None` while disconnected.
     consuming_since: Option<DateTime<Utc>>,
+    /// When Postgres last refused a transition: replies were requeued, not lost, until then.
+    store_failed_at: Option<DateTime<Utc>>,
 }
 
 /// Shared by the registry (commits, actors) and the relay (confirms).
@@ -96,14 +100,21 @@ impl Sendings {
         };
     }
 
+    /// Postgres refused a transition: replies are being requeued while it is away.
+    pub fn store_failed(&self, now: DateTime<Utc>) {
+        self.state().store_failed_at = Some(now);
+    }
+
     /// The machine's view for `saga`'s timers at `now`.
     pub fn for_saga(&self, saga: &Saga, now: DateTime<Utc>) -> Sending {
         let state = self.state();
         let grace = chrono::Duration::from_std(REPLY_GRACE).unwrap_or_default();
-        let replies_held_until = Some(match state.consuming_since {
-            Some(since) => since + grace,
-            None => now + grace,
-        });
+        let consumed_since = state.consuming_since.unwrap_or(now);
+        let replies_held_until = [Some(consumed_since), state.store_failed_at]
+            .into_iter()
+            .flatten()
+            .max()
+            .map(|since| since + grace);
         let mut sending = Sending {
             replies_held_until,
             ..Sending::default()
@@ -155,6 +166,14 @@ mod tests {
         assert_eq!(
             sendings.for_saga(&saga, later).replies_held_until,
             Some(later + grace)
+        );
+        // Requeued while Postgres was away: held for the grace after the last refusal too.
+        sendings.consuming(true, later);
+        let refused = later + chrono::Duration::seconds(30);
+        sendings.store_failed(refused);
+        assert_eq!(
+            sendings.for_saga(&saga, refused + grace).replies_held_until,
+            Some(refused + grace)
         );
     }
 }
