@@ -135,6 +135,67 @@ async fn the_saga_deadline_still_fires_during_a_rabbitmq_outage() {
         .await;
 }
 
+fn settings(database_url: &str, amqp_url: &str, ns: &TestNamespace) -> Settings {
+    let mut settings = Settings::from_env()
+        .map_err(anyhow::Error::msg)
+        .expect("default settings");
+    settings.database_url = database_url.to_string();
+    settings.amqp_url = amqp_url.to_string();
+    settings.http_addr = "127.0.0.1:0".to_string();
+    settings.namespace = ns.name().to_string();
+    settings.api_token = None;
+    // Tests run in parallel against one Postgres (max_connections 100).
+    settings.db_pool_size = 4;
+    settings
+}
+
+async fn start(settings: Settings) -> (StopOnDrop, Api) {
+    let coordinator = StopOnDrop(Some(
+        blocking(move || Coordinator::start(settings))
+            .await
+            .expect("starting the coordinator"),
+    ));
+    let api = Api::new(&format!("http://{}", coordinator.http_addr()), None);
+    (coordinator, api)
+}
+
+/// Commands still in the outbox after a restart are unconfirmed too: they wait for the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_left_in_the_outbox_by_a_restart_during_a_rabbitmq_outage_do_not_time_out() {
+    let db = tokio::task::spawn_blocking(e2e::test_db)
+        .await
+        .expect("creating the test database");
+    let ns = TestNamespace::new();
+    let proxy = TcpProxy::to_rabbitmq();
+    let settings = settings(db.url(), &proxy.amqp_url(), &ns);
+    let (coordinator, api) = start(settings.clone()).await;
+    let participants = participants(&ns).await;
+    eventually(
+        "the coordinator to connect through the proxy",
+        SAGA_TIMEOUT,
+        async || (proxy.active() >= 1).then_some(()),
+    )
+    .await;
+    proxy.outage();
+    let mut ids = Vec::new();
+    for i in 0..SAGAS {
+        ids.push(
+            api.submit_id(&three_quick_steps(&format!("restart-{i}")))
+                .await,
+        );
+    }
+    drop(coordinator);
+    let (_coordinator, api) = start(settings).await;
+    tokio::time::sleep(OUTAGE).await;
+    assert_eq!(
+        commands(&participants),
+        0,
+        "nothing reached the participants"
+    );
+    proxy.resume();
+    all_committed_at_first_attempt(&api, &ids, &participants).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_longer_than_the_retry_budget_compensates_nothing() {
     let db = tokio::task::spawn_blocking(e2e::test_db)
@@ -142,21 +203,12 @@ async fn a_postgres_outage_longer_than_the_retry_budget_compensates_nothing() {
         .expect("creating the test database");
     let ns = TestNamespace::new();
     let proxy = TcpProxy::to_postgres();
-    let mut settings = Settings::from_env()
-        .map_err(anyhow::Error::msg)
-        .expect("default settings");
-    settings.database_url = proxy.postgres_url(db.name());
-    settings.amqp_url = e2e::amqp_url();
-    settings.http_addr = "127.0.0.1:0".to_string();
-    settings.namespace = ns.name().to_string();
-    settings.api_token = None;
-    settings.db_pool_size = 4;
-    let coordinator = StopOnDrop(Some(
-        blocking(move || Coordinator::start(settings))
-            .await
-            .expect("starting the coordinator"),
-    ));
-    let api = Api::new(&format!("http://{}", coordinator.http_addr()), None);
+    let (_coordinator, api) = start(settings(
+        &proxy.postgres_url(db.name()),
+        &e2e::amqp_url(),
+        &ns,
+    ))
+    .await;
     let participants = participants(&ns).await;
     let mut ids = Vec::new();
     for i in 0..SAGAS {
