@@ -90,14 +90,10 @@ impl Sendings {
         self.state().commands.remove(&saga_id);
     }
 
-    /// The replies consumer runs (`true`) or is down (`false`).
+    /// The replies consumer started (`true`: every such notice is a new connection, even if the
+    /// notice of the lost one was missed) or is down (`false`).
     pub fn consuming(&self, yes: bool, now: DateTime<Utc>) {
-        let mut state = self.state();
-        state.consuming_since = match (yes, state.consuming_since) {
-            (true, Some(since)) => Some(since),
-            (true, None) => Some(now),
-            (false, _) => None,
-        };
+        self.state().consuming_since = yes.then_some(now);
     }
 
     /// Postgres refused a transition: replies are being requeued while it is away.
@@ -137,10 +133,8 @@ impl Sendings {
 mod tests {
     use super::*;
 
-    #[test]
-    fn replies_are_held_while_disconnected_and_for_the_grace_after() {
-        let sendings = Sendings::default();
-        let saga = Saga::new(
+    fn one_step_saga() -> Saga {
+        Saga::new(
             Uuid::nil(),
             crate::submission::parse_submission(&serde_json::json!({
                 "name": "n", "steps": [{"name": "a", "participant": "p", "action": "x"}]
@@ -148,7 +142,50 @@ mod tests {
             .expect("valid"),
             None,
             Utc::now(),
+        )
+    }
+
+    #[test]
+    fn a_command_is_unconfirmed_from_its_commit_until_its_confirm_and_forgotten_with_its_saga() {
+        let sendings = Sendings::default();
+        let saga = one_step_saga();
+        let transition = match crate::saga::machine::handle(
+            &saga,
+            crate::saga::machine::Event::Start,
+            &mut crate::saga::machine::Context {
+                now: saga.created_at,
+                rng: &mut rand::rng(),
+                sending: Sending::default(),
+            },
+        ) {
+            crate::saga::machine::Decision::Apply(t) => t,
+            other => panic!("starts: {other:?}"),
+        };
+        let messages: Vec<OutboxMessage> = transition
+            .commands
+            .iter()
+            .map(|c| crate::outbox::command_message(&transition.saga, c, saga.created_at))
+            .collect();
+        sendings.unconfirmed(&messages);
+        let now = Utc::now();
+        assert_eq!(
+            sendings.for_saga(&saga, now).unconfirmed,
+            [(0, CommandKind::Action, 1)]
         );
+        sendings.confirmed(saga.id, Sendings::key(&messages[0]), now);
+        // A later sweep finding the row before its deletion does not make it unconfirmed again.
+        sendings.unconfirmed(&messages);
+        let sending = sendings.for_saga(&saga, now);
+        assert!(sending.unconfirmed.is_empty());
+        assert_eq!(sending.confirmed, [((0, CommandKind::Action, 1), now)]);
+        sendings.forget(saga.id);
+        assert!(sendings.for_saga(&saga, now).confirmed.is_empty());
+    }
+
+    #[test]
+    fn replies_are_held_while_disconnected_and_for_the_grace_after() {
+        let sendings = Sendings::default();
+        let saga = one_step_saga();
         let now = Utc::now();
         let grace = chrono::Duration::from_std(REPLY_GRACE).expect("small");
         assert_eq!(
@@ -157,7 +194,6 @@ mod tests {
         );
         sendings.consuming(true, now);
         let later = now + chrono::Duration::seconds(10);
-        sendings.consuming(true, later);
         assert_eq!(
             sendings.for_saga(&saga, later).replies_held_until,
             Some(now + grace)
