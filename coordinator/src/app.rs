@@ -20,6 +20,7 @@ use crate::amqp::{self, AmqpSettings, BrokerHandle, Inbound, InboundDelivery};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::runtime::changes::Changes;
+use crate::runtime::sending::Sendings;
 use crate::runtime::{relay, Registry};
 use crate::saga::machine::Event;
 use crate::store::{self, Store, Writer};
@@ -148,6 +149,7 @@ async fn start(
     } else {
         arbiters.iter().map(|a| a.handle()).collect()
     };
+    let sendings = Sendings::default();
     let registry = Registry::new(
         actor_arbiters,
         writer.clone(),
@@ -155,6 +157,7 @@ async fn start(
         relay_tx,
         changes,
         Arc::clone(&metrics),
+        sendings.clone(),
     );
 
     let unfinished = store
@@ -178,7 +181,19 @@ async fn start(
         outbound_tx,
         published_rx,
         metrics,
+        sendings.clone(),
     );
+    // Reply timeouts are held while the replies queue cannot be consumed (see `REPLY_GRACE`).
+    let mut connected = broker.connected();
+    actix_rt::spawn(async move {
+        loop {
+            let now_connected = *connected.borrow_and_update();
+            sendings.consuming(now_connected, chrono::Utc::now());
+            if connected.changed().await.is_err() {
+                break;
+            }
+        }
+    });
     let dispatcher = actix_rt::spawn(dispatch_inbound(inbound_rx, registry.clone()));
     state.started(Running {
         registry: registry.clone(),

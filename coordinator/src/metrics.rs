@@ -530,7 +530,11 @@ mod tests {
 
     fn apply(m: &Metrics, saga: &Saga, event: Event, now: DateTime<Utc>) -> Saga {
         let mut rng = rand::rng();
-        let mut ctx = Context { now, rng: &mut rng };
+        let mut ctx = Context {
+            now,
+            rng: &mut rng,
+            sending: Default::default(),
+        };
         let Decision::Apply(t) = machine::handle(saga, event, &mut ctx) else {
             panic!("the event changed nothing")
         };

@@ -20,6 +20,9 @@ pub struct OutboxMessage {
     pub participant: String,
     /// AMQP `type` property.
     pub kind: contract::CommandKind,
+    /// The step (`None` for `check`) and attempt the command is, as in its body.
+    pub step: Option<String>,
+    pub attempt: u32,
     /// The JSON body (a serialized `contract::CommandBody`).
     pub body: Vec<u8>,
     /// W3C trace context, sent as the `traceparent` header when present.
@@ -72,7 +75,7 @@ pub fn command_message(
         saga_id: saga.id,
         saga_name: def.name.clone(),
         idempotency_key: idempotency_key(saga.id, step_name.as_deref(), kind),
-        step: step_name,
+        step: step_name.clone(),
         kind,
         command: name,
         attempt: command.attempt,
@@ -88,6 +91,8 @@ pub fn command_message(
         message_id: Uuid::now_v7(),
         participant,
         kind,
+        step: step_name,
+        attempt: command.attempt,
         // Serializing plain data into a Vec cannot fail.
         body: serde_json::to_vec(&body).unwrap_or_default(),
         traceparent: saga.traceparent.clone(),

@@ -139,6 +139,8 @@ fn outbox(id: i64, participant: &str, command: &CommandBody) -> OutboxMessage {
         message_id: Uuid::now_v7(),
         participant: participant.to_owned(),
         kind: command.kind,
+        step: command.step.clone(),
+        attempt: command.attempt,
         body: serde_json::to_vec(command).expect("serializes"),
         traceparent: None,
         created_at: Utc.timestamp_opt(1_800_000_000, 0).single().expect("valid"),

@@ -73,7 +73,12 @@ impl SagaActor {
         settle: Option<oneshot::Sender<Settlement>>,
     ) -> ResponseActFuture<Self, Result<Saga, EngineError>> {
         let now = Utc::now();
-        let transition = match commit::decide(&self.saga, event, now) {
+        // Only timers read it: a reply timeout waits for its command's confirm and the replies queue.
+        let sending = match event {
+            Event::TimerFired => self.registry.inner.sendings.for_saga(&self.saga, now),
+            _ => Default::default(),
+        };
+        let transition = match commit::decide(&self.saga, event, now, sending) {
             Some(Decision::Apply(t)) => t,
             Some(Decision::Ignore(reason)) => {
                 log::info!("saga {}: ignored: {reason}", self.saga.id);
@@ -107,6 +112,7 @@ impl SagaActor {
                         settle_with(settle, Settlement::Ack);
                         if act.saga.state.is_final() {
                             act.registry.forget(act.saga.id);
+                            act.registry.inner.sendings.forget(act.saga.id);
                             ctx.stop();
                         } else {
                             act.arm_clock(ctx);
@@ -133,6 +139,7 @@ impl SagaActor {
                     }
                     Err(NotCommitted::Failed(e)) => {
                         log::error!("saga {}: cannot persist a transition: {e}", act.saga.id);
+                        act.registry.inner.sendings.store_failed(Utc::now());
                         settle_with(settle, Settlement::Requeue);
                         // Timers are still due: try again soon rather than at the next due time.
                         if let Some(handle) = act.clock.take() {

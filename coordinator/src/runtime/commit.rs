@@ -29,9 +29,18 @@ use crate::store::{Persist, StoreError, Written};
 /// Asks the state machine what `event` means for `saga`, with the runtime's clock and jitter.
 /// `None`: the machine panicked. A bug in it must not take other sagas down, so the caller keeps
 /// the saga's last durable state.
-pub(super) fn decide(saga: &Saga, event: Event, now: DateTime<Utc>) -> Option<Decision> {
+pub(super) fn decide(
+    saga: &Saga,
+    event: Event,
+    now: DateTime<Utc>,
+    sending: machine::Sending,
+) -> Option<Decision> {
     let mut rng = rand::rng();
-    let mut ctx = machine::Context { now, rng: &mut rng };
+    let mut ctx = machine::Context {
+        now,
+        rng: &mut rng,
+        sending,
+    };
     catch_unwind(AssertUnwindSafe(|| machine::handle(saga, event, &mut ctx))).ok()
 }
 
@@ -186,7 +195,7 @@ mod tests {
     }
 
     fn applied(saga: &Saga, event: Event, now: DateTime<Utc>) -> Transition {
-        match decide(saga, event, now) {
+        match decide(saga, event, now, Default::default()) {
             Some(Decision::Apply(t)) => t,
             other => panic!("expected a transition, got {other:?}"),
         }

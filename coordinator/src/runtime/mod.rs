@@ -11,6 +11,7 @@ pub mod changes;
 pub mod check_back;
 mod commit;
 pub mod relay;
+pub mod sending;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -78,6 +79,7 @@ struct Inner {
     http_check_back: check_back::HttpCheckBack,
     changes: changes::Changes,
     metrics: Arc<Metrics>,
+    sendings: sending::Sendings,
 }
 
 /// Shared handle to the running sagas.
@@ -95,6 +97,7 @@ impl Registry {
         relay: mpsc::UnboundedSender<Vec<OutboxMessage>>,
         changes: changes::Changes,
         metrics: Arc<Metrics>,
+        sendings: sending::Sendings,
     ) -> Self {
         Registry {
             inner: Arc::new(Inner {
@@ -108,12 +111,14 @@ impl Registry {
                 http_check_back: check_back::HttpCheckBack::new(),
                 changes,
                 metrics,
+                sendings,
             }),
         }
     }
 
     /// Hands committed outbox rows to the relay for publishing.
     fn publish(&self, outbox: Vec<OutboxMessage>) {
+        self.inner.sendings.unconfirmed(&outbox);
         if !outbox.is_empty() && self.inner.relay.send(outbox).is_err() {
             // The relay is gone (shutting down): the rows stay in Postgres and go out after a restart.
             log::warn!("outbox relay stopped; commands will be published after a restart");
@@ -243,7 +248,9 @@ impl Registry {
     ) -> Result<Submitted, EngineError> {
         let now = Utc::now();
         let saga = Saga::new(Uuid::now_v7(), definition, traceparent, now);
-        let Some(Decision::Apply(start)) = commit::decide(&saga, Event::Start, now) else {
+        let Some(Decision::Apply(start)) =
+            commit::decide(&saga, Event::Start, now, Default::default())
+        else {
             return Err(EngineError::Internal("a new saga did not start".into()));
         };
         match self.commit(&saga, Commit::start(start, now)).await {
@@ -297,7 +304,7 @@ impl Registry {
             .interact(move |db| db.load(saga_id))
             .await?
             .ok_or(EngineError::NotFound(saga_id))?;
-        match commit::decide(&saga, event, Utc::now()) {
+        match commit::decide(&saga, event, Utc::now(), Default::default()) {
             Some(Decision::Reject(reason)) => Err(EngineError::Conflict(reason)),
             Some(_) => Ok(saga),
             None => Err(EngineError::Internal(

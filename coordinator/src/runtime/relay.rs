@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::amqp::PublishResult;
 use crate::metrics::Metrics;
 use crate::outbox::OutboxMessage;
+use crate::runtime::sending::Sendings;
 use crate::store::{Store, Writer};
 
 /// How often the outbox table is swept, and how old a row must be to be picked up by the sweep.
@@ -34,11 +35,13 @@ pub fn spawn(
     outbound: mpsc::UnboundedSender<OutboxMessage>,
     mut results: mpsc::UnboundedReceiver<PublishResult>,
     metrics: Arc<Metrics>,
+    sendings: Sendings,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Rows handed to the publisher and not yet deleted or failed: never sent twice at once.
-        // The value is when the row was committed, for the publish latency.
-        let mut on_the_way: HashMap<i64, DateTime<Utc>> = HashMap::new();
+        // The value is when the row was committed, for the publish latency, and which attempt it
+        // is, whose reply timeout runs from the confirm.
+        let mut on_the_way: HashMap<i64, OnTheWay> = HashMap::new();
         let mut confirmed: Vec<i64> = Vec::new();
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         let mut flush = tokio::time::interval(DELETE_EVERY);
@@ -58,7 +61,11 @@ pub fn spawn(
                     let Some(result) = result else { break };
                     match result.result {
                         Ok(()) => {
-                            metrics.observe_published(on_the_way.get(&result.outbox_id).copied());
+                            let row = on_the_way.get(&result.outbox_id);
+                            metrics.observe_published(row.map(|r| r.created_at));
+                            if let Some(row) = row {
+                                sendings.confirmed(row.saga_id, row.attempt.clone(), Utc::now());
+                            }
                             confirmed.push(result.outbox_id);
                         }
                         Err(reason) => {
@@ -92,6 +99,8 @@ pub fn spawn(
                     let found = store.interact(move |db| db.pending_outbox(before, SWEEP_BATCH)).await;
                     match found {
                         Ok(rows) => {
+                            // Rows left by a crash are unconfirmed: their attempts cannot time out.
+                            sendings.unconfirmed(&rows);
                             for message in rows {
                                 if !hand_over(&mut on_the_way, &outbound, message) {
                                     return;
@@ -107,15 +116,26 @@ pub fn spawn(
 }
 
 /// Sends a row to the publisher unless it is already on its way; `false` once the publisher is gone.
+/// A row handed to the publisher.
+struct OnTheWay {
+    created_at: DateTime<Utc>,
+    saga_id: uuid::Uuid,
+    attempt: Option<(String, crate::saga::CommandKind, u32)>,
+}
+
 fn hand_over(
-    on_the_way: &mut HashMap<i64, DateTime<Utc>>,
+    on_the_way: &mut HashMap<i64, OnTheWay>,
     outbound: &mpsc::UnboundedSender<OutboxMessage>,
     message: OutboxMessage,
 ) -> bool {
     match on_the_way.entry(message.id) {
         Entry::Occupied(_) => true,
         Entry::Vacant(slot) => {
-            slot.insert(message.created_at);
+            slot.insert(OnTheWay {
+                created_at: message.created_at,
+                saga_id: message.saga_id,
+                attempt: Sendings::key(&message),
+            });
             outbound.send(message).is_ok()
         }
     }

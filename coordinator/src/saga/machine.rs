@@ -16,7 +16,11 @@
 //! - a prepared saga (two-phase submission, section 5) waits for `commit` or `abort`; past its
 //!   prepare timeout it asks the initiator (check-back) with backoff until it hears `committed` or
 //!   `aborted`; when the check-back policy runs out it becomes `failed` for an operator, who may
-//!   still commit, abort, retry (ask again) or resolve it.
+//!   still commit, abort, retry (ask again) or resolve it;
+//! - timeouts measure participants, not the coordinator's infrastructure: a step's reply timeout runs
+//!   from RabbitMQ's confirm of its command, an attempt whose command is unconfirmed cannot time out,
+//!   and no reply timeout fires while replies may still wait in a queue the coordinator could not
+//!   consume ([`Sending`]); the saga deadline is a business limit and fires regardless.
 
 use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
@@ -30,6 +34,51 @@ pub struct Context<'a, R: Rng> {
     pub now: DateTime<Utc>,
     /// Source of backoff jitter.
     pub rng: &'a mut R,
+    /// What the runtime knows of the saga's commands on their way (read by reply timeouts only).
+    pub sending: Sending,
+}
+
+/// A step command, by position: (step, kind, attempt).
+pub type Attempt = (usize, CommandKind, u32);
+
+/// What the runtime knows of the saga's commands and of the replies queue when its timers fire.
+/// A step's reply timeout counts only time during which the participant could have answered.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sending {
+    /// Attempts whose command waits in the outbox, not yet confirmed by RabbitMQ: they cannot
+    /// time out yet.
+    pub unconfirmed: Vec<Attempt>,
+    /// Attempts RabbitMQ confirmed, and when: each times out no earlier than its confirm plus the
+    /// step's `timeout_ms`. Attempts in neither list (confirmed before a restart) keep their due time.
+    pub confirmed: Vec<(Attempt, DateTime<Utc>)>,
+    /// No reply timeout fires before this: a reply may be waiting in a queue the coordinator could
+    /// not consume until shortly before.
+    pub replies_held_until: Option<DateTime<Utc>>,
+}
+
+impl Sending {
+    /// When a reply timeout that fell due may really fire, if later than `now`.
+    fn postponed(
+        &self,
+        attempt: Attempt,
+        timeout: Duration,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let own = if self.unconfirmed.contains(&attempt) {
+            Some(now + timeout)
+        } else {
+            self.confirmed
+                .iter()
+                .find(|(a, _)| *a == attempt)
+                .map(|(_, confirmed_at)| *confirmed_at + timeout)
+        };
+        let held = self.replies_held_until;
+        [own, held]
+            .into_iter()
+            .flatten()
+            .max()
+            .filter(|due| *due > now)
+    }
 }
 
 /// Something that happened to a saga.
@@ -571,6 +620,13 @@ impl Run {
                         CommandKind::Action => s.attempts,
                         _ => s.compensation_attempts,
                     };
+                    let timeout =
+                        Duration::milliseconds(self.saga.definition.steps[i].timeout_ms as i64);
+                    if let Some(due_at) = ctx.sending.postponed((i, kind, attempt), timeout, now) {
+                        // The participant has not had its full timeout yet: wait, do not count it.
+                        self.saga.steps[i].timer = Some(Timer { due_at, ..timer });
+                        continue;
+                    }
                     self.record(LogEntry::TimedOut {
                         command: CommandAttempt::step(i, kind, attempt),
                     });

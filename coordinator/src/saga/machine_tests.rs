@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use super::definition::{CheckBack, RetryPolicy, SagaDefinition, StepDefinition, SubmissionMode};
 use super::event_log::LogEntry;
-use super::machine::{handle, Command, Context, Decision, Event, Transition};
+use super::machine::{handle, Command, Context, Decision, Event, Sending, Transition};
 use super::reply::{Outcome, Reply};
-use super::state::{CommandKind, Saga, SagaState, StepState};
+use super::state::{CommandKind, Saga, SagaState, StepState, TimerPurpose};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 21, 10, 0, 0)
@@ -71,6 +71,8 @@ struct Harness {
     saga: Saga,
     now: DateTime<Utc>,
     rng: StdRng,
+    /// What the runtime reports of commands on their way, when timers fire.
+    sending: Sending,
 }
 
 impl Harness {
@@ -79,6 +81,7 @@ impl Harness {
             saga: Saga::new(Uuid::nil(), def, None, t0()),
             now: t0(),
             rng: StdRng::seed_from_u64(7),
+            sending: Sending::default(),
         }
     }
 
@@ -86,6 +89,7 @@ impl Harness {
         let mut ctx = Context {
             now: self.now,
             rng: &mut self.rng,
+            sending: self.sending.clone(),
         };
         handle(&self.saga, event, &mut ctx)
     }
@@ -121,6 +125,7 @@ impl Harness {
             saga: self.saga.clone(),
             now: self.now,
             rng: self.rng.clone(),
+            sending: self.sending.clone(),
         }
     }
 
@@ -253,6 +258,83 @@ fn timeouts_exhaust_the_action_and_its_unknown_outcome_is_compensated() {
     assert_eq!(names(&h, &t.commands), ["a:compensation:1"]);
     h.reply("a", Compensation, 1, Outcome::Success);
     assert_eq!(h.saga.state, SagaState::Compensated);
+}
+
+/// Timeouts measure participants, not the coordinator's infrastructure (contract, section 4).
+#[test]
+fn an_attempt_whose_command_is_unconfirmed_cannot_time_out() {
+    let mut h = Harness::new(sequential(&["a"]));
+    h.apply(Event::Start);
+    // The broker is away for a minute: the command waits in the outbox, unconfirmed.
+    h.sending.unconfirmed = vec![(0, Action, 1)];
+    for _ in 0..60 {
+        h.fire_next_timer();
+        assert_eq!(h.saga.steps[0].attempts, 1, "no retry while unconfirmed");
+        assert_eq!(h.saga.state, SagaState::Running);
+    }
+    let timer = h.saga.steps[0].timer.expect("still waiting");
+    assert_eq!(timer.purpose, TimerPurpose::ReplyTimeout);
+    assert_eq!(timer.due_at, h.now + Duration::milliseconds(1_000));
+    // The reply still counts.
+    h.reply("a", Action, 1, Outcome::Success);
+    assert_eq!(h.saga.state, SagaState::Committed);
+}
+
+#[test]
+fn a_reply_timeout_runs_from_the_confirm() {
+    let mut h = Harness::new(sequential(&["a"]));
+    h.apply(Event::Start);
+    // Confirmed 700 ms after the commit: the timeout is due 1000 ms after the confirm.
+    let confirmed_at = t0() + Duration::milliseconds(700);
+    h.sending.confirmed = vec![((0, Action, 1), confirmed_at)];
+    h.fire_next_timer();
+    assert_eq!(h.saga.steps[0].attempts, 1);
+    let timer = h.saga.steps[0].timer.expect("postponed");
+    assert_eq!(timer.due_at, confirmed_at + Duration::milliseconds(1_000));
+    assert_eq!(timer.purpose, TimerPurpose::ReplyTimeout);
+    // Then it times out like any other.
+    h.fire_next_timer();
+    let timer = h.saga.steps[0].timer.expect("backoff");
+    assert_eq!(timer.purpose, TimerPurpose::Backoff);
+    // A confirm of an older attempt says nothing of the current one.
+    let commands = h.fire_next_timer();
+    assert_eq!(names(&h, &commands), ["a:action:2"]);
+    let due = h.saga.steps[0].timer.expect("sent").due_at;
+    h.now = due;
+    h.apply(Event::TimerFired);
+    assert_eq!(
+        h.saga.steps[0].timer.map(|t| t.purpose),
+        Some(TimerPurpose::Backoff)
+    );
+}
+
+#[test]
+fn reply_timeouts_wait_for_the_replies_queue_but_the_saga_deadline_does_not() {
+    let mut def = sequential(&["a", "b"]);
+    def.timeout_ms = Some(5_000);
+    let mut h = Harness::new(def);
+    h.apply(Event::Start);
+    // The replies queue could not be consumed: reply timeouts are held, without a retry.
+    let held = t0() + Duration::milliseconds(4_000);
+    h.sending.replies_held_until = Some(held);
+    h.fire_next_timer();
+    assert_eq!(h.saga.steps[0].timer.map(|t| t.due_at), Some(held));
+    assert_eq!(h.saga.steps[0].attempts, 1);
+    // A backoff is no reply timeout: it dispatches at once.
+    h.sending.replies_held_until = None;
+    h.fire_next_timer();
+    assert_eq!(
+        h.saga.steps[0].timer.map(|t| t.purpose),
+        Some(TimerPurpose::Backoff)
+    );
+    h.sending.replies_held_until = Some(t0() + Duration::hours(1));
+    h.sending.unconfirmed = vec![(0, Action, 2)];
+    // The saga deadline is a business limit: it fires whatever the broker does.
+    while h.saga.state == SagaState::Running {
+        h.fire_next_timer();
+    }
+    assert_eq!(h.saga.state, SagaState::Compensating);
+    assert!(h.now <= t0() + Duration::milliseconds(5_000));
 }
 
 #[test]
@@ -856,6 +938,37 @@ proptest! {
                     h.saga = t.saga;
                 }
                 Decision::Ignore(_) | Decision::Reject(_) => {}
+            }
+        }
+    }
+
+    /// While no command is confirmed (the broker is away), no step times out, however long it lasts.
+    #[test]
+    fn unconfirmed_attempts_never_time_out(
+        def in arb_definition(),
+        waits in proptest::collection::vec(0i64..120_000, 1..40),
+    ) {
+        let mut def = def;
+        def.timeout_ms = None;
+        let mut h = Harness::new(def);
+        h.apply(Event::Start);
+        for wait in waits {
+            h.sending.unconfirmed = h
+                .saga
+                .steps
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.state == StepState::Running)
+                .map(|(i, s)| (i, Action, s.attempts))
+                .collect();
+            h.now += Duration::milliseconds(wait);
+            if let Decision::Apply(t) = h.decide(Event::TimerFired) {
+                prop_assert!(
+                    !t.log.iter().any(|e| matches!(e, LogEntry::TimedOut { .. })),
+                    "an unconfirmed attempt timed out: {:?}", t.log
+                );
+                prop_assert_eq!(t.saga.state, SagaState::Running);
+                h.saga = t.saga;
             }
         }
     }

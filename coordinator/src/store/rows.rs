@@ -138,14 +138,24 @@ impl SagaRow {
     }
 }
 
+/// The part of a stored command body that says which attempt it is.
+#[derive(serde::Deserialize)]
+struct Addressed {
+    step: Option<String>,
+    attempt: u32,
+}
+
 impl OutboxRow {
     pub fn into_message(self) -> Result<OutboxMessage, StoreError> {
+        let addressed: Addressed = serde_json::from_slice(&self.body).map_err(corrupt)?;
         Ok(OutboxMessage {
             id: self.id,
             saga_id: self.saga_id,
             message_id: self.message_id,
             participant: self.participant,
             kind: self.kind.parse().map_err(corrupt)?,
+            step: addressed.step,
+            attempt: addressed.attempt,
             body: self.body,
             traceparent: self.traceparent,
             created_at: self.created_at,

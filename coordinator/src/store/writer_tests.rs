@@ -48,7 +48,11 @@ fn started(key: Option<&str>) -> Persist {
     let now = Utc::now().trunc_subsecs(6);
     let saga = Saga::new(Uuid::now_v7(), definition, None, now);
     let mut rng = rand::rng();
-    let mut ctx = Context { now, rng: &mut rng };
+    let mut ctx = Context {
+        now,
+        rng: &mut rng,
+        sending: Default::default(),
+    };
     let Decision::Apply(start) = machine::handle(&saga, Event::Start, &mut ctx) else {
         panic!("a new saga starts");
     };
