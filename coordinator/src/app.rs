@@ -44,7 +44,7 @@ pub async fn run(
     let state = web::Data::new(AppState::starting(
         changes.clone(),
         Arc::clone(&metrics),
-        settings.api_token.clone().filter(|t| !t.is_empty()),
+        settings.token().map(str::to_owned),
         settings.max_body_bytes,
         amqp::dead_letters::DeadLetterBrowser::new(amqp_settings.clone()),
     ));
@@ -59,6 +59,10 @@ pub async fn run(
     let server = server
         .bind(&settings.http_addr)
         .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+    // Checked on the bound addresses (a name such as `localhost` resolved), before serving any.
+    if let Some(refusal) = settings.open_api_refusal(&server.addrs()) {
+        anyhow::bail!(refusal);
+    }
     let addr = server
         .addrs()
         .first()
