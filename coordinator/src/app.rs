@@ -23,6 +23,7 @@ use crate::runtime::changes::Changes;
 use crate::runtime::{relay, Registry};
 use crate::saga::machine::Event;
 use crate::store::{self, Store, Writer};
+use crate::submission::CheckBackHosts;
 use crate::web::state::{AppState, Running};
 
 /// Runs the coordinator until the HTTP server stops (SIGTERM/SIGINT for the binary, or
@@ -41,13 +42,16 @@ pub async fn run(
         namespace: settings.namespace.clone(),
         prefetch: settings.amqp_prefetch,
     };
-    let state = web::Data::new(AppState::starting(
+    let mut state = AppState::starting(
         changes.clone(),
         Arc::clone(&metrics),
         settings.token().map(str::to_owned),
         settings.max_body_bytes,
         amqp::dead_letters::DeadLetterBrowser::new(amqp_settings.clone()),
-    ));
+    );
+    state.check_back_hosts =
+        CheckBackHosts::parse(&settings.check_back_hosts).map_err(anyhow::Error::msg)?;
+    let state = web::Data::new(state);
     let app_state = state.clone();
     let mut server = HttpServer::new(move || {
         App::new().configure(|cfg| crate::web::configure(cfg, app_state.clone()))

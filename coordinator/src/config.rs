@@ -42,6 +42,12 @@ pub struct Settings {
     #[arg(long, env = "SAGA_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
 
+    /// Hosts HTTP check-backs may be sent to, comma-separated: `host` (any port) or `host:port`.
+    /// When set, a submission whose `check_back.url` names another host is refused (422). Unset,
+    /// every host is allowed.
+    #[arg(long, env = "SAGA_CHECK_BACK_HOSTS", value_delimiter = ',')]
+    pub check_back_hosts: Vec<String>,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "SAGA_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,

@@ -389,3 +389,48 @@ async fn http_check_backs_follow_no_redirect_and_read_no_oversized_answer() {
         assert!(error.contains(expected), "{answer}: {error}");
     }
 }
+
+/// With `SAGA_CHECK_BACK_HOSTS` set, a check-back URL naming another host (or port) is refused at
+/// submission, on its field; a listed one is accepted and asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_back_urls_outside_the_listed_hosts_are_refused_at_submission() {
+    let server = CheckBackServer::start(|_, _| CheckAnswer::outcome("aborted")).await;
+    let listed = server.url();
+    let authority = listed
+        .trim_start_matches("http://")
+        .trim_end_matches("/check")
+        .to_owned();
+    let app = TestApp::builder()
+        .check_back_hosts(&["orders.internal", &authority])
+        .start()
+        .await;
+    let port = authority
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .unwrap_or_default();
+    let other_port: u16 = port.parse::<u16>().expect("a port").wrapping_add(1);
+    for unlisted in [
+        format!("http://localhost:{port}/check"),
+        format!("http://127.0.0.1:{other_port}/check"),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+    ] {
+        let def = prepared_saga(json!({"url": unlisted}), 200);
+        let refused =
+            expect_problem(app.submit(&def).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(
+            refused["errors"][0]["field"], "check_back.url",
+            "{unlisted}: {refused}"
+        );
+    }
+    assert_eq!(
+        expect_json(app.list(&[]).await, StatusCode::OK).await["items"]
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "nothing stored"
+    );
+    let def = prepared_saga(fast_check_back(json!({"url": listed}), 5), 200);
+    let id = app.submit_id(&def).await;
+    app.wait_for_state(&id, &["aborted"], SAGA_TIMEOUT).await;
+    assert_eq!(server.calls_for(&id), 1);
+}

@@ -31,6 +31,7 @@ use cursor::Cursor;
 use saga_fields::parse_saga_fields;
 use steps::parse_steps;
 use two_phase::parse_two_phase;
+pub use two_phase::CheckBackHosts;
 
 /// Longest accepted `timeout_ms` / `prepare_timeout_ms`: 30 days. Anything longer is almost
 /// certainly a unit mistake (seconds vs. milliseconds gone wrong the other way).

@@ -34,6 +34,9 @@ pub async fn submit(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let definition = parse_submission(&body).map_err(ApiError::Invalid)?;
+    if let Some(refusal) = state.check_back_hosts.refusal(&definition) {
+        return Err(ApiError::Invalid(vec![refusal]));
+    }
     let traceparent = req
         .headers()
         .get("traceparent")
