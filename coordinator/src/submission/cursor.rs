@@ -11,11 +11,13 @@ use serde_json::Value;
 
 use super::FieldError;
 
-/// Longest name (saga, step, participant, action, compensation).
-const MAX_NAME_LEN: usize = 64;
+use super::MAX_NAME_LEN;
 
-const NAME_RULE: &str =
-    "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ (1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit)";
+const NAME_RULE: &str = concat!(
+    "must match ",
+    name_pattern!(),
+    " (1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit)"
+);
 
 /// Marks a value that was present but invalid; its error has already been recorded. Lets callers
 /// tell "absent, use the default" from "broken" without reporting twice.
