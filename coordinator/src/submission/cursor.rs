@@ -180,6 +180,7 @@ fn is_valid_name(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use serde_json::json;
 
     use super::*;
@@ -211,5 +212,14 @@ mod tests {
         assert_eq!(cursor.field("steps").item(1).value(), None);
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, vec!["", "steps[0].retry.max_attempts"]);
+    }
+
+    proptest! {
+        /// The pattern the OpenAPI document publishes is the rule the hand-written check applies.
+        #[test]
+        fn the_published_name_pattern_is_the_rule(name in "[A-Za-z0-9._:\\- \n\u{e9}]{0,70}") {
+            let published = regex::Regex::new(super::super::NAME_PATTERN).expect("a regex");
+            prop_assert_eq!(published.is_match(&name), is_valid_name(&name), "{:?}", name);
+        }
     }
 }

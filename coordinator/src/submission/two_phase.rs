@@ -432,4 +432,22 @@ mod tests {
             "check_back.retry.max_attempts",
         );
     }
+
+    proptest::proptest! {
+        /// The URL pattern the OpenAPI document publishes accepts exactly what the parser does.
+        #[test]
+        fn the_published_url_pattern_is_the_rule(
+            url in "(https?://|http:/|ftp://)?[a-z:/.\u{0}\u{1f}\u{7f}\u{85}\u{a0} \t]{0,12}"
+        ) {
+            let published = regex::Regex::new(crate::submission::CHECK_BACK_URL_PATTERN)
+                .expect("a regex");
+            let body = with(with(minimal(), "mode", json!("prepare")), "check_back", json!({"url": url}));
+            proptest::prop_assert_eq!(
+                published.is_match(&url),
+                parse_submission(&body).is_ok(),
+                "{:?}",
+                url
+            );
+        }
+    }
 }
