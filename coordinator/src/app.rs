@@ -24,6 +24,7 @@ use crate::runtime::sending::Sendings;
 use crate::runtime::{relay, Registry};
 use crate::saga::machine::Event;
 use crate::store::{self, Store, Writer};
+use crate::submission::CheckBackHosts;
 use crate::web::state::{AppState, Running};
 
 /// Runs the coordinator until the HTTP server stops (SIGTERM/SIGINT for the binary, or
@@ -42,13 +43,16 @@ pub async fn run(
         namespace: settings.namespace.clone(),
         prefetch: settings.amqp_prefetch,
     };
-    let state = web::Data::new(AppState::starting(
+    let mut state = AppState::starting(
         changes.clone(),
         Arc::clone(&metrics),
-        settings.api_token.clone().filter(|t| !t.is_empty()),
+        settings.token().map(str::to_owned),
         settings.max_body_bytes,
         amqp::dead_letters::DeadLetterBrowser::new(amqp_settings.clone()),
-    ));
+    );
+    state.check_back_hosts =
+        CheckBackHosts::parse(&settings.check_back_hosts).map_err(anyhow::Error::msg)?;
+    let state = web::Data::new(state);
     let app_state = state.clone();
     let mut server = HttpServer::new(move || {
         App::new().configure(|cfg| crate::web::configure(cfg, app_state.clone()))
@@ -60,6 +64,10 @@ pub async fn run(
     let server = server
         .bind(&settings.http_addr)
         .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+    // Checked on the bound addresses (a name such as `localhost` resolved), before serving any.
+    if let Some(refusal) = settings.open_api_refusal(&server.addrs()) {
+        anyhow::bail!(refusal);
+    }
     let addr = server
         .addrs()
         .first()

@@ -2,6 +2,7 @@
 //!
 //! clap documents every setting in `coordinator serve --help`, with its environment variable and default.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
@@ -35,6 +36,17 @@ pub struct Settings {
     /// When set, every /api/ request needs `Authorization: Bearer <token>`.
     #[arg(long, env = "SAGA_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+
+    /// Serve without `SAGA_API_TOKEN` on an address other than loopback: anyone who reaches it may
+    /// then submit, abort, commit and resolve sagas. Without this, `serve` refuses to start so.
+    #[arg(long, env = "SAGA_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// Hosts HTTP check-backs may be sent to, comma-separated: `host` (any port) or `host:port`.
+    /// When set, a submission whose `check_back.url` names another host is refused (422). Unset,
+    /// every host is allowed.
+    #[arg(long, env = "SAGA_CHECK_BACK_HOSTS", value_delimiter = ',')]
+    pub check_back_hosts: Vec<String>,
 
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "SAGA_MAX_BODY_BYTES", default_value_t = 1_048_576)]
@@ -110,6 +122,36 @@ impl Settings {
             .map_err(|e| e.to_string())
     }
 
+    /// The token, unless unset or empty (an empty token guards nothing).
+    pub fn token(&self) -> Option<&str> {
+        self.api_token.as_deref().filter(|t| !t.is_empty())
+    }
+
+    /// Why `serve` must not answer on `listening`, if it must not: an API without a token is open to
+    /// whoever reaches it, which is only safe where no one else can (loopback), unless
+    /// `SAGA_ALLOW_UNAUTHENTICATED` says it is meant.
+    pub fn open_api_refusal(&self, listening: &[SocketAddr]) -> Option<String> {
+        if self.token().is_some() || self.allow_unauthenticated {
+            return None;
+        }
+        let exposed: Vec<String> = listening
+            .iter()
+            .filter(|addr| !addr.ip().is_loopback())
+            .map(ToString::to_string)
+            .collect();
+        if exposed.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "refusing to serve the API without a token on {} (SAGA_HTTP_ADDR={}): anyone who can \
+             reach it could submit, abort, commit and resolve sagas. Set SAGA_API_TOKEN (--api-token), \
+             listen on a loopback address (127.0.0.1, ::1, localhost), or set \
+             SAGA_ALLOW_UNAUTHENTICATED=true (--allow-unauthenticated) if an open API is meant",
+            exposed.join(", "),
+            self.http_addr
+        ))
+    }
+
     /// How long a graceful shutdown waits for in-flight work.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(10)
@@ -131,6 +173,53 @@ mod tests {
         for wrong in ["", "s", "-1", "1.5s", "10d", "forever"] {
             assert!(parse_wait(wrong).is_err(), "{wrong:?} was accepted");
         }
+    }
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter()
+            .map(|a| a.parse().expect("an address"))
+            .collect()
+    }
+
+    #[test]
+    fn an_api_without_a_token_is_served_only_on_loopback_unless_allowed() {
+        let mut settings = Settings::from_env().expect("the defaults parse");
+        settings.api_token = None;
+        settings.allow_unauthenticated = false;
+        for loopback in [
+            &["127.0.0.1:8080"][..],
+            &["127.0.0.9:1"],
+            &["[::1]:8080", "127.0.0.1:8080"],
+        ] {
+            assert_eq!(
+                settings.open_api_refusal(&addrs(loopback)),
+                None,
+                "{loopback:?}"
+            );
+        }
+        for exposed in [
+            &["0.0.0.0:8080"][..],
+            &["[::]:8080"],
+            &["127.0.0.1:1", "10.0.0.5:1"],
+        ] {
+            let refusal = settings.open_api_refusal(&addrs(exposed));
+            let message = refusal.unwrap_or_else(|| panic!("{exposed:?} was allowed"));
+            assert!(
+                message.contains("SAGA_API_TOKEN")
+                    && message.contains("SAGA_ALLOW_UNAUTHENTICATED"),
+                "{message}"
+            );
+        }
+        settings.api_token = Some(String::new());
+        assert!(
+            settings.open_api_refusal(&addrs(&["0.0.0.0:1"])).is_some(),
+            "an empty token is none"
+        );
+        settings.api_token = Some("s3cret".into());
+        assert_eq!(settings.open_api_refusal(&addrs(&["0.0.0.0:1"])), None);
+        settings.api_token = None;
+        settings.allow_unauthenticated = true;
+        assert_eq!(settings.open_api_refusal(&addrs(&["0.0.0.0:1"])), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::{Api, TcpProxy, TestDb, TestNamespace};
 pub struct TestAppBuilder {
     api_token: Option<String>,
     max_body_bytes: Option<usize>,
+    check_back_hosts: Vec<String>,
     via_proxy: bool,
 }
 
@@ -26,6 +27,12 @@ impl TestAppBuilder {
     /// Sets `SAGA_MAX_BODY_BYTES`.
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = Some(bytes);
+        self
+    }
+
+    /// Sets `SAGA_CHECK_BACK_HOSTS`.
+    pub fn check_back_hosts(mut self, hosts: &[&str]) -> Self {
+        self.check_back_hosts = hosts.iter().map(|h| h.to_string()).collect();
         self
     }
 
@@ -56,6 +63,7 @@ impl TestAppBuilder {
         if let Some(bytes) = self.max_body_bytes {
             settings.max_body_bytes = bytes;
         }
+        settings.check_back_hosts = self.check_back_hosts.clone();
         // Tests run in parallel against one Postgres (max_connections 100).
         settings.db_pool_size = 8;
 

@@ -14,14 +14,18 @@ use tokio::task::JoinHandle;
 pub struct CheckAnswer {
     pub status: u16,
     pub body: String,
+    /// Extra response headers (`Location`, ...).
+    pub headers: Vec<(String, String)>,
+    /// Whether to send `content-length`; without it the body ends when the connection closes.
+    pub content_length: bool,
 }
 
 impl CheckAnswer {
     /// `200 {"outcome": outcome}`.
     pub fn outcome(outcome: &str) -> CheckAnswer {
         CheckAnswer {
-            status: 200,
             body: format!("{{\"outcome\": \"{outcome}\"}}"),
+            ..CheckAnswer::status(200)
         }
     }
 
@@ -29,6 +33,28 @@ impl CheckAnswer {
         CheckAnswer {
             status,
             body: "{}".into(),
+            headers: Vec::new(),
+            content_length: true,
+        }
+    }
+
+    /// `302` to `location`.
+    pub fn redirect(location: &str) -> CheckAnswer {
+        CheckAnswer {
+            headers: vec![("location".into(), location.into())],
+            ..CheckAnswer::status(302)
+        }
+    }
+
+    /// `200 {"outcome": outcome, "padding": ...}` of `bytes` bytes or more: an answer the
+    /// coordinator must not read to the end.
+    pub fn oversized(outcome: &str, bytes: usize) -> CheckAnswer {
+        CheckAnswer {
+            body: format!(
+                "{{\"outcome\": \"{outcome}\", \"padding\": \"{}\"}}",
+                "x".repeat(bytes)
+            ),
+            ..CheckAnswer::status(200)
         }
     }
 }
@@ -81,12 +107,17 @@ impl CheckBackServer {
                         *n
                     };
                     let answer = script(&saga_id, n);
-                    let response = format!(
-                        "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
-                        answer.status,
-                        answer.body.len(),
-                        answer.body
+                    let mut head = format!(
+                        "HTTP/1.1 {} X\r\ncontent-type: application/json\r\nconnection: close\r\n",
+                        answer.status
                     );
+                    if answer.content_length {
+                        head.push_str(&format!("content-length: {}\r\n", answer.body.len()));
+                    }
+                    for (name, value) in &answer.headers {
+                        head.push_str(&format!("{name}: {value}\r\n"));
+                    }
+                    let response = format!("{head}\r\n{}", answer.body);
                     let _ = stream.write_all(response.as_bytes()).await;
                     let _ = stream.shutdown().await;
                 });

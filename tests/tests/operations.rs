@@ -291,6 +291,43 @@ async fn unknown_sagas_are_404() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_a_route_lacks_is_405_with_allow_and_an_unknown_path_404() {
+    let app = TestApp::start().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let cases = [
+        (Method::DELETE, "/api/v1/sagas".to_owned(), "POST, GET"),
+        (Method::PUT, format!("/api/v1/sagas/{id}"), "GET"),
+        (Method::GET, format!("/api/v1/sagas/{id}/abort"), "POST"),
+        (Method::POST, "/healthz".to_owned(), "GET"),
+        (Method::POST, "/api/v1/openapi.json".to_owned(), "GET"),
+        (Method::GET, "/dashboard/login".to_owned(), "POST"),
+    ];
+    for (method, path, allow) in cases {
+        let response = app
+            .request(method.clone(), &path)
+            .send()
+            .await
+            .expect("request");
+        let allow_header = response
+            .headers()
+            .get(reqwest::header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        assert_eq!(allow_header.as_deref(), Some(allow), "{method} {path}");
+        let body = expect_problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
+        assert_eq!(body["status"], 405, "{body}");
+    }
+    for path in ["/api/v1/nothing", "/api/v1/sagas/x/y/z", "/nothing"] {
+        let response = app
+            .request(Method::GET, path)
+            .send()
+            .await
+            .expect("request");
+        expect_problem(response, StatusCode::NOT_FOUND).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_token_guards_the_api_but_not_health() {
     let app = TestApp::builder().api_token("s3cret-token").start().await;
     let _shop = FakeParticipant::always_succeed(&app.ns, "shop").await;

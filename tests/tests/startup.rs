@@ -432,3 +432,59 @@ async fn sigterm_while_waiting_for_postgres_exits_0() {
         .expect("the coordinator stops on SIGTERM while waiting");
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_serve_refuses_a_public_address_unless_told_an_open_api_is_meant() {
+    let db = e2e::test_db();
+    let ns = TestNamespace::new();
+    let (url, namespace) = (db.url().to_string(), ns.name().to_string());
+    let refused = blocking(move || {
+        run_to_completion(
+            BIN,
+            &["serve"],
+            &[
+                ("SAGA_DATABASE_URL", url.as_str()),
+                ("SAGA_AMQP_URL", &e2e::amqp_url()),
+                ("SAGA_NAMESPACE", &namespace),
+                ("SAGA_HTTP_ADDR", "0.0.0.0:0"),
+            ],
+            Duration::from_secs(60),
+        )
+    })
+    .await
+    .expect("the coordinator exits by itself");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "serve refused: {stderr}");
+    assert!(
+        stderr.contains("without a token")
+            && stderr.contains("SAGA_API_TOKEN")
+            && stderr.contains("SAGA_ALLOW_UNAUTHENTICATED=true"),
+        "it says why and what to set: {stderr}"
+    );
+
+    for setting in [
+        ("SAGA_ALLOW_UNAUTHENTICATED", "true"),
+        ("SAGA_API_TOKEN", "s3cret-token"),
+    ] {
+        let (url, namespace) = (db.url().to_string(), ns.name().to_string());
+        let coordinator = blocking(move || {
+            CoordinatorProcess::start(
+                BIN,
+                &url,
+                &e2e::amqp_url(),
+                &namespace,
+                &[("SAGA_HTTP_ADDR", "0.0.0.0:0"), setting],
+            )
+        })
+        .await
+        .unwrap_or_else(|e| panic!("it starts with {setting:?}: {e:#}"));
+        assert!(coordinator.http_addr().ip().is_unspecified());
+        let health = coordinator
+            .api()
+            .request_anonymous(Method::GET, "/healthz")
+            .send()
+            .await
+            .expect("healthz");
+        assert_eq!(health.status(), StatusCode::OK, "{setting:?}");
+    }
+}

@@ -168,8 +168,8 @@ async fn http_check_back_answers_committed_aborted_and_pending() {
             (Some("error-then-committed"), 1) => CheckAnswer::status(503),
             (Some("error-then-committed"), _) => CheckAnswer::outcome("committed"),
             (Some("garbage-then-aborted"), 1) => CheckAnswer {
-                status: 200,
                 body: "<html>not an answer</html>".into(),
+                ..CheckAnswer::status(200)
             },
             (Some("garbage-then-aborted"), _) => CheckAnswer::outcome("aborted"),
             (Some(outcome), _) => CheckAnswer::outcome(outcome),
@@ -332,4 +332,105 @@ async fn prepared_sagas_survive_a_coordinator_crash() {
     api.wait_for_state(&by_check, &["committed"], SAGA_TIMEOUT)
         .await;
     assert_eq!(shop.commands_for(&by_check).len(), 2);
+}
+
+/// A redirect, or an answer over the size cap (announced or not), is no answer: the saga is neither
+/// committed nor aborted by it, and is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_check_backs_follow_no_redirect_and_read_no_oversized_answer() {
+    let app = TestApp::start().await;
+    let shop = FakeParticipant::always_succeed(&app.ns, "shop").await;
+    // Where a redirect points: it would commit every saga it were asked about.
+    let elsewhere = CheckBackServer::start(|_, _| CheckAnswer::outcome("committed")).await;
+    let target = elsewhere.url();
+    let answers: Arc<std::sync::Mutex<std::collections::HashMap<String, &'static str>>> =
+        Arc::default();
+    let table = answers.clone();
+    let server = CheckBackServer::start(move |id, n| {
+        let answer = table.lock().expect("answers").get(id).copied();
+        match (answer, n) {
+            (Some("redirect"), 1) => CheckAnswer::redirect(&target),
+            (Some("oversized"), 1) => CheckAnswer::oversized("committed", 70 * 1024),
+            (Some("oversized-unannounced"), 1) => CheckAnswer {
+                content_length: false,
+                ..CheckAnswer::oversized("committed", 70 * 1024)
+            },
+            (Some(_), _) => CheckAnswer::outcome("aborted"),
+            (None, _) => CheckAnswer::status(404),
+        }
+    })
+    .await;
+
+    let mut ids = Vec::new();
+    for answer in ["redirect", "oversized", "oversized-unannounced"] {
+        let def = prepared_saga(fast_check_back(json!({"url": server.url()}), 5), 200);
+        let id = app.submit_id(&def).await;
+        answers.lock().expect("answers").insert(id.clone(), answer);
+        ids.push((answer, id));
+    }
+    for (answer, id) in &ids {
+        app.wait_for_state(id, &["aborted"], SAGA_TIMEOUT).await;
+        assert_eq!(server.calls_for(id), 2, "{answer}: asked again");
+        assert_eq!(elsewhere.calls_for(id), 0, "{answer}: no redirect followed");
+        assert!(
+            shop.commands_for(id).is_empty(),
+            "{answer}: nothing dispatched"
+        );
+        let events = app.events(id).await;
+        let error = events_of_type(&events, "retry_scheduled")[0]["detail"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let expected = if *answer == "redirect" {
+            "do not follow redirects"
+        } else {
+            "larger than 65536 bytes"
+        };
+        assert!(error.contains(expected), "{answer}: {error}");
+    }
+}
+
+/// With `SAGA_CHECK_BACK_HOSTS` set, a check-back URL naming another host (or port) is refused at
+/// submission, on its field; a listed one is accepted and asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_back_urls_outside_the_listed_hosts_are_refused_at_submission() {
+    let server = CheckBackServer::start(|_, _| CheckAnswer::outcome("aborted")).await;
+    let listed = server.url();
+    let authority = listed
+        .trim_start_matches("http://")
+        .trim_end_matches("/check")
+        .to_owned();
+    let app = TestApp::builder()
+        .check_back_hosts(&["orders.internal", &authority])
+        .start()
+        .await;
+    let port = authority
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .unwrap_or_default();
+    let other_port: u16 = port.parse::<u16>().expect("a port").wrapping_add(1);
+    for unlisted in [
+        format!("http://localhost:{port}/check"),
+        format!("http://127.0.0.1:{other_port}/check"),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+    ] {
+        let def = prepared_saga(json!({"url": unlisted}), 200);
+        let refused =
+            expect_problem(app.submit(&def).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(
+            refused["errors"][0]["field"], "check_back.url",
+            "{unlisted}: {refused}"
+        );
+    }
+    assert_eq!(
+        expect_json(app.list(&[]).await, StatusCode::OK).await["items"]
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "nothing stored"
+    );
+    let def = prepared_saga(fast_check_back(json!({"url": listed}), 5), 200);
+    let id = app.submit_id(&def).await;
+    app.wait_for_state(&id, &["aborted"], SAGA_TIMEOUT).await;
+    assert_eq!(server.calls_for(&id), 1);
 }

@@ -5,6 +5,10 @@
 //! command; only the URL form is executed here. It is not written to the outbox: if the coordinator
 //! crashes with a request out, the attempt's durable reply timeout fires after the restart and the
 //! machine asks again, so nothing is lost by keeping the request in memory.
+//!
+//! The URL comes from a client, so the request stays narrow: redirects are not followed (a 3xx is
+//! no answer), the answer is read only up to [`MAX_ANSWER_BYTES`], and the check-back's timeout
+//! bounds the whole exchange. Each of these is an unusable answer: `retry`, ask again later.
 
 use std::time::Duration;
 
@@ -12,6 +16,9 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::saga::{CommandKind, Outcome, Reply};
+
+/// The largest answer read from a check-back URL; `{"outcome": "committed"}` needs 24 bytes.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// The body a check-back URL answers with.
 #[derive(Deserialize)]
@@ -37,6 +44,8 @@ impl HttpCheckBack {
     pub fn new() -> Self {
         let client = reqwest::Client::builder()
             .user_agent(concat!("saga-coordinator/", env!("CARGO_PKG_VERSION")))
+            // A redirect could lead the coordinator anywhere, past the check-back host allow-list.
+            .redirect(reqwest::redirect::Policy::none())
             .build();
         if let Err(e) = &client {
             log::error!(
@@ -77,7 +86,7 @@ impl HttpCheckBack {
             .client
             .as_ref()
             .ok_or_else(|| "the coordinator has no HTTP client".to_string())?;
-        let response = client
+        let mut response = client
             .get(url)
             .query(&[("saga_id", saga_id.to_string())])
             .timeout(timeout)
@@ -85,13 +94,33 @@ impl HttpCheckBack {
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;
         let status = response.status();
+        if status.is_redirection() {
+            return Err(format!(
+                "GET {url} answered {status}: check-backs do not follow redirects"
+            ));
+        }
         if !status.is_success() {
             return Err(format!("GET {url} answered {status}"));
         }
-        let body = response
-            .bytes()
+        let too_large = || format!("GET {url}: the answer is larger than {MAX_ANSWER_BYTES} bytes");
+        if response
+            .content_length()
+            .is_some_and(|length| length > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        // Read piece by piece, so that an endless answer costs no more than the cap.
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| format!("GET {url}: reading the answer: {e}"))?;
+            .map_err(|e| format!("GET {url}: reading the answer: {e}"))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
         serde_json::from_slice::<CheckBackAnswer>(&body)
             .map(|a| a.outcome)
             .map_err(|e| {

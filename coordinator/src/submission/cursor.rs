@@ -11,11 +11,13 @@ use serde_json::Value;
 
 use super::FieldError;
 
-/// Longest name (saga, step, participant, action, compensation).
-const MAX_NAME_LEN: usize = 64;
+use super::MAX_NAME_LEN;
 
-const NAME_RULE: &str =
-    "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ (1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit)";
+const NAME_RULE: &str = concat!(
+    "must match ",
+    name_pattern!(),
+    " (1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit)"
+);
 
 /// Marks a value that was present but invalid; its error has already been recorded. Lets callers
 /// tell "absent, use the default" from "broken" without reporting twice.
@@ -178,6 +180,7 @@ fn is_valid_name(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use serde_json::json;
 
     use super::*;
@@ -209,5 +212,14 @@ mod tests {
         assert_eq!(cursor.field("steps").item(1).value(), None);
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, vec!["", "steps[0].retry.max_attempts"]);
+    }
+
+    proptest! {
+        /// The pattern the OpenAPI document publishes is the rule the hand-written check applies.
+        #[test]
+        fn the_published_name_pattern_is_the_rule(name in "[A-Za-z0-9._:\\- \n\u{e9}]{0,70}") {
+            let published = regex::Regex::new(super::super::NAME_PATTERN).expect("a regex");
+            prop_assert_eq!(published.is_match(&name), is_valid_name(&name), "{:?}", name);
+        }
     }
 }

@@ -15,6 +15,14 @@
 //! check-back). Errors come in the order of those parts, and within a part in the order its
 //! fields are read.
 
+/// The pattern every name (saga, step, participant, action, compensation) matches; a macro so that
+/// the error message can embed it at compile time.
+macro_rules! name_pattern {
+    () => {
+        "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+    };
+}
+
 mod cursor;
 mod retry;
 mod saga_fields;
@@ -31,6 +39,18 @@ use cursor::Cursor;
 use saga_fields::parse_saga_fields;
 use steps::parse_steps;
 use two_phase::parse_two_phase;
+pub use two_phase::CheckBackHosts;
+
+/// What every name matches (checked by hand in `cursor.rs`, published in the OpenAPI document).
+pub const NAME_PATTERN: &str = name_pattern!();
+/// Longest name (saga, step, participant, action, compensation), in characters.
+pub const MAX_NAME_LEN: usize = 64;
+/// Accepted range of a retry policy's `multiplier`.
+pub const MULTIPLIER_RANGE: std::ops::RangeInclusive<f64> = 1.0..=100.0;
+/// What a check-back URL matches: `http://` or `https://`, then a host and no whitespace or control
+/// character (checked by hand in `two_phase.rs`, published in the OpenAPI document).
+pub const CHECK_BACK_URL_PATTERN: &str = "^https?://[^\\s\\u0000-\\u001f\\u007f-\\u009f]+$";
+pub use crate::saga::definition::MAX_STEPS;
 
 /// Longest accepted `timeout_ms` / `prepare_timeout_ms`: 30 days. Anything longer is almost
 /// certainly a unit mistake (seconds vs. milliseconds gone wrong the other way).

@@ -2,11 +2,8 @@
 //! the client leaves out keeps the default of the policy's kind.
 
 use super::cursor::Cursor;
-use super::{MAX_ATTEMPTS, MAX_BACKOFF_MS};
+use super::{MAX_ATTEMPTS, MAX_BACKOFF_MS, MULTIPLIER_RANGE};
 use crate::saga::definition::RetryPolicy;
-
-/// Accepted range of a retry policy's `multiplier`.
-const MULTIPLIER_RANGE: std::ops::RangeInclusive<f64> = 1.0..=100.0;
 
 const RETRY_FIELDS: &[&str] = &[
     "max_attempts",

@@ -5,11 +5,85 @@ use serde_json::Value;
 
 use super::cursor::{Cursor, Reported};
 use super::retry::parse_retry;
-use super::MAX_TIMEOUT_MS;
+use super::{FieldError, MAX_TIMEOUT_MS};
 use crate::saga::definition::{
-    CheckBack, RetryPolicy, SubmissionMode, DEFAULT_CHECK_BACK_TIMEOUT_MS,
+    CheckBack, RetryPolicy, SagaDefinition, SubmissionMode, DEFAULT_CHECK_BACK_TIMEOUT_MS,
     DEFAULT_PREPARE_TIMEOUT_MS,
 };
+
+/// The hosts HTTP check-backs may be sent to (`SAGA_CHECK_BACK_HOSTS`); empty admits every host.
+/// A check-back URL is a request the coordinator makes on a client's behalf, so an operator may
+/// confine it to the initiators' hosts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckBackHosts(Vec<ListedHost>);
+
+/// `host` (any port) or `host:port`, the host as the URL parser normalises it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ListedHost {
+    host: String,
+    port: Option<u16>,
+}
+
+impl CheckBackHosts {
+    /// Reads `host` and `host:port` entries (IPv6 in brackets); blank entries are skipped.
+    pub fn parse(entries: &[String]) -> Result<CheckBackHosts, String> {
+        let mut listed = Vec::new();
+        for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+            let wrong = || format!("check-back host {entry:?} is not `host` or `host:port`");
+            let (host, port) = match entry.rsplit_once(':') {
+                Some((host, port))
+                    if !port.is_empty()
+                        && port.chars().all(|c| c.is_ascii_digit())
+                        && (!host.starts_with('[') || host.ends_with(']')) =>
+                {
+                    (host, Some(port.parse::<u16>().map_err(|_| wrong())?))
+                }
+                _ => (entry, None),
+            };
+            // The same parser as the check-back request's, so both read the host alike.
+            let parsed = url::Url::parse(&format!("http://{host}/")).map_err(|_| wrong())?;
+            match parsed.host_str() {
+                Some(normal) if parsed.path() == "/" && parsed.username().is_empty() => {
+                    listed.push(ListedHost {
+                        host: normal.to_owned(),
+                        port,
+                    });
+                }
+                _ => return Err(wrong()),
+            }
+        }
+        Ok(CheckBackHosts(listed))
+    }
+
+    /// Whether check-backs may be sent to `url`: always when no host is listed.
+    pub fn admits(&self, url: &str) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        let Ok(parsed) = url::Url::parse(url) else {
+            return false;
+        };
+        let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+            return false;
+        };
+        self.0
+            .iter()
+            .any(|listed| listed.host == host && listed.port.is_none_or(|p| p == port))
+    }
+
+    /// The broken rule of a definition whose check-back URL is not admitted, if it is not.
+    pub fn refusal(&self, definition: &SagaDefinition) -> Option<FieldError> {
+        match &definition.check_back {
+            Some(CheckBack::Url(url)) if !self.admits(url) => Some(FieldError {
+                field: "check_back.url".into(),
+                message: "names a host the coordinator does not send check-backs to \
+                          (SAGA_CHECK_BACK_HOSTS)"
+                    .into(),
+            }),
+            _ => None,
+        }
+    }
+}
 
 const CHECK_BACK_FIELDS: &[&str] = &["participant", "url", "timeout_ms", "retry"];
 
@@ -147,7 +221,94 @@ mod tests {
         DEFAULT_PREPARE_TIMEOUT_MS,
     };
     use crate::submission::fixtures::{minimal, single_error, with};
-    use crate::submission::parse_submission;
+    use crate::submission::{parse_submission, CheckBackHosts};
+
+    fn hosts(entries: &[&str]) -> CheckBackHosts {
+        let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+        CheckBackHosts::parse(&entries).expect("valid entries")
+    }
+
+    #[test]
+    fn listed_check_back_hosts_admit_only_their_urls() {
+        let none = hosts(&[]);
+        assert!(
+            none.admits("http://anywhere:1/x"),
+            "no list admits every host"
+        );
+        assert_eq!(hosts(&["", " "]), none);
+
+        let listed = hosts(&["Orders", "billing:8080", "[::1]:9000", "10.0.0.5"]);
+        for admitted in [
+            "http://orders/check",
+            "https://ORDERS:8443/check?x=1",
+            "http://billing:8080/check",
+            "http://[::1]:9000/c",
+            "http://10.0.0.5:7/c",
+        ] {
+            assert!(listed.admits(admitted), "{admitted}");
+        }
+        for refused in [
+            "http://billing/check",
+            "http://billing:8081/check",
+            "http://evil/check",
+            "http://orders.evil/check",
+            "http://orders@evil/check",
+            "http://evil\\@orders/check",
+            "http://[::1]:9001/c",
+            "not a url",
+        ] {
+            assert!(!listed.admits(refused), "{refused}");
+        }
+        // An explicit default port still names that port only.
+        let port_80 = hosts(&["web:80"]);
+        assert!(port_80.admits("http://web/c"));
+        assert!(!port_80.admits("https://web/c"));
+
+        for wrong in [
+            "http://orders",
+            "orders/check",
+            "a b",
+            "host:99999",
+            "user@host",
+        ] {
+            let entries = vec![wrong.to_string()];
+            assert!(CheckBackHosts::parse(&entries).is_err(), "{wrong:?}");
+        }
+    }
+
+    #[test]
+    fn an_unlisted_check_back_url_is_refused_on_its_field() {
+        let listed = hosts(&["orders:8080"]);
+        let submit = |check_back: Value| {
+            let body = with(
+                with(minimal(), "mode", json!("prepare")),
+                "check_back",
+                check_back,
+            );
+            parse_submission(&body).expect("valid")
+        };
+        let refused = listed
+            .refusal(&submit(json!({"url": "http://evil:8080/check"})))
+            .expect("refused");
+        assert_eq!(refused.field, "check_back.url");
+        assert!(
+            refused.message.contains("SAGA_CHECK_BACK_HOSTS"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(
+            listed.refusal(&submit(json!({"url": "http://orders:8080/c"}))),
+            None
+        );
+        assert_eq!(
+            listed.refusal(&submit(json!({"participant": "orders"}))),
+            None
+        );
+        assert_eq!(
+            listed.refusal(&parse_submission(&minimal()).expect("valid")),
+            None
+        );
+    }
 
     #[test]
     fn mode_rules() {
@@ -270,5 +431,23 @@ mod tests {
             &prepare(json!({"participant": "o", "retry": {"max_attempts": 0}})),
             "check_back.retry.max_attempts",
         );
+    }
+
+    proptest::proptest! {
+        /// The URL pattern the OpenAPI document publishes accepts exactly what the parser does.
+        #[test]
+        fn the_published_url_pattern_is_the_rule(
+            url in "(https?://|http:/|ftp://)?[a-z:/.\u{0}\u{1f}\u{7f}\u{85}\u{a0} \t]{0,12}"
+        ) {
+            let published = regex::Regex::new(crate::submission::CHECK_BACK_URL_PATTERN)
+                .expect("a regex");
+            let body = with(with(minimal(), "mode", json!("prepare")), "check_back", json!({"url": url}));
+            proptest::prop_assert_eq!(
+                published.is_match(&url),
+                parse_submission(&body).is_ok(),
+                "{:?}",
+                url
+            );
+        }
     }
 }

@@ -2,8 +2,10 @@
 //! cookie that stands in for it, and the refusal of cross-site changes. [`require_token`] guards
 //! `/api/v1` and `/dashboard/api`; [`login`] and [`logout`] are the dashboard's.
 //!
-//! With `SAGA_API_TOKEN` set, `POST /dashboard/login` checks the token once and stores it (hex-encoded)
-//! in the cookie [`COOKIE`]: HttpOnly (no script can read it), SameSite=Strict (no other site's page
+//! With `SAGA_API_TOKEN` set, `POST /dashboard/login` checks the token once and sets the cookie
+//! [`COOKIE`] to a proof of it, not the token: a random session id and the HMAC-SHA256 of that id
+//! keyed by the token (`{id}.{mac}`, hex), so a leaked cookie does not reveal the token, and the
+//! server recognises its cookies without storing sessions. The cookie is HttpOnly (no script can read it), SameSite=Strict (no other site's page
 //! makes the browser send it). The API's token check accepts the cookie instead of the bearer header,
 //! but a state-changing request authenticated by the cookie must also carry [`DASHBOARD_HEADER`]: a
 //! custom header that another origin cannot add without a CORS preflight, which this server never
@@ -18,8 +20,10 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
+use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use serde_json::json;
+use sha2::Sha256;
 
 use super::error::ApiError;
 use super::state::AppState;
@@ -107,14 +111,50 @@ fn from_dashboard(req: &HttpRequest) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case(DASHBOARD_HEADER_VALUE))
 }
 
-/// The token the cookie carries matches `expected`.
-fn cookie_matches(req: &HttpRequest, expected: &str) -> bool {
+/// The request's cookie proves `token` (see [`session_cookie`]).
+fn cookie_matches(req: &HttpRequest, token: &str) -> bool {
     req.cookie(COOKIE)
-        .is_some_and(|c| constant_time_eq(c.value().as_bytes(), hex(expected).as_bytes()))
+        .is_some_and(|c| cookie_proves(c.value(), token))
 }
 
-fn hex(text: &str) -> String {
-    text.bytes().map(|b| format!("{b:02x}")).collect()
+type SessionMac = Hmac<Sha256>;
+
+/// A new cookie value proving `token`: `{session id}.{HMAC-SHA256(token, session id)}`, both hex.
+fn session_cookie(token: &str) -> Option<String> {
+    let session = hex(&rand::random::<[u8; 32]>());
+    let mut mac = <SessionMac as KeyInit>::new_from_slice(token.as_bytes()).ok()?;
+    mac.update(session.as_bytes());
+    Some(format!("{session}.{}", hex(&mac.finalize().into_bytes())))
+}
+
+/// Whether `value` is a cookie made by [`session_cookie`] for `token`; the MAC is compared in
+/// constant time.
+fn cookie_proves(value: &str, token: &str) -> bool {
+    let Some((session, tag)) = value.split_once('.') else {
+        return false;
+    };
+    let (Some(tag), Ok(mut mac)) = (
+        unhex(tag),
+        <SessionMac as KeyInit>::new_from_slice(token.as_bytes()),
+    ) else {
+        return false;
+    };
+    mac.update(session.as_bytes());
+    mac.verify_slice(&tag).is_ok()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -139,7 +179,9 @@ pub async fn login(
     if !constant_time_eq(body.token.as_bytes(), expected.as_bytes()) {
         return Err(ApiError::Unauthorized);
     }
-    let cookie = Cookie::build(COOKIE, hex(expected))
+    let value = session_cookie(expected)
+        .ok_or_else(|| ApiError::Internal("cannot make a session cookie".into()))?;
+    let cookie = Cookie::build(COOKIE, value)
         .path("/")
         .http_only(true)
         .same_site(SameSite::Strict)
@@ -164,4 +206,55 @@ pub async fn logout(req: HttpRequest) -> Result<HttpResponse, ApiError> {
         .finish();
     cookie.make_removal();
     Ok(HttpResponse::NoContent().cookie(cookie).finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cookie_proves, hex, session_cookie};
+
+    const TOKEN: &str = "s3cret-token";
+
+    #[test]
+    fn the_cookie_proves_the_token_without_carrying_it() {
+        let cookie = session_cookie(TOKEN).expect("a cookie");
+        assert!(!cookie.contains(TOKEN), "{cookie}");
+        assert!(!cookie.contains(&hex(TOKEN.as_bytes())), "{cookie}");
+        assert!(cookie_proves(&cookie, TOKEN));
+        assert_ne!(
+            session_cookie(TOKEN),
+            Some(cookie.clone()),
+            "a new session each login"
+        );
+        assert!(
+            !cookie_proves(&cookie, "another-token"),
+            "a token change ends every session"
+        );
+    }
+
+    #[test]
+    fn a_forged_or_altered_cookie_is_refused() {
+        let cookie = session_cookie(TOKEN).expect("a cookie");
+        let (session, tag) = cookie.split_once('.').expect("id.mac");
+        let flip = |text: &str, at: usize| {
+            let mut bytes = text.as_bytes().to_vec();
+            bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+            String::from_utf8(bytes).expect("ascii")
+        };
+        let other = session_cookie(TOKEN).expect("another cookie");
+        let (_, other_tag) = other.split_once('.').expect("id.mac");
+        for forged in [
+            format!("{}.{tag}", flip(session, 0)),
+            format!("{session}.{}", flip(tag, tag.len() - 1)),
+            format!("{session}.{other_tag}"),
+            format!("{session}.{}", &tag[..tag.len() - 2]),
+            format!("{session}."),
+            session.to_owned(),
+            hex(TOKEN.as_bytes()),
+            TOKEN.to_owned(),
+            String::new(),
+            format!("{session}.{}", "é".repeat(32)),
+        ] {
+            assert!(!cookie_proves(&forged, TOKEN), "{forged:?} was accepted");
+        }
+    }
 }

@@ -16,10 +16,11 @@ pub mod error;
 pub mod http;
 pub mod state;
 
+use actix_web::dev::ResourceDef;
 use actix_web::error::JsonPayloadError;
 use actix_web::http::Method;
 use actix_web::middleware::from_fn;
-use actix_web::{web, FromRequest, Handler, HttpResponse, Responder};
+use actix_web::{web, FromRequest, Handler, HttpRequest, HttpResponse, Responder};
 
 use auth::require_token;
 use error::ApiError;
@@ -114,12 +115,53 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
     }
     cfg.service(api)
         .configure(dashboard::configure)
-        .default_service(web::to(not_found));
+        .default_service(web::to(no_route));
 }
 
-async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound("no such route".into()))
+/// Reached when no route matched both path and method: a path some route has answers 405 with the
+/// methods it has in `Allow`; any other path is 404.
+async fn no_route(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let allowed = allowed_methods(request.path());
+    if allowed.is_empty() {
+        return Err(ApiError::NotFound("no such route".into()));
+    }
+    Err(ApiError::MethodNotAllowed {
+        method: request.method().to_string(),
+        allowed,
+    })
+}
+
+/// The methods registered for `path`, over every route `configure` registers, in table order.
+fn allowed_methods(path: &str) -> Vec<String> {
+    let table = route_table();
+    let registered = table
+        .iter()
+        .map(|(method, pattern)| (method.as_str(), pattern.as_str()))
+        .chain(http::api_page::ROUTES.iter().copied())
+        .chain(dashboard::ROUTES.iter().copied());
+    let mut allowed: Vec<String> = Vec::new();
+    for (method, pattern) in registered {
+        if ResourceDef::new(pattern).is_match(path) && !allowed.iter().any(|m| m == method) {
+            allowed.push(method.to_owned());
+        }
+    }
+    allowed
 }
 
 #[cfg(test)]
 mod starting_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::allowed_methods;
+
+    #[test]
+    fn a_known_path_lists_its_methods_and_an_unknown_one_none() {
+        assert_eq!(allowed_methods("/api/v1/sagas"), ["POST", "GET"]);
+        assert_eq!(allowed_methods("/api/v1/sagas/abc/abort"), ["POST"]);
+        assert_eq!(allowed_methods("/sagas/abc"), ["GET"]);
+        assert_eq!(allowed_methods("/healthz"), ["GET"]);
+        assert!(allowed_methods("/api/v1/nothing-here").is_empty());
+        assert!(allowed_methods("/api/v1/sagas/abc/def/ghi").is_empty());
+    }
+}

@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::runtime::changes::Changes;
 use crate::runtime::Registry;
 use crate::store::Store;
+use crate::submission::CheckBackHosts;
 use crate::web::error::ApiError;
 
 /// What every handler can reach.
@@ -26,6 +27,9 @@ pub struct AppState {
     pub metrics: std::sync::Arc<Metrics>,
     pub api_token: Option<String>,
     pub max_body_bytes: usize,
+    /// Where HTTP check-backs may go (`SAGA_CHECK_BACK_HOSTS`); a submission naming another host
+    /// is refused. Admits every host unless set.
+    pub check_back_hosts: CheckBackHosts,
     /// Browses `{ns}.dead-letters` for the dashboard.
     pub dead_letters: DeadLetterBrowser,
 }
@@ -67,6 +71,7 @@ impl AppState {
             metrics,
             api_token,
             max_body_bytes,
+            check_back_hosts: CheckBackHosts::default(),
             dead_letters,
         }
     }

@@ -30,6 +30,22 @@ const APP_CSS: &str = include_str!("assets/app.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
+/// The dashboard's routes by method and path, for the 405 answer of `web::configure` (kept beside
+/// `configure`, which registers exactly these).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/sagas/{id}"),
+    ("GET", "/dead-letters"),
+    ("GET", "/dashboard/app.js"),
+    ("GET", "/dashboard/app.css"),
+    ("POST", "/dashboard/login"),
+    ("POST", "/dashboard/logout"),
+    ("GET", "/dashboard/api/overview"),
+    ("GET", "/dashboard/api/sagas/{id}/definition"),
+    ("GET", "/dashboard/api/dead-letters"),
+    ("GET", "/dashboard/api/stream"),
+];
+
 /// Registers the dashboard's pages, assets and JSON endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(page))

@@ -34,6 +34,9 @@ const PAGE: &str = r##"<!doctype html>
 </html>
 "##;
 
+/// The API page's routes by method and path, for the 405 answer of `web::configure`.
+pub const ROUTES: &[(&str, &str)] = &[("GET", "/api/docs"), ("GET", "/api/docs/{file}")];
+
 /// Registers the page and its assets (not part of the API, so not in the OpenAPI document).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/docs", web::get().to(page))

@@ -5,8 +5,15 @@
 //! table against the document (`tests/tests/observability.rs`).
 
 use actix_web::HttpResponse;
+use serde_json::{json, Map, Value};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+
+use super::sagas::{DEFAULT_LIMIT, MAX_LIMIT, NOTE_PATTERN};
+use crate::submission::{
+    CHECK_BACK_URL_PATTERN, MAX_ATTEMPTS, MAX_BACKOFF_MS, MAX_KEY_CHARS, MAX_NAME_LEN, MAX_STEPS,
+    MAX_TIMEOUT_MS, MULTIPLIER_RANGE, NAME_PATTERN,
+};
 
 use super::schemas::{CommandKindName, Problem, SagaStateName, StepStateName};
 
@@ -44,9 +51,128 @@ use super::schemas::{CommandKindName, Problem, SagaStateName, StepStateName};
 )]
 pub struct ApiDoc;
 
-/// The document as served at `/api/v1/openapi.json`.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The document as served at `/api/v1/openapi.json`: the generated one with the constraints the
+/// server enforces written in from the constants that enforce them.
+pub fn openapi() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|e| {
+        log::error!("cannot serialise the OpenAPI document: {e}");
+        Value::Null
+    });
+    for (pointer, constraints) in constraints() {
+        match doc.pointer_mut(pointer).and_then(Value::as_object_mut) {
+            Some(schema) => schema.extend(constraints),
+            None => log::error!("the OpenAPI document has no {pointer}"),
+        }
+    }
+    doc
+}
+
+/// Where each rule of `crate::submission` (and of the handlers) goes in the document, as JSON
+/// Schema keywords. utoipa's attributes take literals only, so the values are written in here from
+/// the constants themselves, and the document cannot drift from the code.
+fn constraints() -> Vec<(&'static str, Map<String, Value>)> {
+    let object = |value: Value| match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    let name =
+        || object(json!({"minLength": 1, "maxLength": MAX_NAME_LEN, "pattern": NAME_PATTERN}));
+    let timeout = || object(json!({"minimum": 1, "maximum": MAX_TIMEOUT_MS}));
+    let backoff = || object(json!({"minimum": 0, "maximum": MAX_BACKOFF_MS}));
+    let closed = || object(json!({"additionalProperties": false}));
+    const SUBMISSION: &str = "/components/schemas/SagaSubmission";
+    const STEP: &str = "/components/schemas/StepSubmission";
+    const CHECK_BACK: &str = "/components/schemas/CheckBack";
+    const RETRY: &str = "/components/schemas/RetryPolicy";
+    vec![
+        // Unknown fields are errors (contract-notes), so the submission's objects are closed.
+        (SUBMISSION, closed()),
+        ("/components/schemas/SagaSubmission/properties/name", name()),
+        (
+            "/components/schemas/SagaSubmission/properties/key",
+            object(json!({"minLength": 1, "maxLength": MAX_KEY_CHARS})),
+        ),
+        (
+            "/components/schemas/SagaSubmission/properties/timeout_ms",
+            timeout(),
+        ),
+        (
+            "/components/schemas/SagaSubmission/properties/prepare_timeout_ms",
+            timeout(),
+        ),
+        (
+            "/components/schemas/SagaSubmission/properties/mode",
+            object(json!({"enum": ["run", "prepare", null]})),
+        ),
+        (
+            "/components/schemas/SagaSubmission/properties/steps",
+            object(json!({"maxItems": MAX_STEPS})),
+        ),
+        (STEP, closed()),
+        ("/components/schemas/StepSubmission/properties/name", name()),
+        (
+            "/components/schemas/StepSubmission/properties/participant",
+            name(),
+        ),
+        (
+            "/components/schemas/StepSubmission/properties/action",
+            name(),
+        ),
+        (
+            "/components/schemas/StepSubmission/properties/compensation",
+            name(),
+        ),
+        (
+            "/components/schemas/StepSubmission/properties/timeout_ms",
+            timeout(),
+        ),
+        (
+            "/components/schemas/StepSubmission/properties/after/items",
+            name(),
+        ),
+        (CHECK_BACK, closed()),
+        (
+            "/components/schemas/CheckBack/properties/participant",
+            name(),
+        ),
+        (
+            "/components/schemas/CheckBack/properties/url",
+            object(json!({"pattern": CHECK_BACK_URL_PATTERN})),
+        ),
+        (
+            "/components/schemas/CheckBack/properties/timeout_ms",
+            timeout(),
+        ),
+        (RETRY, closed()),
+        (
+            "/components/schemas/RetryPolicy/properties/max_attempts",
+            object(json!({"minimum": 1, "maximum": MAX_ATTEMPTS})),
+        ),
+        (
+            "/components/schemas/RetryPolicy/properties/initial_backoff_ms",
+            backoff(),
+        ),
+        (
+            "/components/schemas/RetryPolicy/properties/max_backoff_ms",
+            backoff(),
+        ),
+        (
+            "/components/schemas/RetryPolicy/properties/multiplier",
+            object(json!({
+                "minimum": MULTIPLIER_RANGE.start(),
+                "maximum": MULTIPLIER_RANGE.end(),
+            })),
+        ),
+        (
+            "/components/schemas/ResolveRequest/properties/note",
+            object(json!({"minLength": 1, "pattern": NOTE_PATTERN})),
+        ),
+        (
+            // The list's parameters in their order: state, name, limit, before.
+            "/paths/~1api~1v1~1sagas/get/parameters/2/schema",
+            object(json!({"minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT})),
+        ),
+    ]
 }
 
 /// This OpenAPI document.
@@ -78,10 +204,39 @@ mod tests {
 
     #[test]
     fn the_document_lists_every_state_from_the_domain() {
-        let doc = serde_json::to_value(openapi()).expect("serialises");
+        let doc = openapi();
         let states = &doc["components"]["schemas"]["SagaState"]["enum"];
         let expected: Vec<&str> = SagaState::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(states, &serde_json::json!(expected));
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
+
+    #[test]
+    fn the_document_carries_the_rules_the_server_enforces() {
+        let doc = openapi();
+        for (pointer, constraints) in constraints() {
+            let schema = doc
+                .pointer(pointer)
+                .unwrap_or_else(|| panic!("no {pointer}"));
+            for (keyword, value) in constraints {
+                assert_eq!(schema[&keyword], value, "{pointer} {keyword}");
+            }
+        }
+        let schemas = &doc["components"]["schemas"];
+        let name = &schemas["StepSubmission"]["properties"]["participant"];
+        assert_eq!(name["pattern"], crate::submission::NAME_PATTERN);
+        assert_eq!(name["maxLength"], 64);
+        assert_eq!(
+            schemas["RetryPolicy"]["properties"]["max_attempts"]["maximum"],
+            1000
+        );
+        assert_eq!(
+            schemas["ResolveRequest"]["properties"]["note"]["minLength"],
+            1
+        );
+        let limit = &doc["paths"]["/api/v1/sagas"]["get"]["parameters"][2];
+        assert_eq!(limit["name"], "limit");
+        assert_eq!(limit["schema"]["maximum"], 500);
+        assert_eq!(limit["schema"]["minimum"], 1);
     }
 }

@@ -16,8 +16,11 @@ use crate::web::document::{saga_document, saga_summary};
 use crate::web::error::ApiError;
 use crate::web::state::AppState;
 
-const DEFAULT_LIMIT: i64 = 50;
-const MAX_LIMIT: i64 = 500;
+/// Page size of the list when `limit` is not given, and the largest one accepted.
+pub(super) const DEFAULT_LIMIT: i64 = 50;
+pub(super) const MAX_LIMIT: i64 = 500;
+/// What a resolve `note` matches (as the OpenAPI document says it): something besides whitespace.
+pub(super) const NOTE_PATTERN: &str = "\\S";
 
 /// Submits a saga (contract, section 2 "Submit").
 #[utoipa::path(post, path = "/api/v1/sagas", tag = "sagas", security(("bearer" = [])),
@@ -34,6 +37,9 @@ pub async fn submit(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let definition = parse_submission(&body).map_err(ApiError::Invalid)?;
+    if let Some(refusal) = state.check_back_hosts.refusal(&definition) {
+        return Err(ApiError::Invalid(vec![refusal]));
+    }
     let traceparent = req
         .headers()
         .get("traceparent")
