@@ -1,12 +1,14 @@
 //! Benchmark of the saga coordinator (see `docs/benchmark.md`).
 //!
 //! The coordinator runs as a separate process (so its CPU and memory can be read from /proc), with a
-//! database and an AMQP namespace of its own. In-process participants answer every command at once;
+//! database and an AMQP namespace of its own; with `--instances N`, N of them share those, sagas are
+//! submitted to each in turn, and one can be stopped mid-run (`handover`). In-process participants answer every command at once;
 //! sagas are submitted over the HTTP API; a trigger in the coordinator's database notifies the bench
 //! when a saga's final state commits, which ends its latency. Postgres commits are counted from
 //! `pg_stat_database.xact_commit` of the coordinator's database.
 
 pub mod finals;
+pub mod handover;
 pub mod load;
 pub mod options;
 pub mod participants;
@@ -14,6 +16,7 @@ pub mod procstat;
 pub mod report;
 pub mod target;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,11 +27,12 @@ use load::{Recorder, Shared, Submitter};
 use options::{Mode, Options};
 use participants::Participants;
 use procstat::CpuWindow;
-use report::{BacklogFigures, Report};
+use report::{BacklogFigures, Report, StopOneFigures};
 use target::Target;
 
 /// Runs one benchmark as the options say and reports it.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    opts.check()?;
     let setup = opts.clone();
     let target = tokio::task::spawn_blocking(move || Target::prepare(&setup))
         .await
@@ -69,17 +73,50 @@ async fn commits(target: &Arc<Mutex<Target>>) -> anyhow::Result<i64> {
     tokio::task::spawn_blocking(move || lock(&target).commits()).await?
 }
 
+async fn unfinished(target: &Arc<Mutex<Target>>) -> anyhow::Result<i64> {
+    let target = Arc::clone(target);
+    tokio::task::spawn_blocking(move || lock(&target).unfinished()).await?
+}
+
+/// The stopper of `--kill-one-after`/`--term-one-after` after the run: its figures if it stopped
+/// one (waiting for the handover), nothing if the run ended first.
+async fn stopped_one(
+    stopper: Option<(
+        tokio::task::JoinHandle<anyhow::Result<StopOneFigures>>,
+        Arc<AtomicBool>,
+    )>,
+) -> Option<StopOneFigures> {
+    let (task, begun) = stopper?;
+    if !begun.load(Ordering::SeqCst) {
+        task.abort();
+        eprintln!("bench: the run ended before a coordinator was to be stopped");
+        return None;
+    }
+    match task.await {
+        Ok(Ok(figures)) => Some(figures),
+        Ok(Err(e)) => {
+            eprintln!("bench: stopping one coordinator: {e:#}");
+            None
+        }
+        Err(e) => {
+            eprintln!("bench: the stopper failed: {e}");
+            None
+        }
+    }
+}
+
 async fn drive(
     opts: &Options,
     target: &Arc<Mutex<Target>>,
     participants: &mut Participants,
     finals: &Arc<Finals>,
 ) -> anyhow::Result<Report> {
-    let (http, pid) = {
+    let (urls, pids) = {
         let t = lock(target);
-        (t.http.clone(), t.pid())
+        (t.urls(), t.pids())
     };
-    let submitter = Submitter::new(&http, opts)?;
+    let submitter = Submitter::new(&urls, opts)?;
+    let retries = Arc::clone(&submitter.retries);
     let shared: Shared = Arc::new(Mutex::new(Recorder::default()));
     tokio::time::sleep(Duration::from_millis(opts.stats_settle_ms)).await;
     let commits_before = commits(target).await?;
@@ -89,13 +126,25 @@ async fn drive(
     let on_window: load::OnWindow = {
         let cpu = Arc::clone(&cpu);
         Arc::new(move || {
-            *cpu.lock().unwrap_or_else(|e| e.into_inner()) = Some(CpuWindow::start(pid));
+            *cpu.lock().unwrap_or_else(|e| e.into_inner()) = Some(CpuWindow::start(pids.clone()));
         })
     };
     let mut backlog = None;
+    let mut stop_one = None;
     let timed_out = match opts.mode {
         Mode::Closed | Mode::Open => {
             participants.resume().await?;
+            let stopper = opts.stop_one().map(|(how, secs)| {
+                let begun = Arc::new(AtomicBool::new(false));
+                let task = tokio::spawn(handover::stop_one(
+                    Arc::clone(target),
+                    submitter.clone(),
+                    how,
+                    Duration::from_secs_f64(secs.max(0.0)),
+                    Arc::clone(&begun),
+                ));
+                (task, begun)
+            });
             let work = async {
                 if opts.mode == Mode::Closed {
                     load::closed(
@@ -117,7 +166,9 @@ async fn drive(
                     .await
                 }
             };
-            tokio::time::timeout(deadline, work).await.is_err()
+            let timed_out = tokio::time::timeout(deadline, work).await.is_err();
+            stop_one = stopped_one(stopper).await;
+            timed_out
         }
         Mode::Backlog => {
             let mut figures = BacklogFigures::default();
@@ -130,8 +181,7 @@ async fn drive(
             figures.submit_secs = submitting.elapsed().as_secs_f64();
             // Let the commands reach their queues before anything is measured.
             tokio::time::sleep(Duration::from_secs(2)).await;
-            if let Some(pid) = pid {
-                let (rss, peak) = procstat::memory(pid);
+            if let Some((rss, peak)) = procstat::memory_of(&lock(target).pids()) {
                 figures.waiting_rss_bytes = rss;
                 figures.waiting_peak_rss_bytes = peak;
             }
@@ -142,16 +192,15 @@ async fn drive(
                     tokio::task::spawn_blocking(move || lock(&t).restart(how)).await??;
                 figures.restart_stop_secs = Some(stopped.as_secs_f64());
                 figures.restart_start_secs = Some(started.as_secs_f64());
-                if let Some(pid) = lock(target).pid() {
-                    let (rss, _) = procstat::memory(pid);
+                if let Some((rss, _)) = procstat::memory_of(&lock(target).pids()) {
                     figures.after_restart_rss_bytes = Some(rss);
                 }
                 restart_at
             } else {
                 Instant::now()
             };
-            let pid = lock(target).pid();
-            *cpu.lock().unwrap_or_else(|e| e.into_inner()) = Some(CpuWindow::start(pid));
+            let pids = lock(target).pids();
+            *cpu.lock().unwrap_or_else(|e| e.into_inner()) = Some(CpuWindow::start(pids.clone()));
             let resume_at = Instant::now();
             shared
                 .lock()
@@ -177,8 +226,8 @@ async fn drive(
                 .first_followup
                 .get()
                 .map(|f| f.saturating_duration_since(resumed_from).as_secs_f64());
-            if let Some(pid) = pid {
-                figures.final_peak_rss_bytes = procstat::memory(pid).1;
+            if let Some((_, peak)) = procstat::memory_of(&pids) {
+                figures.final_peak_rss_bytes = peak;
             }
             backlog = Some(figures);
             !drained
@@ -197,11 +246,11 @@ async fn drive(
             w.finish(measured)
         })
         .unwrap_or_default();
-    let memory = lock(target).pid().map(procstat::memory);
+    let memory = procstat::memory_of(&lock(target).pids());
     tokio::time::sleep(Duration::from_millis(opts.stats_settle_ms)).await;
     let commits_after = commits(target).await?;
     let recorder = std::mem::take(&mut *shared.lock().unwrap_or_else(|e| e.into_inner()));
-    Ok(Report::new(
+    let mut report = Report::new(
         opts,
         recorder,
         commits_after - commits_before,
@@ -209,5 +258,12 @@ async fn drive(
         memory,
         backlog,
         timed_out,
-    ))
+    );
+    report.submission_retries = retries.load(Ordering::Relaxed);
+    report.stop_one = stop_one;
+    report.unfinished_sagas = unfinished(target)
+        .await
+        .inspect_err(|e| eprintln!("bench: counting unfinished sagas: {e:#}"))
+        .ok();
+    Ok(report)
 }

@@ -1,10 +1,9 @@
 //! Offering sagas: the saga submitted, and the closed, open and backlog drivers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -59,12 +58,24 @@ fn record(shared: &Shared, f: impl FnOnce(&mut Recorder)) {
     f(&mut shared.lock().unwrap_or_else(|e| e.into_inner()));
 }
 
-/// Submits sagas over HTTP.
+/// How long a submission is sent again to the next coordinator while none can take it.
+const SUBMIT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Submits sagas over HTTP: to one coordinator, or in turn to each of several.
 #[derive(Clone)]
 pub struct Submitter {
     client: reqwest::Client,
-    url: String,
+    /// `{base}/api/v1/sagas` of each coordinator.
+    urls: Arc<Vec<String>>,
+    /// Which coordinator gets the next submission (round robin), and which are known to be down.
+    next: Arc<AtomicUsize>,
+    down: Arc<Vec<AtomicBool>>,
     body: Arc<Vec<u8>>,
+    /// With several coordinators: a key per submission (`{prefix}{n}`), so that one sent again to
+    /// another coordinator after a lost answer is the same saga.
+    keys: Option<Arc<(String, AtomicU64)>>,
+    /// Submissions sent again to another coordinator.
+    pub retries: Arc<AtomicU64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -72,33 +83,114 @@ struct Created {
     id: Uuid,
 }
 
+/// A failed attempt, and whether another coordinator might take it.
+struct Failed {
+    error: anyhow::Error,
+    retry: bool,
+}
+
 impl Submitter {
-    pub fn new(base: &str, opts: &Options) -> anyhow::Result<Submitter> {
+    pub fn new(bases: &[String], opts: &Options) -> anyhow::Result<Submitter> {
+        anyhow::ensure!(!bases.is_empty(), "no coordinator to submit to");
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(opts.inflight.max(64))
             .timeout(Duration::from_secs(60))
             .build()?;
+        let keys = (bases.len() > 1).then(|| {
+            let run = &Uuid::new_v4().simple().to_string()[..12];
+            Arc::new((format!("bench-{run}-"), AtomicU64::new(0)))
+        });
         Ok(Submitter {
             client,
-            url: format!("{base}/api/v1/sagas"),
+            urls: Arc::new(bases.iter().map(|b| format!("{b}/api/v1/sagas")).collect()),
+            next: Arc::new(AtomicUsize::new(0)),
+            down: Arc::new(bases.iter().map(|_| AtomicBool::new(false)).collect()),
             body: Arc::new(serde_json::to_vec(&saga_body(opts))?),
+            keys,
+            retries: Arc::new(AtomicU64::new(0)),
         })
     }
 
+    /// Takes coordinator `i` out of the rotation (it was stopped).
+    pub fn mark_down(&self, i: usize) {
+        if let Some(down) = self.down.get(i) {
+            down.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The body of the next submission: the saga, with a key of its own when there are several
+    /// coordinators (spliced in, as the body's first member, to spare a serialisation per saga).
+    fn next_body(&self) -> Vec<u8> {
+        match &self.keys {
+            None => self.body.as_ref().clone(),
+            Some(keys) => {
+                let (prefix, counter) = keys.as_ref();
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let rest = self.body.get(1..).unwrap_or_default();
+                let mut body = format!("{{\"key\":\"{prefix}{n}\",").into_bytes();
+                body.extend_from_slice(rest);
+                body
+            }
+        }
+    }
+
+    /// The next coordinator in turn that is not known to be down.
+    fn next_url(&self) -> &str {
+        let n = self.urls.len();
+        for _ in 0..n {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+            if !self.down[i].load(Ordering::Relaxed) {
+                return &self.urls[i];
+            }
+        }
+        &self.urls[0]
+    }
+
     pub async fn submit(&self) -> anyhow::Result<Uuid> {
+        let body = self.next_body();
+        let started = Instant::now();
+        loop {
+            match self.attempt(self.next_url(), &body).await {
+                Ok(id) => return Ok(id),
+                Err(Failed { error, retry }) => {
+                    if !retry || self.urls.len() < 2 || started.elapsed() > SUBMIT_PATIENCE {
+                        return Err(error);
+                    }
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, url: &str, body: &[u8]) -> Result<Uuid, Failed> {
         let response = self
             .client
-            .post(&self.url)
+            .post(url)
             .header("content-type", "application/json")
-            .body(self.body.as_ref().clone())
+            .body(body.to_vec())
             .send()
-            .await?;
+            .await
+            .map_err(|e| Failed {
+                error: anyhow::Error::new(e).context(format!("submitting to {url}")),
+                retry: true,
+            })?;
         let status = response.status();
-        if status != reqwest::StatusCode::CREATED {
+        // 200: a submission sent again after a lost answer, answered with the saga it made.
+        let accepted = status == reqwest::StatusCode::CREATED
+            || (self.keys.is_some() && status == reqwest::StatusCode::OK);
+        if !accepted {
             let text = response.text().await.unwrap_or_default();
-            anyhow::bail!("submission answered {status}: {text}");
+            return Err(Failed {
+                error: anyhow::anyhow!("submission to {url} answered {status}: {text}"),
+                retry: status.is_server_error(),
+            });
         }
-        Ok(response.json::<Created>().await.context("answer")?.id)
+        let created = response.json::<Created>().await.map_err(|e| Failed {
+            error: anyhow::Error::new(e).context("answer"),
+            retry: false,
+        })?;
+        Ok(created.id)
     }
 }
 

@@ -31,7 +31,9 @@ fn main() -> ExitCode {
                 print!("{}", report.table());
             }
             println!("RESULT {}", report.json_line());
-            if report.completed == 0 {
+            // With one coordinator stopped mid-run, the run's point is that every saga finished.
+            if report.completed == 0 || (opts.stop_one().is_some() && !report.every_saga_finished())
+            {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS

@@ -71,6 +71,22 @@ pub struct Options {
     #[arg(long, value_enum)]
     pub restart: Option<Restart>,
 
+    /// Coordinators started on the one database and namespace, with instance ids `bench-1`,
+    /// `bench-2`, ... Submissions go to each in turn; one that cannot answer is skipped for the next
+    /// (each submission then carries an idempotency key, so that sending it again is safe).
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
+
+    /// Closed and open modes, with `--instances` 2 or more: SIGKILL the last coordinator this many
+    /// seconds into the run, and report how long until its partitions had other owners and whether
+    /// every saga still finished.
+    #[arg(long, value_name = "SECS", conflicts_with = "term_one_after")]
+    pub kill_one_after: Option<f64>,
+
+    /// Like `--kill-one-after`, with SIGTERM: a graceful stop, which hands its partitions over.
+    #[arg(long, value_name = "SECS")]
+    pub term_one_after: Option<f64>,
+
     /// The whole run stops after this many seconds, reporting what finished.
     #[arg(long, default_value_t = 300)]
     pub max_secs: u64,
@@ -132,6 +148,42 @@ pub struct Options {
 }
 
 impl Options {
+    /// `--kill-one-after` or `--term-one-after`: how and when one coordinator is stopped.
+    pub fn stop_one(&self) -> Option<(Restart, f64)> {
+        match (self.kill_one_after, self.term_one_after) {
+            (Some(secs), _) => Some((Restart::Kill, secs)),
+            (None, Some(secs)) => Some((Restart::Term, secs)),
+            (None, None) => None,
+        }
+    }
+
+    /// Combinations the bench cannot run, refused before anything starts.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.instances >= 1, "--instances must be at least 1");
+        if self.instances > 1 {
+            anyhow::ensure!(
+                self.url.is_none(),
+                "--instances starts the coordinators: it cannot attach to --url"
+            );
+            anyhow::ensure!(
+                self.restart.is_none(),
+                "--restart restarts the one coordinator: not with --instances"
+            );
+        }
+        if self.stop_one().is_some() {
+            anyhow::ensure!(
+                self.instances >= 2,
+                "--kill-one-after and --term-one-after need --instances 2 or more"
+            );
+            anyhow::ensure!(
+                self.mode != Mode::Backlog,
+                "--kill-one-after and --term-one-after run in the closed and open modes \
+                 (the backlog mode has --restart)"
+            );
+        }
+        Ok(())
+    }
+
     /// A small configuration for tests: few sagas, a few seconds.
     pub fn tiny() -> Options {
         Options::parse_from([
@@ -147,5 +199,52 @@ impl Options {
             "--stats-settle-ms",
             "1000",
         ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Options {
+        Options::parse_from(std::iter::once("bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn stopping_one_needs_several_instances_and_a_running_load() {
+        assert!(parse(&[]).check().is_ok());
+        assert!(parse(&["--instances", "3", "--kill-one-after", "5"])
+            .check()
+            .is_ok());
+        assert_eq!(
+            parse(&["--instances", "2", "--term-one-after", "1.5"]).stop_one(),
+            Some((Restart::Term, 1.5))
+        );
+        for refused in [
+            &["--kill-one-after", "5"][..],
+            &[
+                "--instances",
+                "3",
+                "--mode",
+                "backlog",
+                "--term-one-after",
+                "5",
+            ],
+            &["--instances", "2", "--mode", "backlog", "--restart", "kill"],
+            &["--instances", "2", "--url", "http://127.0.0.1:8080"],
+            &["--instances", "0"],
+        ] {
+            assert!(parse(refused).check().is_err(), "{refused:?}");
+        }
+        let both = Options::try_parse_from([
+            "bench",
+            "--instances",
+            "3",
+            "--kill-one-after",
+            "1",
+            "--term-one-after",
+            "1",
+        ]);
+        assert!(both.is_err(), "one way of stopping at a time");
     }
 }

@@ -64,10 +64,20 @@ fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
+/// `VmRSS` and `VmHWM` summed over several processes (`None` for none).
+pub fn memory_of(pids: &[u32]) -> Option<(u64, u64)> {
+    (!pids.is_empty()).then(|| {
+        pids.iter()
+            .map(|pid| memory(*pid))
+            .fold((0, 0), |(rss, peak), (r, p)| (rss + r, peak + p))
+    })
+}
+
 /// CPU used by the parts of the system over a measured window.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct CpuUse {
-    /// Cores used on average (1.0 = one core busy all the time).
+    /// Cores used on average (1.0 = one core busy all the time), by every coordinator process
+    /// together.
     pub coordinator: f64,
     pub postgres: f64,
     pub rabbitmq: f64,
@@ -79,9 +89,10 @@ pub struct CpuUse {
 
 /// A snapshot at the start of a window.
 pub struct CpuWindow {
-    coordinator: Option<u32>,
+    /// The coordinator processes with their ticks at the start. One that ends within the window
+    /// (`--kill-one-after`) counts for nothing: its ticks cannot be read once it is gone.
+    coordinators: Vec<(u32, u64)>,
     started: Instant,
-    coordinator0: u64,
     postgres0: u64,
     rabbit0: u64,
     bench0: u64,
@@ -104,11 +115,13 @@ fn rabbit_ticks() -> u64 {
 }
 
 impl CpuWindow {
-    pub fn start(coordinator: Option<u32>) -> CpuWindow {
+    pub fn start(coordinators: Vec<u32>) -> CpuWindow {
         CpuWindow {
-            coordinator,
+            coordinators: coordinators
+                .into_iter()
+                .map(|pid| (pid, cpu_ticks(pid)))
+                .collect(),
             started: Instant::now(),
-            coordinator0: coordinator.map_or(0, cpu_ticks),
             postgres0: postgres_ticks(),
             rabbit0: rabbit_ticks(),
             bench0: cpu_ticks(std::process::id()),
@@ -120,9 +133,11 @@ impl CpuWindow {
     pub fn finish(&self, sagas: u64) -> CpuUse {
         let wall = self.started.elapsed().as_secs_f64().max(1e-9);
         let cores_of = |ticks: u64| ticks as f64 / TICKS_PER_SEC / wall;
-        let coordinator_ticks = self
-            .coordinator
-            .map_or(0, |pid| cpu_ticks(pid).saturating_sub(self.coordinator0));
+        let coordinator_ticks: u64 = self
+            .coordinators
+            .iter()
+            .map(|(pid, ticks0)| cpu_ticks(*pid).saturating_sub(*ticks0))
+            .sum();
         let machine = machine_ticks();
         let busy = machine.0.saturating_sub(self.machine0.0) as f64
             / machine.1.saturating_sub(self.machine0.1).max(1) as f64

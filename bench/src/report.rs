@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::load::Recorder;
-use crate::options::{Mode, Options};
+use crate::options::{Mode, Options, Restart};
 use crate::procstat::{self, CpuUse};
 
 /// Extra figures of the backlog mode.
@@ -25,6 +25,23 @@ pub struct BacklogFigures {
     /// From the restart (or the resume) to the first saga in a final state.
     pub first_final_secs: Option<f64>,
     pub final_peak_rss_bytes: u64,
+}
+
+/// `--kill-one-after` / `--term-one-after`: one of several coordinators stopped mid-run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StopOneFigures {
+    pub how: Restart,
+    /// Its `SAGA_INSTANCE_ID`.
+    pub instance: String,
+    /// Seconds into the run when it was stopped.
+    pub after_secs: f64,
+    /// Partitions it held just before.
+    pub partitions: usize,
+    /// From the signal until each of those partitions had another owner (`partition_leases`);
+    /// `None`: not within two minutes.
+    pub handover_secs: Option<f64>,
+    /// From the signal until the process had exited.
+    pub exit_secs: f64,
 }
 
 /// Latency percentiles in milliseconds.
@@ -63,6 +80,13 @@ pub struct Report {
     pub backlog: Option<BacklogFigures>,
     pub timed_out: bool,
     pub load_average: String,
+    /// Coordinators sharing the database and namespace.
+    pub instances: usize,
+    /// Submissions sent again to another coordinator (one could not take it).
+    pub submission_retries: u64,
+    pub stop_one: Option<StopOneFigures>,
+    /// Sagas in the database still unfinished at the end (`None`: not read).
+    pub unfinished_sagas: Option<i64>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -127,7 +151,19 @@ impl Report {
             backlog,
             timed_out,
             load_average: procstat::load_average(),
+            instances: opts.instances,
+            submission_retries: 0,
+            stop_one: None,
+            unfinished_sagas: None,
         }
+    }
+
+    /// Every saga submitted reached its final state, and none is left unfinished in the database.
+    pub fn every_saga_finished(&self) -> bool {
+        !self.timed_out
+            && self.failed_submissions == 0
+            && self.completed == self.submitted
+            && self.unfinished_sagas == Some(0)
     }
 
     /// The human-readable table.
@@ -150,6 +186,13 @@ impl Report {
             _ => "backlog".to_string(),
         };
         let _ = writeln!(t, "{:<28} {offered}; {shape}", "mode");
+        if self.instances > 1 {
+            let _ = writeln!(
+                t,
+                "{:<28} {} on one database and namespace; {} submissions sent again to another",
+                "coordinators", self.instances, self.submission_retries
+            );
+        }
         let _ = writeln!(
             t,
             "{:<28} {} measured ({} completed, {} submitted, {} failed submissions)",
@@ -205,6 +248,39 @@ impl Report {
                 "after restart/resume",
                 fmt_secs(b.first_reply_processed_secs),
                 fmt_secs(b.first_final_secs)
+            );
+        }
+        if let Some(s) = &self.stop_one {
+            let signal = match s.how {
+                Restart::Kill => "SIGKILL",
+                Restart::Term => "SIGTERM",
+            };
+            let _ = writeln!(
+                t,
+                "{:<28} {signal} to {} {:.1} s into the run; its {} partitions had other owners \
+                 after {} (exited after {:.2} s)",
+                "stopped one",
+                s.instance,
+                s.after_secs,
+                s.partitions,
+                fmt_secs(s.handover_secs),
+                s.exit_secs
+            );
+        }
+        if self.instances > 1 || self.stop_one.is_some() {
+            let _ = writeln!(
+                t,
+                "{:<28} {} ({} submitted, {} completed, {} unfinished in the database)",
+                "every saga finished",
+                if self.every_saga_finished() {
+                    "yes"
+                } else {
+                    "NO"
+                },
+                self.submitted,
+                self.completed,
+                self.unfinished_sagas
+                    .map_or_else(|| "?".to_string(), |n| n.to_string())
             );
         }
         let _ = writeln!(t, "{:<28} {}", "load average", self.load_average);

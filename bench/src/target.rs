@@ -1,5 +1,6 @@
-//! The coordinator under test: a child process with its own database and namespace (or one attached
-//! to by URL), the trigger that reports final states, and Postgres commit counts.
+//! The coordinators under test: child processes (one, or `--instances` on one database and
+//! namespace) with their own database and namespace (or one attached to by URL), the trigger that
+//! reports final states, Postgres commit counts, and the partition leases they share.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::{Array, BigInt, Integer, Text};
 
 use crate::finals::{Finals, Listener};
 use crate::options::{Options, Restart};
@@ -40,10 +41,25 @@ struct Commits {
     n: i64,
 }
 
-/// The coordinator being measured.
-pub struct Target {
+#[derive(QueryableByName)]
+struct Partition {
+    #[diesel(sql_type = Integer)]
+    partition: i32,
+}
+
+/// One coordinator process (or the one attached to).
+pub struct Instance {
+    /// Its `SAGA_INSTANCE_ID` (`bench-1`, ...); empty for one attached to, which keeps its own.
+    pub id: String,
     /// Base URL of its HTTP API, e.g. `http://127.0.0.1:41234`.
     pub http: String,
+    process: Option<Child>,
+    pid: Option<u32>,
+}
+
+/// The coordinators being measured.
+pub struct Target {
+    pub instances: Vec<Instance>,
     pub database_url: String,
     pub database_name: String,
     pub pg_server: String,
@@ -53,8 +69,6 @@ pub struct Target {
     pub amqp_url: String,
     own_database: bool,
     own_namespace: bool,
-    process: Option<Child>,
-    pid: Option<u32>,
     bin: Option<PathBuf>,
     extra_env: Vec<(String, String)>,
 }
@@ -100,7 +114,7 @@ impl Target {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut target = Target {
-            http: opts.url.clone().unwrap_or_default(),
+            instances: Vec::new(),
             database_url,
             database_name,
             pg_server,
@@ -109,26 +123,56 @@ impl Target {
             amqp_url: opts.amqp_url.clone(),
             own_database: own_database && opts.url.is_none() && !opts.keep,
             own_namespace: own_namespace && opts.url.is_none() && !opts.keep,
-            process: None,
-            pid: opts.coordinator_pid,
             bin: None,
             extra_env,
         };
-        if opts.url.is_none() {
-            target.bin = Some(coordinator_bin(opts)?);
-            target.spawn()?;
+        match &opts.url {
+            Some(url) => target.instances.push(Instance {
+                id: String::new(),
+                http: url.clone(),
+                process: None,
+                pid: opts.coordinator_pid,
+            }),
+            None => {
+                target.bin = Some(coordinator_bin(opts)?);
+                for i in 0..opts.instances.max(1) {
+                    // Named even when alone, so that its reply queue is known to clean up.
+                    let id = format!("bench-{}", i + 1);
+                    let instance = target.spawn(id)?;
+                    target.instances.push(instance);
+                }
+            }
         }
         target.install_final_trigger()?;
         Ok(target)
     }
 
-    /// Pid of the coordinator process, when known.
+    /// Pid of the (first) coordinator process, when known.
     pub fn pid(&self) -> Option<u32> {
-        self.pid
+        self.instances.first().and_then(|i| i.pid)
     }
 
-    /// Starts `coordinator serve` and waits until it listens.
-    fn spawn(&mut self) -> anyhow::Result<()> {
+    /// Pids of the coordinator processes still running (or attached to).
+    pub fn pids(&self) -> Vec<u32> {
+        self.instances.iter().filter_map(|i| i.pid).collect()
+    }
+
+    /// Base URLs of every coordinator's HTTP API, in the order they were started.
+    pub fn urls(&self) -> Vec<String> {
+        self.instances.iter().map(|i| i.http.clone()).collect()
+    }
+
+    /// Takes instance `i`'s process out, to stop it: its id and the child (`None` if the bench did
+    /// not start it or it is gone already).
+    pub fn take_process(&mut self, i: usize) -> Option<(String, Child)> {
+        let instance = self.instances.get_mut(i)?;
+        let child = instance.process.take()?;
+        instance.pid = None;
+        Some((instance.id.clone(), child))
+    }
+
+    /// Starts `coordinator serve` (as instance `id`, unless empty) and waits until it listens.
+    fn spawn(&self, id: String) -> anyhow::Result<Instance> {
         let bin = self.bin.clone().context("no coordinator binary")?;
         let mut command = Command::new(&bin);
         command
@@ -147,6 +191,9 @@ impl Target {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if !id.is_empty() {
+            command.env("SAGA_INSTANCE_ID", &id);
+        }
         for (k, v) in &self.extra_env {
             command.env(k, v);
         }
@@ -175,16 +222,18 @@ impl Target {
                 bail!("the coordinator did not start listening (exit status {status:?})");
             }
         };
-        self.http = format!("http://{addr}");
-        self.pid = Some(child.id());
-        self.process = Some(child);
-        Ok(())
+        Ok(Instance {
+            id,
+            http: format!("http://{addr}"),
+            pid: Some(child.id()),
+            process: Some(child),
+        })
     }
 
     /// Stops the coordinator (SIGKILL or SIGTERM) and starts it again on the same database and
     /// namespace. Answers how long the stop and the start (recovery included) took.
     pub fn restart(&mut self, how: Restart) -> anyhow::Result<(Duration, Duration)> {
-        let Some(mut child) = self.process.take() else {
+        let Some((id, mut child)) = self.take_process(0) else {
             bail!("--restart needs a coordinator started by the bench");
         };
         let stopping = Instant::now();
@@ -203,7 +252,7 @@ impl Target {
         child.wait()?;
         let stopped = stopping.elapsed();
         let starting = Instant::now();
-        self.spawn()?;
+        self.instances[0] = self.spawn(id)?;
         Ok((stopped, starting.elapsed()))
     }
 
@@ -241,14 +290,51 @@ impl Target {
         Ok(rows.first().map_or(0, |r| r.n))
     }
 
-    /// Stops the coordinator and removes the database and namespace the bench created.
+    /// Sagas in the database that are not in a final state (nor `failed`).
+    pub fn unfinished(&self) -> anyhow::Result<i64> {
+        let rows: Vec<Commits> = diesel::sql_query(
+            "SELECT count(*) AS n FROM sagas
+             WHERE state NOT IN ('committed', 'compensated', 'aborted', 'failed')",
+        )
+        .load(&mut self.connect()?)?;
+        Ok(rows.first().map_or(0, |r| r.n))
+    }
+
+    /// The partitions instance `owner` holds now (`partition_leases`).
+    pub fn partitions_of(&self, owner: &str) -> anyhow::Result<Vec<i32>> {
+        partitions_held(&mut self.connect()?, owner)
+    }
+
+    /// How many partitions the coordinators run with (0 if the database has no leases).
+    fn partition_count(&self) -> u32 {
+        let count = || -> anyhow::Result<u32> {
+            let rows: Vec<Commits> =
+                diesel::sql_query("SELECT count(*) AS n FROM partition_leases")
+                    .load(&mut self.connect()?)?;
+            Ok(rows.first().map_or(0, |r| u32::try_from(r.n).unwrap_or(0)))
+        };
+        count().unwrap_or(0)
+    }
+
+    /// Stops the coordinators and removes the database and namespace the bench created.
     pub async fn cleanup(mut self, participants: &[String]) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for instance in &mut self.instances {
+            if let Some(mut child) = instance.process.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
         if self.own_namespace {
-            if let Err(e) = delete_namespace(&self.amqp_url, &self.namespace, participants).await {
+            let partitions = self.partition_count();
+            let instances: Vec<String> = self.instances.iter().map(|i| i.id.clone()).collect();
+            let deleted = delete_namespace(
+                &self.amqp_url,
+                &self.namespace,
+                participants,
+                &instances,
+                partitions,
+            );
+            if let Err(e) = deleted.await {
                 eprintln!(
                     "bench: could not delete namespace {}: {e:#}",
                     self.namespace
@@ -271,11 +357,54 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for instance in &mut self.instances {
+            if let Some(mut child) = instance.process.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
+}
+
+/// Polls `partition_leases` of the database at `database_url` until none of `partitions` is held
+/// by `owner` or by nobody (each has another owner), for up to `timeout`; the time from `since` when
+/// that was seen (`None`: not within `timeout`).
+pub fn wait_handover(
+    database_url: &str,
+    owner: &str,
+    partitions: &[i32],
+    since: Instant,
+    timeout: Duration,
+) -> anyhow::Result<Option<Duration>> {
+    let mut conn = PgConnection::establish(database_url)
+        .with_context(|| format!("connecting to {database_url}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows: Vec<Partition> = diesel::sql_query(
+            "SELECT partition FROM partition_leases
+             WHERE partition = ANY($1) AND (owner IS NULL OR owner = $2)",
+        )
+        .bind::<Array<Integer>, _>(partitions)
+        .bind::<Text, _>(owner)
+        .load(&mut conn)
+        .context("reading partition_leases")?;
+        if rows.is_empty() {
+            return Ok(Some(since.elapsed()));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn partitions_held(conn: &mut PgConnection, owner: &str) -> anyhow::Result<Vec<i32>> {
+    let rows: Vec<Partition> =
+        diesel::sql_query("SELECT partition FROM partition_leases WHERE owner = $1")
+            .bind::<Text, _>(owner)
+            .load(conn)
+            .context("reading partition_leases")?;
+    Ok(rows.into_iter().map(|r| r.partition).collect())
 }
 
 /// `--coordinator-bin`, else `coordinator` next to this binary, else this binary itself.
@@ -288,7 +417,13 @@ fn coordinator_bin(opts: &Options) -> anyhow::Result<PathBuf> {
     Ok(if sibling.is_file() { sibling } else { me })
 }
 
-async fn delete_namespace(url: &str, ns: &str, participants: &[String]) -> anyhow::Result<()> {
+async fn delete_namespace(
+    url: &str,
+    ns: &str,
+    participants: &[String],
+    instances: &[String],
+    partitions: u32,
+) -> anyhow::Result<()> {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let connection =
         lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
@@ -300,6 +435,14 @@ async fn delete_namespace(url: &str, ns: &str, participants: &[String]) -> anyho
         names::dead_commands_queue(ns),
     ];
     queues.extend(participants.iter().map(|p| names::participant_queue(ns, p)));
+    // The replies queue of each partition, and of each coordinator.
+    queues.extend((0..partitions).map(|p| names::partition_replies_queue(ns, p)));
+    queues.extend(
+        instances
+            .iter()
+            .filter(|id| !id.is_empty())
+            .map(|id| names::instance_replies_queue(ns, id)),
+    );
     for queue in queues {
         channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())

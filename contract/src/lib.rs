@@ -11,12 +11,15 @@
 //! - [`kind`]: [`CommandKind`] (`action`, `compensation`, `check`).
 //! - [`outcome`]: [`Outcome`], what a reply says.
 //! - [`idempotency`]: the key every attempt of one command shares.
-//! - [`names`]: exchange and queue names and the queue arguments participants must match.
+//! - [`names`]: exchange and queue names, the queue type ([`names::QueueType`]) and the queue
+//!   arguments participants must match.
+//! - [`broker`]: `SAGA_AMQP_URL` as a list of cluster nodes, and its redacted form for logs.
 //! - [`properties`]: message properties and headers.
 //!
 //! Field names, spellings and optionality here are part of the product: participants in any
 //! language integrate against them. Changing one is changing the contract.
 
+pub mod broker;
 pub mod command;
 pub mod idempotency;
 pub mod kind;

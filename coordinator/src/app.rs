@@ -19,9 +19,13 @@ use tokio::task::JoinHandle;
 use crate::amqp::{self, AmqpSettings, BrokerHandle, Inbound, InboundDelivery};
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::runtime::alerts::{self, AlertSettings};
+use crate::runtime::change_feed::{self, ChangeFeed};
 use crate::runtime::changes::Changes;
+use crate::runtime::keeper::{Keeper, KeeperSettings};
+use crate::runtime::ownership::Ownership;
 use crate::runtime::sending::Sendings;
-use crate::runtime::{relay, Registry};
+use crate::runtime::{name_pauses, relay, Registry};
 use crate::saga::machine::Event;
 use crate::store::{self, Store, Writer};
 use crate::submission::CheckBackHosts;
@@ -41,7 +45,11 @@ pub async fn run(
     let amqp_settings = AmqpSettings {
         url: settings.amqp_url.clone(),
         namespace: settings.namespace.clone(),
+        queue_type: settings.queue_type,
         prefetch: settings.amqp_prefetch,
+        // Read from the database at start-up.
+        partitions: Default::default(),
+        instance: settings.instance(),
     };
     let mut state = AppState::starting(
         changes.clone(),
@@ -52,6 +60,8 @@ pub async fn run(
     );
     state.check_back_hosts =
         CheckBackHosts::parse(&settings.check_back_hosts).map_err(anyhow::Error::msg)?;
+    // Refused before anything listens: an alert setting without its secret is a mistake.
+    let alert_settings = AlertSettings::from_settings(&settings).map_err(anyhow::Error::msg)?;
     let state = web::Data::new(state);
     let app_state = state.clone();
     let mut server = HttpServer::new(move || {
@@ -86,8 +96,12 @@ pub async fn run(
     let mut served = actix_rt::spawn(server);
     on_listening(addr, server_handle.clone());
 
+    let advertise = settings
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     let started = tokio::select! {
-        started = start(&settings, &state, amqp_settings, metrics, changes) => started,
+        started = start(&settings, &state, amqp_settings, alert_settings, metrics, changes, advertise) => started,
         // Stopped while starting (e.g. SIGTERM while waiting for Postgres): nothing to wind down.
         served = &mut served => {
             log::info!("stopped before start-up was done");
@@ -117,11 +131,17 @@ pub async fn run(
 
 /// What start-up started, to be stopped in order.
 struct Started {
+    keeper: JoinHandle<Keeper>,
+    keeper_stop: oneshot::Sender<()>,
+    name_pauses: JoinHandle<()>,
+    name_pauses_stop: oneshot::Sender<()>,
+    alerts: Option<(JoinHandle<()>, oneshot::Sender<()>)>,
     broker: BrokerHandle,
     dispatcher: JoinHandle<()>,
     registry: Registry,
     arbiters: Vec<Arbiter>,
     relay: JoinHandle<()>,
+    change_feed: ChangeFeed,
     writer_threads: Vec<thread::JoinHandle<()>>,
 }
 
@@ -130,9 +150,11 @@ struct Started {
 async fn start(
     settings: &Settings,
     state: &AppState,
-    amqp_settings: AmqpSettings,
+    mut amqp_settings: AmqpSettings,
+    alert_settings: Option<AlertSettings>,
     metrics: Arc<Metrics>,
     changes: Changes,
+    advertise: String,
 ) -> anyhow::Result<Started> {
     state.set_starting("connecting to Postgres", false);
     crate::startup::prepare_database(&settings.database_url, settings.db_wait, |reason| {
@@ -142,9 +164,31 @@ async fn start(
     state.set_starting("resuming unfinished sagas", true);
     let pool = store::pool(&settings.database_url, settings.db_pool_size)?;
     let store = Store::new(pool.clone());
+    let wanted = settings.partitions;
+    let partitions = store
+        .interact(move |db| db.settle_partitions(wanted))
+        .await
+        .context("cannot settle the partition count")?;
+    amqp_settings.partitions = partitions;
+    let instance = settings.instance();
+    log::info!(
+        "instance {instance} ({advertise}); the database has {} partitions",
+        partitions.count()
+    );
+    let ownership = Ownership::new(instance.clone(), partitions);
     let writers = settings.writer_threads.clamp(1, 64);
     let writer_pool = store::writer_pool(&settings.database_url, writers as u32)?;
-    let (writer, writer_threads) = Writer::start(writer_pool, writers, Arc::clone(&metrics));
+    let (writer, writer_threads) =
+        Writer::start(writer_pool, writers, Arc::clone(&metrics), &instance);
+    // Live views across coordinators: ours told to the others, theirs relayed here.
+    let change_feed = change_feed::start(
+        changes.clone(),
+        store.clone(),
+        &settings.database_url,
+        &instance,
+    )
+    .await
+    .context("cannot start the change notice feed")?;
 
     let (relay_tx, relay_rx) = mpsc::unbounded_channel();
     let arbiters: Vec<Arbiter> = (0..settings.actor_threads)
@@ -166,24 +210,88 @@ async fn start(
         changes,
         Arc::clone(&metrics),
         sendings.clone(),
+        ownership.clone(),
     );
 
-    let unfinished = store
-        .interact(|db| db.load_unfinished())
+    // Take this instance's share of the partitions (all of them when it is alone) and resume
+    // their sagas before anything is routed; then keep the leases.
+    let mut keeper = Keeper::new(
+        ownership.clone(),
+        store.clone(),
+        registry.clone(),
+        Arc::clone(&metrics),
+        KeeperSettings {
+            lease_ttl: settings.lease_ttl(),
+            url: advertise,
+        },
+    );
+    keeper
+        .tick()
         .await
-        .context("cannot load the unfinished sagas")?;
-    log::info!("resuming {} unfinished saga(s)", unfinished.len());
-    for saga in unfinished {
-        registry.adopt(saga);
-    }
+        .context("cannot take partition leases")?;
+    log::info!(
+        "owning {} of {} partitions",
+        ownership.owned_count(),
+        partitions.count()
+    );
+    let (keeper_stop, stopped) = oneshot::channel::<()>();
+    let keeper = actix_rt::spawn(async move {
+        let every = keeper.every();
+        let mut stopped = stopped;
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = keeper.tick().await {
+                keeper.failed(e);
+            }
+        }
+        keeper
+    });
+
+    let (name_pauses_stop, stopped) = oneshot::channel::<()>();
+    let name_pauses = actix_rt::spawn(name_pauses::run(
+        registry.clone(),
+        store.clone(),
+        ownership.clone(),
+        stopped,
+    ));
+
+    let alerts = match alert_settings {
+        Some(alert_settings) => {
+            log::info!(
+                "alerts go to {} (stuck after {:?})",
+                alert_settings.url,
+                alert_settings.stuck_after
+            );
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = actix_rt::spawn(alerts::run(
+                alert_settings,
+                store.clone(),
+                ownership.clone(),
+                Arc::clone(&metrics),
+                stopped,
+            ));
+            Some((task, stop))
+        }
+        None => None,
+    };
 
     let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
     let (published_tx, published_rx) = mpsc::unbounded_channel();
     let (inbound_tx, inbound_rx) = mpsc::channel(usize::from(settings.amqp_prefetch.max(16)) * 2);
-    let broker = amqp::start(amqp_settings, outbound_rx, published_tx, inbound_tx);
+    let broker = amqp::start(
+        amqp_settings,
+        outbound_rx,
+        published_tx,
+        inbound_tx,
+        ownership.watch_owned(),
+    );
     // The relay holds the last handle to the writer besides the actors'.
     let relay = relay::spawn(
         store.clone(),
+        ownership.clone(),
         writer,
         relay_rx,
         outbound_tx,
@@ -208,29 +316,49 @@ async fn start(
         store,
         amqp_connected: broker.connected(),
         dead_letter_depth: broker.dead_letters(),
+        ownership,
     });
     log::info!("started");
     Ok(Started {
+        keeper,
+        keeper_stop,
+        name_pauses,
+        name_pauses_stop,
+        alerts,
         broker,
         dispatcher,
         registry,
         arbiters,
         relay,
+        change_feed,
         writer_threads,
     })
 }
 
 impl Started {
-    /// After the HTTP server stopped: the broker, then the actors, then the writer once drained.
+    /// After the HTTP server stopped: the broker, then the actors, then the partition leases (so
+    /// the other instances take over at once), then the writer once drained.
     async fn stop(self) {
         let Started {
+            keeper,
+            keeper_stop,
+            name_pauses,
+            name_pauses_stop,
+            alerts,
             broker,
             dispatcher,
             registry,
             arbiters,
             relay,
+            change_feed,
             writer_threads,
         } = self;
+        let _ = name_pauses_stop.send(());
+        let _ = name_pauses.await;
+        if let Some((task, stop)) = alerts {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
         broker.shutdown().await;
         dispatcher.abort();
         // Actors on the main arbiter live as long as the process unless told to stop.
@@ -240,6 +368,13 @@ impl Started {
         }
         for arbiter in arbiters {
             let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
+        }
+        // No saga commits here any more: the last changes go out before the partitions do.
+        change_feed.stop().await;
+        let _ = keeper_stop.send(());
+        match keeper.await {
+            Ok(keeper) => keeper.leave().await,
+            Err(e) => log::warn!("the lease keeper ended abnormally ({e}); its leases expire"),
         }
         relay.abort();
         drop(registry);

@@ -1,4 +1,5 @@
-//! The `coordinator` command line: `serve` and `migrate`.
+//! The `coordinator` command line: `serve`, `migrate`, and the operator's `sagas` (the `operator`
+//! crate, a client of the HTTP API).
 
 use std::process::ExitCode;
 
@@ -25,6 +26,8 @@ enum Command {
     /// Apply pending migrations (creating the database if missing) and exit; fails at once if
     /// Postgres is unreachable.
     Migrate(Settings),
+    /// Operate sagas through a running coordinator's HTTP API (list, show, abort, retry...).
+    Sagas(operator::SagasArgs),
 }
 
 /// Printed once the HTTP server listens, before start-up reaches Postgres.
@@ -37,6 +40,8 @@ pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
+        // A client of the API, with exit codes of its own (`coordinator sagas --help`).
+        Command::Sagas(args) => return operator::run(args),
         Command::Migrate(settings) => crate::store::migrate(&settings.database_url),
         Command::Serve(settings) => {
             actix_rt::System::new().block_on(crate::app::run(

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use contract::names::QueueType;
 
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -17,7 +18,8 @@ pub struct Settings {
     )]
     pub database_url: String,
 
-    /// RabbitMQ connection URL.
+    /// RabbitMQ connection URL, or the nodes of a cluster as a comma-separated list: each
+    /// (re)connection tries the next one in turn.
     #[arg(
         long,
         env = "SAGA_AMQP_URL",
@@ -32,6 +34,12 @@ pub struct Settings {
     /// Prefix of every AMQP exchange and queue name.
     #[arg(long, env = "SAGA_NAMESPACE", default_value = "saga")]
     pub namespace: String,
+
+    /// Type of every queue the coordinator declares, `classic` or `quorum` (replicated: what a
+    /// RabbitMQ cluster needs to survive the loss of a node). Participants must use the same; an
+    /// existing namespace cannot switch type in place (docs/contract-notes.md).
+    #[arg(long, env = "SAGA_QUEUE_TYPE", default_value = "classic", value_parser = QueueType::parse)]
+    pub queue_type: QueueType,
 
     /// When set, every /api/ request needs `Authorization: Bearer <token>`.
     #[arg(long, env = "SAGA_API_TOKEN", hide_env_values = true)]
@@ -57,7 +65,7 @@ pub struct Settings {
     #[arg(long, env = "SAGA_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 
-    /// Unacknowledged replies RabbitMQ may hand the coordinator at once.
+    /// Unacknowledged replies RabbitMQ may hand the coordinator at once, per reply queue consumed.
     #[arg(long, env = "SAGA_AMQP_PREFETCH", default_value_t = 256)]
     pub amqp_prefetch: u16,
 
@@ -80,6 +88,90 @@ pub struct Settings {
     /// takes, answering `/healthz` and (503) `/readyz` meanwhile. `migrate` never waits.
     #[arg(long, env = "SAGA_DB_WAIT", value_parser = parse_wait)]
     pub db_wait: Option<Duration>,
+
+    /// This coordinator's name among those sharing the database: the owner of its partition
+    /// leases. Each must have its own; a restarted one that keeps its name takes its partitions
+    /// back at once instead of after their leases expire. Default: `{hostname}/{SAGA_HTTP_ADDR}`.
+    #[arg(long, env = "SAGA_INSTANCE_ID", value_parser = parse_instance_id)]
+    pub instance_id: Option<String>,
+
+    /// Partitions of a new database (default 64). Fixed once the database has sagas: a different
+    /// number is then refused. Unset, the database's own count is used.
+    #[arg(long, env = "SAGA_PARTITIONS")]
+    pub partitions: Option<u32>,
+
+    /// How long a partition lease lasts without renewal (renewed every third of it): a dead or frozen
+    /// coordinator's sagas move to the others after about this long.
+    #[arg(long, env = "SAGA_LEASE_TTL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(300..))]
+    pub lease_ttl_ms: u64,
+
+    /// Where the other coordinators reach this one's HTTP API, to forward requests about its sagas
+    /// (default: `http://` and the bound address). Set it when they reach it by another name.
+    #[arg(long, env = "SAGA_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+
+    /// Where alerts go (HTTP POST, JSON; docs/alerts.md): when a saga becomes `failed` (it needs
+    /// an operator) and when one is stuck (in flight longer than `SAGA_STUCK_AFTER`). Unset: none.
+    #[arg(long, env = "SAGA_ALERT_URL", value_parser = parse_alert_url)]
+    pub alert_url: Option<url::Url>,
+
+    /// Signs every alert: `X-Saga-Signature: sha256=` and the hex HMAC-SHA256 of the body under
+    /// this secret. Required with `SAGA_ALERT_URL`.
+    #[arg(long, env = "SAGA_ALERT_SECRET", hide_env_values = true)]
+    pub alert_secret: Option<String>,
+
+    /// A saga in flight (prepared, running, compensating) longer than this is stuck: one alert.
+    /// A duration (`90s`, `30m`, `2h`, `1d`).
+    #[arg(long, env = "SAGA_STUCK_AFTER", default_value = "1h", value_parser = parse_wait)]
+    pub stuck_after: Duration,
+
+    /// Per saga name: `place-order=10m,refund=1d` (others use `SAGA_STUCK_AFTER`).
+    #[arg(long, env = "SAGA_STUCK_AFTER_BY_NAME", value_delimiter = ',', value_parser = parse_stuck_after)]
+    pub stuck_after_by_name: Vec<(String, Duration)>,
+}
+
+/// `SAGA_ALERT_URL`: an http or https URL.
+pub fn parse_alert_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text.trim()).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!(
+            "{text:?}: alerts are sent over http or https, not {other}"
+        )),
+    }
+}
+
+/// One `name=duration` of `SAGA_STUCK_AFTER_BY_NAME`.
+pub fn parse_stuck_after(text: &str) -> Result<(String, Duration), String> {
+    let (name, after) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not name=duration (e.g. place-order=10m)"))?;
+    let name = name.trim();
+    if !crate::submission::is_name(name) {
+        return Err(format!("{name:?} is not a saga name"));
+    }
+    Ok((name.to_owned(), parse_wait(after)?))
+}
+
+/// Longest `SAGA_INSTANCE_ID`, in bytes: it is part of the instance's reply queue name
+/// (`{ns}.replies.at.{id}`), which RabbitMQ limits to 255 bytes.
+pub const MAX_INSTANCE_ID_BYTES: usize = 100;
+
+/// A `SAGA_INSTANCE_ID`: at most [`MAX_INSTANCE_ID_BYTES`], without control characters (it names
+/// a queue and shows in logs). Empty means the default.
+pub fn parse_instance_id(text: &str) -> Result<String, String> {
+    let id = text.trim();
+    if id.len() > MAX_INSTANCE_ID_BYTES {
+        return Err(format!(
+            "is {} bytes long; at most {MAX_INSTANCE_ID_BYTES} (it names this coordinator's reply \
+             queue)",
+            id.len()
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("must not hold control characters".into());
+    }
+    Ok(id.to_owned())
 }
 
 /// `90`, `90s`, `500ms`, `5m`, `1h`: a number of seconds unless a unit says otherwise.
@@ -102,8 +194,9 @@ pub fn parse_wait(text: &str) -> Result<Duration, String> {
         "" | "s" => scale(1),
         "m" => scale(60),
         "h" => scale(3600),
+        "d" => scale(86_400),
         other => Err(format!(
-            "unknown unit {other:?} in {text:?} (use ms, s, m or h)"
+            "unknown unit {other:?} in {text:?} (use ms, s, m, h or d)"
         )),
     }
 }
@@ -120,6 +213,27 @@ impl Settings {
         Only::try_parse_from(["coordinator"])
             .map(|only| only.settings)
             .map_err(|e| e.to_string())
+    }
+
+    /// This instance's owner id (see `instance_id`).
+    pub fn instance(&self) -> String {
+        match &self.instance_id {
+            Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
+            _ => {
+                // The kernel's name for the host (a container's own in a container).
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .or_else(|| std::env::var("HOSTNAME").ok())
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "localhost".to_owned());
+                format!("{host}/{}", self.http_addr)
+            }
+        }
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
     }
 
     /// The token, unless unset or empty (an empty token guards nothing).
@@ -163,14 +277,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_instance_id_fits_in_a_queue_name() {
+        assert_eq!(parse_instance_id(" c1 "), Ok("c1".to_owned()));
+        assert_eq!(
+            parse_instance_id("pod-7f9c/0.0.0.0:8080"),
+            Ok("pod-7f9c/0.0.0.0:8080".to_owned())
+        );
+        assert_eq!(parse_instance_id(""), Ok(String::new()));
+        assert!(parse_instance_id(&"x".repeat(MAX_INSTANCE_ID_BYTES)).is_ok());
+        let long = parse_instance_id(&"x".repeat(MAX_INSTANCE_ID_BYTES + 1));
+        assert!(long.is_err_and(|e| e.contains("at most 100")));
+        assert!(parse_instance_id("c1\n").is_ok(), "trimmed");
+        assert!(parse_instance_id("c\u{7}1").is_err());
+    }
+
+    #[test]
     fn a_wait_is_seconds_unless_a_unit_says_otherwise() {
         assert_eq!(parse_wait("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_wait("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_wait("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_wait("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_wait(" 1h "), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_wait("2d"), Ok(Duration::from_secs(172_800)));
         assert_eq!(parse_wait("0"), Ok(Duration::ZERO));
-        for wrong in ["", "s", "-1", "1.5s", "10d", "forever"] {
+        for wrong in ["", "s", "-1", "1.5s", "10w", "forever"] {
             assert!(parse_wait(wrong).is_err(), "{wrong:?} was accepted");
         }
     }
@@ -220,6 +350,30 @@ mod tests {
         settings.api_token = None;
         settings.allow_unauthenticated = true;
         assert_eq!(settings.open_api_refusal(&addrs(&["0.0.0.0:1"])), None);
+    }
+
+    #[test]
+    fn the_queue_type_is_classic_unless_set() {
+        let settings = Settings::from_env().expect("the defaults parse");
+        if std::env::var_os("SAGA_QUEUE_TYPE").is_none() {
+            assert_eq!(settings.queue_type, QueueType::Classic);
+        }
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let parsed = Only::try_parse_from(["coordinator", "--queue-type", "quorum"])
+            .expect("quorum is a queue type");
+        assert_eq!(parsed.settings.queue_type, QueueType::Quorum);
+        let refused = Only::try_parse_from(["coordinator", "--queue-type", "mirrored"])
+            .err()
+            .expect("mirrored is not a queue type");
+        assert!(
+            refused.to_string().contains("classic or quorum"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod outbox;
+pub mod partition;
 pub mod runtime;
 pub mod saga;
 pub mod startup;

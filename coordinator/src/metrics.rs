@@ -139,6 +139,26 @@ pub struct Metrics {
     actors: Gauge,
     amqp_connected: Gauge,
     dead_letters: Gauge,
+
+    partitions_owned: Gauge,
+    lease_renewals: Counter,
+    leases_lost: Counter,
+    handovers: Family<HandoverLabels, Counter>,
+    fenced_writes: Counter,
+    alerts: Family<AlertLabels, Counter>,
+}
+
+/// `reason`: `failed` or `stuck`; `outcome`: `delivered` (2xx) or `failed` (tried again later).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    reason: String,
+    outcome: String,
+}
+
+/// `direction`: whether this instance took partitions or released them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandoverLabels {
+    direction: String,
 }
 
 impl Default for Metrics {
@@ -176,6 +196,12 @@ impl Metrics {
             actors: Gauge::default(),
             amqp_connected: Gauge::default(),
             dead_letters: Gauge::default(),
+            partitions_owned: Gauge::default(),
+            lease_renewals: Counter::default(),
+            leases_lost: Counter::default(),
+            handovers: Family::default(),
+            fenced_writes: Counter::default(),
+            alerts: Family::default(),
         };
         m.registry.register(
             "sagas_started",
@@ -297,7 +323,73 @@ impl Metrics {
             "Messages waiting in the {ns}.dead-letters queue for an operator",
             m.dead_letters.clone(),
         );
+        m.registry.register(
+            "partitions_owned",
+            "Partitions whose lease this coordinator holds (it runs their sagas)",
+            m.partitions_owned.clone(),
+        );
+        m.registry.register(
+            "lease_renewals",
+            "Partition leases renewed by this coordinator",
+            m.lease_renewals.clone(),
+        );
+        m.registry.register(
+            "leases_lost",
+            "Partition leases this coordinator lost to expiry or another instance (not handed over)",
+            m.leases_lost.clone(),
+        );
+        m.registry.register(
+            "partition_handovers",
+            "Partitions this coordinator took (direction=taken) or handed over (direction=released)",
+            m.handovers.clone(),
+        );
+        m.registry.register(
+            "fenced_writes",
+            "Transitions refused because their partition was no longer this coordinator's",
+            m.fenced_writes.clone(),
+        );
+        m.registry.register(
+            "alerts",
+            "Alert deliveries to SAGA_ALERT_URL by reason and outcome (a failed one is tried again)",
+            m.alerts.clone(),
+        );
         m
+    }
+
+    pub fn observe_partitions_owned(&self, owned: usize) {
+        self.partitions_owned
+            .set(i64::try_from(owned).unwrap_or(i64::MAX));
+    }
+
+    pub fn observe_lease_renewals(&self, renewed: usize) {
+        self.lease_renewals.inc_by(renewed as u64);
+    }
+
+    pub fn observe_leases_lost(&self, lost: usize) {
+        self.leases_lost.inc_by(lost as u64);
+    }
+
+    /// `direction` is `taken` or `released`.
+    pub fn observe_handovers(&self, direction: &str, partitions: usize) {
+        self.handovers
+            .get_or_create(&HandoverLabels {
+                direction: direction.to_owned(),
+            })
+            .inc_by(partitions as u64);
+    }
+
+    pub fn observe_alert(&self, reason: &str, delivered: bool) {
+        let outcome = if delivered { "delivered" } else { "failed" };
+        self.alerts
+            .get_or_create(&AlertLabels {
+                reason: reason.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn observe_fenced_write(&self) {
+        self.fenced_writes.inc();
     }
 
     /// Records what a committed transition did, from the saga before and after it and the log

@@ -11,6 +11,8 @@
 //! - `web/http/` and `web/dashboard/` never name each other.
 //! - No import circle: within any folder, its files and subfolders depend on each other without a
 //!   cycle (a module may always use its own parent and children).
+//! - The operator's command line (`operator/`) knows only the HTTP contract: its manifest names no
+//!   crate of the service, and only `cli.rs` names it here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -25,9 +27,14 @@ fn each_outside_crate_is_named_only_where_it_is_owned() {
         ("actix_web", &["web", "app"]),
         ("actix", &["runtime", "app"]),
         ("actix_rt", &["runtime", "app", "cli"]),
-        ("reqwest", &["runtime::check_back"]),
+        // Outbound HTTP: check-backs to initiators, alerts to the operator's receiver, forwarding.
+        (
+            "reqwest",
+            &["runtime::check_back", "runtime::alerts", "web::forward"],
+        ),
         ("prometheus_client", &["metrics", "web::http::metrics"]),
         ("utoipa", &["web"]),
+        ("operator", &["cli"]),
     ];
     let mut misplaced = Vec::new();
     for file in &sources.files {
@@ -127,7 +134,12 @@ fn neither_half_of_the_web_edge_names_the_other() {
 
 #[test]
 fn no_module_imports_in_a_circle() {
-    for root in ["src", "../participants/sdk/src", "../contract/src"] {
+    for root in [
+        "src",
+        "../participants/sdk/src",
+        "../contract/src",
+        "../operator/src",
+    ] {
         let sources = Sources::read(root);
         let cycles = sources.cycles();
         assert!(
@@ -136,6 +148,121 @@ fn no_module_imports_in_a_circle() {
              step): {cycles:#?}"
         );
     }
+}
+
+#[test]
+fn the_operators_command_line_knows_only_the_http_contract() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator/Cargo.toml");
+    let manifest = std::fs::read_to_string(&manifest).expect("operator/Cargo.toml");
+    let forbidden = ["coordinator", "testkit", "participants", "diesel", "lapin"];
+    let found: Vec<String> = dependencies(&manifest)
+        .into_iter()
+        .filter(|name| forbidden.contains(&name.as_str()))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "operator/ talks to the coordinator only over HTTP (ARCHITECTURE.md, invariants); its \
+         manifest depends on {found:?}"
+    );
+    let sources = Sources::read("../operator/src");
+    let mut named = Vec::new();
+    for file in &sources.files {
+        for krate in forbidden {
+            for line in file.names_crate(krate) {
+                named.push(format!(
+                    "operator/src/{}:{line} names {krate}",
+                    file.display
+                ));
+            }
+        }
+    }
+    assert!(named.is_empty(), "{named:#?}");
+}
+
+/// The crates a manifest depends on, in any `[*dependencies]` table (`name = ...`,
+/// `name.workspace = true`) or as a `[*dependencies.name]` table; a renamed one also by its
+/// `package`.
+fn dependencies(manifest: &str) -> Vec<String> {
+    enum Table {
+        Dependencies,
+        OneDependency,
+        Other,
+    }
+    let mut found = Vec::new();
+    let mut table = Table::Other;
+    for line in manifest.lines().map(str::trim) {
+        if let Some(header) = line.strip_prefix('[') {
+            let header = header.trim_end_matches(']').trim();
+            table = match header.rsplit_once('.') {
+                _ if header.ends_with("dependencies") => Table::Dependencies,
+                Some((section, name)) if section.ends_with("dependencies") => {
+                    found.push(name.trim_matches('"').to_string());
+                    Table::OneDependency
+                }
+                _ => Table::Other,
+            };
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        let package = || value.split('"').nth(1).map(str::to_string);
+        match table {
+            Table::Dependencies if !key.starts_with('#') => {
+                found.push(
+                    key.split('.')
+                        .next()
+                        .unwrap_or(key)
+                        .trim_matches('"')
+                        .to_string(),
+                );
+                if let Some((_, renamed)) = value.split_once("package") {
+                    if renamed.trim_start().starts_with('=') {
+                        found.extend(renamed.split('"').nth(1).map(str::to_string));
+                    }
+                }
+            }
+            Table::OneDependency if key == "package" => found.extend(package()),
+            _ => {}
+        }
+    }
+    found
+}
+
+#[test]
+fn the_manifest_reader_finds_every_form_of_dependency() {
+    let manifest = r#"
+[package]
+name = "x"
+description = "not = a dependency"
+
+[dependencies]
+# coordinator = { path = "../coordinator" }
+chrono.workspace = true
+core = { package = "coordinator", path = "../coordinator" }
+
+[dev-dependencies.testkit]
+path = "../testkit"
+
+[target.'cfg(unix)'.dependencies]
+"lapin" = "4"
+
+[build-dependencies.renamed]
+package = "diesel"
+"#;
+    assert_eq!(
+        dependencies(manifest),
+        [
+            "chrono",
+            "core",
+            "coordinator",
+            "testkit",
+            "lapin",
+            "renamed",
+            "diesel"
+        ]
+    );
 }
 
 /// The checker itself: groups, relative paths, comments and strings.

@@ -229,6 +229,7 @@ fn template(schema: Schema) -> anyhow::Result<String> {
         .execute(&mut admin);
     built?;
     unlocked?;
+    mark_used(&mut admin, &name)?;
     drop_stale_templates(&mut admin, &prefix, &name);
     cached.insert(schema.migrations_dir, name.clone());
     Ok(name)
@@ -252,16 +253,41 @@ fn embedded_from(schema: &Schema) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Templates of earlier migration sets are dead weight once the migrations changed: drop them,
-/// leaving any that a test run of another checkout still uses (its DROP fails and is ignored).
+/// A template unused this long belongs to no test run still going: [`drop_stale_templates`] may
+/// drop it.
+const TEMPLATE_IDLE: Duration = Duration::from_secs(6 * 3600);
+
+/// Records in the template's comment that a test binary uses it now (the time, in Unix seconds).
+fn mark_used(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    sql_query(format!(
+        "COMMENT ON DATABASE \"{name}\" IS 'testkit template, used {now}'"
+    ))
+    .execute(admin)?;
+    Ok(())
+}
+
+/// Templates of earlier migration sets are dead weight once the migrations changed: drop those no
+/// test binary used for [`TEMPLATE_IDLE`]. Another checkout's test run (a worktree with other
+/// migrations, a CI run beside a developer's) may be about to create databases from its own
+/// template between two of its tests, with nothing connected to it: dropping it by name alone
+/// failed that run.
 fn drop_stale_templates(admin: &mut PgConnection, prefix: &str, current: &str) {
+    let idle = i64::try_from(TEMPLATE_IDLE.as_secs()).unwrap_or(i64::MAX);
     let stale: Vec<DatabaseName> = sql_query(
         "SELECT datname FROM pg_database \
          WHERE starts_with(datname, $1) AND datname <> $2 \
-           AND datname NOT LIKE '%\\_building'",
+           AND datname NOT LIKE '%\\_building' \
+           AND COALESCE(substring(shobj_description(oid, 'pg_database') \
+                                  FROM 'used ([0-9]+)$')::bigint, 0) \
+               < extract(epoch FROM now())::bigint - $3",
     )
     .bind::<Text, _>(prefix)
     .bind::<Text, _>(current)
+    .bind::<BigInt, _>(idle)
     .load(admin)
     .unwrap_or_default();
     for db in stale {
@@ -312,4 +338,43 @@ fn build_template(
         }
     }
     anyhow::bail!("could not rename {building} to {name}: connections kept coming back")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A template another checkout used a moment ago survives; one idle for longer than
+    /// [`TEMPLATE_IDLE`] (or never marked) is dropped.
+    #[test]
+    fn only_idle_templates_of_other_migration_sets_are_dropped() {
+        let mut admin = admin_connection().expect("admin connection");
+        let prefix = format!("tk{}_test_template_", uuid::Uuid::new_v4().simple());
+        let [current, in_use, idle, unmarked] =
+            ["current", "inuse", "idle", "unmarked"].map(|n| format!("{prefix}{n}"));
+        for name in [&current, &in_use, &idle, &unmarked] {
+            sql_query(format!("CREATE DATABASE \"{name}\""))
+                .execute(&mut admin)
+                .expect("creating a database");
+        }
+        mark_used(&mut admin, &in_use).expect("marking");
+        let long_ago = 1_000_000_000u64;
+        sql_query(format!(
+            "COMMENT ON DATABASE \"{idle}\" IS 'testkit template, used {long_ago}'"
+        ))
+        .execute(&mut admin)
+        .expect("commenting");
+
+        drop_stale_templates(&mut admin, &prefix, &current);
+        let exists = |admin: &mut PgConnection, name: &str| {
+            database_exists(admin, name).expect("looking up a database")
+        };
+        assert!(exists(&mut admin, &current));
+        assert!(exists(&mut admin, &in_use), "another run uses it");
+        assert!(!exists(&mut admin, &idle));
+        assert!(!exists(&mut admin, &unmarked));
+        for name in [&current, &in_use] {
+            let _ = sql_query(format!("DROP DATABASE IF EXISTS \"{name}\"")).execute(&mut admin);
+        }
+    }
 }

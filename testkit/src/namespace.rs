@@ -1,6 +1,7 @@
 //! A random AMQP namespace per test, deleted at the end, plus raw access to its queues.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,10 +18,19 @@ use crate::amqp_url;
 
 /// Opens a connection to the test broker.
 pub async fn amqp_connect() -> anyhow::Result<Connection> {
-    let url = amqp_url();
-    Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .with_context(|| format!("connecting to {url}"))
+    connect_to(&amqp_url()).await
+}
+
+/// Opens a connection to the first node of `urls` (one URL or a comma-separated list) that answers.
+pub async fn connect_to(urls: &str) -> anyhow::Result<Connection> {
+    let mut failures = Vec::new();
+    for url in contract::broker::amqp_urls(urls) {
+        match Connection::connect(&url, ConnectionProperties::default()).await {
+            Ok(connection) => return Ok(connection),
+            Err(e) => failures.push(format!("{url}: {e}")),
+        }
+    }
+    anyhow::bail!("connecting to RabbitMQ failed: {}", failures.join("; "))
 }
 
 /// An AMQP namespace `t<uuid>` of its own for one test. Cloning shares it; when the last clone is
@@ -33,8 +43,18 @@ pub struct TestNamespace {
 #[derive(Debug)]
 struct Inner {
     name: String,
+    /// Where the namespace lives: the test broker unless [`TestNamespace::on_broker`] says otherwise.
+    broker: String,
     participants: Mutex<BTreeSet<String>>,
+    /// Coordinator instance ids whose reply queues are deleted with the namespace.
+    instances: Mutex<BTreeSet<String>>,
+    /// How many `{ns}.replies.{partition}` queues the coordinators may have declared.
+    partitions: AtomicU32,
 }
+
+/// The coordinator's default `SAGA_PARTITIONS`: a namespace deletes this many per-partition replies
+/// queues unless told otherwise ([`TestNamespace::set_partitions`]).
+pub const DEFAULT_PARTITIONS: u32 = 64;
 
 /// A message read from `{ns}.dead-letters`.
 #[derive(Clone, Debug)]
@@ -58,12 +78,25 @@ impl Default for TestNamespace {
 
 impl TestNamespace {
     pub fn new() -> TestNamespace {
+        TestNamespace::on_broker(&amqp_url())
+    }
+
+    /// A namespace on another broker than the test broker (e.g. a cluster: a comma-separated list
+    /// of its nodes' URLs, the first that answers used), deleted there.
+    pub fn on_broker(urls: &str) -> TestNamespace {
         TestNamespace {
             inner: Arc::new(Inner {
                 name: format!("t{}", uuid::Uuid::new_v4().simple()),
+                broker: urls.to_string(),
                 participants: Mutex::new(BTreeSet::new()),
+                instances: Mutex::new(BTreeSet::new()),
+                partitions: AtomicU32::new(DEFAULT_PARTITIONS),
             }),
         }
+    }
+
+    async fn connect(&self) -> anyhow::Result<Connection> {
+        connect_to(&self.inner.broker).await
     }
 
     /// The namespace, for `SAGA_NAMESPACE`.
@@ -78,6 +111,30 @@ impl TestNamespace {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(participant.to_string());
+    }
+
+    /// `{ns}.replies.at.{instance}`: the reply queue of one coordinator instance, the `reply_to` of
+    /// the commands it publishes; remembered, so it is deleted with the namespace (a queue left
+    /// behind expires an hour after its last consumer anyway).
+    pub fn instance_replies_queue(&self, instance: &str) -> String {
+        self.inner
+            .instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(instance.to_string());
+        names::instance_replies_queue(self.name(), instance)
+    }
+
+    /// Remembers that the coordinators on this namespace run with `SAGA_PARTITIONS=partitions`, so
+    /// that every per-partition replies queue is deleted with the namespace.
+    pub fn set_partitions(&self, partitions: u32) {
+        self.inner.partitions.store(partitions, Ordering::SeqCst);
+    }
+
+    /// `{ns}.replies.{partition}`: the replies queue of one partition, the `reply_to` of the
+    /// commands of that partition's sagas.
+    pub fn partition_replies_queue(&self, partition: u32) -> String {
+        names::partition_replies_queue(self.name(), partition)
     }
 
     pub fn commands_exchange(&self) -> String {
@@ -108,7 +165,7 @@ impl TestNamespace {
         body: &[u8],
         correlation_id: Option<&str>,
     ) -> anyhow::Result<()> {
-        let conn = amqp_connect().await?;
+        let conn = self.connect().await?;
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -154,7 +211,7 @@ impl TestNamespace {
 
     /// Takes every message currently in `{ns}.dead-letters` off the queue.
     pub async fn take_dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>> {
-        let conn = amqp_connect().await?;
+        let conn = self.connect().await?;
         let channel = conn.create_channel().await?;
         let mut out = Vec::new();
         while let Some(message) = channel
@@ -200,7 +257,7 @@ impl TestNamespace {
 
     /// Messages ready in a queue, or `None` if the queue does not exist.
     pub async fn queue_len(&self, queue: &str) -> anyhow::Result<Option<u32>> {
-        let conn = amqp_connect().await?;
+        let conn = self.connect().await?;
         let channel = conn.create_channel().await?;
         let result = channel
             .queue_declare(
@@ -283,8 +340,17 @@ impl TestNamespace {
 impl Drop for Inner {
     fn drop(&mut self) {
         let ns = self.name.clone();
+        let partitions = self.partitions.load(Ordering::SeqCst);
+        let broker = self.broker.clone();
         let participants: Vec<String> = self
             .participants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let instances: Vec<String> = self
+            .instances
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
@@ -305,7 +371,7 @@ impl Drop for Inner {
             let result = runtime.block_on(async {
                 tokio::time::timeout(
                     Duration::from_secs(30),
-                    delete_namespace(&ns, &participants),
+                    delete_namespace(&broker, &ns, &participants, &instances, partitions),
                 )
                 .await
             });
@@ -319,14 +385,28 @@ impl Drop for Inner {
     }
 }
 
-async fn delete_namespace(ns: &str, participants: &[String]) -> anyhow::Result<()> {
-    let conn = amqp_connect().await?;
+async fn delete_namespace(
+    broker: &str,
+    ns: &str,
+    participants: &[String],
+    instances: &[String],
+    partitions: u32,
+) -> anyhow::Result<()> {
+    let conn = connect_to(broker).await?;
     let mut queues = vec![
         names::replies_queue(ns),
         names::dead_letters_queue(ns),
         names::dead_commands_queue(ns),
     ];
     queues.extend(participants.iter().map(|p| names::participant_queue(ns, p)));
+    queues.extend(
+        instances
+            .iter()
+            .map(|i| names::instance_replies_queue(ns, i)),
+    );
+    // Deleting a queue that was never declared is no error in RabbitMQ: a namespace whose
+    // coordinator never declared them costs only the round trips.
+    queues.extend((0..partitions).map(|p| names::partition_replies_queue(ns, p)));
     let mut channel: Option<Channel> = None;
     for queue in &queues {
         let ch = reuse_or_open(&conn, channel.take()).await?;

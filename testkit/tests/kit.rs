@@ -55,7 +55,14 @@ async fn namespace_queues_are_deleted_with_the_last_clone() {
     ns.register_participant("probe");
     let conn = amqp_connect().await.expect("connect");
     let channel = conn.create_channel().await.expect("channel");
-    for queue in [ns.replies_queue(), ns.participant_queue("probe")] {
+    // A per-partition replies queue (partition 5 of the default 64), and none of the others: the
+    // ones never declared must not stop the deletion.
+    let declared = [
+        ns.replies_queue(),
+        ns.participant_queue("probe"),
+        ns.partition_replies_queue(5),
+    ];
+    for queue in declared.clone() {
         channel
             .queue_declare(
                 queue.as_str().into(),
@@ -65,7 +72,7 @@ async fn namespace_queues_are_deleted_with_the_last_clone() {
             .await
             .expect("declare");
     }
-    let queues = [ns.replies_queue(), ns.participant_queue("probe")];
+    let queues = declared;
     let clone = ns.clone();
     drop(ns);
     assert_eq!(clone.queue_len(&queues[0]).await.expect("len"), Some(0));

@@ -125,6 +125,37 @@ impl Api {
             .await
     }
 
+    /// `POST /api/v1/sagas/{id}/retry-now`.
+    pub async fn retry_now(&self, id: &str) -> Response {
+        self.send(self.request(Method::POST, &format!("/api/v1/sagas/{id}/retry-now")))
+            .await
+    }
+
+    /// `POST /api/v1/sagas/{id}/pause`.
+    pub async fn pause(&self, id: &str) -> Response {
+        self.send(self.request(Method::POST, &format!("/api/v1/sagas/{id}/pause")))
+            .await
+    }
+
+    /// `POST /api/v1/sagas/{id}/resume`.
+    pub async fn resume(&self, id: &str) -> Response {
+        self.send(self.request(Method::POST, &format!("/api/v1/sagas/{id}/resume")))
+            .await
+    }
+
+    /// `POST /api/v1/saga-names/{name}/pause` or `/resume`.
+    pub async fn pause_name(&self, name: &str, pause: bool) -> Response {
+        let verb = if pause { "pause" } else { "resume" };
+        self.send(self.request(Method::POST, &format!("/api/v1/saga-names/{name}/{verb}")))
+            .await
+    }
+
+    /// `GET /api/v1/saga-names/paused`.
+    pub async fn paused_names(&self) -> Response {
+        self.send(self.request(Method::GET, "/api/v1/saga-names/paused"))
+            .await
+    }
+
     /// `POST /api/v1/sagas/{id}/resolve` with `{"note": note}`.
     pub async fn resolve(&self, id: &str, note: &str) -> Response {
         self.send(

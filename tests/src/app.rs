@@ -15,6 +15,8 @@ pub struct TestAppBuilder {
     max_body_bytes: Option<usize>,
     check_back_hosts: Vec<String>,
     via_proxy: bool,
+    /// `SAGA_ALERT_URL`, `SAGA_ALERT_SECRET`, `SAGA_STUCK_AFTER`.
+    alerts: Option<(String, String, std::time::Duration)>,
 }
 
 impl TestAppBuilder {
@@ -33,6 +35,13 @@ impl TestAppBuilder {
     /// Sets `SAGA_CHECK_BACK_HOSTS`.
     pub fn check_back_hosts(mut self, hosts: &[&str]) -> Self {
         self.check_back_hosts = hosts.iter().map(|h| h.to_string()).collect();
+        self
+    }
+
+    /// Sends alerts to `url`, signed with `secret`; sagas in flight longer than `stuck_after` are
+    /// stuck.
+    pub fn alerts(mut self, url: &str, secret: &str, stuck_after: std::time::Duration) -> Self {
+        self.alerts = Some((url.to_string(), secret.to_string(), stuck_after));
         self
     }
 
@@ -64,8 +73,14 @@ impl TestAppBuilder {
             settings.max_body_bytes = bytes;
         }
         settings.check_back_hosts = self.check_back_hosts.clone();
+        if let Some((url, secret, stuck_after)) = &self.alerts {
+            settings.alert_url = Some(url.parse().expect("an alert URL"));
+            settings.alert_secret = Some(secret.clone());
+            settings.stuck_after = *stuck_after;
+        }
         // Tests run in parallel against one Postgres (max_connections 100).
         settings.db_pool_size = 8;
+        let reply_queue = ns.instance_replies_queue(&settings.instance());
 
         let coordinator = start_coordinator(settings)
             .await
@@ -83,6 +98,7 @@ impl TestAppBuilder {
             proxy,
             ns,
             db,
+            reply_queue,
         }
     }
 }
@@ -125,6 +141,8 @@ pub struct TestApp {
     proxy: Option<TcpProxy>,
     pub ns: TestNamespace,
     pub db: TestDb,
+    /// This coordinator's own reply queue: the `reply_to` of every command it publishes.
+    pub reply_queue: String,
 }
 
 impl TestApp {

@@ -8,35 +8,46 @@
 //!
 //! - [`TestApp`]: a coordinator started in-process, with an HTTP client ([`Api`]).
 //! - [`CoordinatorProcess`]: the real binary as a child process (for SIGKILL tests).
+//! - [`Cluster`]: several of them on one database and namespace, as one coordinator, with a
+//!   [`ClusterClient`] that retries on another instance and reads of the partition leases.
 //! - [`FakeParticipant`]: a participant written directly against lapin, answering from a script.
 //! - [`TcpProxy`]: a TCP proxy in front of RabbitMQ or Postgres that can sever every connection and
 //!   refuse new ones (an outage, without stopping the shared server).
 //! - [`FakeCoordinator`]: the coordinator's side of AMQP by hand, to test participants (the SDK).
 //! - [`ShopDbs`], [`ShopProcess`]: the example shop's databases, and its services as child processes.
+//! - [`AlertReceiver`]: an HTTP server receiving the coordinator's alerts, answering from a script.
+//! - [`RabbitCluster`]: a three-node RabbitMQ cluster beside the shared broker
+//!   (`scripts/rabbitmq-cluster.sh`), for the broker HA test.
 //!
 //! Where the services live can be changed with `E2E_PG_URL` (server URL without a database name) and
 //! `E2E_AMQP_URL` (see `testkit`).
 
+pub mod alert_receiver;
 pub mod api;
 pub mod app;
 pub mod browser;
 pub mod check_back;
+pub mod cluster;
 pub mod defs;
 pub mod fake_coordinator;
 pub mod participant;
 pub mod process;
+pub mod rabbitmq_cluster;
 pub mod scenarios;
 pub mod shop;
 pub mod wait;
 
+pub use alert_receiver::{AlertReceiver, ReceivedAlert};
 pub use api::Api;
 pub use app::{TestApp, TestAppBuilder};
 pub use browser::Browser;
 pub use check_back::{CheckAnswer, CheckBackServer};
+pub use cluster::{Cluster, ClusterClient, ClusterDb, ClusterSettings, Leases};
 pub use fake_coordinator::{command_body, FakeCoordinator};
 pub use participant::{Behaviour, FakeParticipant, ReceivedCommand, Reply, SentReply};
 pub use process::CoordinatorProcess;
-pub use shop::{ShopDbs, ShopProcess};
+pub use rabbitmq_cluster::RabbitCluster;
+pub use shop::{order_policy, steady_faults, ShopDbs, ShopProcess};
 pub use testkit::{amqp_host_port, amqp_url, pg_server_url};
 pub use testkit::{db, namespace, proxy};
 pub use testkit::{DeadLetter, Schema, TcpProxy, TestDb, TestNamespace};

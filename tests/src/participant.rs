@@ -172,6 +172,9 @@ pub enum Behaviour {
     ReplyTwice(Reply),
     /// Publish these bytes as the reply (correct routing and correlation id), then ack.
     ReplyRaw(Vec<u8>),
+    /// Reply to this queue instead of the command's `reply_to` (as a participant written before
+    /// replies went to a queue per partition, which sends every reply to `{ns}.replies`), then ack.
+    ReplyVia(String, Reply),
     /// Ack and never answer.
     NoReply,
     /// `basic.reject` without requeue: the broker dead-letters the command.
@@ -214,6 +217,7 @@ impl std::fmt::Debug for Behaviour {
                 .debug_tuple("ReplyRaw")
                 .field(&String::from_utf8_lossy(b))
                 .finish(),
+            Behaviour::ReplyVia(q, r) => f.debug_tuple("ReplyVia").field(q).field(r).finish(),
             Behaviour::NoReply => f.write_str("NoReply"),
             Behaviour::Reject => f.write_str("Reject"),
             Behaviour::DelayThenReply(d, r) => {
@@ -553,6 +557,11 @@ fn perform<'a>(
                 send_reply(channel, command, &bytes, log).await?;
                 ack(&delivery).await
             }
+            Behaviour::ReplyVia(queue, reply) => {
+                let bytes = reply_bytes(&reply, command);
+                publish_reply(channel, command, &queue, &bytes, log).await?;
+                ack(&delivery).await
+            }
             Behaviour::NoReply => ack(&delivery).await,
             Behaviour::Reject => {
                 delivery
@@ -598,6 +607,17 @@ async fn send_reply(
         .reply_to
         .clone()
         .context("the command has no reply_to")?;
+    publish_reply(channel, command, &reply_to, bytes, log).await
+}
+
+/// Publishes `bytes` as the reply to `command` on queue `reply_to` (through the default exchange).
+async fn publish_reply(
+    channel: &Channel,
+    command: &ReceivedCommand,
+    reply_to: &str,
+    bytes: &[u8],
+    log: &Arc<Mutex<Log>>,
+) -> anyhow::Result<()> {
     let mut props = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_content_type(CONTENT_TYPE.into());
@@ -613,7 +633,7 @@ async fn send_reply(
     let confirm = channel
         .basic_publish(
             "".into(),
-            reply_to.as_str().into(),
+            reply_to.into(),
             BasicPublishOptions::default(),
             bytes,
             props,

@@ -204,17 +204,26 @@ impl CoordinatorProcess {
         }
     }
 
+    /// Sends `signal` (a name `kill` knows: `STOP`, `CONT`, `TERM`, ...) to the process. A stopped
+    /// (`STOP`) process keeps its sockets open but answers nothing until `CONT`.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid().context("the process was already stopped")?;
+        send_signal(pid, signal)
+    }
+
     /// SIGTERM, then waits up to `timeout` for the exit status (SIGKILL after that).
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        self.signal("TERM")?;
+        self.wait_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself (after a signal sent with
+    /// [`CoordinatorProcess::signal`]) and reaps it; SIGKILL after that.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let mut child = self
             .child
             .take()
             .context("the process was already stopped")?;
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .context("running kill -TERM")?;
-        anyhow::ensure!(status.success(), "kill -TERM failed: {status}");
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait()? {
@@ -223,7 +232,7 @@ impl CoordinatorProcess {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                anyhow::bail!("the coordinator did not exit within {timeout:?} of SIGTERM");
+                anyhow::bail!("the coordinator did not exit within {timeout:?}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -234,6 +243,17 @@ impl Drop for CoordinatorProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `kill -{signal} {pid}`: the crate signals its children with the `kill` command rather than a
+/// binding to libc.
+pub fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .with_context(|| format!("running kill -{signal}"))?;
+    anyhow::ensure!(status.success(), "kill -{signal} {pid} failed: {status}");
+    Ok(())
 }
 
 fn remember(lines: &Mutex<Vec<String>>, line: &str) {

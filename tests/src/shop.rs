@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use diesel::{sql_query, Connection, PgConnection, RunQueryDsl};
+use participants::client::RetryPolicy;
+use shop::order::OrderPolicy;
 use shop::{Faults, Service, ShopSettings};
 
 use crate::{pg_server_url, TestNamespace};
@@ -28,6 +30,18 @@ impl ShopDbs {
                 ..ShopSettings::default()
             },
         }
+    }
+
+    /// Installs the order service's database (its orders and its outbox) and opens a pool on it.
+    pub async fn install_orders(&self) -> shop::DbPool {
+        let shop = self.settings.clone();
+        tokio::task::spawn_blocking(move || {
+            shop::orders::install(&shop)?;
+            shop.orders_pool(4)
+        })
+        .await
+        .expect("join")
+        .expect("installing the order service")
     }
 
     /// A connection to one service's database.
@@ -61,6 +75,35 @@ impl Drop for ShopDbs {
                 eprintln!("e2e: dropping {name}: {e}");
             }
         }
+    }
+}
+
+/// The faults of a shop under steady load: some business failures, transient errors and duplicate
+/// deliveries, nothing slow and no crashes (the tests that want those inject them themselves).
+pub fn steady_faults() -> Faults {
+    Faults {
+        failure_rate: 0.05,
+        transient_rate: 0.05,
+        slow_rate: 0.0,
+        slow_ms: 0,
+        duplicate_rate: 0.05,
+        crash_rate: 0.0,
+    }
+}
+
+/// Retry policies for orders under faults: quick backoffs (the test waits for them), a few
+/// attempts per action, and compensations that practically never give up (`compensation_attempts`).
+pub fn order_policy(step_timeout: Duration, compensation_attempts: u32) -> OrderPolicy {
+    let quick = |max_attempts| RetryPolicy {
+        max_attempts,
+        initial_backoff_ms: 50,
+        max_backoff_ms: 500,
+        multiplier: 2.0,
+    };
+    OrderPolicy {
+        step_timeout,
+        retry: quick(4),
+        compensation_retry: quick(compensation_attempts),
     }
 }
 

@@ -1,10 +1,11 @@
-//! The real binary as a process: SIGKILL mid-flight and resume, SIGTERM, `migrate`.
+//! The real binary as a process: SIGKILL mid-flight and resume, a paused saga across a SIGKILL,
+//! SIGTERM, `migrate`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use contract::CommandKind;
-use e2e::api::{idempotency_key, state, step};
+use e2e::api::{expect_json, idempotency_key, state, step};
 use e2e::defs::saga;
 use e2e::process::run_to_completion;
 use e2e::{
@@ -149,6 +150,71 @@ async fn sigkill_mid_flight_then_restart_finishes_every_saga_without_losing_effe
             assert!(known.contains(&c.saga_id().to_string()), "{c:?}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_a_saga_across_a_sigkill_and_resume_finishes_it() {
+    let db = new_db().await;
+    let ns = TestNamespace::new();
+    let mut first = start_process(&db, &ns).await;
+    // The first step answers a while after its command arrives: the saga is paused meanwhile.
+    let slow = FakeParticipant::start(&ns, "slow", |_| {
+        Behaviour::DelayThenReply(Duration::from_millis(1_500), Reply::success())
+    })
+    .await;
+    let fast = FakeParticipant::always_succeed(&ns, "fast").await;
+    let id = first
+        .api()
+        .submit_id(&saga(
+            "held",
+            vec![e2e::defs::step("s1", "slow"), e2e::defs::step("s2", "fast")],
+        ))
+        .await;
+    slow.wait_for_count(1, SAGA_TIMEOUT).await;
+    let paused = expect_json(first.api().pause(&id).await, reqwest::StatusCode::OK).await;
+    assert!(paused["paused_at"].is_string(), "{paused}");
+
+    // The reply to the command already out is recorded; s2 is not sent.
+    let recorded = eventually("s1's reply recorded", SAGA_TIMEOUT, async || {
+        let doc = first.api().saga(&id).await;
+        (state(step(&doc, "s1")) == "succeeded").then_some(doc)
+    })
+    .await;
+    assert_eq!(state(step(&recorded, "s2")), "pending", "{recorded}");
+
+    first.kill();
+    let second = start_process(&db, &ns).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = second.api().saga(&id).await;
+    assert!(still["paused_at"].is_string(), "still paused: {still}");
+    assert_eq!(state(&still), "running");
+    assert_eq!(state(step(&still, "s2")), "pending", "{still}");
+    assert!(fast.commands().is_empty(), "nothing sent while paused");
+
+    let resumed = expect_json(second.api().resume(&id).await, reqwest::StatusCode::OK).await;
+    assert_eq!(resumed["paused_at"], Value::Null, "{resumed}");
+    second
+        .api()
+        .wait_for_state(&id, &["committed"], SAGA_TIMEOUT)
+        .await;
+    assert_eq!(fast.commands().len(), 1);
+    let types: Vec<String> = second
+        .api()
+        .events(&id)
+        .await
+        .iter()
+        .filter_map(|e| e["type"].as_str().map(str::to_owned))
+        .collect();
+    let at = |t: &str| {
+        types
+            .iter()
+            .position(|x| x == t)
+            .unwrap_or_else(|| panic!("no {t} in {types:?}"))
+    };
+    assert!(
+        at("paused") < at("resumed") && at("resumed") < at("committed"),
+        "{types:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
-//! The operator's dashboard: in headless Chromium (live updates, the saga page, abort, retry, escaping,
-//! the README's screenshot), and over plain HTTP (cookie login, cross-site protection, the change
+//! The operator's dashboard: in headless Chromium (live updates, the saga page, abort, retry, retry
+//! now, escaping, the README's screenshot), and over plain HTTP (cookie login, cross-site protection, the change
 //! stream, the dead letters).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use e2e::api::{expect_json, state};
 use e2e::defs::{fast_retry, saga, step, step_with};
-use e2e::scenarios::{broken_compensation_saga, broken_compensation_shop};
+use e2e::scenarios::{
+    broken_compensation_saga, broken_compensation_shop, flaky_participant, patient_saga,
+};
 use e2e::{Behaviour, Browser, FakeParticipant, TestApp, SAGA_TIMEOUT};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -237,6 +239,89 @@ async fn the_dashboard_follows_sagas_live_and_operates_them() {
         json!("yes"),
         "everything so far happened without reloading the page"
     );
+
+    // A step waiting out a ten-minute backoff is sent at once from its page.
+    let _flaky = flaky_participant(&app).await;
+    let patient = app.submit_id(&patient_saga("patient")).await;
+    browser.goto(&format!("{base}/sagas/{patient}")).await;
+    browser
+        .wait_js(
+            "the step's next attempt time and the retry-now button",
+            SAGA_TIMEOUT,
+            "return document.querySelector('#steps tr[data-step=\"charge\"] .retry-at') \
+               && document.getElementById('action-retry-now');",
+        )
+        .await;
+    // Paused and resumed from its page first.
+    browser.click("#action-pause", UI_TIMEOUT).await;
+    browser.click("#confirm-ok", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the paused flag and the resume button, live",
+            SAGA_TIMEOUT,
+            "return document.getElementById('saga-paused') \
+               && document.getElementById('action-resume') \
+               && !document.getElementById('action-retry-now');",
+        )
+        .await;
+    assert!(app.saga(&patient).await["paused_at"].is_string());
+    browser.click("#action-resume", UI_TIMEOUT).await;
+    browser.click("#confirm-ok", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the saga running again",
+            SAGA_TIMEOUT,
+            "return !document.getElementById('saga-paused') \
+               && document.getElementById('action-pause') \
+               && document.getElementById('action-retry-now');",
+        )
+        .await;
+    // Every saga of its name paused from its page, and resumed from the overview's banner.
+    browser.click("#action-pause-name", UI_TIMEOUT).await;
+    browser.click("#confirm-ok", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the saga held with its name, live",
+            SAGA_TIMEOUT,
+            "const p = document.getElementById('saga-paused'); \
+             return p && p.textContent.includes('every patient saga') \
+               && document.getElementById('action-resume-name');",
+        )
+        .await;
+    assert_eq!(app.saga(&patient).await["paused_by"], json!("name"));
+    browser.goto(&format!("{base}/")).await;
+    browser
+        .click(
+            "#paused-names .paused-name[data-name=\"patient\"] button",
+            UI_TIMEOUT,
+        )
+        .await;
+    browser.click("#confirm-ok", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the banner gone once the name is resumed",
+            SAGA_TIMEOUT,
+            "return document.querySelectorAll('#paused-names .paused-name').length === 0;",
+        )
+        .await;
+    browser.goto(&format!("{base}/sagas/{patient}")).await;
+    browser
+        .wait_js(
+            "the saga running again",
+            SAGA_TIMEOUT,
+            "return document.getElementById('action-retry-now') \
+               && !document.getElementById('saga-paused');",
+        )
+        .await;
+    browser.click("#action-retry-now", UI_TIMEOUT).await;
+    browser.click("#confirm-ok", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the saga committed without waiting ten minutes",
+            SAGA_TIMEOUT,
+            "const s = document.getElementById('saga-state'); return s && s.textContent === 'committed';",
+        )
+        .await;
 
     // Hostile data is shown as text and runs nothing.
     browser.goto(&format!("{base}/sagas/{hostile}")).await;

@@ -92,10 +92,7 @@ async fn business_failure_on_step_3_compensates_2_then_1() {
         );
         assert_eq!(b["action_output"], json!({"made": s}), "{b}");
         assert_eq!(cmd.correlation_id, cmd.message_id);
-        assert_eq!(
-            cmd.reply_to.as_deref(),
-            Some(app.ns.replies_queue().as_str())
-        );
+        assert_eq!(cmd.reply_to.as_deref(), Some(app.reply_queue.as_str()));
         assert_eq!(cmd.delivery_mode, Some(2));
     }
 }

@@ -22,7 +22,13 @@ fn parse_time(v: &Value, what: &str) -> DateTime<Utc> {
 }
 
 /// The properties every command carries (contract, sections 3 and 4).
-fn assert_command_envelope(cmd: &ReceivedCommand, ns: &str, participant: &str, kind: &str) {
+fn assert_command_envelope(
+    cmd: &ReceivedCommand,
+    ns: &str,
+    reply_queue: &str,
+    participant: &str,
+    kind: &str,
+) {
     let message_id = cmd
         .message_id
         .as_deref()
@@ -33,10 +39,8 @@ fn assert_command_envelope(cmd: &ReceivedCommand, ns: &str, participant: &str, k
         Some(message_id),
         "correlation_id == message_id"
     );
-    assert_eq!(
-        cmd.reply_to.as_deref(),
-        Some(names::replies_queue(ns).as_str())
-    );
+    // The reply queue of the coordinator that sent it (contract, section 4).
+    assert_eq!(cmd.reply_to.as_deref(), Some(reply_queue));
     assert_eq!(
         cmd.type_property.as_deref(),
         Some(kind),
@@ -160,9 +164,9 @@ async fn three_steps_commit_and_commands_carry_the_contract_fields() {
     assert_eq!(charge.len(), 1, "{charge:#?}");
     assert_eq!(notify.len(), 1, "{notify:#?}");
     let (reserve, charge, notify) = (&reserve[0], &charge[0], &notify[0]);
-    assert_command_envelope(reserve, ns, "inventory", "action");
-    assert_command_envelope(charge, ns, "payments", "action");
-    assert_command_envelope(notify, ns, "mailer", "action");
+    assert_command_envelope(reserve, ns, &app.reply_queue, "inventory", "action");
+    assert_command_envelope(charge, ns, &app.reply_queue, "payments", "action");
+    assert_command_envelope(notify, ns, &app.reply_queue, "mailer", "action");
     let ids: HashSet<_> = [reserve, charge, notify]
         .iter()
         .map(|c| c.message_id.clone())

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use e2e::api::{expect_json, expect_problem, saga_id, state, step};
 use e2e::defs::{saga, step_with};
+use e2e::scenarios::{flaky_participant, gated_participant, patient_saga};
 use e2e::{eventually, Behaviour, FakeParticipant, Reply, TestApp, SAGA_TIMEOUT};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -173,6 +174,18 @@ async fn list_filters_by_state_and_name_and_pages_with_the_cursor() {
 
     let max = app.list(&[("limit", "500")]).await;
     assert_eq!(max.status(), StatusCode::OK);
+
+    // A name no saga can have is refused as the document says (a NUL once reached Postgres: 500).
+    for name in ["al\u{0}pha", "al pha", "", &"a".repeat(65)] {
+        let refused = app.list(&[("name", name)]).await;
+        assert_eq!(
+            refused.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{name:?}"
+        );
+        let problem: Value = refused.json().await.expect("a problem document");
+        assert_eq!(problem["errors"][0]["field"], "name", "{problem}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,6 +260,123 @@ async fn abort_of_a_running_saga_compensates_what_was_dispatched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_now_skips_a_ten_minute_backoff() {
+    let app = TestApp::start().await;
+    // The first attempt asks for a retry; the policy would wait ten minutes before the second.
+    let flaky = flaky_participant(&app).await;
+    let id = app.submit_id(&patient_saga("patient")).await;
+    let waiting = eventually("the step waits out its backoff", SAGA_TIMEOUT, async || {
+        let doc = app.saga(&id).await;
+        step(&doc, "charge")["retry_at"].is_string().then_some(doc)
+    })
+    .await;
+    let retry_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(step(&waiting, "charge")["retry_at"].clone())
+            .expect("retry_at is a time");
+    let updated_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(waiting["updated_at"].clone()).expect("updated_at is a time");
+    assert!(
+        retry_at - updated_at >= chrono::Duration::minutes(5),
+        "a long backoff (jitter halves it at most): {waiting}"
+    );
+
+    let after = expect_json(app.retry_now(&id).await, StatusCode::OK).await;
+    assert_eq!(step(&after, "charge")["attempts"], 2, "{after}");
+    assert_eq!(step(&after, "charge")["retry_at"], Value::Null, "{after}");
+    let done = app.wait_for_state(&id, &["committed"], SAGA_TIMEOUT).await;
+    assert_eq!(step(&done, "charge")["attempts"], 2);
+    assert_eq!(flaky.commands().len(), 2, "one retry, sent once");
+    expect_problem(app.retry_now(&id).await, StatusCode::CONFLICT).await;
+    let types: Vec<String> = app
+        .events(&id)
+        .await
+        .iter()
+        .filter_map(|e| e["type"].as_str().map(str::to_owned))
+        .collect();
+    let asked = types
+        .iter()
+        .position(|t| t == "retry_now_requested")
+        .unwrap_or_else(|| panic!("no retry_now_requested in {types:?}"));
+    assert_eq!(
+        types.get(asked + 1).map(String::as_str),
+        Some("dispatched"),
+        "{types:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_a_name_holds_its_new_and_running_sagas_until_the_name_resumes() {
+    let app = TestApp::start().await;
+    let (gate, release) = gated_participant(&app, "gate").await;
+    let after = FakeParticipant::always_succeed(&app.ns, "after").await;
+    let two_steps = || {
+        saga(
+            "checkout",
+            vec![
+                e2e::defs::step("s1", "gate"),
+                e2e::defs::step("s2", "after"),
+            ],
+        )
+    };
+    let running = app.submit_id(&two_steps()).await;
+    gate.wait_for_count(1, SAGA_TIMEOUT).await;
+
+    let held = expect_json(app.pause_name("checkout", true).await, StatusCode::OK).await;
+    assert_eq!(held["name"], "checkout");
+    assert!(held["paused_at"].is_string(), "{held}");
+    let listed = expect_json(app.paused_names().await, StatusCode::OK).await;
+    assert_eq!(listed["items"][0]["name"], "checkout", "{listed}");
+    eventually(
+        "the running saga held by its name",
+        SAGA_TIMEOUT,
+        async || (app.saga(&running).await["paused_by"] == "name").then_some(()),
+    )
+    .await;
+
+    // A new saga of the name starts held; another name runs.
+    let new = app.submit_ok(&two_steps()).await;
+    assert_eq!(new["paused_by"], "name", "{new}");
+    let new = saga_id(&new);
+    let other = app
+        .submit_id(&saga("refund", vec![e2e::defs::step("r1", "after")]))
+        .await;
+    app.wait_for_state(&other, &["committed"], SAGA_TIMEOUT)
+        .await;
+    // One saga is the operator's now: resuming the name leaves it paused. Resuming one the name
+    // holds is refused while the name is paused.
+    let mine = expect_json(app.pause(&new).await, StatusCode::OK).await;
+    assert_eq!(mine["paused_by"], "operator", "{mine}");
+    expect_problem(app.resume(&running).await, StatusCode::CONFLICT).await;
+
+    // The reply to the command already out is recorded; nothing more is sent.
+    release.send_replace(true);
+    eventually("s1's reply recorded while held", SAGA_TIMEOUT, async || {
+        (state(step(&app.saga(&running).await, "s1")) == "succeeded").then_some(())
+    })
+    .await;
+    assert_eq!(
+        after.commands().len(),
+        1,
+        "only the other name's step went out"
+    );
+
+    let released = expect_json(app.pause_name("checkout", false).await, StatusCode::OK).await;
+    assert_eq!(released["paused_at"], Value::Null, "{released}");
+    app.wait_for_state(&running, &["committed"], SAGA_TIMEOUT)
+        .await;
+    let still = app.saga(&new).await;
+    assert_eq!(still["paused_by"], "operator", "{still}");
+    assert_eq!(state(step(&still, "s1")), "pending", "{still}");
+    expect_json(app.resume(&new).await, StatusCode::OK).await;
+    app.wait_for_state(&new, &["committed"], SAGA_TIMEOUT).await;
+    expect_problem(
+        app.pause_name("not a name", true).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_in_the_wrong_state_conflict() {
     let app = TestApp::start().await;
     let _fast = FakeParticipant::always_succeed(&app.ns, "fast").await;
@@ -259,6 +389,7 @@ async fn operations_in_the_wrong_state_conflict() {
         .await;
     expect_problem(app.abort(&committed).await, StatusCode::CONFLICT).await;
     expect_problem(app.retry(&committed).await, StatusCode::CONFLICT).await;
+    expect_problem(app.retry_now(&committed).await, StatusCode::CONFLICT).await;
     expect_problem(
         app.resolve(&committed, "nothing to do").await,
         StatusCode::CONFLICT,
@@ -270,6 +401,7 @@ async fn operations_in_the_wrong_state_conflict() {
     app.wait_for_state(&running, &["running"], SAGA_TIMEOUT)
         .await;
     expect_problem(app.retry(&running).await, StatusCode::CONFLICT).await;
+    expect_problem(app.retry_now(&running).await, StatusCode::CONFLICT).await;
     expect_problem(app.resolve(&running, "not yet").await, StatusCode::CONFLICT).await;
     assert_eq!(
         state(&app.saga(&running).await),

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e::{ShopDbs, ShopProcess, TcpProxy, TestApp, BULK_TIMEOUT};
-use participants::client::{Client, RetryPolicy, SagaState};
+use e2e::{order_policy, ShopDbs, ShopProcess, TcpProxy, TestApp, BULK_TIMEOUT};
+use participants::client::{Client, SagaState};
 use participants::initiator::outbox::{self, RelaySettings};
-use shop::order::{Order, OrderPolicy};
+use shop::order::Order;
 use shop::{orders, report, Faults, Service};
 use tokio::task::JoinSet;
 
@@ -132,34 +132,11 @@ async fn hundreds_of_orders_with_faults_and_crashes_keep_stock_and_money_exact()
     let mut supervisor = Supervisor::start(processes, start);
 
     let client = Client::new(&app.api.base_url).expect("client");
-    let policy = OrderPolicy {
-        step_timeout: Duration::from_millis(1_000),
-        retry: RetryPolicy {
-            max_attempts: 4,
-            initial_backoff_ms: 50,
-            max_backoff_ms: 500,
-            multiplier: 2.0,
-        },
-        compensation_retry: RetryPolicy {
-            max_attempts: 200,
-            initial_backoff_ms: 50,
-            max_backoff_ms: 500,
-            multiplier: 2.0,
-        },
-    };
+    let policy = order_policy(Duration::from_millis(1_000), 200);
 
     // The order service: its database, and its outbox relay reaching the coordinator through a
     // proxy that the test closes for a while.
-    let orders_pool = {
-        let shop = dbs.settings.clone();
-        tokio::task::spawn_blocking(move || {
-            orders::install(&shop)?;
-            shop.orders_pool(4)
-        })
-        .await
-        .expect("join")
-        .expect("installing the order service")
-    };
+    let orders_pool = dbs.install_orders().await;
     let api_addr = app.api.base_url.trim_start_matches("http://").to_string();
     let proxy = Arc::new(TcpProxy::start(&api_addr).expect("proxy to the coordinator"));
     let relay_client = Client::new(&format!("http://{}", proxy.addr())).expect("client");

@@ -71,13 +71,26 @@ impl DeadLetterBrowser {
         }
     }
 
+    /// The first node of the URL list that answers.
+    async fn connect(&self) -> Result<Connection, BrokerError> {
+        let mut failure = None;
+        for url in self.settings.urls() {
+            let properties = ConnectionProperties::default()
+                .with_connection_name("saga-coordinator-dead-letters".into());
+            match Connection::connect(&url, properties).await {
+                Ok(connection) => return Ok(connection),
+                Err(e) => failure = Some(e),
+            }
+        }
+        match failure {
+            Some(e) => Err(e).context("connecting to browse the dead letters"),
+            None => Err(BrokerError::Invalid("no RabbitMQ URL".to_owned())),
+        }
+    }
+
     async fn fetch(&self, limit: usize) -> Result<DeadLetters, BrokerError> {
         let queue = names::dead_letters_queue(&self.settings.namespace);
-        let properties = ConnectionProperties::default()
-            .with_connection_name("saga-coordinator-dead-letters".into());
-        let connection = Connection::connect(&self.settings.url, properties)
-            .await
-            .context("connecting to browse the dead letters")?;
+        let connection = self.connect().await?;
         let result = async {
             let channel = connection
                 .create_channel()

@@ -24,6 +24,7 @@ mod topology;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use lapin::types::ShortString;
@@ -32,17 +33,26 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::outbox::OutboxMessage;
+use crate::partition::Partitions;
 
 /// How to reach RabbitMQ and which names to use there.
 #[derive(Clone)]
 pub struct AmqpSettings {
-    /// `amqp://user:pass@host:port/vhost`.
+    /// `amqp://user:pass@host:port/vhost`, or the nodes of a cluster as a comma-separated list of
+    /// such URLs: each (re)connection tries the next in turn.
     pub url: String,
     /// Prefix of every AMQP name (`SAGA_NAMESPACE`).
     pub namespace: String,
+    /// Type of every queue declared (`SAGA_QUEUE_TYPE`).
+    pub queue_type: names::QueueType,
     /// Unsettled deliveries per consumer: bounds how much the coordinator holds in memory at once
     /// (0 means no limit, as in RabbitMQ).
     pub prefetch: u16,
+    /// The database's partitions: each has a reply queue, where replies for its sagas that reached
+    /// another instance are forwarded.
+    pub partitions: Partitions,
+    /// This instance's id (`SAGA_INSTANCE_ID`): its commands name its own reply queue.
+    pub instance: String,
 }
 
 impl fmt::Debug for AmqpSettings {
@@ -51,8 +61,17 @@ impl fmt::Debug for AmqpSettings {
         f.debug_struct("AmqpSettings")
             .field("url", &redact_url(&self.url))
             .field("namespace", &self.namespace)
+            .field("queue_type", &self.queue_type)
             .field("prefetch", &self.prefetch)
+            .field("instance", &self.instance)
             .finish()
+    }
+}
+
+impl AmqpSettings {
+    /// The URLs of `url`, in the order connections try them; never empty.
+    fn urls(&self) -> Vec<String> {
+        contract::broker::amqp_urls(&self.url)
     }
 }
 
@@ -66,6 +85,9 @@ pub enum Settlement {
     Ack,
     /// Not handled (e.g. the database was unavailable): put it back to be delivered again.
     Requeue,
+    /// For a saga of this partition, which another coordinator owns: republish it to the
+    /// partition's reply queue (with a confirm), then remove it from this queue.
+    Forward(u32),
 }
 
 /// What arrives from the broker.
@@ -141,11 +163,14 @@ impl BrokerHandle {
 ///
 /// Must be called from within a tokio runtime. `connected` starts `false`; publishes are answered with
 /// `Err("not connected")` until the first connection is up.
+///
+/// The reply queues of the partitions in `owned` are consumed, and follow it as it changes.
 pub fn start(
     settings: AmqpSettings,
     outbound: mpsc::UnboundedReceiver<OutboxMessage>,
     published: mpsc::UnboundedSender<PublishResult>,
     inbound: mpsc::Sender<InboundDelivery>,
+    owned: watch::Receiver<BTreeSet<u32>>,
 ) -> BrokerHandle {
     let (connected_tx, connected) = watch::channel(false);
     let (dead_letters_tx, dead_letters) = watch::channel(None);
@@ -158,6 +183,7 @@ pub fn start(
         connected_tx,
         dead_letters_tx,
         stop_rx,
+        owned,
     );
     let task = tokio::spawn(supervisor.run());
     BrokerHandle {
@@ -179,6 +205,19 @@ enum BrokerError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// A queue exists with other arguments than ours, typically another queue type.
+    #[error(
+        "RabbitMQ refuses to declare queue {queue} with SAGA_QUEUE_TYPE={queue_type}: {refusal}. \
+         The queue exists with other arguments, most likely as another queue type: SAGA_QUEUE_TYPE \
+         must be the type the namespace's queues were declared with (participants included). To \
+         switch the namespace's type, stop its coordinators and participants, drain and delete its \
+         queues, or use a new SAGA_NAMESPACE (docs/contract-notes.md, \"Queue type\")"
+    )]
+    Inequivalent {
+        queue: String,
+        queue_type: names::QueueType,
+        refusal: String,
+    },
     #[error("{0} timed out")]
     Timeout(String),
 }
@@ -203,23 +242,7 @@ fn short(s: &str) -> Result<ShortString, BrokerError> {
         .map_err(|_| BrokerError::Invalid(format!("AMQP name longer than 255 bytes: {s:?}")))
 }
 
-/// The URL with its password replaced, for logs.
+/// The URL, or each URL of a list, with its password replaced, for logs.
 fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => url.to_owned(),
-    }
+    contract::broker::redact_urls(url)
 }

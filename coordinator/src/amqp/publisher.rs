@@ -15,6 +15,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
+use super::names::QueueType;
 use super::{names, short, topology, BrokerError, Context};
 use crate::outbox::OutboxMessage;
 
@@ -22,6 +23,10 @@ use crate::outbox::OutboxMessage;
 const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handing one message's frames to the socket; past this the connection is presumed stuck.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Waiting for the broker's confirm of one message; past this the channel is presumed stuck and
+/// the session starts over, republishing what was unconfirmed (an unconfirmed command never times
+/// out, so without this its saga would wait forever).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One message on its way: resolves with what the broker said about it.
 pub(super) type Sending = Pin<Box<dyn Future<Output = Confirmed> + Send>>;
@@ -38,7 +43,10 @@ pub(super) enum PublishError {
 /// The publishing side of one connection.
 pub(super) struct Publisher {
     namespace: String,
+    queue_type: QueueType,
     exchange: ShortString,
+    /// This instance's reply queue: whatever the partition, replies come back to the instance that
+    /// sent the command, which is almost always its owner still (see `names::instance_replies_queue`).
     reply_to: ShortString,
     /// Separate from `channel` because a failed declaration closes its channel, which must not take
     /// the confirms outstanding on the publishing channel with it.
@@ -54,6 +62,8 @@ impl Publisher {
         connection: &Connection,
         topology: Channel,
         namespace: &str,
+        queue_type: QueueType,
+        instance: &str,
     ) -> Result<Self, BrokerError> {
         let channel = connection
             .create_channel()
@@ -65,8 +75,9 @@ impl Publisher {
             .context("enabling publisher confirms")?;
         Ok(Publisher {
             namespace: namespace.to_owned(),
+            queue_type,
             exchange: short(&names::commands_exchange(namespace))?,
-            reply_to: short(&names::replies_queue(namespace))?,
+            reply_to: short(&names::instance_replies_queue(namespace, instance))?,
             topology,
             channel,
             declared: HashSet::new(),
@@ -104,7 +115,12 @@ impl Publisher {
                 properties,
             );
             match tokio::time::timeout(SEND_TIMEOUT, publish).await {
-                Ok(Ok(confirm)) => confirmed(confirm.await),
+                Ok(Ok(confirm)) => match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+                    Ok(confirm) => confirmed(confirm),
+                    Err(_) => Confirmed::Unsent(format!(
+                        "no confirm within {CONFIRM_TIMEOUT:?}: the channel is presumed stuck"
+                    )),
+                },
                 Ok(Err(e)) => Confirmed::Unsent(format!("publishing: {e}")),
                 Err(_) => Confirmed::Unsent("publishing timed out".to_owned()),
             }
@@ -127,7 +143,12 @@ impl Publisher {
         }
         let declared = tokio::time::timeout(
             DECLARE_TIMEOUT,
-            topology::declare_participant(&self.topology, &self.namespace, participant),
+            topology::declare_participant(
+                &self.topology,
+                &self.namespace,
+                self.queue_type,
+                participant,
+            ),
         )
         .await;
         match declared {
@@ -191,9 +212,14 @@ pub(super) enum Confirmed {
     Stored,
     /// Acknowledged but returned as unroutable: the participant's queue is gone.
     Returned(String),
-    /// Nacked, or the channel died before the broker answered.
+    /// The channel died before the broker answered.
     Failed(String),
-    /// It could not even be sent: the channel or connection is broken, the session must start over.
+    /// Nacked. Ends the session: a channel whose quorum queue client lost track of a queue's leader
+    /// (seen with RabbitMQ 3.10 when a node is killed) nacks every later publish to that queue while
+    /// fresh channels work, so the only cure is a new channel.
+    Nacked(String),
+    /// It could not even be sent, or its confirm never came: the channel or connection is broken,
+    /// the session must start over.
     Unsent(String),
 }
 
@@ -202,9 +228,10 @@ impl Confirmed {
     pub(super) fn into_result(self) -> Result<(), String> {
         match self {
             Confirmed::Stored => Ok(()),
-            Confirmed::Returned(reason) | Confirmed::Failed(reason) | Confirmed::Unsent(reason) => {
-                Err(reason)
-            }
+            Confirmed::Returned(reason)
+            | Confirmed::Failed(reason)
+            | Confirmed::Nacked(reason)
+            | Confirmed::Unsent(reason) => Err(reason),
         }
     }
 }
@@ -219,7 +246,7 @@ pub(super) fn confirmed(confirm: lapin::Result<Confirmation>) -> Confirmed {
                 returned.reply_code, returned.reply_text, returned.delivery.routing_key
             ))
         }
-        Ok(Confirmation::Nack(None)) => Confirmed::Failed("nacked by the broker".to_owned()),
+        Ok(Confirmation::Nack(None)) => Confirmed::Nacked("nacked by the broker".to_owned()),
         Ok(Confirmation::NotRequested) => {
             Confirmed::Failed("the broker was not asked to confirm".to_owned())
         }

@@ -5,7 +5,7 @@
 //! participant queues and learn which confirms were lost, which a fresh session per connection makes
 //! explicit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
 use futures_util::FutureExt;
-use lapin::options::{BasicCancelOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio::sync::{mpsc, watch};
@@ -80,9 +80,15 @@ pub(super) struct Supervisor {
     connected: watch::Sender<bool>,
     dead_letters: watch::Sender<Option<u32>>,
     stop: watch::Receiver<bool>,
+    /// The partitions this instance owns: their reply queues are consumed.
+    owned: watch::Receiver<BTreeSet<u32>>,
+    /// `false` once nobody updates `owned` any more.
+    owned_open: bool,
 }
 
 impl Supervisor {
+    // Each argument is one end of a channel the task serves; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         settings: AmqpSettings,
         outbound: mpsc::UnboundedReceiver<OutboxMessage>,
@@ -91,6 +97,7 @@ impl Supervisor {
         connected: watch::Sender<bool>,
         dead_letters: watch::Sender<Option<u32>>,
         stop: watch::Receiver<bool>,
+        owned: watch::Receiver<BTreeSet<u32>>,
     ) -> Self {
         Supervisor {
             settings,
@@ -101,17 +108,23 @@ impl Supervisor {
             connected,
             dead_letters,
             stop,
+            owned,
+            owned_open: true,
         }
     }
 
-    /// Runs until shutdown, reconnecting forever.
+    /// Runs until shutdown, reconnecting forever; each (re)connection tries the next URL of the
+    /// list, so a cluster node that went away is left for the next one.
     pub(super) async fn run(mut self) {
-        let url = redact_url(&self.settings.url);
+        let mut nodes = Nodes::new(self.settings.urls());
         let mut failures: u32 = 0;
         loop {
+            let node = nodes.next_url();
+            let url = redact_url(&node);
             let settings = self.settings.clone();
             let inbound = self.inbound.clone();
-            let attempt = timeout(ESTABLISH_TIMEOUT, establish(settings, inbound));
+            let owned = self.owned.borrow_and_update().clone();
+            let attempt = timeout(ESTABLISH_TIMEOUT, establish(node, settings, inbound, owned));
             let outcome = match self.while_disconnected(attempt).await {
                 None => break,
                 Some(Err(_)) => Err(BrokerError::Timeout("connecting".to_owned())),
@@ -121,7 +134,13 @@ impl Supervisor {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let delay = backoff(failures);
-                    log::warn!(
+                    // A queue of another type needs an operator; everything else heals itself.
+                    let level = match e {
+                        BrokerError::Inequivalent { .. } => log::Level::Error,
+                        _ => log::Level::Warn,
+                    };
+                    log::log!(
+                        level,
                         "connecting to RabbitMQ at {url} failed (attempt {failures}): {e}; \
                          retrying in {delay:?}"
                     );
@@ -150,7 +169,8 @@ impl Supervisor {
                     };
                     let delay = backoff(failures);
                     log::warn!(
-                        "lost the connection to RabbitMQ: {reason}; reconnecting in {delay:?}"
+                        "lost the connection to RabbitMQ at {url}: {reason}; reconnecting in \
+                         {delay:?}"
                     );
                     if self
                         .while_disconnected(tokio::time::sleep(delay))
@@ -268,6 +288,16 @@ impl Supervisor {
                         break SessionEnd::Lost(format!("the {consumer} consumer ended: {reason}"));
                     }
                 },
+                changed = self.owned.changed(), if self.owned_open => {
+                    if changed.is_err() {
+                        self.owned_open = false;
+                        continue;
+                    }
+                    let owned = self.owned.borrow_and_update().clone();
+                    if let Err(e) = self.follow_partitions(&mut session, &owned).await {
+                        break SessionEnd::Lost(e.to_string());
+                    }
+                }
                 _ = health.tick() => {
                     if !session.connection.status().connected() {
                         break SessionEnd::Lost("the connection is closed".into());
@@ -303,13 +333,10 @@ impl Supervisor {
             SessionEnd::Stop => {
                 let deadline = Instant::now() + SHUTDOWN_GRACE;
                 // Stop consuming first, so nothing new arrives while in-flight work is settled.
-                for consumer in &session.consumers {
+                for consumer in &mut session.consumers {
                     if consumer.task.is_some() {
-                        let cancel = consumer
-                            .channel
-                            .basic_cancel(consumer.tag.clone(), BasicCancelOptions::default());
-                        if let Ok(Err(e)) = timeout_at(deadline, cancel).await {
-                            let source = consumer.source.label();
+                        let source = consumer.source.label();
+                        if let Ok(Err(e)) = timeout_at(deadline, consumer.cancel()).await {
                             log::debug!("cancelling the {source} consumer: {e}");
                         }
                     }
@@ -338,6 +365,20 @@ impl Supervisor {
                 SessionEnd::Stop
             }
         }
+    }
+
+    /// Consumes the reply queues of the partitions in `owned`, and only those.
+    async fn follow_partitions(
+        &mut self,
+        session: &mut Session,
+        owned: &BTreeSet<u32>,
+    ) -> Result<(), BrokerError> {
+        for consumer in &mut session.consumers {
+            if consumer.source == Source::PartitionReplies && consumer.task.is_some() {
+                consumer.follow(owned).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Reads how many messages wait in `{ns}.dead-letters` (for the metrics). On failure the
@@ -378,8 +419,8 @@ impl Supervisor {
         }
     }
 
-    /// Answers a resolved confirm; `Some(reason)` if the message could not even be sent, which ends
-    /// the session.
+    /// Answers a resolved confirm; `Some(reason)` if the message could not even be sent, or was
+    /// nacked (see `Confirmed::Nacked`), which ends the session.
     fn confirmed(
         &self,
         publisher: &mut Publisher,
@@ -397,7 +438,7 @@ impl Supervisor {
                 publisher.forget_participant(&message.participant);
                 None
             }
-            Confirmed::Unsent(reason) => Some(reason.clone()),
+            Confirmed::Unsent(reason) | Confirmed::Nacked(reason) => Some(reason.clone()),
             Confirmed::Stored | Confirmed::Failed(_) => None,
         };
         self.answer(message.outbox_id, outcome.into_result());
@@ -415,20 +456,45 @@ impl Supervisor {
     }
 }
 
-/// Connects and sets up everything a session needs; the connection is closed again on failure.
+/// The broker's URLs, taken in turn.
+struct Nodes {
+    urls: Vec<String>,
+    next: usize,
+}
+
+impl Nodes {
+    fn new(urls: Vec<String>) -> Self {
+        Nodes { urls, next: 0 }
+    }
+
+    fn next_url(&mut self) -> String {
+        let url = self
+            .urls
+            .get(self.next % self.urls.len().max(1))
+            .cloned()
+            .unwrap_or_default();
+        self.next = self.next.wrapping_add(1);
+        url
+    }
+}
+
+/// Connects to `url` and sets up everything a session needs; the connection is closed again on
+/// failure.
 async fn establish(
+    url: String,
     settings: AmqpSettings,
     inbound: mpsc::Sender<InboundDelivery>,
+    owned: BTreeSet<u32>,
 ) -> Result<Session, BrokerError> {
     let properties =
         ConnectionProperties::default().with_connection_name("saga-coordinator".into());
-    let connection = Connection::connect(&settings.url, properties)
+    let connection = Connection::connect(&url, properties)
         .await
         .context("connecting")?;
     // Listen before anything else can fail, so no error event is missed.
     let events: Pin<Box<dyn Stream<Item = Event> + Send>> = Box::pin(connection.events_listener());
     let mut consumers = Vec::new();
-    match set_up(&connection, &settings, inbound, &mut consumers).await {
+    match set_up(&connection, &settings, inbound, &owned, &mut consumers).await {
         Ok(publisher) => {
             let inspector = connection.create_channel().await.ok();
             Ok(Session {
@@ -451,6 +517,7 @@ async fn set_up(
     connection: &Connection,
     settings: &AmqpSettings,
     inbound: mpsc::Sender<InboundDelivery>,
+    owned: &BTreeSet<u32>,
     consumers: &mut Vec<ConsumerHandle>,
 ) -> Result<Publisher, BrokerError> {
     let ns = &settings.namespace;
@@ -458,11 +525,39 @@ async fn set_up(
         .create_channel()
         .await
         .context("opening the topology channel")?;
-    topology::declare(&topology_channel, ns).await?;
-    let publisher = Publisher::open(connection, topology_channel, ns).await?;
+    topology::declare(
+        &topology_channel,
+        ns,
+        settings.queue_type,
+        settings.partitions,
+        &settings.instance,
+    )
+    .await?;
+    let publisher = Publisher::open(
+        connection,
+        topology_channel,
+        ns,
+        settings.queue_type,
+        &settings.instance,
+    )
+    .await?;
     // Once nobody receives inbound messages, consuming would only bounce them back to the queue.
     if !inbound.is_closed() {
+        consumers.push(
+            ConsumerHandle::start_partitions(
+                connection,
+                ns,
+                settings.prefetch,
+                inbound.clone(),
+                owned,
+            )
+            .await?,
+        );
         for (source, queue) in [
+            (
+                Source::InstanceReplies,
+                names::instance_replies_queue(ns, &settings.instance),
+            ),
             (Source::Replies, names::replies_queue(ns)),
             (Source::DeadCommands, names::dead_commands_queue(ns)),
         ] {
@@ -470,6 +565,7 @@ async fn set_up(
                 connection,
                 source,
                 &queue,
+                ns,
                 settings.prefetch,
                 inbound.clone(),
             )
@@ -543,6 +639,16 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_take_the_nodes_in_turn() {
+        let mut nodes = Nodes::new(vec!["a".into(), "b".into(), "c".into()]);
+        let taken: Vec<String> = (0..7).map(|_| nodes.next_url()).collect();
+        assert_eq!(taken, ["a", "b", "c", "a", "b", "c", "a"]);
+        let mut one = Nodes::new(vec!["only".into()]);
+        assert_eq!([one.next_url(), one.next_url()], ["only", "only"]);
+        assert_eq!(Nodes::new(Vec::new()).next_url(), "");
+    }
 
     #[test]
     fn backoff_grows_from_100ms_to_5s() {

@@ -17,10 +17,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use super::topology::dead_lettering_arguments;
+use super::names::QueueType;
+use super::topology::{instance_replies_arguments, queue_arguments};
 use super::*;
 
 const WAIT: Duration = Duration::from_secs(15);
+/// The instance id of every harness: its commands name this instance's reply queue.
+const INSTANCE: &str = "c1";
 
 /// The coordinator side of one test: the broker task and the ends of its channels.
 struct Harness {
@@ -30,24 +33,36 @@ struct Harness {
     outbound: mpsc::UnboundedSender<OutboxMessage>,
     published: mpsc::UnboundedReceiver<PublishResult>,
     inbound: mpsc::Receiver<InboundDelivery>,
+    /// The partitions whose reply queues are consumed (none unless a test says so).
+    owned: watch::Sender<BTreeSet<u32>>,
 }
 
 impl Harness {
     async fn start(url: &str) -> Harness {
+        Self::start_with(url, QueueType::Classic).await
+    }
+
+    async fn start_with(url: &str, queue_type: QueueType) -> Harness {
         let _ = env_logger::builder().is_test(true).try_init();
         let ns = TestNamespace::new();
+        ns.instance_replies_queue(INSTANCE);
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
         let (published_tx, published) = mpsc::unbounded_channel();
         let (inbound_tx, inbound) = mpsc::channel(16);
+        let (owned, owned_rx) = watch::channel(BTreeSet::new());
         let handle = start(
             AmqpSettings {
                 url: url.to_owned(),
                 namespace: ns.name().to_owned(),
+                queue_type,
                 prefetch: 8,
+                partitions: Partitions::default(),
+                instance: INSTANCE.to_owned(),
             },
             outbound_rx,
             published_tx,
             inbound_tx,
+            owned_rx,
         );
         Harness {
             ns,
@@ -55,6 +70,7 @@ impl Harness {
             outbound,
             published,
             inbound,
+            owned,
         }
     }
 
@@ -241,7 +257,7 @@ async fn declares_the_contract_topology() {
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(format!("{ns}.dead").into()),
     );
-    assert_eq!(contract_arguments, dead_lettering_arguments(&ns));
+    assert_eq!(contract_arguments, queue_arguments(&ns, QueueType::Classic));
     for queue in [
         names::participant_queue(&ns, "payments"),
         names::replies_queue(&ns),
@@ -325,7 +341,7 @@ async fn publishes_commands_with_the_contract_properties() {
     );
     assert_eq!(
         p.reply_to().as_ref().map(|s| s.as_str()),
-        Some(names::replies_queue(&ns).as_str())
+        Some(h.ns.instance_replies_queue(INSTANCE).as_str())
     );
     assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some("compensation"));
     assert_eq!(
@@ -695,7 +711,10 @@ fn settings_do_not_show_the_password() {
     let settings = AmqpSettings {
         url: "amqp://guest:secret@rabbit:5672/%2f".into(),
         namespace: "saga".into(),
+        queue_type: QueueType::Quorum,
         prefetch: 10,
+        partitions: Partitions::default(),
+        instance: "c1".into(),
     };
     let shown = format!("{settings:?}");
     assert!(!shown.contains("secret"), "{shown}");
@@ -704,4 +723,326 @@ fn settings_do_not_show_the_password() {
         "{shown}"
     );
     assert_eq!(redact_url("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
+}
+
+/// Waits until `queue` holds `count` messages.
+async fn wait_for_count(channel: &Channel, queue: &str, count: u32) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while message_count(channel, queue).await != count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{queue} never held {count} message(s)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_for_another_owner_is_forwarded_to_its_partition_which_is_consumed_only_while_owned(
+) {
+    let mut h = Harness::start(&amqp_url()).await;
+    h.wait_connected(true).await;
+    let ns = h.ns.name().to_owned();
+    let (_conn, channel) = participant().await;
+    let partition_queue = names::partition_replies_queue(&ns, 5);
+    // Every partition's queue exists from the first connection, owned or not.
+    assert_eq!(message_count(&channel, &partition_queue).await, 0);
+
+    let reply = ReplyBody {
+        saga_id: Uuid::now_v7(),
+        step: Some("charge".into()),
+        kind: CommandKind::Action,
+        attempt: 1,
+        outcome: Outcome::Success,
+        output: None,
+        error: None,
+    };
+    publish_reply(&channel, &ns, &serde_json::to_vec(&reply).expect("json")).await;
+    let shared = h.next_inbound().await;
+    assert_eq!(shared.message, Inbound::Reply(reply.clone()));
+    shared
+        .settle
+        .send(Settlement::Forward(5))
+        .expect("task waits");
+    // Nobody here owns partition 5: the copy waits in its queue, and the shared queue is empty.
+    wait_for_count(&channel, &partition_queue, 1).await;
+    wait_for_count(&channel, &names::replies_queue(&ns), 0).await;
+
+    // Owning it starts its consumer; giving it up stops it.
+    h.owned.send_replace(BTreeSet::from([5]));
+    let owned = h.next_inbound().await;
+    assert_eq!(owned.message, Inbound::Reply(reply.clone()));
+    owned.settle.send(Settlement::Ack).expect("task waits");
+    wait_for_count(&channel, &partition_queue, 0).await;
+
+    h.owned.send_replace(BTreeSet::new());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_to(
+        &channel,
+        &partition_queue,
+        &serde_json::to_vec(&reply).expect("json"),
+    )
+    .await;
+    wait_for_count(&channel, &partition_queue, 1).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), h.inbound.recv())
+            .await
+            .is_err(),
+        "a partition given up is not consumed"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_reply_queue_is_consumed_and_what_waits_there_moves_on_to_the_shared_one() {
+    let mut h = Harness::start(&amqp_url()).await;
+    h.wait_connected(true).await;
+    let ns = h.ns.name().to_owned();
+    let own = h.ns.instance_replies_queue(INSTANCE);
+    let (_conn, channel) = participant().await;
+    let reply = |attempt| ReplyBody {
+        saga_id: Uuid::now_v7(),
+        step: Some("charge".into()),
+        kind: CommandKind::Action,
+        attempt,
+        outcome: Outcome::Success,
+        output: None,
+        error: None,
+    };
+
+    // Consumed while the instance runs, like the shared queue.
+    let first = reply(1);
+    publish_to(&channel, &own, &serde_json::to_vec(&first).expect("json")).await;
+    let delivered = h.next_inbound().await;
+    assert_eq!(delivered.message, Inbound::Reply(first));
+    delivered.settle.send(Settlement::Ack).expect("task waits");
+    // A malformed one is rejected there, rejected again from the shared queue, and ends with the
+    // operators like any other.
+    publish_to(&channel, &own, b"not json").await;
+    let dead = get_one(&channel, &names::dead_letters_queue(&ns)).await;
+    assert_eq!(dead.delivery.data, b"not json");
+    h.shutdown().await;
+    assert_eq!(message_count(&channel, &own).await, 0);
+
+    // The instance is gone: a reply to its queue moves to `{ns}.replies` after the TTL, where any
+    // other instance takes it.
+    let late = reply(2);
+    publish_to(&channel, &own, &serde_json::to_vec(&late).expect("json")).await;
+    // Without confirms, the publish may still be on its way: wait until the queue holds it.
+    wait_for_count(&channel, &own, 1).await;
+    wait_for_count(&channel, &names::replies_queue(&ns), 1).await;
+    assert_eq!(message_count(&channel, &own).await, 0);
+    let moved = get_one(&channel, &names::replies_queue(&ns)).await;
+    assert_eq!(
+        serde_json::from_slice::<ReplyBody>(&moved.delivery.data).expect("a reply"),
+        late
+    );
+}
+
+async fn publish_to(channel: &Channel, queue: &str, body: &[u8]) {
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("published")
+        .await
+        .expect("sent");
+}
+
+/// Redeclares `queue` as a participant would, on a channel of its own (a refusal closes it).
+async fn redeclare(
+    connection: &Connection,
+    queue: &str,
+    arguments: FieldTable,
+) -> lapin::Result<()> {
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
+        .await
+        .map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_namespace_declares_every_queue_as_quorum_and_works_as_classic() {
+    let mut h = Harness::start_with(&amqp_url(), QueueType::Quorum).await;
+    h.wait_connected(true).await;
+    let ns = h.ns.name().to_owned();
+    let (conn, channel) = participant().await;
+
+    let cmd = command(CommandKind::Action, Some("reserve"), 1);
+    h.send(outbox(1, "inventory", &cmd));
+    assert_eq!(h.next_published().await.result, Ok(()));
+
+    // The contract's quorum arguments are accepted; the classic ones (no x-queue-type) are not,
+    // so every queue really is a quorum queue.
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let mut dead_lettering = queue_arguments(&ns, QueueType::Classic);
+    assert_eq!(queue_arguments(&ns, QueueType::Quorum), {
+        dead_lettering.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        dead_lettering
+    });
+    for (queue, arguments) in [
+        (
+            names::replies_queue(&ns),
+            queue_arguments(&ns, QueueType::Quorum),
+        ),
+        (
+            names::participant_queue(&ns, "inventory"),
+            queue_arguments(&ns, QueueType::Quorum),
+        ),
+        (names::dead_letters_queue(&ns), quorum.clone()),
+        (names::dead_commands_queue(&ns), quorum),
+        (
+            h.ns.instance_replies_queue(INSTANCE),
+            instance_replies_arguments(&ns, QueueType::Quorum),
+        ),
+    ] {
+        redeclare(&conn, &queue, arguments)
+            .await
+            .unwrap_or_else(|e| panic!("redeclaring {queue} as quorum: {e}"));
+        let classic = if queue.ends_with("dead-letters") || queue.ends_with("dead-commands") {
+            FieldTable::default()
+        } else if queue.ends_with(INSTANCE) {
+            instance_replies_arguments(&ns, QueueType::Classic)
+        } else {
+            queue_arguments(&ns, QueueType::Classic)
+        };
+        assert!(
+            redeclare(&conn, &queue, classic).await.is_err(),
+            "{queue} is a quorum queue"
+        );
+    }
+
+    // Commands, rejections through the dead-letter exchange, and replies flow as with classic.
+    let got = get_one(&channel, &names::participant_queue(&ns, "inventory")).await;
+    assert_eq!(got.delivery.data, serde_json::to_vec(&cmd).expect("json"));
+    got.delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .expect("reject");
+    let dead = h.next_inbound().await;
+    assert!(
+        matches!(dead.message, Inbound::DeadLettered { saga_id, .. } if saga_id == cmd.saga_id),
+        "{:?}",
+        dead.message
+    );
+    dead.settle.send(Settlement::Ack).expect("task waits");
+    get_one(&channel, &names::dead_letters_queue(&ns)).await;
+
+    let reply = ReplyBody {
+        saga_id: cmd.saga_id,
+        step: Some("reserve".into()),
+        kind: CommandKind::Action,
+        attempt: 1,
+        outcome: Outcome::Success,
+        output: None,
+        error: None,
+    };
+    publish_reply(&channel, &ns, &serde_json::to_vec(&reply).expect("json")).await;
+    let delivered = h.next_inbound().await;
+    assert_eq!(delivered.message, Inbound::Reply(reply));
+    delivered.settle.send(Settlement::Ack).expect("task waits");
+
+    h.shutdown().await;
+    assert_eq!(message_count(&channel, &names::replies_queue(&ns)).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_of_another_queue_type_is_refused_naming_the_queue_and_the_setting() {
+    let ns = TestNamespace::new();
+    ns.instance_replies_queue(INSTANCE);
+    let connection = amqp_connect().await.expect("connects");
+    // Declared classic, as a coordinator of before the switch did.
+    let classic = connection.create_channel().await.expect("channel");
+    topology::declare(
+        &classic,
+        ns.name(),
+        QueueType::Classic,
+        Partitions::default(),
+        INSTANCE,
+    )
+    .await
+    .expect("declared classic");
+
+    let channel = connection.create_channel().await.expect("channel");
+    let refused = topology::declare(
+        &channel,
+        ns.name(),
+        QueueType::Quorum,
+        Partitions::default(),
+        INSTANCE,
+    )
+    .await
+    .expect_err("a classic namespace cannot be declared quorum");
+    assert!(
+        matches!(
+            &refused,
+            BrokerError::Inequivalent {
+                queue_type: QueueType::Quorum,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    let said = refused.to_string();
+    for needed in [
+        format!("queue {}", names::dead_letters_queue(ns.name())),
+        "SAGA_QUEUE_TYPE=quorum".to_owned(),
+        "x-queue-type".to_owned(),
+        "SAGA_NAMESPACE".to_owned(),
+        "docs/contract-notes.md".to_owned(),
+    ] {
+        assert!(said.contains(&needed), "{needed:?} missing from: {said}");
+    }
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_urls_fails_over_to_the_next_node() {
+    let unreachable = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        listener.local_addr().expect("address").port()
+    };
+    let (first, second) = (TcpProxy::to_rabbitmq(), TcpProxy::to_rabbitmq());
+    let list = format!(
+        "amqp://guest:guest@127.0.0.1:{unreachable}/%2f, {}, {}",
+        first.amqp_url(),
+        second.amqp_url()
+    );
+    let mut h = Harness::start(&list).await;
+    // The dead node is passed over.
+    h.wait_connected(true).await;
+    assert!(first.active() >= 1, "connected through the first live node");
+    assert_eq!(second.accepted(), 0, "the second was not needed yet");
+
+    let cmd = command(CommandKind::Action, Some("charge"), 1);
+    h.send(outbox(1, "payments", &cmd));
+    assert_eq!(h.next_published().await.result, Ok(()));
+
+    // The node goes away for good: the next connections try the others in turn.
+    first.outage();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while second.active() == 0 || !*h.connected().borrow() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never connected through the second node"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.send(outbox(2, "payments", &cmd));
+    assert_eq!(h.next_published().await.result, Ok(()));
+    h.shutdown().await;
 }

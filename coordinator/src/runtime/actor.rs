@@ -111,7 +111,7 @@ impl SagaActor {
                         act.saga = committed.take_effect(&act.registry, &act.saga);
                         settle_with(settle, Settlement::Ack);
                         if act.saga.state.is_final() {
-                            act.registry.forget(act.saga.id);
+                            act.registry.forget(act.saga.id, &ctx.address());
                             act.registry.inner.sendings.forget(act.saga.id);
                             ctx.stop();
                         } else {
@@ -130,12 +130,25 @@ impl SagaActor {
                         // answer was lost): start over from what Postgres has.
                         log::warn!("saga {id}: changed elsewhere; reloading it");
                         settle_with(settle, Settlement::Requeue);
-                        act.registry.forget(id);
+                        act.registry.forget(id, &ctx.address());
                         act.registry.revive_later(id, Duration::ZERO);
                         ctx.stop();
                         Err(EngineError::Unavailable(
                             "the saga was reloaded; try again".into(),
                         ))
+                    }
+                    Err(NotCommitted::Failed(StoreError::Fenced(partition))) => {
+                        // The partition went to another instance: so does this saga, and the
+                        // reply goes to the partition's queue, which its new owner consumes.
+                        log::info!(
+                            "saga {}: partition {partition} is no longer ours; stopping here",
+                            act.saga.id
+                        );
+                        settle_with(settle, Settlement::Forward(partition));
+                        act.registry.forget(act.saga.id, &ctx.address());
+                        act.registry.inner.sendings.forget(act.saga.id);
+                        ctx.stop();
+                        Err(EngineError::NotOwner(Some(partition)))
                     }
                     Err(NotCommitted::Failed(e)) => {
                         log::error!("saga {}: cannot persist a transition: {e}", act.saga.id);

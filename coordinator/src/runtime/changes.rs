@@ -5,10 +5,11 @@
 //! again. The feed is a bounded broadcast: a slow reader that falls behind is told it lagged (and
 //! should reload everything) instead of slowing down the actors, and sending with no reader costs
 //! nothing. Notices are sent only after the transition is committed, so a view never shows a state
-//! that a crash could take back.
+//! that a crash could take back. Changes that other coordinators committed are relayed into the
+//! same feed by [`super::change_feed`], after their commit as well.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
@@ -18,7 +19,7 @@ use crate::saga::{Saga, SagaState};
 const CAPACITY: usize = 1024;
 
 /// One committed change of a saga.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaChange {
     pub id: Uuid,
     pub name: String,
@@ -37,10 +38,21 @@ impl SagaChange {
     }
 }
 
+/// What the feed carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeNotice {
+    /// A transition committed by this coordinator.
+    Committed(SagaChange),
+    /// A transition another coordinator committed (one of its partitions' sagas).
+    Relayed(SagaChange),
+    /// Notices were missed (from another coordinator, or while not listening): reload.
+    Resync,
+}
+
 /// The sending side, shared by the registry; cheap to clone.
 #[derive(Clone)]
 pub struct Changes {
-    sender: broadcast::Sender<SagaChange>,
+    sender: broadcast::Sender<ChangeNotice>,
     /// `true` once the coordinator is stopping: long-lived readers (event streams) should end, so
     /// that a graceful shutdown does not wait for an open browser tab.
     closing: watch::Sender<bool>,
@@ -58,11 +70,23 @@ impl Default for Changes {
 impl Changes {
     /// Announces a committed transition (nobody listening is fine).
     pub fn send(&self, saga: &Saga) {
-        let _ = self.sender.send(SagaChange::of(saga));
+        let _ = self
+            .sender
+            .send(ChangeNotice::Committed(SagaChange::of(saga)));
+    }
+
+    /// Announces a transition another coordinator committed.
+    pub fn relay(&self, change: SagaChange) {
+        let _ = self.sender.send(ChangeNotice::Relayed(change));
+    }
+
+    /// Tells readers that changes were missed and what they show should be reloaded.
+    pub fn resync(&self) {
+        let _ = self.sender.send(ChangeNotice::Resync);
     }
 
     /// A new reader, seeing notices sent from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<SagaChange> {
+    pub fn subscribe(&self) -> broadcast::Receiver<ChangeNotice> {
         self.sender.subscribe()
     }
 
@@ -94,8 +118,15 @@ mod tests {
         let mut reader = changes.subscribe();
         changes.send(&saga);
         let seen = reader.try_recv().expect("one notice");
+        let ChangeNotice::Committed(seen) = seen else {
+            panic!("a local commit: {seen:?}");
+        };
         assert_eq!(seen.id, saga.id);
         assert_eq!(seen.state, SagaState::Running);
         assert!(reader.try_recv().is_err());
+        changes.relay(seen.clone());
+        changes.resync();
+        assert_eq!(reader.try_recv(), Ok(ChangeNotice::Relayed(seen)));
+        assert_eq!(reader.try_recv(), Ok(ChangeNotice::Resync));
     }
 }

@@ -24,6 +24,7 @@ use crate::outbox::{command_message, OutboxMessage};
 use crate::saga::machine::{self, Decision, Event, Transition};
 use crate::saga::LogEntry;
 use crate::saga::{CheckBack, CommandKind, Saga};
+use crate::store::leases::Lease;
 use crate::store::{Persist, StoreError, Written};
 
 /// Asks the state machine what `event` means for `saga`, with the runtime's clock and jitter.
@@ -123,21 +124,46 @@ impl Commit {
                 log,
                 outbox,
                 is_new,
+                // Set by `write` from the lease this instance holds.
+                fence: Lease {
+                    partition: 0,
+                    epoch: 0,
+                },
             },
             then,
         }
     }
 
     /// Hands the transition to the writer (at once) and answers once it is durable, or why not.
-    /// The answer borrows nothing, so an actor can await it as its own future.
+    /// The answer borrows nothing, so an actor can await it as its own future. A saga whose
+    /// partition this instance does not hold is not even handed over ([`StoreError::Fenced`]); the
+    /// writer checks the lease again in the statement that writes.
     pub(super) fn write(
         self,
         registry: &Registry,
     ) -> impl Future<Output = Result<Committed, NotCommitted>> + 'static {
-        let Commit { persist, mut then } = self;
-        let written = registry.inner.writer.write(persist);
+        let Commit {
+            mut persist,
+            mut then,
+        } = self;
+        let ownership = &registry.inner.ownership;
+        let written = match ownership.fence(persist.saga.id) {
+            Some(fence) => {
+                persist.fence = fence;
+                Ok(registry.inner.writer.write(persist))
+            }
+            None => Err(StoreError::Fenced(ownership.partition_of(persist.saga.id))),
+        };
+        let metrics = std::sync::Arc::clone(&registry.inner.metrics);
         async move {
-            match written.await {
+            let written = match written {
+                Ok(written) => written.await,
+                Err(fenced) => Err(fenced),
+            };
+            if let Err(StoreError::Fenced(_)) = &written {
+                metrics.observe_fenced_write();
+            }
+            match written {
                 Ok(Written::Saved { version, outbox }) => {
                     then.saga.version = version;
                     Ok(Committed { then, outbox })

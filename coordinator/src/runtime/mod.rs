@@ -7,9 +7,14 @@
 //! [`commit`]; the web edge only calls [`Registry::submit`] and [`Registry::operate`].
 
 pub mod actor;
+pub mod alerts;
+pub mod change_feed;
 pub mod changes;
 pub mod check_back;
 mod commit;
+pub mod keeper;
+pub mod name_pauses;
+pub mod ownership;
 pub mod relay;
 pub mod sending;
 
@@ -28,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::outbox::OutboxMessage;
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Decision, Event};
-use crate::saga::Saga;
+use crate::saga::{Pause, PausedBy, Saga};
 use crate::store::{Store, StoreError, Writer};
 use actor::{Deliver, SagaActor};
 use commit::{Commit, NotCommitted};
@@ -43,6 +48,10 @@ pub enum EngineError {
     Conflict(String),
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// The saga's partition (`None`: any partition, for a new saga) is not this instance's: the
+    /// request belongs to its owner.
+    #[error("not owned by this coordinator")]
+    NotOwner(Option<u32>),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -62,6 +71,7 @@ impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(m) => EngineError::Unavailable(m),
+            StoreError::Fenced(partition) => EngineError::NotOwner(Some(partition)),
             other => EngineError::Internal(other.to_string()),
         }
     }
@@ -80,6 +90,8 @@ struct Inner {
     changes: changes::Changes,
     metrics: Arc<Metrics>,
     sendings: sending::Sendings,
+    paused_names: name_pauses::PausedNames,
+    ownership: ownership::Ownership,
 }
 
 /// Shared handle to the running sagas.
@@ -89,7 +101,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// `changes` hears of every committed transition; `metrics` observes each one.
+    /// `changes` hears of every committed transition; `metrics` observes each one. Only sagas of
+    /// partitions `ownership` holds are run here.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         arbiters: Vec<ArbiterHandle>,
         writer: Writer,
@@ -98,6 +112,7 @@ impl Registry {
         changes: changes::Changes,
         metrics: Arc<Metrics>,
         sendings: sending::Sendings,
+        ownership: ownership::Ownership,
     ) -> Self {
         Registry {
             inner: Arc::new(Inner {
@@ -112,8 +127,15 @@ impl Registry {
                 changes,
                 metrics,
                 sendings,
+                paused_names: name_pauses::PausedNames::default(),
+                ownership,
             }),
         }
+    }
+
+    /// The saga names held as this coordinator knows them.
+    pub fn paused_names(&self) -> name_pauses::PausedNames {
+        self.inner.paused_names.clone()
     }
 
     /// Hands committed outbox rows to the relay for publishing.
@@ -152,9 +174,12 @@ impl Registry {
     }
 
     /// Starts an actor for an unfinished saga, unless one runs already; none once stopping (the saga
-    /// stays in Postgres and is resumed by the next start).
+    /// stays in Postgres and is resumed by the next start) or if its partition is not held here.
     pub fn adopt(&self, saga: Saga) -> Option<Addr<SagaActor>> {
         let id = saga.id;
+        if !self.inner.ownership.owns(id) {
+            return None;
+        }
         let mut actors = self.actors();
         if let Some(addr) = actors.get(&id).filter(|a| a.connected()) {
             return Some(addr.clone());
@@ -188,9 +213,54 @@ impl Registry {
         }
     }
 
-    /// Drops a finished (or reloading) saga's actor from the map.
-    fn forget(&self, id: Uuid) {
-        self.actors().remove(&id);
+    /// Starts every unfinished saga of a partition just taken.
+    pub async fn adopt_partition(&self, partition: u32) -> Result<(), EngineError> {
+        let sagas = self
+            .inner
+            .store
+            .interact(move |db| db.load_unfinished_in(partition))
+            .await?;
+        self.inner.sendings.taken_over(Utc::now());
+        if !sagas.is_empty() {
+            log::info!(
+                "resuming {} unfinished saga(s) of partition {partition}",
+                sagas.len()
+            );
+        }
+        for saga in sagas {
+            self.adopt(saga);
+        }
+        Ok(())
+    }
+
+    /// Stops the actors of a partition given up or lost (each after the event it is handling,
+    /// whose write the fence refuses).
+    pub fn drop_partition(&self, partition: u32) {
+        let ownership = &self.inner.ownership;
+        let stopping: Vec<(Uuid, Addr<SagaActor>)> = {
+            let mut actors = self.actors();
+            let ids: Vec<Uuid> = actors
+                .keys()
+                .filter(|id| ownership.partition_of(**id) == partition)
+                .copied()
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| actors.remove(&id).map(|addr| (id, addr)))
+                .collect()
+        };
+        for (id, addr) in stopping {
+            self.inner.sendings.forget(id);
+            addr.do_send(actor::Stop);
+        }
+    }
+
+    /// Drops a finished (or reloading, or fenced) saga's actor from the map, unless another actor
+    /// has taken its place (its partition was given up and taken again meanwhile).
+    fn forget(&self, id: Uuid, actor: &Addr<SagaActor>) {
+        let mut actors = self.actors();
+        if actors.get(&id) == Some(actor) {
+            actors.remove(&id);
+        }
     }
 
     /// Reloads a saga from Postgres after `delay` and starts its actor again if it is unfinished.
@@ -205,9 +275,15 @@ impl Registry {
     }
 
     /// The saga's actor, starting one from Postgres if the saga is unfinished but has none.
+    /// [`EngineError::NotOwner`] if its partition is not held here.
     async fn find(&self, id: Uuid) -> Result<Option<Addr<SagaActor>>, EngineError> {
         if let Some(addr) = self.actors().get(&id).filter(|a| a.connected()) {
             return Ok(Some(addr.clone()));
+        }
+        if !self.inner.ownership.owns(id) {
+            return Err(EngineError::NotOwner(Some(
+                self.inner.ownership.partition_of(id),
+            )));
         }
         let loaded = self.inner.store.interact(move |db| db.load(id)).await?;
         Ok(match loaded {
@@ -232,6 +308,10 @@ impl Registry {
                 log::info!("ignored a message for saga {saga_id}: unknown or already finished");
                 let _ = settle.send(Settlement::Ack);
             }
+            Err(EngineError::NotOwner(Some(partition))) => {
+                // Another instance owns the saga: its partition's queue reaches the owner.
+                let _ = settle.send(Settlement::Forward(partition));
+            }
             Err(e) => {
                 log::warn!("cannot route a message for saga {saga_id}: {e}");
                 let _ = settle.send(Settlement::Requeue);
@@ -241,26 +321,53 @@ impl Registry {
 
     /// A new saga: its first transition is committed, then its actor started (before its first
     /// commands go out, so that a reply finds it).
+    ///
+    /// The saga gets an id in a partition this instance holds, so it runs here; if that partition
+    /// was lost meanwhile (the write was fenced), it tries another. [`EngineError::NotOwner`] with
+    /// `None` if this instance holds no partition.
     pub async fn submit(
         &self,
         definition: SagaDefinition,
         traceparent: Option<String>,
     ) -> Result<Submitted, EngineError> {
-        let now = Utc::now();
-        let saga = Saga::new(Uuid::now_v7(), definition, traceparent, now);
-        let Some(Decision::Apply(start)) =
-            commit::decide(&saga, Event::Start, now, Default::default())
-        else {
-            return Err(EngineError::Internal("a new saga did not start".into()));
+        const TRIES: usize = 3;
+        let new_id = || {
+            self.inner
+                .ownership
+                .new_saga_id()
+                .ok_or(EngineError::NotOwner(None))
         };
-        match self.commit(&saga, Commit::start(start, now)).await {
-            Ok(started) => Ok(Submitted::Started(started)),
-            Err(NotCommitted::Duplicate(existing)) if existing.definition == saga.definition => {
-                Ok(Submitted::Existing(existing))
-            }
-            Err(NotCommitted::Duplicate(existing)) => Ok(Submitted::KeyTaken(existing)),
-            Err(NotCommitted::Failed(e)) => Err(e.into()),
+        // A retry changes only the id: the partition it falls in.
+        let mut saga = Saga::new(new_id()?, definition, traceparent, Utc::now());
+        if self.inner.paused_names.contains(&saga.definition.name) {
+            saga.pause = Some(Pause {
+                since: saga.created_at,
+                by: PausedBy::Name,
+            });
         }
+        for _ in 0..TRIES {
+            let now = Utc::now();
+            saga.id = new_id()?;
+            let Some(Decision::Apply(start)) =
+                commit::decide(&saga, Event::Start, now, Default::default())
+            else {
+                return Err(EngineError::Internal("a new saga did not start".into()));
+            };
+            return match self.commit(&saga, Commit::start(start, now)).await {
+                Ok(started) => Ok(Submitted::Started(started)),
+                Err(NotCommitted::Duplicate(existing))
+                    if existing.definition == saga.definition =>
+                {
+                    Ok(Submitted::Existing(existing))
+                }
+                Err(NotCommitted::Duplicate(existing)) => Ok(Submitted::KeyTaken(existing)),
+                Err(NotCommitted::Failed(StoreError::Fenced(_))) => continue,
+                Err(NotCommitted::Failed(e)) => Err(e.into()),
+            };
+        }
+        Err(EngineError::Unavailable(
+            "this coordinator is handing its partitions over; try again".into(),
+        ))
     }
 
     /// Commits a transition of `before` and makes it take effect (see [`commit`]); answers the
@@ -274,7 +381,19 @@ impl Registry {
         // The actor may stop between being found and receiving the request (its saga just
         // finished, or it is reloading after a conflict): look again before giving up.
         for _ in 0..5 {
-            let Some(addr) = self.find(saga_id).await? else {
+            let found = match self.find(saga_id).await {
+                // A final or unknown saga needs no owner to be answered.
+                Err(EngineError::NotOwner(partition)) => {
+                    match self.answer_without_actor(saga_id, event.clone()).await {
+                        Err(EngineError::NotOwner(_)) => {
+                            return Err(EngineError::NotOwner(partition))
+                        }
+                        answer => return answer,
+                    }
+                }
+                found => found?,
+            };
+            let Some(addr) = found else {
                 return self.answer_without_actor(saga_id, event).await;
             };
             match addr
@@ -304,6 +423,11 @@ impl Registry {
             .interact(move |db| db.load(saga_id))
             .await?
             .ok_or(EngineError::NotFound(saga_id))?;
+        if !saga.state.is_final() && !self.inner.ownership.owns(saga_id) {
+            return Err(EngineError::NotOwner(Some(
+                self.inner.ownership.partition_of(saga_id),
+            )));
+        }
         match commit::decide(&saga, event, Utc::now(), Default::default()) {
             Some(Decision::Reject(reason)) => Err(EngineError::Conflict(reason)),
             Some(_) => Ok(saga),

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::amqp::PublishResult;
 use crate::metrics::Metrics;
 use crate::outbox::OutboxMessage;
+use crate::runtime::ownership::Ownership;
 use crate::runtime::sending::Sendings;
 use crate::store::{Store, Writer};
 
@@ -28,8 +29,12 @@ const SWEEP_BATCH: i64 = 5_000;
 /// Confirmed rows are deleted in batches, at least this often.
 const DELETE_EVERY: Duration = Duration::from_millis(20);
 
+/// Only rows of partitions `ownership` holds are swept: the others are their owners' to send.
+// Each argument is a channel end or a handle the relay serves; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     store: Store,
+    ownership: Ownership,
     writer: Writer,
     mut fresh: mpsc::UnboundedReceiver<Vec<OutboxMessage>>,
     outbound: mpsc::UnboundedSender<OutboxMessage>,
@@ -96,7 +101,14 @@ pub fn spawn(
                 },
                 _ = sweep.tick() => {
                     let before = Utc::now() - chrono::Duration::from_std(SWEEP_EVERY).unwrap_or_default();
-                    let found = store.interact(move |db| db.pending_outbox(before, SWEEP_BATCH)).await;
+                    let partitions = ownership.partitions();
+                    let owned: Vec<u32> = ownership.leases().iter().map(|l| l.partition).collect();
+                    if owned.is_empty() {
+                        continue;
+                    }
+                    let found = store
+                        .interact(move |db| db.pending_outbox(before, SWEEP_BATCH, partitions, owned))
+                        .await;
                     match found {
                         Ok(rows) => {
                             // Rows left by a crash are unconfirmed: their attempts cannot time out.

@@ -35,6 +35,10 @@ struct State {
     consuming_since: Option<DateTime<Utc>>,
     /// When Postgres last refused a transition: replies were requeued, not lost, until then.
     store_failed_at: Option<DateTime<Utc>>,
+    /// When this instance last took partitions from another (or after its own restart): what the
+    /// previous owner published, and what it left unpublished, is not known until the sweep has
+    /// run, and its partitions' replies may be waiting in their queues.
+    taken_over_at: Option<DateTime<Utc>>,
 }
 
 /// Shared by the registry (commits, actors) and the relay (confirms).
@@ -101,16 +105,26 @@ impl Sendings {
         self.state().store_failed_at = Some(now);
     }
 
+    /// Partitions were taken over: their sagas' reply timeouts wait [`REPLY_GRACE`] as after a
+    /// reconnect.
+    pub fn taken_over(&self, now: DateTime<Utc>) {
+        self.state().taken_over_at = Some(now);
+    }
+
     /// The machine's view for `saga`'s timers at `now`.
     pub fn for_saga(&self, saga: &Saga, now: DateTime<Utc>) -> Sending {
         let state = self.state();
         let grace = chrono::Duration::from_std(REPLY_GRACE).unwrap_or_default();
         let consumed_since = state.consuming_since.unwrap_or(now);
-        let replies_held_until = [Some(consumed_since), state.store_failed_at]
-            .into_iter()
-            .flatten()
-            .max()
-            .map(|since| since + grace);
+        let replies_held_until = [
+            Some(consumed_since),
+            state.store_failed_at,
+            state.taken_over_at,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .map(|since| since + grace);
         let mut sending = Sending {
             replies_held_until,
             ..Sending::default()
@@ -210,6 +224,13 @@ mod tests {
         assert_eq!(
             sendings.for_saga(&saga, refused + grace).replies_held_until,
             Some(refused + grace)
+        );
+        // Partitions taken over from another instance: held for the grace after that as well.
+        let taken = refused + chrono::Duration::seconds(30);
+        sendings.taken_over(taken);
+        assert_eq!(
+            sendings.for_saga(&saga, taken).replies_held_until,
+            Some(taken + grace)
         );
     }
 }

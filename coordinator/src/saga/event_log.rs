@@ -7,7 +7,7 @@
 use std::fmt;
 
 use super::reply::Outcome;
-use super::state::CommandKind;
+use super::state::{CommandKind, PausedBy};
 
 /// One entry of a saga's event log.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +22,12 @@ pub enum LogEntry {
     Aborted { by: DecidedBy },
     /// An operator asked a failed saga to try again.
     RetryRequested,
+    /// An operator asked what waits out a backoff to go now.
+    RetryNowRequested,
+    /// An operator paused the saga, or every saga of its name.
+    Paused { by: PausedBy },
+    /// An operator resumed the saga, or every saga of its name.
+    Resumed { by: PausedBy },
     /// An operator repaired a failed saga by hand.
     Resolved { note: String },
     /// A command went out.

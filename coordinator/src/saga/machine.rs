@@ -27,7 +27,7 @@ use rand::Rng;
 
 use super::event_log::{CommandAttempt, CompensationReason, DecidedBy, FailureReason, LogEntry};
 use super::reply::{Outcome, Reply};
-use super::state::{CommandKind, Saga, SagaState, StepState, Timer, TimerPurpose};
+use super::state::{CommandKind, Pause, PausedBy, Saga, SagaState, StepState, Timer, TimerPurpose};
 
 /// What the machine needs from the outside world, passed in so that it stays pure.
 pub struct Context<'a, R: Rng> {
@@ -104,6 +104,14 @@ pub enum Event {
     Resolve { note: String },
     /// Initiator of a two-phase submission: start running.
     Commit,
+    /// Operator: what waits out a backoff (a step's next attempt, a prepared saga's next
+    /// check-back) goes now, because the dependency it waited for has recovered.
+    RetryNow,
+    /// Operator: hold the saga (nothing dispatched, no timer fires) until `Resume`; `by` says
+    /// whether this saga was paused or every saga of its name.
+    Pause { by: PausedBy },
+    /// Operator: continue a paused saga where it stood. By name, only what the name's pause holds.
+    Resume { by: PausedBy },
 }
 
 /// A command to send, described by position; the caller turns it into a message.
@@ -157,6 +165,9 @@ pub fn handle<R: Rng>(saga: &Saga, event: Event, ctx: &mut Context<'_, R>) -> De
         Event::Retry => run.operator_retry(),
         Event::Resolve { note } => run.resolve(note),
         Event::Commit => run.commit(DecidedBy::Initiator),
+        Event::RetryNow => run.retry_now(ctx),
+        Event::Pause { by } => run.pause(by),
+        Event::Resume { by } => run.resume(by, ctx),
     };
     match verdict {
         Verdict::Changed => {
@@ -165,6 +176,8 @@ pub fn handle<R: Rng>(saga: &Saga, event: Event, ctx: &mut Context<'_, R>) -> De
                 for step in &mut run.saga.steps {
                     step.timer = None;
                 }
+                // Nothing is left to hold: a saga that ended while paused is simply over.
+                run.saga.pause = None;
             }
             if run.saga.state != SagaState::Prepared {
                 run.saga.check_back.timer = None;
@@ -221,12 +234,21 @@ impl Run {
                 purpose: TimerPurpose::Backoff,
             });
             self.record(LogEntry::Prepared);
+            self.record_held();
             return Verdict::Changed;
         }
         self.saga.state = SagaState::Running;
         self.record(LogEntry::Started);
+        self.record_held();
         self.advance();
         Verdict::Changed
+    }
+
+    /// A saga submitted while its name is paused starts held: the log says so beside its start.
+    fn record_held(&mut self) {
+        if let Some(held) = self.saga.pause {
+            self.record(LogEntry::Paused { by: held.by });
+        }
     }
 
     /// A prepared saga that never dispatched anything and is waiting for (or gave up waiting for)
@@ -312,6 +334,105 @@ impl Run {
             self.dispatch(i, CommandKind::Compensation);
         }
         self.advance();
+        Verdict::Changed
+    }
+
+    /// Brings every backoff that is waiting forward to now and fires it. Only backoffs: a reply
+    /// timeout still gives the participant its full time, and a saga waiting for nothing is a 409.
+    fn retry_now<R: Rng>(&mut self, ctx: &mut Context<'_, R>) -> Verdict {
+        if self.saga.pause.is_some() {
+            return Verdict::Reject("the saga is paused: resume it first".into());
+        }
+        let now = self.now;
+        let bring_forward = |timer: &mut Option<Timer>| match timer {
+            Some(t) if t.purpose == TimerPurpose::Backoff => {
+                t.due_at = t.due_at.min(now);
+                true
+            }
+            _ => false,
+        };
+        let waiting = match self.saga.state {
+            SagaState::Prepared => bring_forward(&mut self.saga.check_back.timer),
+            SagaState::Running | SagaState::Compensating => {
+                // Every step, not only the first: parallel branches may each wait.
+                let mut brought = 0;
+                for s in &mut self.saga.steps {
+                    brought += usize::from(bring_forward(&mut s.timer));
+                }
+                brought > 0
+            }
+            _ => false,
+        };
+        if !waiting {
+            return Verdict::Reject(format!(
+                "nothing of this saga waits out a backoff; it is {}",
+                self.saga.state
+            ));
+        }
+        self.record(LogEntry::RetryNowRequested);
+        self.timers(ctx);
+        Verdict::Changed
+    }
+
+    /// Holds an in-flight saga. Replies to commands already out are still recorded; what they
+    /// would start waits for `resume`. Pausing a paused saga changes nothing, except that an
+    /// operator's pause of a saga its name's pause holds makes it the operator's: resuming the
+    /// name then leaves it paused.
+    fn pause(&mut self, by: PausedBy) -> Verdict {
+        if !self.saga.state.in_flight() {
+            return Verdict::Reject(format!(
+                "only a running, compensating or prepared saga can be paused; this one is {}",
+                self.saga.state
+            ));
+        }
+        match &mut self.saga.pause {
+            Some(held) if held.by == PausedBy::Name && by == PausedBy::Operator => {
+                held.by = PausedBy::Operator;
+            }
+            Some(_) => return Verdict::Ignore("the saga is already paused".into()),
+            None => {
+                self.saga.pause = Some(Pause {
+                    since: self.now,
+                    by,
+                })
+            }
+        }
+        self.record(LogEntry::Paused { by });
+        Verdict::Changed
+    }
+
+    /// Continues a paused saga: each timer gets back the wait it had left when paused, counted
+    /// from now; what became ready meanwhile is dispatched, and what is due fires at once.
+    fn resume<R: Rng>(&mut self, by: PausedBy, ctx: &mut Context<'_, R>) -> Verdict {
+        let Some(held) = self.saga.pause else {
+            return if self.saga.state.in_flight() {
+                Verdict::Ignore("the saga is not paused".into())
+            } else {
+                Verdict::Reject(format!(
+                    "only a paused saga can be resumed; this one is {}",
+                    self.saga.state
+                ))
+            };
+        };
+        if by == PausedBy::Name && held.by == PausedBy::Operator {
+            return Verdict::Ignore("an operator paused this saga, not its name's pause".into());
+        }
+        let now = self.now;
+        let rearm = |timer: &mut Option<Timer>| {
+            if let Some(t) = timer {
+                t.due_at = now + (t.due_at - held.since).max(Duration::zero());
+            }
+        };
+        for s in &mut self.saga.steps {
+            rearm(&mut s.timer);
+        }
+        rearm(&mut self.saga.check_back.timer);
+        self.saga.pause = None;
+        self.record(LogEntry::Resumed { by });
+        self.advance();
+        if self.saga.next_due().is_some_and(|due| due <= now) {
+            self.timers(ctx);
+        }
         Verdict::Changed
     }
 
@@ -589,6 +710,9 @@ impl Run {
     }
 
     fn timers<R: Rng>(&mut self, ctx: &mut Context<'_, R>) -> Verdict {
+        if self.saga.pause.is_some() {
+            return Verdict::Ignore("the saga is paused".into());
+        }
         if self.saga.state == SagaState::Prepared {
             return self.check_back_timer(ctx);
         }
@@ -788,6 +912,10 @@ impl Run {
                     self.record(LogEntry::Committed);
                     return;
                 }
+                if self.saga.pause.is_some() {
+                    // Held: the ready steps go out on resume.
+                    return;
+                }
                 let ready: Vec<usize> = (0..self.saga.steps.len())
                     .filter(|&i| {
                         self.saga.steps[i].state == StepState::Pending
@@ -816,6 +944,11 @@ impl Run {
                             })
                     })
                     .collect();
+                if self.saga.pause.is_some() && !ready.is_empty() {
+                    // Held: the ready compensations go out on resume, and only then can the
+                    // saga be judged compensated or failed.
+                    return;
+                }
                 for i in ready {
                     self.dispatch(i, CommandKind::Compensation);
                 }

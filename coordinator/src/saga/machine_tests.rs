@@ -12,7 +12,7 @@ use super::definition::{CheckBack, RetryPolicy, SagaDefinition, StepDefinition, 
 use super::event_log::LogEntry;
 use super::machine::{handle, Command, Context, Decision, Event, Sending, Transition};
 use super::reply::{Outcome, Reply};
-use super::state::{CommandKind, Saga, SagaState, StepState, TimerPurpose};
+use super::state::{CommandKind, PausedBy, Saga, SagaState, StepState, TimerPurpose};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 21, 10, 0, 0)
@@ -234,6 +234,281 @@ fn retry_replies_back_off_then_succeed() {
     h.reply("a", Action, 2, Outcome::Success);
     assert_eq!(h.saga.state, SagaState::Committed);
     assert_eq!(h.saga.steps[0].attempts, 2);
+}
+
+#[test]
+fn retry_now_sends_the_next_attempt_without_waiting_out_the_backoff() {
+    let mut def = sequential(&["a", "b"]);
+    def.steps[1].retry.initial_backoff_ms = 600_000;
+    def.steps[1].retry.max_backoff_ms = 600_000;
+    let mut h = Harness::new(def);
+    h.apply(Event::Start);
+    h.reply("a", Action, 1, Outcome::Success);
+    assert!(
+        matches!(h.decide(Event::RetryNow), Decision::Reject(_)),
+        "an attempt is out, nothing waits: 409"
+    );
+    h.reply("b", Action, 1, Outcome::Retry);
+    let due = h.saga.next_due().expect("backoff timer");
+    assert!(due - h.now >= Duration::minutes(5), "a long backoff");
+
+    let Decision::Apply(t) = h.decide(Event::RetryNow) else {
+        panic!("retry now applies while a backoff waits")
+    };
+    assert_eq!(names(&h, &t.commands), ["b:action:2"]);
+    assert_eq!(
+        t.log.first(),
+        Some(&LogEntry::RetryNowRequested),
+        "the operator's request is in the log before what it caused"
+    );
+    h.saga = t.saga;
+    assert_eq!(
+        h.saga.steps[1].timer.map(|t| t.purpose),
+        Some(TimerPurpose::ReplyTimeout),
+        "the new attempt gets its full reply timeout"
+    );
+    assert!(
+        matches!(h.decide(Event::RetryNow), Decision::Reject(_)),
+        "repeating it finds nothing waiting"
+    );
+    h.reply("b", Action, 2, Outcome::Success);
+    assert_eq!(h.saga.state, SagaState::Committed);
+    assert!(matches!(h.decide(Event::RetryNow), Decision::Reject(_)));
+}
+
+#[test]
+fn retry_now_fires_only_backoffs_not_reply_timeouts() {
+    let def = definition(&[("a", true, Some(vec![])), ("b", true, Some(vec![]))]);
+    let mut h = Harness::new(def);
+    h.apply(Event::Start);
+    h.reply("a", Action, 1, Outcome::Retry);
+    let c = h.apply(Event::RetryNow);
+    assert_eq!(names(&h, &c), ["a:action:2"], "b's attempt 1 is still out");
+    assert_eq!(h.saga.steps[1].attempts, 1);
+}
+
+#[test]
+fn retry_now_sends_every_parallel_branch_that_waits() {
+    let def = definition(&[("a", true, Some(vec![])), ("b", true, Some(vec![]))]);
+    let mut h = Harness::new(def);
+    h.apply(Event::Start);
+    h.reply("a", Action, 1, Outcome::Retry);
+    h.reply("b", Action, 1, Outcome::Retry);
+    let c = h.apply(Event::RetryNow);
+    assert_eq!(names(&h, &c), ["a:action:2", "b:action:2"]);
+}
+
+#[test]
+fn retry_now_asks_a_prepared_sagas_initiator_at_once() {
+    let mut h = prepared(&["a"]);
+    let asked = h.apply(Event::RetryNow);
+    assert_eq!(
+        names(&h, &asked),
+        ["-:check:1"],
+        "the prepare timeout is cut short"
+    );
+    assert!(
+        matches!(h.decide(Event::RetryNow), Decision::Reject(_)),
+        "the check-back is out"
+    );
+    h.apply(check_answer(1, Outcome::Pending));
+    let again = h.apply(Event::RetryNow);
+    assert_eq!(names(&h, &again), ["-:check:2"]);
+}
+
+#[test]
+fn a_paused_saga_records_replies_but_dispatches_nothing_until_resumed() {
+    let mut h = Harness::new(sequential(&["a", "b"]));
+    h.apply(Event::Start);
+    let Decision::Apply(t) = h.decide(Event::Pause {
+        by: PausedBy::Operator,
+    }) else {
+        panic!("a running saga pauses")
+    };
+    assert_eq!(
+        t.log,
+        [LogEntry::Paused {
+            by: PausedBy::Operator
+        }]
+    );
+    h.saga = t.saga;
+    assert_eq!(h.saga.next_due(), None, "no timer fires while paused");
+    assert!(matches!(
+        h.decide(Event::Pause {
+            by: PausedBy::Operator
+        }),
+        Decision::Ignore(_)
+    ));
+
+    let Decision::Apply(t) = h.reply("a", Action, 1, Outcome::Success) else {
+        panic!("the reply to the command already out is recorded")
+    };
+    assert!(t.commands.is_empty(), "b waits for the resume");
+    assert_eq!(h.step_state("a"), StepState::Succeeded);
+    assert_eq!(h.step_state("b"), StepState::Pending);
+    h.now += Duration::hours(1);
+    assert!(matches!(h.decide(Event::TimerFired), Decision::Ignore(_)));
+    assert!(matches!(h.decide(Event::RetryNow), Decision::Reject(_)));
+
+    let resumed = h.apply(Event::Resume {
+        by: PausedBy::Operator,
+    });
+    assert_eq!(names(&h, &resumed), ["b:action:1"]);
+    assert_eq!(h.saga.pause, None);
+    assert!(
+        matches!(
+            h.decide(Event::Resume {
+                by: PausedBy::Operator
+            }),
+            Decision::Ignore(_)
+        ),
+        "resuming a running saga changes nothing"
+    );
+    h.reply("b", Action, 1, Outcome::Success);
+    assert_eq!(h.saga.state, SagaState::Committed);
+    assert!(matches!(
+        h.decide(Event::Pause {
+            by: PausedBy::Operator
+        }),
+        Decision::Reject(_)
+    ));
+    assert!(matches!(
+        h.decide(Event::Resume {
+            by: PausedBy::Operator
+        }),
+        Decision::Reject(_)
+    ));
+}
+
+#[test]
+fn resume_gives_each_timer_the_wait_it_had_left() {
+    let mut h = Harness::new(sequential(&["a"]));
+    h.apply(Event::Start);
+    // The reply timeout is 1 s; pause 400 ms in, so 600 ms are left.
+    h.now += Duration::milliseconds(400);
+    h.apply(Event::Pause {
+        by: PausedBy::Operator,
+    });
+    h.now += Duration::minutes(30);
+    assert!(h
+        .apply(Event::Resume {
+            by: PausedBy::Operator
+        })
+        .is_empty());
+    assert_eq!(
+        h.saga.next_due(),
+        Some(h.now + Duration::milliseconds(600)),
+        "the reply timeout did not run while paused"
+    );
+
+    // A backoff already due when the saga was paused (its timer had not fired yet) fires at once.
+    let Decision::Apply(t) = h.reply("a", Action, 1, Outcome::Retry) else {
+        panic!("retry applies")
+    };
+    h.saga = t.saga;
+    h.now += Duration::seconds(1);
+    h.apply(Event::Pause {
+        by: PausedBy::Operator,
+    });
+    h.now += Duration::minutes(30);
+    let again = h.apply(Event::Resume {
+        by: PausedBy::Operator,
+    });
+    assert_eq!(names(&h, &again), ["a:action:2"]);
+}
+
+#[test]
+fn a_names_resume_releases_only_what_the_names_pause_holds() {
+    let name = PausedBy::Name;
+    let operator = PausedBy::Operator;
+    let mut h = Harness::new(sequential(&["a", "b"]));
+    h.apply(Event::Start);
+    h.apply(Event::Pause { by: name });
+    assert!(matches!(
+        h.decide(Event::Pause { by: name }),
+        Decision::Ignore(_)
+    ));
+    // An operator pausing it too makes the hold the operator's.
+    h.apply(Event::Pause { by: operator });
+    assert_eq!(h.saga.pause.map(|p| p.by), Some(operator));
+    assert!(matches!(
+        h.decide(Event::Resume { by: name }),
+        Decision::Ignore(_)
+    ));
+    h.apply(Event::Resume { by: operator });
+    assert_eq!(h.saga.pause, None);
+
+    // The operator's own pause is not the name's to take away, nor to take over.
+    h.apply(Event::Pause { by: operator });
+    assert!(matches!(
+        h.decide(Event::Pause { by: name }),
+        Decision::Ignore(_)
+    ));
+    assert!(matches!(
+        h.decide(Event::Resume { by: name }),
+        Decision::Ignore(_)
+    ));
+    h.apply(Event::Resume { by: operator });
+
+    h.apply(Event::Pause { by: name });
+    h.reply("a", Action, 1, Outcome::Success);
+    let released = h.apply(Event::Resume { by: name });
+    assert_eq!(names(&h, &released), ["b:action:1"]);
+}
+
+#[test]
+fn a_saga_submitted_while_its_name_is_paused_starts_held() {
+    let mut h = Harness::new(sequential(&["a"]));
+    h.saga.pause = Some(super::state::Pause {
+        since: h.now,
+        by: PausedBy::Name,
+    });
+    let Decision::Apply(t) = h.decide(Event::Start) else {
+        panic!("it starts")
+    };
+    assert!(t.commands.is_empty(), "held from the start");
+    assert_eq!(
+        t.log,
+        [LogEntry::Started, LogEntry::Paused { by: PausedBy::Name }]
+    );
+    h.saga = t.saga;
+    assert_eq!(h.saga.state, SagaState::Running);
+    let started = h.apply(Event::Resume { by: PausedBy::Name });
+    assert_eq!(names(&h, &started), ["a:action:1"]);
+}
+
+#[test]
+fn an_abort_while_paused_compensates_on_resume() {
+    let mut h = Harness::new(sequential(&["a", "b"]));
+    h.apply(Event::Start);
+    h.reply("a", Action, 1, Outcome::Success);
+    h.apply(Event::Pause {
+        by: PausedBy::Operator,
+    });
+    assert!(h.apply(Event::Abort).is_empty(), "held");
+    assert_eq!(h.saga.state, SagaState::Compensating);
+    let undo = h.apply(Event::Resume {
+        by: PausedBy::Operator,
+    });
+    assert_eq!(names(&h, &undo), ["b:compensation:1"]);
+}
+
+#[test]
+fn a_paused_prepared_saga_asks_nothing_until_resumed() {
+    let mut h = prepared(&["a"]);
+    h.apply(Event::Pause {
+        by: PausedBy::Operator,
+    });
+    assert_eq!(h.saga.next_due(), None);
+    assert!(
+        h.apply(Event::Commit).is_empty(),
+        "committed, but its steps wait"
+    );
+    assert_eq!(h.saga.state, SagaState::Running);
+    let started = h.apply(Event::Resume {
+        by: PausedBy::Operator,
+    });
+    assert_eq!(names(&h, &started), ["a:action:1"]);
 }
 
 #[test]
@@ -791,6 +1066,10 @@ enum Stimulus {
     },
     Abort,
     Retry,
+    RetryNow,
+    /// `true`: by name.
+    Pause(bool),
+    Resume(bool),
     Resolve,
 }
 
@@ -812,8 +1091,19 @@ fn arb_stimulus() -> impl Strategy<Value = Stimulus> {
         1 => (0usize..5, any::<bool>()).prop_map(|(step, compensation)| Stimulus::DeadLetter { step, compensation }),
         1 => Just(Stimulus::Abort),
         1 => Just(Stimulus::Retry),
+        1 => Just(Stimulus::RetryNow),
+        1 => any::<bool>().prop_map(Stimulus::Pause),
+        1 => any::<bool>().prop_map(Stimulus::Resume),
         1 => Just(Stimulus::Resolve),
     ]
+}
+
+fn by(name: bool) -> PausedBy {
+    if name {
+        PausedBy::Name
+    } else {
+        PausedBy::Operator
+    }
 }
 
 fn to_event(h: &Harness, stimulus: &Stimulus) -> Event {
@@ -852,6 +1142,9 @@ fn to_event(h: &Harness, stimulus: &Stimulus) -> Event {
         Stimulus::Timer => Event::TimerFired,
         Stimulus::Abort => Event::Abort,
         Stimulus::Retry => Event::Retry,
+        Stimulus::RetryNow => Event::RetryNow,
+        Stimulus::Pause(by_name) => Event::Pause { by: by(by_name) },
+        Stimulus::Resume(by_name) => Event::Resume { by: by(by_name) },
         Stimulus::Resolve => Event::Resolve {
             note: "by hand".into(),
         },
@@ -869,6 +1162,10 @@ fn check_transition(
         s.steps[i].attempts > 0 && !s.steps[i].refused && def.steps[i].compensation.is_some()
     };
     prop_assert!(!before.state.is_final(), "a final saga changed: {before:?}");
+    if after.pause.is_some() {
+        prop_assert!(commands.is_empty(), "a paused saga dispatched {commands:?}");
+        prop_assert_eq!(after.next_due(), None, "a paused saga has a timer armed");
+    }
     if after.state.is_final() || after.state == SagaState::Failed {
         prop_assert!(commands.is_empty(), "commands issued into {}", after.state);
         prop_assert_eq!(after.next_due(), None);
@@ -976,7 +1273,12 @@ proptest! {
     /// Participants that eventually answer (each answer random) always bring the saga to an end:
     /// a final state, or `failed` waiting for an operator, who can always close it.
     #[test]
-    fn every_saga_ends(def in arb_definition(), seed in any::<u64>(), abort_at in proptest::option::of(0usize..10)) {
+    fn every_saga_ends(
+        def in arb_definition(),
+        seed in any::<u64>(),
+        abort_at in proptest::option::of(0usize..10),
+        pause_at in proptest::option::of(0usize..10),
+    ) {
         use rand::Rng;
         let mut answers = StdRng::seed_from_u64(seed);
         let mut h = Harness::new(def);
@@ -987,6 +1289,23 @@ proptest! {
             }
             if abort_at == Some(round) && h.saga.state == SagaState::Running {
                 outstanding.extend(h.apply(Event::Abort));
+                continue;
+            }
+            if pause_at == Some(round) {
+                // Held for an hour while the commands already out are answered, then resumed.
+                if let Decision::Apply(t) = h.decide(Event::Pause { by: PausedBy::Operator }) {
+                    h.saga = t.saga;
+                }
+            }
+            if h.saga.pause.is_some() && outstanding.is_empty() {
+                h.now += Duration::hours(1);
+                let t = match h.decide(Event::Resume { by: PausedBy::Operator }) {
+                    Decision::Apply(t) => t,
+                    other => panic!("a paused saga resumes: {other:?}"),
+                };
+                check_transition(&h.saga, &t.saga, &t.commands)?;
+                outstanding.extend(t.commands);
+                h.saga = t.saga;
                 continue;
             }
             let event = if let Some(c) = outstanding.pop() {

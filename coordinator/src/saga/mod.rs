@@ -12,7 +12,8 @@ pub use definition::{CheckBack, RetryPolicy, SagaDefinition, StepDefinition, Sub
 pub use event_log::LogEntry;
 pub use reply::{Outcome, Reply};
 pub use state::{
-    CheckBackProgress, CommandKind, Saga, SagaState, StepProgress, StepState, Timer, TimerPurpose,
+    CheckBackProgress, CommandKind, Pause, PausedBy, Saga, SagaState, StepProgress, StepState,
+    Timer, TimerPurpose,
 };
 
 #[cfg(test)]

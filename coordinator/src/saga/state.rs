@@ -68,6 +68,35 @@ impl SagaState {
             SagaState::Committed | SagaState::Compensated | SagaState::Aborted
         )
     }
+
+    /// The states in which a saga still moves on its own: it may dispatch commands and has timers.
+    pub const IN_FLIGHT: [SagaState; 3] = [
+        SagaState::Prepared,
+        SagaState::Running,
+        SagaState::Compensating,
+    ];
+
+    /// Whether the saga is in one of [`Self::IN_FLIGHT`].
+    pub fn in_flight(self) -> bool {
+        Self::IN_FLIGHT.contains(&self)
+    }
+}
+
+string_enum! {
+    /// Who holds a paused saga: an operator's pause of this saga, or the pause of every saga of
+    /// its name. Resuming the name releases only what the name's pause holds.
+    PausedBy {
+        Operator => "operator",
+        Name => "name",
+    }
+}
+
+/// An operator's hold on a saga (`pause`): nothing is dispatched and no timer fires while it lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pause {
+    /// When it began: on resume, each timer gets back the wait it had left then.
+    pub since: DateTime<Utc>,
+    pub by: PausedBy,
 }
 
 string_enum! {
@@ -171,6 +200,8 @@ pub struct Saga {
     pub updated_at: DateTime<Utc>,
     /// Bumped by every persisted transition; guards against two writers for one saga.
     pub version: i64,
+    /// Set while an operator holds the saga: it dispatches nothing and no timer fires.
+    pub pause: Option<Pause>,
 }
 
 impl Saga {
@@ -204,12 +235,13 @@ impl Saga {
             created_at: now,
             updated_at: now,
             version: 0,
+            pause: None,
         }
     }
 
     /// The earliest time at which something is due, if any: the actor arms one clock for it.
     pub fn next_due(&self) -> Option<DateTime<Utc>> {
-        if self.state.is_final() || self.state == SagaState::Failed {
+        if self.state.is_final() || self.state == SagaState::Failed || self.pause.is_some() {
             return None;
         }
         let step_timers = self.steps.iter().filter_map(|s| s.timer.map(|t| t.due_at));

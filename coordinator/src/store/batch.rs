@@ -34,14 +34,25 @@ use crate::saga::Saga;
 
 /// The statement; each `$?` is the next parameter, in the order [`WriteBatch::walk_ast`] binds them.
 const WRITE_BATCH: &str = r#"
-WITH new_sagas AS (
+WITH fenced AS (
+    SELECT f AS partition FROM saga_fence($?::text, $?::integer[], $?::bigint[]) AS f
+), new_sagas AS (
     INSERT INTO sagas (id, name, idempotency_key, definition, state, deadline, check_back_at,
                        traceparent, created_at, updated_at, version, check_back_purpose,
-                       check_attempts, check_attempt_limit)
-    SELECT * FROM unnest($?::uuid[], $?::text[], $?::text[], $?::jsonb[], $?::text[],
-                         $?::timestamptz[], $?::timestamptz[], $?::text[], $?::timestamptz[],
-                         $?::timestamptz[], $?::bigint[], $?::text[], $?::integer[],
-                         $?::integer[])
+                       check_attempts, check_attempt_limit, partition, paused_at, paused_by)
+    SELECT v.id, v.name, v.idempotency_key, v.definition, v.state, v.deadline, v.check_back_at,
+           v.traceparent, v.created_at, v.updated_at, v.version, v.check_back_purpose,
+           v.check_attempts, v.check_attempt_limit, v.partition, v.paused_at, v.paused_by
+    FROM unnest($?::uuid[], $?::text[], $?::text[], $?::jsonb[], $?::text[],
+                $?::timestamptz[], $?::timestamptz[], $?::text[], $?::timestamptz[],
+                $?::timestamptz[], $?::bigint[], $?::text[], $?::integer[],
+                $?::integer[], $?::integer[], $?::timestamptz[], $?::text[]) WITH ORDINALITY
+         AS v(id, name, idempotency_key, definition, state, deadline, check_back_at,
+              traceparent, created_at, updated_at, version, check_back_purpose, check_attempts,
+              check_attempt_limit, partition, paused_at, paused_by, n)
+    WHERE v.partition IN (SELECT partition FROM fenced)
+    -- In submission order: of two new sagas with one key, the first is inserted.
+    ORDER BY v.n
     ON CONFLICT DO NOTHING
     RETURNING id
 ), changed_sagas AS (
@@ -49,12 +60,15 @@ WITH new_sagas AS (
     SET state = v.state, deadline = v.deadline, check_back_at = v.check_back_at,
         check_back_purpose = v.check_back_purpose, check_attempts = v.check_attempts,
         check_attempt_limit = v.check_attempt_limit, updated_at = v.updated_at,
-        version = v.version + 1
+        paused_at = v.paused_at, paused_by = v.paused_by, version = v.version + 1
     FROM unnest($?::uuid[], $?::bigint[], $?::text[], $?::timestamptz[], $?::timestamptz[],
-                $?::text[], $?::integer[], $?::integer[], $?::timestamptz[])
+                $?::text[], $?::integer[], $?::integer[], $?::timestamptz[], $?::integer[],
+                $?::timestamptz[], $?::text[])
          AS v(id, version, state, deadline, check_back_at, check_back_purpose, check_attempts,
-              check_attempt_limit, updated_at)
-    WHERE s.id = v.id AND s.version = v.version
+              check_attempt_limit, updated_at, partition, paused_at, paused_by)
+    -- The fence filters the transitions, not the table: a condition on `s.partition` would let
+    -- the planner read every unfinished saga of the batch's partitions.
+    WHERE s.id = v.id AND s.version = v.version AND v.partition IN (SELECT partition FROM fenced)
     RETURNING s.id
 ), written AS (
     SELECT id FROM new_sagas UNION ALL SELECT id FROM changed_sagas
@@ -83,10 +97,11 @@ WITH new_sagas AS (
     WHERE t.saga_id = v.saga_id AND t.position = v.position
       AND v.saga_id IN (SELECT id FROM changed_sagas)
 ), events AS (
-    INSERT INTO saga_events (saga_id, at, kind, step, attempt, detail)
-    SELECT v.saga_id, v.at, v.kind, v.step, v.attempt, v.detail
+    INSERT INTO saga_events (saga_id, at, kind, step, attempt, detail, epoch)
+    SELECT v.saga_id, v.at, v.kind, v.step, v.attempt, v.detail, v.epoch
     FROM unnest($?::uuid[], $?::timestamptz[], $?::text[], $?::text[], $?::integer[],
-                $?::jsonb[]) WITH ORDINALITY AS v(saga_id, at, kind, step, attempt, detail, n)
+                $?::jsonb[], $?::bigint[])
+         WITH ORDINALITY AS v(saga_id, at, kind, step, attempt, detail, epoch, n)
     WHERE v.saga_id IN (SELECT id FROM written)
     ORDER BY v.n
 ), commands AS (
@@ -99,9 +114,12 @@ WITH new_sagas AS (
 ), confirmed AS (
     DELETE FROM outbox WHERE id = ANY($?::bigint[])
 )
-SELECT id AS saga_id, NULL::uuid AS message_id, NULL::bigint AS outbox_id FROM written
+SELECT id AS saga_id, NULL::uuid AS message_id, NULL::bigint AS outbox_id,
+       NULL::integer AS live_partition FROM written
 UNION ALL
-SELECT NULL, message_id, id FROM commands"#;
+SELECT NULL, message_id, id, NULL FROM commands
+UNION ALL
+SELECT NULL, NULL, NULL, partition FROM fenced"#;
 
 /// What the statement answers: the sagas it wrote, and the ids of the outbox rows it inserted.
 #[derive(QueryableByName)]
@@ -112,6 +130,9 @@ struct Answer {
     message_id: Option<Uuid>,
     #[diesel(sql_type = Nullable<BigInt>)]
     outbox_id: Option<i64>,
+    /// A partition the writer still holds (see `saga_fence`).
+    #[diesel(sql_type = Nullable<Integer>)]
+    live_partition: Option<i32>,
 }
 
 /// What became of each transition of a batch (in order), before duplicates are looked up.
@@ -121,15 +142,23 @@ pub(super) enum Outcome {
     Duplicate,
     /// The saga's row was no longer at the version the transition was computed from.
     Conflict,
+    /// The writer no longer holds the saga's partition with the epoch the transition carries.
+    Fenced,
 }
 
-/// Writes the transitions (of distinct sagas) and deletes the confirmed outbox rows `forget`, in one
-/// statement.
+/// Writes the transitions (of distinct sagas, at most one epoch per partition) and deletes the
+/// confirmed outbox rows `forget`, in one statement, fenced: only transitions whose partition
+/// `writer` still holds with the epoch they carry are written.
 pub(super) fn write(
     conn: &mut PgConnection,
+    writer: &str,
     persists: &[&Persist],
     forget: &[i64],
 ) -> Result<Vec<Outcome>, StoreError> {
+    let mut fence = Fence {
+        writer,
+        ..Fence::default()
+    };
     let mut new_sagas = NewSagas::default();
     let mut changed_sagas = ChangedSagas::default();
     let mut new_steps = NewSteps::default();
@@ -137,13 +166,14 @@ pub(super) fn write(
     let mut events = Events::default();
     let mut commands = Commands::default();
     for p in persists {
+        fence.push(p);
         if p.is_new {
-            new_sagas.push(&p.saga)?;
+            new_sagas.push(&p.saga, p.fence.partition)?;
             for position in 0..p.saga.steps.len() {
                 new_steps.push(&p.saga, position);
             }
         } else {
-            changed_sagas.push(&p.saga);
+            changed_sagas.push(&p.saga, p.fence.partition);
             for &position in &p.steps {
                 changed_steps.push(&p.saga, position);
             }
@@ -153,6 +183,7 @@ pub(super) fn write(
     }
     let command_count = commands.message_id.len();
     let answers: Vec<Answer> = WriteBatch {
+        fence,
         new_sagas,
         changed_sagas,
         new_steps,
@@ -165,13 +196,22 @@ pub(super) fn write(
 
     let mut written = HashSet::with_capacity(persists.len());
     let mut outbox_ids = HashMap::with_capacity(command_count);
+    let mut live = HashSet::new();
     for answer in answers {
-        match (answer.saga_id, answer.message_id, answer.outbox_id) {
-            (Some(saga), _, _) => {
+        match (
+            answer.saga_id,
+            answer.message_id,
+            answer.outbox_id,
+            answer.live_partition,
+        ) {
+            (Some(saga), _, _, _) => {
                 written.insert(saga);
             }
-            (None, Some(message), Some(id)) => {
+            (None, Some(message), Some(id), _) => {
                 outbox_ids.insert(message, id);
+            }
+            (None, None, None, Some(partition)) => {
+                live.insert(partition);
             }
             _ => return Err(StoreError::Corrupt("an unexpected answer row".into())),
         }
@@ -180,6 +220,9 @@ pub(super) fn write(
         .iter()
         .map(|p| {
             if !written.contains(&p.saga.id) {
+                if !live.contains(&partition_column(p.fence.partition)) {
+                    return Ok(Outcome::Fenced);
+                }
                 return Ok(if p.is_new {
                     Outcome::Duplicate
                 } else {
@@ -210,6 +253,7 @@ pub(super) fn write(
 
 /// The batch as a diesel query with a fixed text, so that diesel caches its prepared statement.
 struct WriteBatch<'a> {
+    fence: Fence<'a>,
     new_sagas: NewSagas<'a>,
     changed_sagas: ChangedSagas,
     new_steps: NewSteps<'a>,
@@ -236,6 +280,7 @@ impl QueryFragment<Pg> for WriteBatch<'_> {
             rest: WRITE_BATCH.split("$?"),
         };
         sql.next(&mut out);
+        self.fence.walk(&mut out, &mut sql)?;
         self.new_sagas.walk(&mut out, &mut sql)?;
         self.changed_sagas.walk(&mut out, &mut sql)?;
         self.new_steps.walk(&mut out, &mut sql)?;
@@ -280,7 +325,36 @@ fn position(position: usize) -> i32 {
     i32::try_from(position).unwrap_or(i32::MAX)
 }
 
-/// Columns of the `new_sagas` insert ($1 to $14).
+fn partition_column(partition: u32) -> i32 {
+    i32::try_from(partition).unwrap_or(i32::MAX)
+}
+
+/// The arguments of `saga_fence`: who writes, and each partition of the batch with the epoch the
+/// writer holds it with.
+#[derive(Default)]
+struct Fence<'a> {
+    writer: &'a str,
+    partition: Vec<i32>,
+    epoch: Vec<i64>,
+}
+
+impl Fence<'_> {
+    fn push(&mut self, p: &Persist) {
+        let partition = partition_column(p.fence.partition);
+        if !self.partition.contains(&partition) {
+            self.partition.push(partition);
+            self.epoch.push(p.fence.epoch);
+        }
+    }
+
+    fn walk<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, sql: &mut Statement) -> QueryResult<()> {
+        sql.bind::<Text, _>(out, self.writer)?;
+        sql.bind::<Array<Integer>, _>(out, &self.partition)?;
+        sql.bind::<Array<BigInt>, _>(out, &self.epoch)
+    }
+}
+
+/// Columns of the `new_sagas` insert.
 #[derive(Default)]
 struct NewSagas<'a> {
     id: Vec<Uuid>,
@@ -297,10 +371,13 @@ struct NewSagas<'a> {
     check_back_purpose: Vec<Option<&'static str>>,
     check_attempts: Vec<i32>,
     check_attempt_limit: Vec<i32>,
+    partition: Vec<i32>,
+    paused_at: Vec<Option<DateTime<Utc>>>,
+    paused_by: Vec<Option<&'static str>>,
 }
 
 impl<'a> NewSagas<'a> {
-    fn push(&mut self, saga: &'a Saga) -> Result<(), StoreError> {
+    fn push(&mut self, saga: &'a Saga, partition: u32) -> Result<(), StoreError> {
         let definition = serde_json::to_value(&*saga.definition)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.id.push(saga.id);
@@ -319,6 +396,9 @@ impl<'a> NewSagas<'a> {
         self.check_attempts.push(to_i32(saga.check_back.attempts));
         self.check_attempt_limit
             .push(to_i32(saga.check_back.attempt_limit));
+        self.partition.push(partition_column(partition));
+        self.paused_at.push(saga.pause.map(|p| p.since));
+        self.paused_by.push(saga.pause.map(|p| p.by.as_str()));
         Ok(())
     }
 
@@ -337,11 +417,14 @@ impl<'a> NewSagas<'a> {
         sql.bind::<Array<Nullable<Text>>, _>(out, &self.check_back_purpose)?;
         sql.bind::<Array<Integer>, _>(out, &self.check_attempts)?;
         sql.bind::<Array<Integer>, _>(out, &self.check_attempt_limit)?;
+        sql.bind::<Array<Integer>, _>(out, &self.partition)?;
+        sql.bind::<Array<Nullable<Timestamptz>>, _>(out, &self.paused_at)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.paused_by)?;
         Ok(())
     }
 }
 
-/// Columns of the `changed_sagas` update ($15 to $23).
+/// Columns of the `changed_sagas` update.
 #[derive(Default)]
 struct ChangedSagas {
     id: Vec<Uuid>,
@@ -353,10 +436,13 @@ struct ChangedSagas {
     check_attempts: Vec<i32>,
     check_attempt_limit: Vec<i32>,
     updated_at: Vec<DateTime<Utc>>,
+    partition: Vec<i32>,
+    paused_at: Vec<Option<DateTime<Utc>>>,
+    paused_by: Vec<Option<&'static str>>,
 }
 
 impl ChangedSagas {
-    fn push(&mut self, saga: &Saga) {
+    fn push(&mut self, saga: &Saga, partition: u32) {
         self.id.push(saga.id);
         self.version.push(saga.version);
         self.state.push(saga.state.as_str());
@@ -368,6 +454,9 @@ impl ChangedSagas {
         self.check_attempt_limit
             .push(to_i32(saga.check_back.attempt_limit));
         self.updated_at.push(saga.updated_at);
+        self.partition.push(partition_column(partition));
+        self.paused_at.push(saga.pause.map(|p| p.since));
+        self.paused_by.push(saga.pause.map(|p| p.by.as_str()));
     }
 
     fn walk<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, sql: &mut Statement) -> QueryResult<()> {
@@ -380,6 +469,9 @@ impl ChangedSagas {
         sql.bind::<Array<Integer>, _>(out, &self.check_attempts)?;
         sql.bind::<Array<Integer>, _>(out, &self.check_attempt_limit)?;
         sql.bind::<Array<Timestamptz>, _>(out, &self.updated_at)?;
+        sql.bind::<Array<Integer>, _>(out, &self.partition)?;
+        sql.bind::<Array<Nullable<Timestamptz>>, _>(out, &self.paused_at)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.paused_by)?;
         Ok(())
     }
 }
@@ -434,7 +526,7 @@ impl<'a> StepProgressColumns<'a> {
     }
 }
 
-/// Columns of the `new_steps` insert ($24 to $35): a step's progress, then its name.
+/// Columns of the `new_steps` insert: a step's progress, then its name.
 #[derive(Default)]
 struct NewSteps<'a> {
     progress: StepProgressColumns<'a>,
@@ -453,10 +545,10 @@ impl<'a> NewSteps<'a> {
     }
 }
 
-/// Columns of the `changed_steps` update ($36 to $46).
+/// Columns of the `changed_steps` update.
 type ChangedSteps<'a> = StepProgressColumns<'a>;
 
-/// Columns of the event-log insert ($47 to $52), in the order the machine logged them.
+/// Columns of the event-log insert, in the order the machine logged them.
 #[derive(Default)]
 struct Events<'a> {
     saga_id: Vec<Uuid>,
@@ -465,6 +557,7 @@ struct Events<'a> {
     step: Vec<Option<&'a str>>,
     attempt: Vec<Option<i32>>,
     detail: Vec<Value>,
+    epoch: Vec<i64>,
 }
 
 impl<'a> Events<'a> {
@@ -478,6 +571,7 @@ impl<'a> Events<'a> {
             self.step.push(stored.step);
             self.attempt.push(stored.attempt);
             self.detail.push(stored.detail);
+            self.epoch.push(p.fence.epoch);
         }
     }
 
@@ -488,11 +582,12 @@ impl<'a> Events<'a> {
         sql.bind::<Array<Nullable<Text>>, _>(out, &self.step)?;
         sql.bind::<Array<Nullable<Integer>>, _>(out, &self.attempt)?;
         sql.bind::<Array<Jsonb>, _>(out, &self.detail)?;
+        sql.bind::<Array<BigInt>, _>(out, &self.epoch)?;
         Ok(())
     }
 }
 
-/// Columns of the outbox insert ($53 to $59).
+/// Columns of the outbox insert.
 #[derive(Default)]
 struct Commands<'a> {
     saga_id: Vec<Uuid>,

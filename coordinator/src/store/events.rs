@@ -41,6 +41,9 @@ fn kind(entry: &LogEntry) -> &'static str {
         LogEntry::Commit { .. } => "commit",
         LogEntry::Aborted { .. } => "aborted",
         LogEntry::RetryRequested => "retry_requested",
+        LogEntry::RetryNowRequested => "retry_now_requested",
+        LogEntry::Paused { .. } => "paused",
+        LogEntry::Resumed { .. } => "resumed",
         LogEntry::Resolved { .. } => "resolved",
         LogEntry::Dispatched { .. } => "dispatched",
         LogEntry::Reply { .. } => "reply",
@@ -60,6 +63,7 @@ fn detail(entry: &LogEntry) -> Value {
         LogEntry::Prepared
         | LogEntry::Started
         | LogEntry::RetryRequested
+        | LogEntry::RetryNowRequested
         | LogEntry::Compensated
         | LogEntry::Committed => json!({}),
         LogEntry::Commit { by } => json!({"by": decided_by(*by)}),
@@ -67,6 +71,7 @@ fn detail(entry: &LogEntry) -> Value {
             json!({"reason": "aborted before commit", "by": decided_by(*by)})
         }
         LogEntry::Resolved { note } => json!({"note": note}),
+        LogEntry::Paused { by } | LogEntry::Resumed { by } => json!({"by": by}),
         LogEntry::Dispatched { command }
         | LogEntry::TimedOut { command }
         | LogEntry::DeadLettered { command } => json!({"kind": command.kind}),

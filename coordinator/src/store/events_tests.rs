@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::{render, StoredEvent};
 use crate::saga::event_log::{CommandAttempt, CompensationReason, DecidedBy, FailureReason};
 use crate::saga::Outcome;
-use crate::saga::{CommandKind, LogEntry, SagaDefinition};
+use crate::saga::{CommandKind, LogEntry, PausedBy, SagaDefinition};
 use crate::submission::parse_submission;
 
 fn definition() -> SagaDefinition {
@@ -75,6 +75,29 @@ fn pinned() -> Vec<Pinned> {
             None,
             None,
             json!({}),
+        ),
+        (
+            LogEntry::RetryNowRequested,
+            "retry_now_requested",
+            None,
+            None,
+            json!({}),
+        ),
+        (
+            LogEntry::Paused {
+                by: PausedBy::Operator,
+            },
+            "paused",
+            None,
+            None,
+            json!({"by": "operator"}),
+        ),
+        (
+            LogEntry::Resumed { by: PausedBy::Name },
+            "resumed",
+            None,
+            None,
+            json!({"by": "name"}),
         ),
         (
             LogEntry::Resolved {
@@ -313,8 +336,11 @@ fn every_variant_is_pinned() {
             LogEntry::Compensated => 13,
             LogEntry::Committed => 14,
             LogEntry::Failed { .. } => 15,
+            LogEntry::RetryNowRequested => 16,
+            LogEntry::Paused { .. } => 17,
+            LogEntry::Resumed { .. } => 18,
         }
     }
     let pinned: BTreeSet<usize> = pinned().iter().map(|(e, ..)| variant(e)).collect();
-    assert_eq!(pinned, (0..16).collect());
+    assert_eq!(pinned, (0..19).collect());
 }

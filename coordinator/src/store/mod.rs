@@ -5,11 +5,15 @@
 //! that RabbitMQ has not confirmed yet. A transition and the commands it produces are written in one
 //! transaction (see [`writer`]), which is what makes "state first, then message" hold across crashes.
 
+pub mod alerts;
 mod batch;
 pub mod dashboard;
 mod events;
 mod gauges;
+pub mod leases;
 mod migrations;
+pub mod notices;
+mod paused_names;
 mod persist;
 mod rows;
 pub mod schema;
@@ -27,6 +31,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::outbox::OutboxMessage;
+use crate::partition::Partitions;
 use crate::saga::{Saga, SagaState};
 use rows::{EventRow, OutboxRow, SagaRow, StepRow};
 use schema::{outbox, saga_events, saga_steps, sagas};
@@ -52,6 +57,12 @@ pub enum StoreError {
     Conflict(Uuid),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The transition's partition is not (or no longer) this instance's: nothing was written.
+    #[error("partition {0} is not owned by this coordinator")]
+    Fenced(u32),
+    /// A setting contradicts what the database holds.
+    #[error("{0}")]
+    Refused(String),
     /// The blocking task running a query panicked or was cancelled.
     #[error("the query did not finish: {0}")]
     Interrupted(String),
@@ -194,33 +205,6 @@ impl Queries {
         }
     }
 
-    /// Every saga that is not final, for recovery after a start. Loaded in batches of a few
-    /// thousand: two queries per batch, not one per saga.
-    pub fn load_unfinished(&self) -> Result<Vec<Saga>, StoreError> {
-        const BATCH: i64 = 2_000;
-        let finals = final_states();
-        let mut conn = self.conn()?;
-        let mut out = Vec::new();
-        let mut after = Uuid::nil();
-        loop {
-            let batch: Vec<SagaRow> = sagas::table
-                .filter(sagas::state.ne_all(&finals))
-                .filter(sagas::id.gt(after))
-                .order(sagas::id.asc())
-                .limit(BATCH)
-                .select(SagaRow::as_select())
-                .load(&mut conn)?;
-            let Some(last) = batch.last() else { break };
-            after = last.id;
-            let full = batch.len() as i64 == BATCH;
-            out.extend(self.assemble(&mut conn, batch)?);
-            if !full {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
     /// Sagas for the list endpoint, newest first, without their steps.
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<Saga>, StoreError> {
         let mut conn = self.conn()?;
@@ -265,14 +249,33 @@ impl Queries {
 
     /// Outbox rows not yet confirmed, oldest first, created before `created_before` (younger ones are
     /// still on their way through the relay's fast path).
+    /// Only rows of sagas in the `owned` partitions (of `partitions`) are read: the others are
+    /// their owners' to send.
     pub fn pending_outbox(
         &self,
         created_before: DateTime<Utc>,
         limit: i64,
+        partitions: Partitions,
+        owned: Vec<u32>,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
+        use diesel::sql_types::{Array, Bool, Integer};
+        let owned: Vec<i32> = owned
+            .into_iter()
+            .filter_map(|p| i32::try_from(p).ok())
+            .collect();
+        let count = i32::try_from(partitions.count()).unwrap_or(i32::MAX);
+        // The partition of the row's saga, by the formula of `Partitions::of`.
+        let in_owned = diesel::dsl::sql::<Bool>(
+            "(get_byte(uuid_send(saga_id), 14) * 256 + get_byte(uuid_send(saga_id), 15)) % ",
+        )
+        .bind::<Integer, _>(count)
+        .sql(" = ANY(")
+        .bind::<Array<Integer>, _>(owned)
+        .sql(")");
         let mut conn = self.conn()?;
         let rows: Vec<OutboxRow> = outbox::table
             .filter(outbox::created_at.lt(created_before))
+            .filter(in_owned)
             .order(outbox::id.asc())
             .limit(limit)
             .select(OutboxRow::as_select())

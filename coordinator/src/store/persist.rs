@@ -2,6 +2,7 @@
 //! and the writer, in a module of their own so that the writer threads ([`super::writer`]) and the
 //! batch statement ([`super::batch`]) both depend on them and not on each other.
 
+use super::leases::Lease;
 use crate::outbox::OutboxMessage;
 use crate::saga::LogEntry;
 use crate::saga::Saga;
@@ -17,6 +18,9 @@ pub struct Persist {
     pub outbox: Vec<OutboxMessage>,
     /// A new saga: insert it, unless its idempotency key is taken.
     pub is_new: bool,
+    /// The saga's partition and the epoch this instance holds it with: the write is refused unless
+    /// that lease is still this instance's when it runs.
+    pub fence: Lease,
 }
 
 #[derive(Debug)]

@@ -11,7 +11,9 @@ use uuid::Uuid;
 use super::schema::{outbox, saga_events, saga_steps, sagas};
 use super::StoreError;
 use crate::outbox::OutboxMessage;
-use crate::saga::{CheckBackProgress, Saga, SagaDefinition, StepProgress, Timer, TimerPurpose};
+use crate::saga::{
+    CheckBackProgress, Pause, Saga, SagaDefinition, StepProgress, Timer, TimerPurpose,
+};
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = sagas)]
@@ -28,6 +30,8 @@ pub struct SagaRow {
     pub check_back_purpose: Option<String>,
     pub check_attempts: i32,
     pub check_attempt_limit: i32,
+    pub paused_at: Option<DateTime<Utc>>,
+    pub paused_by: Option<String>,
 }
 
 #[derive(Queryable, Selectable)]
@@ -134,6 +138,13 @@ impl SagaRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             version: self.version,
+            pause: match (self.paused_at, self.paused_by) {
+                (Some(since), Some(by)) => Some(Pause {
+                    since,
+                    by: by.parse().map_err(corrupt)?,
+                }),
+                _ => None,
+            },
         })
     }
 }

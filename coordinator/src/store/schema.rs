@@ -16,6 +16,16 @@ diesel::table! {
         check_back_purpose -> Nullable<Text>,
         check_attempts -> Int4,
         check_attempt_limit -> Int4,
+        partition -> Int4,
+        paused_at -> Nullable<Timestamptz>,
+        paused_by -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    paused_saga_names (name) {
+        name -> Text,
+        paused_at -> Timestamptz,
     }
 }
 
@@ -45,6 +55,7 @@ diesel::table! {
         step -> Nullable<Text>,
         attempt -> Nullable<Int4>,
         detail -> Jsonb,
+        epoch -> Nullable<Int8>,
     }
 }
 
@@ -63,4 +74,10 @@ diesel::table! {
 
 diesel::joinable!(saga_steps -> sagas (saga_id));
 diesel::joinable!(saga_events -> sagas (saga_id));
-diesel::allow_tables_to_appear_in_same_query!(sagas, saga_steps, saga_events, outbox);
+diesel::allow_tables_to_appear_in_same_query!(
+    sagas,
+    saga_steps,
+    saga_events,
+    outbox,
+    paused_saga_names
+);

@@ -67,11 +67,14 @@ pub struct Writer {
 impl Writer {
     /// Starts `threads` writer threads on the pool. They stop when every `Writer` clone is dropped,
     /// after finishing what was queued: that is how a shutdown finishes in-flight writes.
+    /// `instance` is who writes: every write is fenced by its leases (see `batch`).
     pub fn start(
         pool: Pool,
         threads: usize,
         metrics: Arc<Metrics>,
+        instance: &str,
     ) -> (Writer, Vec<thread::JoinHandle<()>>) {
+        let instance: Arc<str> = Arc::from(instance);
         let (jobs, queue) = mpsc::channel::<Work>();
         let queue = Arc::new(Mutex::new(queue));
         let forgets = Forgets::default();
@@ -81,9 +84,10 @@ impl Writer {
                 let forgets = Arc::clone(&forgets);
                 let pool = pool.clone();
                 let metrics = Arc::clone(&metrics);
+                let instance = Arc::clone(&instance);
                 thread::Builder::new()
                     .name(format!("saga-writer-{n}"))
-                    .spawn(move || run(&pool, &queue, &forgets, &metrics))
+                    .spawn(move || run(&pool, &queue, &forgets, &metrics, &instance))
                     .map_err(|e| log::error!("cannot start writer thread: {e}"))
                     .ok()
             })
@@ -140,7 +144,13 @@ impl Writer {
     }
 }
 
-fn run(pool: &Pool, queue: &Mutex<Receiver<Work>>, forgets: &Forgets, metrics: &Metrics) {
+fn run(
+    pool: &Pool,
+    queue: &Mutex<Receiver<Work>>,
+    forgets: &Forgets,
+    metrics: &Metrics,
+    instance: &str,
+) {
     // The writer keeps its connection between batches (checking one out of the pool costs a
     // validation query); it takes a fresh one after a failure.
     let mut held: Option<Conn> = None;
@@ -173,13 +183,18 @@ fn run(pool: &Pool, queue: &Mutex<Receiver<Work>>, forgets: &Forgets, metrics: &
             None => pool.get(),
         };
         let queued: Vec<Instant> = jobs.iter().map(|j| j.queued).collect();
-        held = commit(conn, jobs, forgets);
+        held = commit(conn, instance, jobs, forgets);
         metrics.observe_batch(queued.iter().map(|q| q.elapsed()));
     }
 }
 
 /// Commits one batch; answers the connection if it is still good for the next one.
-fn commit(conn: Result<Conn, r2d2::Error>, jobs: Vec<Job>, forgets: Vec<Forget>) -> Option<Conn> {
+fn commit(
+    conn: Result<Conn, r2d2::Error>,
+    instance: &str,
+    jobs: Vec<Job>,
+    forgets: Vec<Forget>,
+) -> Option<Conn> {
     let ids: Vec<i64> = forgets
         .iter()
         .flat_map(|(ids, _)| ids.iter().copied())
@@ -197,7 +212,7 @@ fn commit(conn: Result<Conn, r2d2::Error>, jobs: Vec<Job>, forgets: Vec<Forget>)
         }
     };
     let persists: Vec<&Persist> = jobs.iter().map(|j| &j.persist).collect();
-    let together = write_batch(&mut conn, &persists, &ids);
+    let together = write_batch(&mut conn, instance, &persists, &ids);
     match together {
         Ok(results) => {
             for (job, result) in jobs.into_iter().zip(results) {
@@ -223,11 +238,11 @@ fn commit(conn: Result<Conn, r2d2::Error>, jobs: Vec<Job>, forgets: Vec<Forget>)
         }
         Err(_) => {
             for job in jobs {
-                let result = conn.transaction(|c| write_one(c, &job.persist));
+                let result = conn.transaction(|c| write_one(c, instance, &job.persist));
                 let _ = job.done.send(result);
             }
             for (ids, done) in forgets {
-                let _ = done.send(conn.transaction(|c| delete_outbox(c, &ids)));
+                let _ = done.send(conn.transaction(|c| delete_outbox(c, instance, &ids)));
             }
             None
         }
@@ -235,35 +250,46 @@ fn commit(conn: Result<Conn, r2d2::Error>, jobs: Vec<Job>, forgets: Vec<Forget>)
 }
 
 /// Deletes confirmed outbox rows on their own (the batch statement without transitions).
-fn delete_outbox(conn: &mut PgConnection, ids: &[i64]) -> Result<(), StoreError> {
+fn delete_outbox(conn: &mut PgConnection, instance: &str, ids: &[i64]) -> Result<(), StoreError> {
     if !ids.is_empty() {
-        super::batch::write(conn, &[], ids)?;
+        super::batch::write(conn, instance, &[], ids)?;
     }
     Ok(())
 }
 
 /// Writes a batch and deletes the confirmed outbox rows `forget`: one statement, or (if the batch
-/// holds two transitions of one saga, whose order matters) one transaction writing them in order.
-/// The outer error means nothing was written; an inner one (a conflict, a failed duplicate lookup)
-/// is that transition's answer while the others are committed.
+/// holds two transitions of one saga, whose order matters, or one partition under two epochs, which
+/// one fence cannot tell apart) one transaction writing them in order, each fenced on its own.
+/// The outer error means nothing was written; an inner one (a conflict, a fenced write, a failed
+/// duplicate lookup) is that transition's answer while the others are committed.
 fn write_batch(
     conn: &mut PgConnection,
+    instance: &str,
     persists: &[&Persist],
     forget: &[i64],
 ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
     let mut seen = HashSet::with_capacity(persists.len());
-    if !persists.iter().all(|p| seen.insert(p.saga.id)) {
-        // An actor waits for its write, so this does not happen; if it did, order would matter.
+    let mut epochs = std::collections::HashMap::with_capacity(persists.len());
+    let distinct_sagas = persists.iter().all(|p| seen.insert(p.saga.id));
+    let one_epoch_each = persists
+        .iter()
+        .all(|p| *epochs.entry(p.fence.partition).or_insert(p.fence.epoch) == p.fence.epoch);
+    if !distinct_sagas || !one_epoch_each {
+        // An actor waits for its write, and an epoch changes only when a partition is taken
+        // again: rare, and then order matters.
         return conn.transaction(|c| {
             let results = persists
                 .iter()
-                .map(|p| write_one(c, p).map(Ok))
+                .map(|p| match write_one(c, instance, p) {
+                    Err(StoreError::Fenced(partition)) => Ok(Err(StoreError::Fenced(partition))),
+                    other => other.map(Ok),
+                })
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            delete_outbox(c, forget)?;
+            delete_outbox(c, instance, forget)?;
             Ok(results)
         });
     }
-    let outcomes = super::batch::write(conn, persists, forget)?;
+    let outcomes = super::batch::write(conn, instance, persists, forget)?;
     Ok(outcomes
         .into_iter()
         .zip(persists)
@@ -273,8 +299,8 @@ fn write_batch(
 
 /// Writes one transition on its own: the batch statement with a single saga, so the fallback
 /// writes exactly what a batch would.
-fn write_one(conn: &mut PgConnection, p: &Persist) -> Result<Written, StoreError> {
-    let outcome = super::batch::write(conn, &[p], &[])?
+fn write_one(conn: &mut PgConnection, instance: &str, p: &Persist) -> Result<Written, StoreError> {
+    let outcome = super::batch::write(conn, instance, &[p], &[])?
         .pop()
         .ok_or_else(|| StoreError::Corrupt("the batch statement answered nothing".into()))?;
     answer(conn, p, outcome)
@@ -289,6 +315,7 @@ fn answer(
     match outcome {
         super::batch::Outcome::Saved(written) => Ok(written),
         super::batch::Outcome::Conflict => Err(StoreError::Conflict(p.saga.id)),
+        super::batch::Outcome::Fenced => Err(StoreError::Fenced(p.fence.partition)),
         super::batch::Outcome::Duplicate => duplicate_of(conn, &p.saga),
     }
 }

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::*;
 use crate::outbox::{command_message, OutboxMessage};
 use crate::saga::machine::{self, Context, Decision, Event};
+use crate::store::leases::Lease;
 use crate::store::schema::outbox;
 use crate::store::Queries;
 
@@ -25,11 +26,29 @@ struct TestDatabase {
     _db: TestDb,
 }
 
+/// The instance the tests write as; it holds every partition with epoch 1.
+const INSTANCE: &str = "writer-test";
+
 impl TestDatabase {
     fn new() -> TestDatabase {
         let db = TestDb::new(SCHEMA);
         let pool = crate::store::writer_pool(db.url(), 2).expect("pool");
+        pool.get()
+            .expect("connection")
+            .batch_execute(&format!(
+                "UPDATE partition_leases SET owner = '{INSTANCE}', epoch = 1, \
+                 expires_at = now() + interval '1 hour'"
+            ))
+            .expect("leases taken");
         TestDatabase { pool, _db: db }
+    }
+}
+
+/// The lease a write of `saga` proves: its partition, held by [`INSTANCE`] with epoch 1.
+fn fence_of(saga: &Saga) -> Lease {
+    Lease {
+        partition: crate::partition::Partitions::default().of(saga.id),
+        epoch: 1,
     }
 }
 
@@ -63,6 +82,7 @@ fn started(key: Option<&str>) -> Persist {
         .collect();
     Persist {
         steps: (0..start.saga.steps.len()).collect(),
+        fence: fence_of(&start.saga),
         saga: start.saga,
         log: start.log,
         outbox,
@@ -99,7 +119,7 @@ fn commit_batch(
         answers.push(answer);
     }
     let (done, forgotten) = oneshot::channel();
-    let kept = commit(pool.get(), jobs, vec![(forget, done)]);
+    let kept = commit(pool.get(), INSTANCE, jobs, vec![(forget, done)]);
     forgotten
         .blocking_recv()
         .expect("answered")
@@ -178,6 +198,7 @@ fn a_batch_commits_every_saga_but_the_stale_one_and_deletes_confirmed_rows() {
         &db.pool,
         vec![
             Persist {
+                fence: fence_of(&moved.clone()),
                 saga: moved.clone(),
                 steps: vec![0, 1],
                 log: first.log.clone(),
@@ -185,6 +206,7 @@ fn a_batch_commits_every_saga_but_the_stale_one_and_deletes_confirmed_rows() {
                 is_new: false,
             },
             Persist {
+                fence: fence_of(&stale),
                 saga: stale,
                 steps: vec![0],
                 log: Vec::new(),
@@ -242,6 +264,7 @@ fn the_prepared_batch_statement_keeps_writing_on_one_connection() {
         let answers = run_batch(
             &db.pool,
             vec![Persist {
+                fence: fence_of(&saga.clone()),
                 saga: saga.clone(),
                 steps: vec![0, 2],
                 log: first.log.clone(),
@@ -343,6 +366,7 @@ fn two_transitions_of_one_saga_in_a_batch_are_written_in_order() {
         vec![
             first.clone(),
             Persist {
+                fence: fence_of(&moved.clone()),
                 saga: moved.clone(),
                 steps: vec![0],
                 log: first.log.clone(),
@@ -361,4 +385,148 @@ fn two_transitions_of_one_saga_in_a_batch_are_written_in_order() {
         store.events(moved.id).expect("events").len(),
         2 * first.log.len()
     );
+}
+
+/// A started saga whose partition differs from `other`'s.
+fn started_elsewhere(other: &Persist) -> Persist {
+    loop {
+        let p = started(None);
+        if p.fence.partition != other.fence.partition {
+            return p;
+        }
+    }
+}
+
+#[test]
+fn a_write_under_a_lease_another_instance_took_is_refused_and_the_rest_of_the_batch_commits() {
+    let db = TestDatabase::new();
+    let store = Queries::new(db.pool.clone());
+    let lost = started(None);
+    let kept = started_elsewhere(&lost);
+    db.pool
+        .get()
+        .expect("connection")
+        .batch_execute(&format!(
+            "UPDATE partition_leases SET owner = 'other', epoch = 2 WHERE partition = {}",
+            lost.fence.partition
+        ))
+        .expect("taken over");
+
+    let answers = run_batch(&db.pool, vec![lost.clone(), kept.clone()], Vec::new());
+    assert_eq!(
+        answers[0].as_ref().err().map(String::as_str),
+        Some(
+            StoreError::Fenced(lost.fence.partition)
+                .to_string()
+                .as_str()
+        )
+    );
+    saved(&answers[1]);
+    assert_eq!(store.load(lost.saga.id).expect("load"), None);
+    assert!(store.load(kept.saga.id).expect("load").is_some());
+
+    // Every entry of the kept saga's log says under which epoch it was written.
+    let epochs: Vec<Option<i64>> = crate::store::schema::saga_events::table
+        .filter(crate::store::schema::saga_events::saga_id.eq(kept.saga.id))
+        .select(crate::store::schema::saga_events::epoch)
+        .load(&mut db.pool.get().expect("connection"))
+        .expect("events");
+    assert!(!epochs.is_empty());
+    assert!(epochs.iter().all(|e| *e == Some(1)), "{epochs:?}");
+
+    // An expired lease fences as well, even if nobody took it yet.
+    let late = started_elsewhere(&lost);
+    db.pool
+        .get()
+        .expect("connection")
+        .batch_execute(&format!(
+            "UPDATE partition_leases SET expires_at = now() - interval '1 second' \
+             WHERE partition = {}",
+            late.fence.partition
+        ))
+        .expect("expired");
+    let answers = run_batch(&db.pool, vec![late.clone()], Vec::new());
+    assert!(answers[0].is_err(), "{:?}", answers[0].as_ref().ok());
+}
+
+#[test]
+fn a_takeover_waits_for_a_write_under_way_and_then_fences_it() {
+    let db = TestDatabase::new();
+    let store = Queries::new(db.pool.clone());
+    let partition: i32 = 3;
+    // A write under way: its statement holds the fence's shared lock until it commits.
+    let mut writing = db.pool.get().expect("connection");
+    writing.batch_execute("BEGIN").expect("begin");
+    writing
+        .batch_execute(&format!(
+            "SELECT * FROM saga_fence('{INSTANCE}', ARRAY[{partition}], ARRAY[1::bigint])"
+        ))
+        .expect("fenced");
+    // Meanwhile the lease expires and another instance tries to take it.
+    db.pool
+        .get()
+        .expect("connection")
+        .batch_execute(&format!(
+            "UPDATE partition_leases SET expires_at = now() - interval '1 second' \
+             WHERE partition = {partition}"
+        ))
+        .expect("expired");
+    let (taken_tx, taken) = std::sync::mpsc::channel();
+    let taker = std::thread::spawn(move || {
+        let taken = store.take_leases("other", &[], 64, std::time::Duration::from_secs(60));
+        let _ = taken_tx.send(taken);
+    });
+    assert!(
+        taken
+            .recv_timeout(std::time::Duration::from_millis(500))
+            .is_err(),
+        "the takeover must wait for the write under way"
+    );
+    writing.batch_execute("COMMIT").expect("commit");
+    let taken = taken
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the takeover goes on once the write is done")
+        .expect("taken");
+    taker.join().expect("taker");
+    let lease = taken
+        .iter()
+        .find(|l| l.partition == partition as u32)
+        .expect("the expired partition is taken");
+    assert_eq!(lease.epoch, 2);
+    // The old owner's next write is fenced.
+    let mut conn = db.pool.get().expect("connection");
+    #[derive(diesel::QueryableByName)]
+    struct Live {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        #[allow(dead_code)]
+        f: i32,
+    }
+    let live: Vec<Live> = diesel::sql_query(format!(
+        "SELECT f FROM saga_fence('{INSTANCE}', ARRAY[{partition}], ARRAY[1::bigint]) AS f"
+    ))
+    .load(&mut conn)
+    .expect("fence");
+    assert!(live.is_empty());
+}
+
+#[test]
+fn extreme_numbers_in_a_payload_read_back_as_written() {
+    let db = TestDatabase::new();
+    let store = Queries::new(db.pool.clone());
+    let mut persist = started(None);
+    // Postgres keeps numbers as exact decimals and prints f64::MAX with all its 309 digits, which
+    // a best-effort float parser rounds past f64::MAX: the saga could then no longer be read.
+    let extremes = json!([
+        f64::MAX,
+        f64::MIN,
+        f64::MIN_POSITIVE,
+        5e-324,
+        -2105755884560396.8
+    ]);
+    std::sync::Arc::make_mut(&mut persist.saga.definition).payload = extremes.clone();
+    let id = persist.saga.id;
+    let answers = run_batch(&db.pool, vec![persist], vec![]);
+    saved(&answers[0]);
+    let loaded = store.load(id).expect("readable").expect("stored");
+    assert_eq!(loaded.definition.payload, extremes);
 }

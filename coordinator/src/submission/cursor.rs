@@ -135,7 +135,15 @@ impl<'a, 'e> Cursor<'a, 'e> {
         let Some(value) = self.value else {
             return Ok(None);
         };
-        match value.as_u64() {
+        // JSON Schema's integer is any number without a fraction: `5.0` is 5, as the OpenAPI
+        // document says (well within f64's exact integers for every range used here).
+        let whole = value.as_u64().or_else(|| {
+            value
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=MAX_EXACT_F64).contains(f))
+                .map(|f| f as u64)
+        });
+        match whole {
             Some(n) if range.contains(&n) => Ok(Some(n)),
             Some(_) => {
                 self.error(format!(
@@ -162,9 +170,12 @@ impl<'a, 'e> Cursor<'a, 'e> {
     }
 }
 
+/// The largest integer an f64 holds exactly (2^53).
+const MAX_EXACT_F64: f64 = 9_007_199_254_740_992.0;
+
 /// Hand-written `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`: names end up in AMQP routing keys, queue
 /// names and idempotency keys, so they are kept to a small, unambiguous alphabet.
-fn is_valid_name(s: &str) -> bool {
+pub(super) fn is_valid_name(s: &str) -> bool {
     let bytes = s.as_bytes();
     match bytes.split_first() {
         Some((first, rest)) => {

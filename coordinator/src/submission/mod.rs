@@ -43,6 +43,11 @@ pub use two_phase::CheckBackHosts;
 
 /// What every name matches (checked by hand in `cursor.rs`, published in the OpenAPI document).
 pub const NAME_PATTERN: &str = name_pattern!();
+/// Whether `s` is a name: [`NAME_PATTERN`], at most [`MAX_NAME_LEN`] characters.
+pub fn is_name(s: &str) -> bool {
+    cursor::is_valid_name(s)
+}
+
 /// Longest name (saga, step, participant, action, compensation), in characters.
 pub const MAX_NAME_LEN: usize = 64;
 /// Accepted range of a retry policy's `multiplier`.
@@ -238,6 +243,28 @@ mod tests {
                        "after": null}]
         });
         assert_eq!(parse_submission(&body), parse_submission(&minimal()));
+    }
+
+    #[test]
+    fn an_integer_may_be_written_with_a_zero_fraction_as_json_schema_allows() {
+        let mut whole = with(minimal(), "timeout_ms", json!(5000.0));
+        whole["steps"][0]["retry"] = json!({"max_attempts": 3.0, "initial_backoff_ms": 0.0});
+        let def = parse_submission(&whole).expect("5000.0 is the integer 5000");
+        assert_eq!(def.timeout_ms, Some(5000));
+        assert_eq!(def.steps[0].retry.max_attempts, 3);
+        assert_eq!(def.steps[0].retry.initial_backoff_ms, 0);
+        assert_eq!(
+            single_error(&with(minimal(), "timeout_ms", json!(5000.5)), "timeout_ms"),
+            "must be a positive integer"
+        );
+        assert_eq!(
+            single_error(&with(minimal(), "timeout_ms", json!(-5.0)), "timeout_ms"),
+            "must be a positive integer"
+        );
+        assert_eq!(
+            single_error(&with(minimal(), "timeout_ms", json!(1e300)), "timeout_ms"),
+            "must be a positive integer"
+        );
     }
 
     #[test]

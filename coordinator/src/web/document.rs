@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::saga::{CheckBack, Saga, SubmissionMode};
+use crate::saga::{CheckBack, Saga, SubmissionMode, TimerPurpose};
 
 /// The full document, with steps.
 pub fn saga_document(saga: &Saga) -> Value {
@@ -25,6 +25,10 @@ pub fn saga_document(saga: &Saga) -> Value {
                 "output": progress.output,
                 "error": progress.error,
                 "after": saga.after_names(i),
+                "retry_at": progress
+                    .timer
+                    .filter(|t| t.purpose == TimerPurpose::Backoff)
+                    .map(|t| t.due_at),
             })
         })
         .collect();
@@ -59,5 +63,7 @@ pub fn saga_summary(saga: &Saga) -> Value {
         "created_at": saga.created_at,
         "updated_at": saga.updated_at,
         "deadline": saga.deadline,
+        "paused_at": saga.pause.map(|p| p.since),
+        "paused_by": saga.pause.map(|p| p.by),
     })
 }

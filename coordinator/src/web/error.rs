@@ -121,6 +121,10 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(id) => ApiError::NotFound(format!("no saga {id}")),
             EngineError::Conflict(m) => ApiError::Conflict(m),
             EngineError::Unavailable(m) => ApiError::Unavailable(m),
+            EngineError::NotOwner(_) => ApiError::Unavailable(
+                "the saga's partition is moving between coordinators; try again in a few seconds"
+                    .into(),
+            ),
             EngineError::Internal(m) => ApiError::Internal(m),
         }
     }

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod document;
 pub mod error;
+pub mod forward;
 pub mod http;
 pub mod state;
 
@@ -71,7 +72,21 @@ pub fn api_routes() -> Vec<RouteSpec> {
         route(Method::POST, "/sagas/{id}/abort", http::sagas::abort),
         route(Method::POST, "/sagas/{id}/commit", http::sagas::commit),
         route(Method::POST, "/sagas/{id}/retry", http::sagas::retry),
+        route(
+            Method::POST,
+            "/sagas/{id}/retry-now",
+            http::sagas::retry_now,
+        ),
         route(Method::POST, "/sagas/{id}/resolve", http::sagas::resolve),
+        route(Method::POST, "/sagas/{id}/pause", http::sagas::pause),
+        route(Method::POST, "/sagas/{id}/resume", http::sagas::resume),
+        route(Method::GET, "/saga-names/paused", http::names::paused),
+        route(Method::POST, "/saga-names/{name}/pause", http::names::pause),
+        route(
+            Method::POST,
+            "/saga-names/{name}/resume",
+            http::names::resume,
+        ),
     ]
 }
 

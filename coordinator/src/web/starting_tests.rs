@@ -22,7 +22,10 @@ fn starting_state() -> web::Data<AppState> {
         DeadLetterBrowser::new(AmqpSettings {
             url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
             namespace: "starting".into(),
+            queue_type: Default::default(),
             prefetch: 1,
+            partitions: Default::default(),
+            instance: "starting".into(),
         }),
     );
     state.set_starting("waiting for Postgres: connection refused", false);

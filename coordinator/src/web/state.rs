@@ -11,10 +11,12 @@ use tokio::sync::watch;
 use crate::amqp::dead_letters::DeadLetterBrowser;
 use crate::metrics::Metrics;
 use crate::runtime::changes::Changes;
+use crate::runtime::ownership::Ownership;
 use crate::runtime::Registry;
 use crate::store::Store;
 use crate::submission::CheckBackHosts;
 use crate::web::error::ApiError;
+use crate::web::forward::Forwarder;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -32,6 +34,8 @@ pub struct AppState {
     pub check_back_hosts: CheckBackHosts,
     /// Browses `{ns}.dead-letters` for the dashboard.
     pub dead_letters: DeadLetterBrowser,
+    /// Sends requests about other instances' sagas to them.
+    pub forwarder: Forwarder,
 }
 
 /// What start-up is doing, and whether it reached Postgres (migrated) yet.
@@ -50,6 +54,9 @@ pub struct Running {
     pub amqp_connected: watch::Receiver<bool>,
     /// Depth of `{ns}.dead-letters`, for the metrics.
     pub dead_letter_depth: watch::Receiver<Option<u32>>,
+    /// Which partitions this instance owns, and who owns the others (requests about their sagas
+    /// are forwarded there).
+    pub ownership: Ownership,
 }
 
 impl AppState {
@@ -73,6 +80,7 @@ impl AppState {
             max_body_bytes,
             check_back_hosts: CheckBackHosts::default(),
             dead_letters,
+            forwarder: Forwarder::default(),
         }
     }
 
@@ -120,7 +128,7 @@ impl AppState {
         self.running_or_unavailable().map(|r| &r.store)
     }
 
-    fn running_or_unavailable(&self) -> Result<&Running, ApiError> {
+    pub fn running_or_unavailable(&self) -> Result<&Running, ApiError> {
         self.running.get().ok_or_else(|| {
             ApiError::Unavailable(format!(
                 "the coordinator is starting: {}",

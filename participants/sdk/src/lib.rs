@@ -7,7 +7,10 @@
 //! - [`Participant`]: declare a name and the handlers of its commands; [`Participant::run_until`]
 //!   declares the queue `{ns}.participant.{name}`, consumes it, runs each command's handler,
 //!   publishes the reply with a publisher confirm and only then acknowledges the command, and
-//!   reconnects (with backoff) when the broker goes away. A handler that returns an error or panics
+//!   reconnects (with backoff) when the broker goes away, to the next node when
+//!   [`Settings::amqp_url`] lists a cluster's. The queue is declared with the coordinator's
+//!   [`QueueType`] ([`Settings::queue_type`], `SAGA_QUEUE_TYPE`): `Quorum` in a cluster that must
+//!   survive losing a node. A handler that returns an error or panics
 //!   answers `retry`; an unknown command or an undecodable body is rejected to the dead-letter queue
 //!   with a log line.
 //! - [`Command`] and [`Outcome`]: what a handler receives (typed payload) and answers.
@@ -97,6 +100,7 @@ mod outcome;
 mod participant;
 
 pub use command::{Command, CommandKind};
+pub use contract::names::QueueType;
 pub use outcome::{CheckBackAnswer, Outcome};
 pub use participant::{BoxError, Participant, ParticipantBuilder, ParticipantHandle, Settings};
 

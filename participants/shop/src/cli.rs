@@ -9,7 +9,7 @@ use crate::demo::{self, Demo};
 use crate::order::OrderPolicy;
 use crate::{report, Faults, Service, ShopSettings};
 use participants::client::Client;
-use participants::Settings;
+use participants::{QueueType, Settings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +33,9 @@ struct Broker {
     /// The coordinator's namespace.
     #[arg(long, env = "SAGA_NAMESPACE", default_value = "saga")]
     namespace: String,
+    /// The coordinator's queue type, `classic` or `quorum`.
+    #[arg(long, env = "SAGA_QUEUE_TYPE", default_value = "classic", value_parser = QueueType::parse)]
+    queue_type: QueueType,
     #[arg(long, env = "PARTICIPANT_PREFETCH", default_value_t = 32)]
     prefetch: u16,
     #[arg(long, env = "PARTICIPANT_CONCURRENCY", default_value_t = 8)]
@@ -44,6 +47,7 @@ impl Broker {
         Settings::default()
             .amqp_url(&self.amqp_url)
             .namespace(&self.namespace)
+            .queue_type(self.queue_type)
             .prefetch(self.prefetch)
             .concurrency(self.concurrency)
     }

@@ -132,6 +132,7 @@ impl ShopSettings {
         let mut conn =
             PgConnection::establish(&url).with_context(|| format!("connecting to {url}"))?;
         participants::barrier::install(&mut conn)?;
+        install_duplicates(&mut conn)?;
         match service {
             Service::Inventory => inventory::install(&mut conn, self)?,
             Service::Payments => payments::install(&mut conn, self)?,
@@ -225,6 +226,9 @@ pub(crate) async fn guarded<P: Clone + Send + 'static>(
         let mut conn = worker.pool.get()?;
         let guarded = Barrier::new(&command)
             .run(&mut conn, |conn| business(conn, &command, &worker.faults))?;
+        if guarded.verdict == Verdict::Duplicate {
+            sql_query("UPDATE shop_duplicates SET absorbed = absorbed + 1").execute(&mut conn)?;
+        }
         Ok(guarded)
     })
     .await??;
@@ -244,6 +248,18 @@ pub(crate) async fn guarded<P: Clone + Send + 'static>(
         std::process::abort();
     }
     Ok(guarded.outcome)
+}
+
+/// The one-row count of commands the barrier recognised as already handled (a retry, a
+/// redelivery): the duplicates this service absorbed, for the consistency report.
+fn install_duplicates(conn: &mut PgConnection) -> diesel::QueryResult<()> {
+    sql_query("CREATE TABLE IF NOT EXISTS shop_duplicates (absorbed bigint NOT NULL)")
+        .execute(conn)?;
+    sql_query(
+        "INSERT INTO shop_duplicates (absorbed) SELECT 0 WHERE NOT EXISTS (SELECT FROM shop_duplicates)",
+    )
+    .execute(conn)?;
+    Ok(())
 }
 
 /// Installs the service's database and returns its participant, not yet running.

@@ -29,6 +29,8 @@ pub struct Report {
     pub orders_with_saga: usize,
     /// How many of the sagas checked ended in each state.
     pub sagas: BTreeMap<String, usize>,
+    /// Commands the services' barriers recognised as already handled (retries, redeliveries).
+    pub duplicates_absorbed: i64,
     /// Every broken invariant; empty when the shop is consistent.
     pub violations: Vec<String>,
 }
@@ -68,6 +70,11 @@ impl fmt::Display for Report {
             f,
             "  money:  all balances {} (initial {}); merchant {} = charges in effect {}",
             self.money_total, self.money_initial, self.merchant_balance, self.money_charged
+        )?;
+        writeln!(
+            f,
+            "  duplicates absorbed by the barrier: {}",
+            self.duplicates_absorbed
         )?;
         if self.violations.is_empty() {
             writeln!(
@@ -135,6 +142,13 @@ pub fn check(
     let mut report = Report::default();
     let v = &mut report.violations;
 
+    for service in Service::ALL {
+        let (absorbed, _) = sums(
+            &mut connect(service)?,
+            "SELECT coalesce(sum(absorbed), 0)::bigint AS a, 0::bigint AS b FROM shop_duplicates",
+        )?;
+        report.duplicates_absorbed += absorbed;
+    }
     let mut inv = connect(Service::Inventory)?;
     (report.stock_initial, report.stock_available) = sums(
         &mut inv,

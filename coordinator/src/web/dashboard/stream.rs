@@ -1,8 +1,10 @@
 //! `GET /dashboard/api/stream`: committed saga changes as server-sent events.
 //!
-//! Each event is `event: change` with the notice as JSON (id, name, state, time). A reader that fell
-//! too far behind gets one `event: resync` and should reload what it shows. A comment line every
-//! few seconds keeps proxies from closing an idle stream and lets a closed browser tab be noticed.
+//! Each event is `event: change` with the notice as JSON (id, name, state, time), whichever
+//! coordinator committed it. A reader that fell too far behind, or whose coordinator missed other
+//! coordinators' notices, gets one `event: resync` and should reload what it shows. A comment line
+//! every few seconds keeps proxies from closing an idle stream and lets a closed browser tab be
+//! noticed.
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::watch;
 
-use crate::runtime::changes::SagaChange;
+use crate::runtime::changes::ChangeNotice;
 use crate::web::state::AppState;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -36,7 +38,7 @@ pub async fn changes(state: web::Data<AppState>) -> HttpResponse {
         .streaming(futures_util::StreamExt::chain(hello, events))
 }
 
-type Readers = (Receiver<SagaChange>, watch::Receiver<bool>);
+type Readers = (Receiver<ChangeNotice>, watch::Receiver<bool>);
 
 async fn next_event(
     readers: Option<Readers>,
@@ -49,11 +51,15 @@ async fn next_event(
     };
     let frame = match next {
         Err(_) => Bytes::from_static(b": keep-alive\n\n"),
-        Ok(Ok(change)) => match serde_json::to_string(&change) {
-            Ok(json) => Bytes::from(format!("event: change\ndata: {json}\n\n")),
-            Err(_) => Bytes::from_static(b"event: resync\ndata: {}\n\n"),
-        },
-        Ok(Err(RecvError::Lagged(_))) => Bytes::from_static(b"event: resync\ndata: {}\n\n"),
+        Ok(Ok(ChangeNotice::Committed(change) | ChangeNotice::Relayed(change))) => {
+            match serde_json::to_string(&change) {
+                Ok(json) => Bytes::from(format!("event: change\ndata: {json}\n\n")),
+                Err(_) => Bytes::from_static(b"event: resync\ndata: {}\n\n"),
+            }
+        }
+        Ok(Ok(ChangeNotice::Resync) | Err(RecvError::Lagged(_))) => {
+            Bytes::from_static(b"event: resync\ndata: {}\n\n")
+        }
         // The coordinator is stopping: end the stream.
         Ok(Err(RecvError::Closed)) => return None,
     };

@@ -20,6 +20,8 @@ pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     let (in_flight, outbox) = match running {
         // Starting: Postgres may not be there yet, and the gauges it holds are left out.
         None => (None, None),
+        // Another instance reports them (see `Ownership::reports_shared_gauges`).
+        Some(running) if !running.ownership.reports_shared_gauges() => (None, None),
         Some(running) => {
             let read = running
                 .store
@@ -46,7 +48,9 @@ pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         }),
         actors: running.map_or(0, |r| r.registry.in_flight()),
         amqp_connected: running.is_some_and(|r| *r.amqp_connected.borrow()),
-        dead_letters: running.and_then(|r| *r.dead_letter_depth.borrow()),
+        dead_letters: running
+            .filter(|r| r.ownership.reports_shared_gauges())
+            .and_then(|r| *r.dead_letter_depth.borrow()),
     };
     let text = state
         .metrics

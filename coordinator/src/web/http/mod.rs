@@ -3,6 +3,7 @@
 
 pub mod api_page;
 pub mod metrics;
+pub mod names;
 pub mod openapi;
 pub mod sagas;
 pub mod schemas;
@@ -46,9 +47,16 @@ pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         (true, false) => Some("RabbitMQ is not connected"),
         (false, false) => Some("Postgres is not reachable and RabbitMQ is not connected"),
     };
+    // A member that owns no partition now is still ready: it takes submissions (forwarding them)
+    // and gets partitions within a few lease periods.
+    let partitions_owned = running.ownership.owned_count();
     match reason {
-        None => HttpResponse::Ok().json(json!({"postgres": postgres, "rabbitmq": rabbitmq})),
-        Some(reason) => HttpResponse::ServiceUnavailable()
-            .json(json!({"postgres": postgres, "rabbitmq": rabbitmq, "reason": reason})),
+        None => HttpResponse::Ok().json(json!({
+            "postgres": postgres, "rabbitmq": rabbitmq, "partitions_owned": partitions_owned,
+        })),
+        Some(reason) => HttpResponse::ServiceUnavailable().json(json!({
+            "postgres": postgres, "rabbitmq": rabbitmq, "partitions_owned": partitions_owned,
+            "reason": reason,
+        })),
     }
 }

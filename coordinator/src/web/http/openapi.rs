@@ -4,7 +4,9 @@
 //! module collects them, and `schemas` describes the bodies. The end-to-end tests check the route
 //! table against the document (`tests/tests/observability.rs`).
 
-use actix_web::HttpResponse;
+use std::sync::OnceLock;
+
+use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -15,7 +17,8 @@ use crate::submission::{
     MAX_TIMEOUT_MS, MULTIPLIER_RANGE, NAME_PATTERN,
 };
 
-use super::schemas::{CommandKindName, Problem, SagaStateName, StepStateName};
+use super::schemas::{CommandKindName, PausedByName, Problem, SagaStateName, StepStateName};
+use crate::web::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -38,11 +41,17 @@ use super::schemas::{CommandKindName, Problem, SagaStateName, StepStateName};
         super::sagas::abort,
         super::sagas::commit,
         super::sagas::retry,
+        super::sagas::retry_now,
+        super::sagas::pause,
+        super::sagas::resume,
+        super::names::paused,
+        super::names::pause,
+        super::names::resume,
         super::sagas::resolve,
     ),
     // Problem is named here because the shared problem answers (`schemas::Unauthorized`, ...)
     // reference it without registering it.
-    components(schemas(SagaStateName, StepStateName, CommandKindName, Problem)),
+    components(schemas(SagaStateName, StepStateName, CommandKindName, PausedByName, Problem)),
     modifiers(&BearerToken),
     tags(
         (name = "sagas", description = "Submit, read and operate sagas"),
@@ -87,6 +96,24 @@ fn constraints() -> Vec<(&'static str, Map<String, Value>)> {
     vec![
         // Unknown fields are errors (contract-notes), so the submission's objects are closed.
         (SUBMISSION, closed()),
+        // `submission::two_phase`: a prepared saga needs a check-back; a running one takes neither
+        // a check-back nor a prepare timeout (null counts as absent).
+        (
+            SUBMISSION,
+            object(json!({
+                "if": {"properties": {"mode": {"const": "prepare"}}, "required": ["mode"]},
+                "then": {
+                    "required": ["check_back"],
+                    "properties": {"check_back": {"$ref": "#/components/schemas/CheckBack"}},
+                },
+                "else": {
+                    "properties": {
+                        "check_back": {"type": "null"},
+                        "prepare_timeout_ms": {"type": "null"},
+                    },
+                },
+            })),
+        ),
         ("/components/schemas/SagaSubmission/properties/name", name()),
         (
             "/components/schemas/SagaSubmission/properties/key",
@@ -130,7 +157,31 @@ fn constraints() -> Vec<(&'static str, Map<String, Value>)> {
             "/components/schemas/StepSubmission/properties/after/items",
             name(),
         ),
+        (
+            "/components/schemas/StepSubmission/properties/after",
+            // What JSON Schema cannot say is said in words: the names are of other steps of the
+            // same saga, and they form no cycle.
+            object(json!({
+                "uniqueItems": true,
+                "description": "Names of other steps of this saga that must succeed first \
+                                (no step twice, no cycle).",
+            })),
+        ),
         (CHECK_BACK, closed()),
+        // Exactly one of `participant` and `url`.
+        (
+            CHECK_BACK,
+            object(json!({"oneOf": [
+                {
+                    "required": ["participant"],
+                    "properties": {"participant": {"type": "string"}, "url": {"type": "null"}},
+                },
+                {
+                    "required": ["url"],
+                    "properties": {"url": {"type": "string"}, "participant": {"type": "null"}},
+                },
+            ]})),
+        ),
         (
             "/components/schemas/CheckBack/properties/participant",
             name(),
@@ -144,6 +195,15 @@ fn constraints() -> Vec<(&'static str, Map<String, Value>)> {
             timeout(),
         ),
         (RETRY, closed()),
+        (
+            RETRY,
+            object(json!({
+                "description": "How often and how fast a command is tried again (every field \
+                                optional; defaults in the contract). `max_backoff_ms` must be at \
+                                least `initial_backoff_ms`, a given one compared with the \
+                                other's default.",
+            })),
+        ),
         (
             "/components/schemas/RetryPolicy/properties/max_attempts",
             object(json!({"minimum": 1, "maximum": MAX_ATTEMPTS})),
@@ -167,6 +227,15 @@ fn constraints() -> Vec<(&'static str, Map<String, Value>)> {
             "/components/schemas/ResolveRequest/properties/note",
             object(json!({"minLength": 1, "pattern": NOTE_PATTERN})),
         ),
+        ("/paths/~1api~1v1~1sagas/get/parameters/1/schema", name()),
+        (
+            "/paths/~1api~1v1~1saga-names~1{name}~1pause/post/parameters/0/schema",
+            name(),
+        ),
+        (
+            "/paths/~1api~1v1~1saga-names~1{name}~1resume/post/parameters/0/schema",
+            name(),
+        ),
         (
             // The list's parameters in their order: state, name, limit, before.
             "/paths/~1api~1v1~1sagas/get/parameters/2/schema",
@@ -175,12 +244,52 @@ fn constraints() -> Vec<(&'static str, Map<String, Value>)> {
     ]
 }
 
-/// This OpenAPI document.
+/// The document for a server that requires the bearer token or not (`SAGA_API_TOKEN`): without
+/// one, no operation names a security requirement or answers 401, so that the document says what
+/// this server accepts, and clients (and API fuzzers) can trust it either way.
+pub fn openapi_for(token_required: bool) -> Value {
+    let mut doc = openapi();
+    if token_required {
+        return doc;
+    }
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for operation in paths
+            .values_mut()
+            .filter_map(Value::as_object_mut)
+            .flat_map(|item| item.values_mut())
+            .filter_map(Value::as_object_mut)
+        {
+            operation.remove("security");
+            if let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            {
+                responses.remove("401");
+            }
+        }
+    }
+    if let Some(components) = doc.get_mut("components").and_then(Value::as_object_mut) {
+        components.remove("securitySchemes");
+    }
+    doc
+}
+
+/// This OpenAPI document, as it applies to this server: with the bearer token only when
+/// `SAGA_API_TOKEN` is set.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "service", responses(
     (status = 200, description = "The OpenAPI 3.1 document of this API", body = Object),
 ))]
-pub async fn document() -> HttpResponse {
-    HttpResponse::Ok().json(openapi())
+pub async fn document(state: web::Data<AppState>) -> HttpResponse {
+    // Built once per token mode: the document never changes while the process runs.
+    static WITH_TOKEN: OnceLock<Value> = OnceLock::new();
+    static WITHOUT_TOKEN: OnceLock<Value> = OnceLock::new();
+    let token_required = state.api_token.is_some();
+    let cell = if token_required {
+        &WITH_TOKEN
+    } else {
+        &WITHOUT_TOKEN
+    };
+    HttpResponse::Ok().json(cell.get_or_init(|| openapi_for(token_required)))
 }
 
 /// Declares the bearer token the `/api/v1` operations name in their `security`.
@@ -209,6 +318,39 @@ mod tests {
         let expected: Vec<&str> = SagaState::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(states, &serde_json::json!(expected));
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
+
+    #[test]
+    fn without_a_token_the_document_asks_for_none() {
+        let with = openapi_for(true);
+        let without = openapi_for(false);
+        let submit = "/paths/~1api~1v1~1sagas/post";
+        assert_eq!(
+            with.pointer(&format!("{submit}/security/0/bearer")),
+            Some(&json!([]))
+        );
+        assert!(with.pointer(&format!("{submit}/responses/401")).is_some());
+        assert!(with["components"]["securitySchemes"]["bearer"].is_object());
+        let text = without.to_string();
+        assert!(!text.contains("\"security\""), "{text}");
+        assert!(!text.contains("securitySchemes"), "{text}");
+        for (path, item) in without["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("an item") {
+                assert!(
+                    operation["responses"].get("401").is_none(),
+                    "{method} {path} still answers 401"
+                );
+            }
+        }
+        // Everything else is the same document.
+        assert_eq!(
+            with["components"]["schemas"],
+            without["components"]["schemas"]
+        );
+        assert_eq!(
+            with["paths"].as_object().map(|p| p.len()),
+            without["paths"].as_object().map(|p| p.len())
+        );
     }
 
     #[test]

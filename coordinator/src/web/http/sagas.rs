@@ -7,13 +7,14 @@ use uuid::Uuid;
 use super::schemas::{
     self, Conflict, Invalid, MalformedJson, NoSuchSaga, TooLarge, Unauthorized, Unavailable,
 };
-use crate::runtime::Submitted;
+use crate::runtime::{EngineError, Submitted};
 use crate::saga::machine::Event;
-use crate::saga::SagaState;
+use crate::saga::{PausedBy, SagaState};
 use crate::store::ListFilter;
 use crate::submission::parse_submission;
 use crate::web::document::{saga_document, saga_summary};
 use crate::web::error::ApiError;
+use crate::web::forward::Forwarder;
 use crate::web::state::AppState;
 
 /// Page size of the list when `limit` is not given, and the largest one accepted.
@@ -36,26 +37,60 @@ pub async fn submit(
     req: HttpRequest,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let definition = parse_submission(&body).map_err(ApiError::Invalid)?;
+    match submit_here(&state, &req, &body).await {
+        // This instance holds no partition (it is starting, or has just handed them over):
+        // another one takes the saga.
+        Err(EngineError::NotOwner(None)) if !Forwarder::was_forwarded(&req) => {
+            let running = state.running_or_unavailable()?;
+            let owner = running.ownership.some_owner_url().ok_or_else(|| {
+                ApiError::Unavailable(
+                    "no coordinator holds a partition right now; try again in a few seconds".into(),
+                )
+            })?;
+            let body = serde_json::to_vec(&*body).map_err(|e| ApiError::Internal(e.to_string()))?;
+            state
+                .forwarder
+                .forward(&owner, running.ownership.instance(), &req, body)
+                .await
+        }
+        answer => answer.map_err(ApiError::from)?,
+    }
+}
+
+async fn submit_here(
+    state: &AppState,
+    req: &HttpRequest,
+    body: &Value,
+) -> Result<Result<HttpResponse, ApiError>, EngineError> {
+    let definition = match parse_submission(body) {
+        Ok(definition) => definition,
+        Err(errors) => return Ok(Err(ApiError::Invalid(errors))),
+    };
     if let Some(refusal) = state.check_back_hosts.refusal(&definition) {
-        return Err(ApiError::Invalid(vec![refusal]));
+        return Ok(Err(ApiError::Invalid(vec![refusal])));
     }
     let traceparent = req
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match state.registry()?.submit(definition, traceparent).await? {
-        Submitted::Started(saga) => Ok(HttpResponse::Created()
+    let registry = match state.registry() {
+        Ok(registry) => registry,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(Ok(match registry.submit(definition, traceparent).await? {
+        Submitted::Started(saga) => HttpResponse::Created()
             .insert_header(("Location", format!("/api/v1/sagas/{}", saga.id)))
-            .json(saga_document(&saga))),
-        Submitted::Existing(existing) => Ok(HttpResponse::Ok().json(saga_document(&existing))),
-        Submitted::KeyTaken(existing) => Err(ApiError::Conflict(format!(
-            "key {:?} was already used by saga {} with a different definition",
-            existing.definition.key.as_deref().unwrap_or_default(),
-            existing.id
-        ))),
-    }
+            .json(saga_document(&saga)),
+        Submitted::Existing(existing) => HttpResponse::Ok().json(saga_document(&existing)),
+        Submitted::KeyTaken(existing) => {
+            return Ok(Err(ApiError::Conflict(format!(
+                "key {:?} was already used by saga {} with a different definition",
+                existing.definition.key.as_deref().unwrap_or_default(),
+                existing.id
+            ))))
+        }
+    }))
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -131,7 +166,15 @@ pub async fn list(
                 Ok(s) => filter.states.push(s),
                 Err(_) => errors.push(field_error("state", format!("unknown state {value:?}"))),
             },
-            "name" => filter.name = Some(value),
+            // No saga has another name; one with a NUL Postgres would not even compare.
+            "name" if crate::submission::is_name(&value) => filter.name = Some(value),
+            "name" => errors.push(field_error(
+                "name",
+                format!(
+                    "not a saga name (it matches {})",
+                    crate::submission::NAME_PATTERN
+                ),
+            )),
             "limit" => match value.parse::<i64>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => filter.limit = n,
                 _ => errors.push(field_error(
@@ -165,10 +208,33 @@ fn field_error(field: &str, message: impl Into<String>) -> crate::submission::Fi
     }
 }
 
-async fn operate(state: &AppState, id: &str, event: Event) -> Result<HttpResponse, ApiError> {
+/// Runs an operator's action here if this instance owns the saga, or forwards it (once) to the
+/// instance that does.
+async fn operate(
+    state: &AppState,
+    req: &HttpRequest,
+    id: &str,
+    event: Event,
+    body: Vec<u8>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id(id)?;
-    let saga = state.registry()?.operate(id, event).await?;
-    Ok(HttpResponse::Ok().json(saga_document(&saga)))
+    match state.registry()?.operate(id, event).await {
+        Ok(saga) => Ok(HttpResponse::Ok().json(saga_document(&saga))),
+        Err(EngineError::NotOwner(Some(partition))) if !Forwarder::was_forwarded(req) => {
+            let running = state.running_or_unavailable()?;
+            let owner = running.ownership.owner_url(partition).ok_or_else(|| {
+                ApiError::Unavailable(format!(
+                    "the saga's partition ({partition}) has no live coordinator right now (it is \
+                     being handed over); try again in a few seconds"
+                ))
+            })?;
+            state
+                .forwarder
+                .forward(&owner, running.ownership.instance(), req, body)
+                .await
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Stops dispatching actions and compensates (a prepared saga just aborts).
@@ -180,9 +246,10 @@ async fn operate(state: &AppState, id: &str, event: Event) -> Result<HttpRespons
 ))]
 pub async fn abort(
     state: web::Data<AppState>,
+    req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    operate(&state, &id, Event::Abort).await
+    operate(&state, &req, &id, Event::Abort, Vec::new()).await
 }
 
 /// Two-phase submission (contract, section 5): the initiator's local transaction committed, start
@@ -196,9 +263,10 @@ pub async fn abort(
 ))]
 pub async fn commit(
     state: web::Data<AppState>,
+    req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    operate(&state, &id, Event::Commit).await
+    operate(&state, &req, &id, Event::Commit, Vec::new()).await
 }
 
 /// Gives a failed saga's exhausted compensations a fresh set of attempts.
@@ -210,9 +278,91 @@ pub async fn commit(
 ))]
 pub async fn retry(
     state: web::Data<AppState>,
+    req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    operate(&state, &id, Event::Retry).await
+    operate(&state, &req, &id, Event::Retry, Vec::new()).await
+}
+
+/// Sends now what waits out a backoff: a step's next attempt (action or compensation), or a
+/// prepared saga's next check-back. For after a dependency recovered; 409 when nothing waits.
+#[utoipa::path(post, path = "/api/v1/sagas/{id}/retry-now", tag = "sagas", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The saga's id")),
+    responses(
+    (status = 200, description = "The saga afterwards: the waiting attempts are out", body = schemas::SagaDocument),
+    (status = 409, description = "Nothing of the saga waits out a backoff (an attempt is out, or the saga is final or failed)", body = schemas::Problem, content_type = "application/problem+json"),
+    Unauthorized, NoSuchSaga, Unavailable,
+))]
+pub async fn retry_now(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    operate(&state, &req, &id, Event::RetryNow, Vec::new()).await
+}
+
+/// Holds an in-flight saga: it dispatches nothing and no timer fires until resumed; replies to
+/// commands already out are still recorded. Pausing a paused saga answers 200 and changes nothing.
+#[utoipa::path(post, path = "/api/v1/sagas/{id}/pause", tag = "sagas", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The saga's id")),
+    responses(
+    (status = 200, description = "The saga afterwards, with `paused_at` set", body = schemas::SagaDocument),
+    (status = 409, description = "The saga is not running, compensating or prepared", body = schemas::Problem, content_type = "application/problem+json"),
+    Unauthorized, NoSuchSaga, Unavailable,
+))]
+pub async fn pause(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    operate(
+        &state,
+        &req,
+        &id,
+        Event::Pause {
+            by: PausedBy::Operator,
+        },
+        Vec::new(),
+    )
+    .await
+}
+
+/// Continues a paused saga where it stood: each timer gets back the wait it had left, counted from
+/// now, and what became ready while paused is dispatched. Resuming a running saga answers 200.
+#[utoipa::path(post, path = "/api/v1/sagas/{id}/resume", tag = "sagas", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The saga's id")),
+    responses(
+    (status = 200, description = "The saga afterwards, with `paused_at` null", body = schemas::SagaDocument),
+    (status = 409, description = "The saga is final or failed, or every saga of its name is paused (resume the name)", body = schemas::Problem, content_type = "application/problem+json"),
+    Unauthorized, NoSuchSaga, Unavailable,
+))]
+pub async fn resume(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let saga = parse_id(&id)?;
+    // Its name's pause would hold it again within a second.
+    if state
+        .store()?
+        .interact(move |db| db.name_paused_for(saga))
+        .await?
+    {
+        return Err(ApiError::Conflict(
+            "every saga of this name is paused: resume the name (POST              /api/v1/saga-names/{name}/resume)"
+                .into(),
+        ));
+    }
+    operate(
+        &state,
+        &req,
+        &id,
+        Event::Resume {
+            by: PausedBy::Operator,
+        },
+        Vec::new(),
+    )
+    .await
 }
 
 /// Marks a failed saga as repaired by hand.
@@ -225,6 +375,7 @@ pub async fn retry(
 ))]
 pub async fn resolve(
     state: web::Data<AppState>,
+    req: HttpRequest,
     id: web::Path<String>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
@@ -237,5 +388,6 @@ pub async fn resolve(
             ))
         }
     };
-    operate(&state, &id, Event::Resolve { note }).await
+    let forwarded = serde_json::to_vec(&*body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    operate(&state, &req, &id, Event::Resolve { note }, forwarded).await
 }

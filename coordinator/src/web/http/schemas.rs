@@ -13,7 +13,7 @@ use utoipa::openapi::RefOr;
 use utoipa::{IntoResponses, PartialSchema, ToSchema};
 use uuid::Uuid;
 
-use crate::saga::{CommandKind, SagaState, StepState};
+use crate::saga::{CommandKind, PausedBy, SagaState, StepState};
 
 /// A string enumeration whose values come from the domain type's `ALL` list.
 fn string_enum(values: impl Iterator<Item = &'static str>, description: &str) -> RefOr<Schema> {
@@ -56,6 +56,12 @@ enum_schema!(
     "A step's state (contract, section 1)"
 );
 enum_schema!(
+    PausedByName,
+    "PausedBy",
+    PausedBy,
+    "Whose hold a paused saga is in: an operator's pause of this saga, or of every saga of its name"
+);
+enum_schema!(
     CommandKindName,
     "CommandKind",
     CommandKind,
@@ -74,6 +80,9 @@ pub struct Health {
 pub struct Readiness {
     pub postgres: bool,
     pub rabbitmq: bool,
+    /// Partitions this coordinator owns now (it runs their sagas); absent while starting. Several
+    /// coordinators share the partitions of one database; one with none is still ready.
+    pub partitions_owned: Option<u32>,
     /// Only when not ready: why, e.g. `waiting for Postgres: <error>` during start-up.
     pub reason: Option<String>,
 }
@@ -98,6 +107,8 @@ pub struct StepSubmission {
     pub action: String,
     /// Omitted: the step needs no undoing.
     pub compensation: Option<String>,
+    /// Any JSON, sent in the step's commands; no string in it (keys included) may hold the NUL
+    /// character, which Postgres cannot store.
     pub payload: Option<Value>,
     pub timeout_ms: Option<u64>,
     pub retry: Option<RetryPolicy>,
@@ -140,6 +151,8 @@ pub struct SagaSubmission {
     pub name: String,
     /// Idempotency key, scoped to the saga name.
     pub key: Option<String>,
+    /// Any JSON, sent in every command; no string in it (keys included) may hold the NUL
+    /// character, which Postgres cannot store.
     pub payload: Option<Value>,
     /// Saga deadline: past it a running saga compensates.
     pub timeout_ms: Option<u64>,
@@ -163,6 +176,12 @@ pub struct SagaSummary {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deadline: Option<DateTime<Utc>>,
+    /// Since when an operator holds the saga (`pause`); `null` while it runs.
+    pub paused_at: Option<DateTime<Utc>>,
+    /// Whose hold it is: `operator` (this saga was paused) or `name` (every saga of its name
+    /// is); `null` while it runs.
+    #[schema(value_type = Option<PausedByName>)]
+    pub paused_by: Option<String>,
 }
 
 /// One step of a saga document.
@@ -179,6 +198,9 @@ pub struct StepDocument {
     pub output: Option<Value>,
     pub error: Option<String>,
     pub after: Vec<String>,
+    /// When the step's next attempt goes out, while it waits out a retry backoff (`retry-now`
+    /// sends it at once); `null` otherwise.
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 /// A saga with its steps (contract, section 2 "Read").
@@ -193,11 +215,31 @@ pub struct SagaDocument {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deadline: Option<DateTime<Utc>>,
+    /// Since when an operator holds the saga (`pause`); `null` while it runs.
+    pub paused_at: Option<DateTime<Utc>>,
+    /// Whose hold it is: `operator` (this saga was paused) or `name` (every saga of its name
+    /// is); `null` while it runs.
+    #[schema(value_type = Option<PausedByName>)]
+    pub paused_by: Option<String>,
     pub steps: Vec<StepDocument>,
     /// `prepare` for a two-phase submission (absent otherwise).
     pub mode: Option<String>,
     /// Two-phase submissions only.
     pub check_back: Option<CheckBackProgress>,
+}
+
+/// A name whose sagas are paused (or, answering a resume, no longer are).
+#[derive(ToSchema)]
+pub struct PausedName {
+    pub name: String,
+    /// Since when its sagas are paused; `null` once resumed.
+    pub paused_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /api/v1/saga-names/paused`.
+#[derive(ToSchema)]
+pub struct PausedNameList {
+    pub items: Vec<PausedName>,
 }
 
 /// A page of sagas, newest first.

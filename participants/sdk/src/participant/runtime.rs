@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use contract::properties::{CONTENT_TYPE, PERSISTENT, TRACEPARENT};
-use contract::{names, CommandBody};
+use contract::{broker, names, CommandBody};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -19,6 +19,7 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Event, ExchangeKind};
 use tokio::sync::{watch, Semaphore};
@@ -35,6 +36,11 @@ const STABLE_SESSION: Duration = Duration::from_secs(5);
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a reply that found no queue waits before its command goes back to the queue.
 const UNROUTED_DELAY: Duration = Duration::from_secs(1);
+/// Waiting for the broker's confirm of a reply; past this the channel is presumed stuck and the
+/// session starts over, so the command is delivered again.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Closing a connection that may already be dead.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a session ended.
 enum SessionEnd {
@@ -48,13 +54,15 @@ pub(super) async fn run(
     consuming: watch::Sender<bool>,
 ) {
     let name = participant.name.clone();
+    let urls = broker::amqp_urls(&participant.settings.amqp_url);
     let mut delays = backoff();
-    loop {
+    // Each (re)connection takes the next node of the list, leaving behind one that went away.
+    for url in urls.iter().cycle() {
         if shutdown.is_cancelled() {
             break;
         }
         let started = tokio::time::Instant::now();
-        let end = session(&participant, &shutdown, &consuming).await;
+        let end = session(&participant, url, &shutdown, &consuming).await;
         consuming.send_replace(false);
         let reason = match end {
             Ok(SessionEnd::Stopped) => break,
@@ -64,7 +72,8 @@ pub(super) async fn run(
             delays = backoff();
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(5));
-        log::warn!("participant {name}: {reason}; reconnecting in {delay:?}");
+        let node = broker::redact_url(url);
+        log::warn!("participant {name} at {node}: {reason}; reconnecting in {delay:?}");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => break,
@@ -82,15 +91,17 @@ fn backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// What one session sets up: a connection, a confirming channel and a consumer.
+/// What one session sets up on the broker at `url`: a connection, a confirming channel and a
+/// consumer.
 async fn establish(
     name: &str,
     settings: &Settings,
+    url: &str,
 ) -> Result<(Connection, Channel, lapin::Consumer), String> {
     let fail = |what: &str, e: lapin::Error| format!("{what}: {e}");
     let properties =
         ConnectionProperties::default().with_connection_name(format!("participant.{name}").into());
-    let connection = Connection::connect(&settings.amqp_url, properties)
+    let connection = Connection::connect(url, properties)
         .await
         .map_err(|e| fail("connecting to RabbitMQ", e))?;
     let channel = connection
@@ -122,7 +133,7 @@ async fn establish(
         .await
         .map_err(|e| fail("declaring the commands exchange", e))?;
     let mut arguments = FieldTable::default();
-    for (name, value) in names::dead_lettering_arguments(&settings.namespace) {
+    for (name, value) in names::queue_arguments(&settings.namespace, settings.queue_type) {
         arguments.insert(name.into(), AMQPValue::LongString(value.into()));
     }
     channel
@@ -135,7 +146,19 @@ async fn establish(
             arguments,
         )
         .await
-        .map_err(|e| fail(&format!("declaring queue {queue}"), e))?;
+        .map_err(|e| {
+            let hint = if refused_as_inequivalent(&e) {
+                format!(
+                    " (the queue exists with other arguments, most likely as another queue type: \
+                     SAGA_QUEUE_TYPE={} must be the coordinator's; see the coordinator's \
+                     docs/contract-notes.md, \"Queue type\")",
+                    settings.queue_type
+                )
+            } else {
+                String::new()
+            };
+            format!("declaring queue {queue}: {e}{hint}")
+        })?;
     channel
         .queue_bind(
             queue.clone(),
@@ -159,31 +182,45 @@ async fn establish(
     Ok((connection, channel, consumer))
 }
 
+/// RabbitMQ's answer to a declaration that differs from the existing queue's.
+fn refused_as_inequivalent(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(refusal)
+            if matches!(refusal.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
+}
+
 async fn session(
     participant: &Participant,
+    url: &str,
     shutdown: &CancellationToken,
     consuming: &watch::Sender<bool>,
 ) -> Result<SessionEnd, String> {
     let name = participant.name.as_str();
     let settings = &participant.settings;
     let established = tokio::select! {
-        r = tokio::time::timeout(ESTABLISH_TIMEOUT, establish(name, settings)) => r,
+        r = tokio::time::timeout(ESTABLISH_TIMEOUT, establish(name, settings, url)) => r,
         () = shutdown.cancelled() => return Ok(SessionEnd::Stopped),
     };
     let (connection, channel, mut consumer) =
         established.map_err(|_| "connecting timed out".to_string())??;
     let mut events = connection.events_listener();
     log::info!(
-        "participant {name} consuming {}",
-        names::participant_queue(&settings.namespace, name)
+        "participant {name} consuming {} at {}",
+        names::participant_queue(&settings.namespace, name),
+        broker::redact_url(url)
     );
     consuming.send_replace(true);
 
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let mut in_flight = JoinSet::new();
+    // Cancelled by a handler whose reply failed: the channel cannot be trusted any more.
+    let broken = CancellationToken::new();
     let end = loop {
         tokio::select! {
             () = shutdown.cancelled() => break SessionEnd::Stopped,
+            () = broken.cancelled() => break SessionEnd::Lost("a reply failed".into()),
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             event = events.next() => match event {
                 Some(Event::Error(e)) => break SessionEnd::Lost(format!("connection error: {e}")),
@@ -199,6 +236,7 @@ async fn session(
                         handlers: participant.handlers.clone(),
                         channel: channel.clone(),
                         redeliver_rate: settings.redeliver_rate,
+                        broken: broken.clone(),
                     };
                     let permits = permits.clone();
                     in_flight.spawn(async move {
@@ -231,6 +269,14 @@ async fn session(
             // Handlers under way cannot reply on this channel; their commands are redelivered on the
             // next connection. Let them finish in the background rather than cut them mid-write.
             in_flight.detach_all();
+            // Closed explicitly, as the connection may still be up (a stuck channel): its
+            // unacknowledged commands go back to the queue only once it is gone.
+            if connection.status().connected() {
+                let closing = connection.close(200, "participant reconnecting".into());
+                if let Ok(Err(e)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+                    log::debug!("participant {name}: closing the connection: {e}");
+                }
+            }
         }
     }
     Ok(end)
@@ -246,6 +292,8 @@ struct Job {
     handlers: Arc<Handlers>,
     channel: Channel,
     redeliver_rate: f64,
+    /// Ends the session.
+    broken: CancellationToken,
 }
 
 impl Job {
@@ -320,12 +368,18 @@ impl Job {
                 return;
             }
             Err(e) => {
-                // Not acknowledged: the broker delivers the command again once the channel is gone.
+                // Not acknowledged: the broker delivers the command again once the channel is gone,
+                // which ending the session makes sure of. A fresh channel also heals what a nack
+                // or a missing confirm may mean: a channel whose quorum queue client lost track of
+                // the queue's leader (seen with RabbitMQ 3.10 when a node is killed) refuses or
+                // ignores every later publish while new channels work.
                 log::warn!(
-                    "participant {}: replying to {} failed: {e}; the command will be delivered again",
+                    "participant {}: replying to {} failed: {e}; reconnecting, the command will be \
+                     delivered again",
                     self.participant,
                     command.idempotency_key
                 );
+                self.broken.cancel();
                 return;
             }
         }
@@ -445,8 +499,10 @@ impl Job {
                 properties,
             )
             .await
-            .map_err(|e| format!("publishing: {e}"))?
+            .map_err(|e| format!("publishing: {e}"))?;
+        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
             .await
+            .map_err(|_| format!("no confirm within {CONFIRM_TIMEOUT:?}"))?
             .map_err(|e| format!("waiting for the confirm: {e}"))?;
         if !confirm.is_ack() {
             return Err("the broker refused the reply".into());

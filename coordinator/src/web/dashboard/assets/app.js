@@ -232,6 +232,24 @@
           'Do this once the participant is repaired.',
         button: 'Retry compensations',
       },
+      'retry-now': {
+        title: `Send the waiting attempts of “${name}” now?`,
+        text: 'Every step waiting out a retry backoff (or a prepared saga\'s next check-back) is sent at ' +
+          'once instead of when the backoff ends. Do this once the dependency it waits for has recovered.',
+        button: 'Retry now',
+      },
+      pause: {
+        title: `Pause saga “${name}”?`,
+        text: 'Nothing more is sent and no timer fires until you resume it. Replies to commands ' +
+          'already out are still recorded.',
+        button: 'Pause saga',
+      },
+      resume: {
+        title: `Resume saga “${name}”?`,
+        text: 'The saga continues where it stood: what became ready is sent now, and each wait ' +
+          'continues with the time it had left.',
+        button: 'Resume saga',
+      },
       commit: {
         title: `Commit saga “${name}”?`,
         text: 'Only when you know the initiator\'s local transaction committed: the saga starts running.',
@@ -264,6 +282,31 @@
     if (view) view.refresh();
   }
 
+  async function actOnName(name, action) {
+    const texts = {
+      pause: {
+        title: `Pause every “${name}” saga?`,
+        text: 'Running ones send nothing more and fire no timer; new ones start paused. Replies to ' +
+          'commands already out are still recorded. Until you resume the name.',
+        button: 'Pause them all',
+      },
+      resume: {
+        title: `Resume every “${name}” saga?`,
+        text: 'The sagas this pause holds continue where they stood (those paused one by one stay ' +
+          'paused); new ones run at once again.',
+        button: 'Resume them',
+      },
+    }[action];
+    if (await confirmAction(texts) === null) return;
+    try {
+      await call(`/api/v1/saga-names/${encodeURIComponent(name)}/${action}`, { method: 'POST' });
+      flash(`${action}: every ${name} saga`);
+    } catch (err) {
+      if (!(err instanceof Unauthorized)) flash(`${action} failed: ${err.message}`, true);
+    }
+    if (view) view.refresh();
+  }
+
   // ---- Overview ------------------------------------------------------------------------------
 
   function overviewPage() {
@@ -271,6 +314,7 @@
     const filter = { state: params.get('state') || '', name: params.get('name') || '' };
     const cards = h('div', { class: 'cards', id: 'counts' });
     const banner = h('div', { id: 'attention' });
+    const pausedNames = h('div', { id: 'paused-names' });
     const chart = h('div', { class: 'panel chart', id: 'throughput' });
     const stateSelect = h('select', { id: 'filter-state' },
       h('option', { value: '' }, 'all in-flight states'),
@@ -296,6 +340,7 @@
       h('h1', {}, 'Sagas'),
       cards,
       banner,
+      pausedNames,
       h('div', { class: 'row' },
         h('div', {}, h('h2', {}, 'Started and finished per minute (last 30 minutes)'), chart),
         h('div', {}, h('h2', {}, 'Legend'), h('div', { class: 'panel muted' },
@@ -381,6 +426,13 @@
       h('td', { class: 'mono' }, sagaLink(s.id, shortId(s.id))))));
     }
 
+    // Names whose sagas are held: each with since when and a way to let them go.
+    function renderPausedNames(items) {
+      pausedNames.replaceChildren(...items.map((p) => h('div', { class: 'banner paused-name', dataset: { name: p.name } },
+        'Every ', h('b', {}, p.name), ` saga is paused (since ${when(p.paused_at)}): new ones wait, running ones send nothing. `,
+        h('button', { type: 'button', class: 'warn', onclick: () => actOnName(p.name, 'resume') }, 'Resume them'))));
+    }
+
     function renderFinished(items) {
       if (!items.length) {
         finished.replaceChildren(h('tr', {}, h('td', { class: 'empty', colspan: 5 }, 'Nothing finished yet.')));
@@ -413,6 +465,7 @@
         renderChart(data.throughput);
         renderInFlight(data.in_flight);
         renderFinished(data.finished);
+        renderPausedNames((await call('/api/v1/saga-names/paused')).items || []);
         startStream();
       } catch (err) {
         if (!(err instanceof Unauthorized)) flash(`Cannot load the overview: ${err.message}`, true);
@@ -501,6 +554,19 @@
       } else if (doc.state === 'failed') {
         actions.push(h('button', { id: 'action-retry', class: 'warn', type: 'button', onclick: () => act(doc.id, 'retry', doc.name) }, 'Retry compensations'));
       }
+      if (['running', 'compensating', 'prepared'].includes(doc.state) && doc.paused_by !== 'name') {
+        actions.push(h('button', { id: 'action-pause-name', class: 'quiet', type: 'button', onclick: () => actOnName(doc.name, 'pause') }, `Pause every ${doc.name} saga`));
+      }
+      if (['running', 'compensating', 'prepared'].includes(doc.state) && doc.paused_by === 'name') {
+        actions.push(h('button', { id: 'action-resume-name', class: 'warn', type: 'button', onclick: () => actOnName(doc.name, 'resume') }, `Resume every ${doc.name} saga`));
+      } else if (['running', 'compensating', 'prepared'].includes(doc.state)) {
+        actions.push(doc.paused_at
+          ? h('button', { id: 'action-resume', class: 'warn', type: 'button', onclick: () => act(doc.id, 'resume', doc.name) }, 'Resume')
+          : h('button', { id: 'action-pause', class: 'quiet', type: 'button', onclick: () => act(doc.id, 'pause', doc.name) }, 'Pause'));
+      }
+      if (!doc.paused_at && ((doc.steps || []).some((st) => st.retry_at) || doc.state === 'prepared')) {
+        actions.push(h('button', { id: 'action-retry-now', class: 'quiet', type: 'button', onclick: () => act(doc.id, 'retry-now', doc.name) }, 'Retry now'));
+      }
       if (doc.state === 'failed') {
         actions.push(h('button', { id: 'action-resolve', class: 'quiet', type: 'button', onclick: () => act(doc.id, 'resolve', doc.name) }, 'Resolve with a note'));
       }
@@ -512,6 +578,8 @@
         h('h1', { id: 'saga-name' }, doc.name),
         h('div', { class: 'meta' },
           h('span', {}, 'state ', badge(doc.state, { id: 'saga-state' })),
+          doc.paused_at ? h('span', { class: 'paused-flag', id: 'saga-paused' },
+            doc.paused_by === 'name' ? `paused with every ${doc.name} saga since ${when(doc.paused_at)}` : `paused since ${when(doc.paused_at)}`) : null,
           h('span', { class: 'mono', id: 'saga-id' }, doc.id),
           doc.key ? h('span', {}, 'key ', h('code', {}, doc.key)) : null,
           h('span', {}, `created ${when(doc.created_at)}`),
@@ -545,7 +613,8 @@
           h('td', { class: 'state' }, badge(s.state)),
           h('td', {}, s.participant),
           h('td', { class: 'mono' }, s.action, h('br'), s.compensation || '—'),
-          h('td', {}, `${s.attempts}`, s.compensation_attempts ? ` / undo ${s.compensation_attempts}` : ''),
+          h('td', {}, `${s.attempts}`, s.compensation_attempts ? ` / undo ${s.compensation_attempts}` : '',
+            s.retry_at ? h('div', { class: 'muted retry-at' }, `next ${when(s.retry_at)}`) : null),
           h('td', {}, (s.after || []).join(', ') || '—'),
           h('td', { class: 'error' }, s.error || ''),
           h('td', {}, s.output === null || s.output === undefined ? '—' : h('pre', {}, json(s.output))),

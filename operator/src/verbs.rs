@@ -1,0 +1,302 @@
+//! The verbs: each is one request to `/api/v1/sagas` (contract, section 2) and a way to show its
+//! answer to a person.
+
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::table;
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Sagas, newest first: id, name, key, state, created, updated. A full page ends with the
+    /// cursor that --before takes for the next one.
+    List(ListArgs),
+    /// One saga: its fields, then its steps (state, participant, attempts, retry time, error).
+    Show(SagaId),
+    /// A saga's event log, oldest first.
+    Events(SagaId),
+    /// Abort a running or prepared saga: stop dispatching actions and compensate what was done
+    /// (a prepared saga just becomes aborted).
+    Abort(SagaId),
+    /// Give a failed saga's exhausted compensations (or a prepared saga's check-backs) a fresh set
+    /// of attempts.
+    Retry(SagaId),
+    /// Mark a failed saga as repaired by hand: it becomes compensated (aborted if nothing was ever
+    /// dispatched), the note kept in its event log.
+    Resolve(ResolveArgs),
+    /// Start a prepared (two-phase) saga, as its initiator would once its local transaction
+    /// committed.
+    Commit(SagaId),
+    /// Send now what waits out a retry backoff (a step's next attempt, or a prepared saga's next
+    /// check-back), e.g. once a participant's dependency is back.
+    RetryNow(SagaId),
+    /// Hold an in-flight saga: nothing more is sent and no timer fires until `resume` (replies to
+    /// commands already out are still recorded), e.g. while a downstream service is repaired.
+    Pause(SagaId),
+    /// Continue a paused saga where it stood; each wait gets back the time it had left.
+    Resume(SagaId),
+    /// Pause every saga of a name, running and new (e.g. every place-order saga while payments is
+    /// down), until `resume-name`.
+    PauseName(SagaName),
+    /// Resume the sagas a name's pause holds (not those paused one by one with `pause`).
+    ResumeName(SagaName),
+    /// The names whose sagas are paused, and since when.
+    PausedNames,
+}
+
+#[derive(Debug, Args)]
+pub struct SagaName {
+    /// The sagas' name, as they were submitted (e.g. place-order).
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SagaId {
+    /// The saga's id, as `list` shows it.
+    pub id: String,
+}
+
+/// The list's filters, passed to the API as they are: it knows which states exist.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only sagas in this state (repeat for several): prepared, running, compensating, committed,
+    /// compensated, aborted, failed.
+    #[arg(long = "state", value_name = "STATE")]
+    pub states: Vec<String>,
+
+    /// Only sagas of this name (their kind, e.g. place-order).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Sagas per page, 1 to 500 (the API's default is 50).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=500))]
+    pub limit: Option<u16>,
+
+    /// The cursor the previous page ended with: the next page, older sagas.
+    #[arg(long, value_name = "CURSOR")]
+    pub before: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    /// The saga's id, as `list` shows it.
+    pub id: String,
+
+    /// What was repaired, kept in the saga's event log. The API refuses a blank one (exit code 7).
+    #[arg(long)]
+    pub note: String,
+}
+
+/// One request to the API: a path below `/api/v1/{resource}`, its query, and a JSON body.
+#[derive(Debug, PartialEq)]
+pub struct Request {
+    /// `sagas`, or `saga-names` for what applies to every saga of a name.
+    pub resource: &'static str,
+    pub method: Method,
+    pub path: Vec<String>,
+    pub query: Vec<(&'static str, String)>,
+    pub body: Option<Value>,
+}
+
+impl Request {
+    fn get(path: &[&str]) -> Request {
+        Request {
+            resource: "sagas",
+            method: Method::GET,
+            path: path.iter().map(|s| s.to_string()).collect(),
+            query: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// An operator's action on one saga: `POST /api/v1/sagas/{id}/{action}`.
+    fn act(id: &str, action: &str) -> Request {
+        Request {
+            method: Method::POST,
+            ..Request::get(&[id, action])
+        }
+    }
+
+    /// `POST /api/v1/saga-names/{name}/{action}`.
+    fn act_on_name(name: &str, action: &str) -> Request {
+        Request {
+            resource: "saga-names",
+            ..Request::act(name, action)
+        }
+    }
+}
+
+impl Verb {
+    /// The verb's one request.
+    pub(crate) fn request(&self) -> Request {
+        match self {
+            Verb::List(filters) => {
+                let mut query: Vec<(&'static str, String)> = filters
+                    .states
+                    .iter()
+                    .map(|s| ("state", s.clone()))
+                    .collect();
+                query.extend(filters.name.clone().map(|name| ("name", name)));
+                query.extend(filters.limit.map(|limit| ("limit", limit.to_string())));
+                query.extend(filters.before.clone().map(|cursor| ("before", cursor)));
+                Request {
+                    query,
+                    ..Request::get(&[])
+                }
+            }
+            Verb::Show(saga) => Request::get(&[&saga.id]),
+            Verb::Events(saga) => Request::get(&[&saga.id, "events"]),
+            Verb::Abort(saga) => Request::act(&saga.id, "abort"),
+            Verb::Retry(saga) => Request::act(&saga.id, "retry"),
+            Verb::Resolve(resolve) => Request {
+                body: Some(json!({ "note": resolve.note })),
+                ..Request::act(&resolve.id, "resolve")
+            },
+            Verb::Commit(saga) => Request::act(&saga.id, "commit"),
+            Verb::RetryNow(saga) => Request::act(&saga.id, "retry-now"),
+            Verb::Pause(saga) => Request::act(&saga.id, "pause"),
+            Verb::Resume(saga) => Request::act(&saga.id, "resume"),
+            Verb::PauseName(name) => Request::act_on_name(&name.name, "pause"),
+            Verb::ResumeName(name) => Request::act_on_name(&name.name, "resume"),
+            Verb::PausedNames => Request {
+                resource: "saga-names",
+                ..Request::get(&["paused"])
+            },
+        }
+    }
+
+    /// The answer for a person (`--json` prints the document instead).
+    pub(crate) fn render(&self, answer: &Value) -> String {
+        match self {
+            Verb::List(_) => table::saga_list(answer),
+            Verb::Show(_) => table::saga_detail(answer),
+            Verb::Events(_) => table::event_log(answer),
+            // Every action answers the saga document as it stands afterwards.
+            Verb::Abort(_)
+            | Verb::Retry(_)
+            | Verb::Resolve(_)
+            | Verb::Commit(_)
+            | Verb::RetryNow(_)
+            | Verb::Pause(_)
+            | Verb::Resume(_) => table::saga_changed(answer),
+            Verb::PauseName(_) | Verb::ResumeName(_) => table::name_changed(answer),
+            Verb::PausedNames => table::paused_names(answer),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(id: &str) -> SagaId {
+        SagaId { id: id.into() }
+    }
+
+    #[test]
+    fn each_verb_is_the_documented_request() {
+        let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cases = [
+            (Verb::Show(id("s1")), Method::GET, path(&["s1"])),
+            (Verb::Events(id("s1")), Method::GET, path(&["s1", "events"])),
+            (Verb::Abort(id("s1")), Method::POST, path(&["s1", "abort"])),
+            (Verb::Retry(id("s1")), Method::POST, path(&["s1", "retry"])),
+            (
+                Verb::Commit(id("s1")),
+                Method::POST,
+                path(&["s1", "commit"]),
+            ),
+            (
+                Verb::RetryNow(id("s1")),
+                Method::POST,
+                path(&["s1", "retry-now"]),
+            ),
+            (Verb::Pause(id("s1")), Method::POST, path(&["s1", "pause"])),
+            (Verb::PausedNames, Method::GET, path(&["paused"])),
+            (
+                Verb::Resume(id("s1")),
+                Method::POST,
+                path(&["s1", "resume"]),
+            ),
+        ];
+        for (verb, method, path) in cases {
+            let request = verb.request();
+            assert_eq!(
+                (&request.method, &request.path),
+                (&method, &path),
+                "{verb:?}"
+            );
+            assert_eq!(request.body, None, "{verb:?}");
+            assert!(request.query.is_empty(), "{verb:?}");
+        }
+        let name = |n: &str| SagaName { name: n.into() };
+        for (verb, resource, method, path) in [
+            (Verb::Show(id("s1")), "sagas", Method::GET, path(&["s1"])),
+            (
+                Verb::PauseName(name("place-order")),
+                "saga-names",
+                Method::POST,
+                path(&["place-order", "pause"]),
+            ),
+            (
+                Verb::ResumeName(name("place-order")),
+                "saga-names",
+                Method::POST,
+                path(&["place-order", "resume"]),
+            ),
+            (
+                Verb::PausedNames,
+                "saga-names",
+                Method::GET,
+                path(&["paused"]),
+            ),
+        ] {
+            let request = verb.request();
+            assert_eq!(
+                (request.resource, &request.method, &request.path),
+                (resource, &method, &path),
+                "{verb:?}"
+            );
+        }
+        let resolve = Verb::Resolve(ResolveArgs {
+            id: "s1".into(),
+            note: "refunded by hand".into(),
+        })
+        .request();
+        assert_eq!(resolve.method, Method::POST);
+        assert_eq!(resolve.path, path(&["s1", "resolve"]));
+        assert_eq!(resolve.body, Some(json!({"note": "refunded by hand"})));
+    }
+
+    #[test]
+    fn list_passes_every_filter_as_the_api_names_it() {
+        let request = Verb::List(ListArgs {
+            states: vec!["running".into(), "failed".into()],
+            name: Some("place-order".into()),
+            limit: Some(20),
+            before: Some("cursor-1".into()),
+        })
+        .request();
+        assert_eq!(request.method, Method::GET);
+        assert!(request.path.is_empty());
+        assert_eq!(
+            request.query,
+            [
+                ("state", "running".to_string()),
+                ("state", "failed".to_string()),
+                ("name", "place-order".to_string()),
+                ("limit", "20".to_string()),
+                ("before", "cursor-1".to_string()),
+            ]
+        );
+        let unfiltered = Verb::List(ListArgs {
+            states: Vec::new(),
+            name: None,
+            limit: None,
+            before: None,
+        })
+        .request();
+        assert!(unfiltered.query.is_empty());
+    }
+}
