@@ -25,7 +25,7 @@ use crate::runtime::changes::Changes;
 use crate::runtime::keeper::{Keeper, KeeperSettings};
 use crate::runtime::ownership::Ownership;
 use crate::runtime::sending::Sendings;
-use crate::runtime::{name_pauses, relay, Registry};
+use crate::runtime::{bulk_actions, name_pauses, relay, Registry};
 use crate::saga::machine::Event;
 use crate::store::{self, Store, Writer};
 use crate::submission::CheckBackHosts;
@@ -135,6 +135,8 @@ struct Started {
     keeper_stop: oneshot::Sender<()>,
     name_pauses: JoinHandle<()>,
     name_pauses_stop: oneshot::Sender<()>,
+    bulk_actions: JoinHandle<()>,
+    bulk_actions_stop: oneshot::Sender<()>,
     alerts: Option<(JoinHandle<()>, oneshot::Sender<()>)>,
     broker: BrokerHandle,
     dispatcher: JoinHandle<()>,
@@ -258,6 +260,16 @@ async fn start(
         stopped,
     ));
 
+    let (bulk_actions_stop, stopped) = oneshot::channel::<()>();
+    let bulk_actions = actix_rt::spawn(bulk_actions::run(
+        registry.clone(),
+        store.clone(),
+        ownership.clone(),
+        registry.bulk_wake(),
+        settings.bulk_action_rate,
+        stopped,
+    ));
+
     let alerts = match alert_settings {
         Some(alert_settings) => {
             log::info!(
@@ -324,6 +336,8 @@ async fn start(
         keeper_stop,
         name_pauses,
         name_pauses_stop,
+        bulk_actions,
+        bulk_actions_stop,
         alerts,
         broker,
         dispatcher,
@@ -344,6 +358,8 @@ impl Started {
             keeper_stop,
             name_pauses,
             name_pauses_stop,
+            bulk_actions,
+            bulk_actions_stop,
             alerts,
             broker,
             dispatcher,
@@ -355,6 +371,8 @@ impl Started {
         } = self;
         let _ = name_pauses_stop.send(());
         let _ = name_pauses.await;
+        let _ = bulk_actions_stop.send(());
+        let _ = bulk_actions.await;
         if let Some((task, stop)) = alerts {
             let _ = stop.send(());
             let _ = task.await;

@@ -125,6 +125,11 @@ pub struct Settings {
     #[arg(long, env = "SAGA_STUCK_AFTER", default_value = "1h", value_parser = parse_wait)]
     pub stuck_after: Duration,
 
+    /// Sagas per second each coordinator applies a bulk action to (docs/contract-notes.md): low enough
+    /// that live sagas keep the writer, high enough that a thousand are done in seconds.
+    #[arg(long, env = "SAGA_BULK_ACTION_RATE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub bulk_action_rate: u32,
+
     /// Per saga name: `place-order=10m,refund=1d` (others use `SAGA_STUCK_AFTER`).
     #[arg(long, env = "SAGA_STUCK_AFTER_BY_NAME", value_delimiter = ',', value_parser = parse_stuck_after)]
     pub stuck_after_by_name: Vec<(String, Duration)>,

@@ -8,8 +8,8 @@ use serde_json::Value;
 use url::Url;
 
 use crate::outcome::Outcome;
+use crate::request::Request;
 use crate::table::printable;
-use crate::verbs::Request;
 
 /// The coordinator's API at one base URL.
 pub struct Client {

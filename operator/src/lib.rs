@@ -4,12 +4,16 @@
 //!
 //! - this file: the options every verb shares ([`SagasArgs`]) and [`run`];
 //! - `verbs.rs`: the verbs, each as the request it sends and how its answer is shown;
+//! - `bulk.rs`: the `bulk` verbs (an action over every saga a filter matches), and following one;
+//! - `request.rs`: one request to the API, as the verbs describe it and the client sends it;
 //! - `client.rs`: the HTTP exchange, and what a failed one tells the operator;
 //! - `table.rs`: the answers as text for a person (pure functions of the JSON documents);
 //! - `outcome.rs`: what happened, as the exit code.
 
+mod bulk;
 mod client;
 mod outcome;
+mod request;
 mod table;
 mod verbs;
 
@@ -20,6 +24,7 @@ use std::time::Duration;
 use clap::Args;
 use url::Url;
 
+pub use bulk::BulkVerb;
 pub use outcome::{Outcome, EXIT_CODES};
 pub use verbs::{ListArgs, ResolveArgs, SagaId, Verb};
 
@@ -109,10 +114,19 @@ async fn execute(args: &SagasArgs) -> Outcome {
         target.token.clone(),
         Duration::from_secs(target.timeout_secs),
     );
-    let answer = match client {
-        Ok(client) => client.send(&args.verb.request()).await,
-        Err(failure) => Err(failure),
+    let client = match client {
+        Ok(client) => client,
+        Err(failure) => {
+            eprint!("{}", failure.report());
+            return failure.outcome();
+        }
     };
+    let mut answer = client.send(&args.verb.request()).await;
+    if let (Verb::Bulk(bulk), Ok(document)) = (&args.verb, &answer) {
+        if bulk.waits() {
+            answer = follow(&client, document.clone()).await;
+        }
+    }
     match answer {
         Ok(document) => {
             let text = if target.json {
@@ -126,6 +140,32 @@ async fn execute(args: &SagasArgs) -> Outcome {
             eprint!("{}", failure.report());
             failure.outcome()
         }
+    }
+}
+
+/// Reads a bulk action again every second until it is no longer running, with a progress line on
+/// stderr whenever it moved; answers its last document.
+async fn follow(
+    client: &Client,
+    mut document: serde_json::Value,
+) -> Result<serde_json::Value, client::Failure> {
+    let id = document
+        .get("id")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let mut last = String::new();
+    loop {
+        let line = table::bulk_progress(&document);
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        if !bulk::running(&document) {
+            return Ok(document);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        document = client.send(&bulk::reread(&id)).await?;
     }
 }
 

@@ -273,6 +273,116 @@ pub fn paused_names(doc: &Value) -> String {
     table.render()
 }
 
+/// How far a bulk action got, on one line: `running: 420 of 1000 done (400 applied, 0 unchanged,
+/// 20 skipped), 580 pending`.
+pub fn bulk_progress(bulk: &Value) -> String {
+    let count = |field: &str| bulk.get(field).and_then(Value::as_i64).unwrap_or(0);
+    format!(
+        "{} {}: {}: {} of {} done ({} applied, {} unchanged, {} skipped), {} pending",
+        cell(bulk.get("action")),
+        cell(bulk.get("id")),
+        cell(bulk.get("state")),
+        count("applied") + count("unchanged") + count("skipped"),
+        count("total"),
+        count("applied"),
+        count("unchanged"),
+        count("skipped"),
+        count("pending"),
+    )
+}
+
+/// `GET /api/v1/bulk-actions/{id}`: its fields and its progress.
+pub fn bulk_action(bulk: &Value) -> String {
+    let mut fields = Table::fields();
+    let mut field = |name: &str, value: String| fields.row(vec![name.to_string(), value]);
+    field("id", cell(bulk.get("id")));
+    field("action", cell(bulk.get("action")));
+    field("filter", cell(bulk.get("filter")));
+    if let Some(note) = bulk.get("note").filter(|n| !n.is_null()) {
+        field("note", cell(Some(note)));
+    }
+    field("state", cell(bulk.get("state")));
+    field("created", time(bulk.get("created_at"), false));
+    field("finished", time(bulk.get("finished_at"), false));
+    for count in ["total", "applied", "unchanged", "skipped", "pending"] {
+        field(count, cell(bulk.get(count)));
+    }
+    fields.render()
+}
+
+/// `GET /api/v1/bulk-actions`: one bulk action per line.
+pub fn bulk_action_list(doc: &Value) -> String {
+    let actions = items(doc);
+    let mut out = if actions.is_empty() {
+        "no bulk actions\n".to_string()
+    } else {
+        let mut table = Table::new(vec![
+            "ID",
+            "ACTION",
+            "STATE",
+            "TOTAL",
+            "APPLIED",
+            "UNCHANGED",
+            "SKIPPED",
+            "PENDING",
+            "CREATED",
+            "FILTER",
+        ]);
+        for bulk in actions {
+            table.row(vec![
+                cell(bulk.get("id")),
+                cell(bulk.get("action")),
+                cell(bulk.get("state")),
+                cell(bulk.get("total")),
+                cell(bulk.get("applied")),
+                cell(bulk.get("unchanged")),
+                cell(bulk.get("skipped")),
+                cell(bulk.get("pending")),
+                time(bulk.get("created_at"), false),
+                cell(bulk.get("filter")),
+            ]);
+        }
+        table.render()
+    };
+    if let Some(cursor) = doc.get("next").filter(|c| !c.is_null()) {
+        out.push_str(&format!(
+            "more bulk actions: pass --before {} for the next page\n",
+            cell(Some(cursor))
+        ));
+    }
+    out
+}
+
+/// `GET /api/v1/bulk-actions/{id}/sagas`: one saga per line, with its outcome and why.
+pub fn bulk_sagas(doc: &Value) -> String {
+    let sagas = items(doc);
+    let mut out = if sagas.is_empty() {
+        "no sagas\n".to_string()
+    } else {
+        let mut table = Table::new(vec!["SAGA", "OUTCOME", "DONE", "REASON"]);
+        for saga in sagas {
+            let outcome = match saga.get("outcome") {
+                None | Some(Value::Null) => "pending".to_string(),
+                outcome => cell(outcome),
+            };
+            table.row(vec![
+                cell(saga.get("saga_id")),
+                outcome,
+                time(saga.get("done_at"), false),
+                cell(saga.get("reason")),
+            ]);
+        }
+        table.render()
+    };
+    if let Some(cursor) = doc.get("next").filter(|c| !c.is_null()) {
+        out.push_str(&format!(
+            "more sagas: pass --after {} (with the same --outcome) for the next page\n",
+            cell(Some(cursor))
+        ));
+    }
+    out
+}
+
 /// An operator's action answered the saga document: where the saga stands now.
 pub fn saga_changed(saga: &Value) -> String {
     format!("saga {} is now {}\n", cell(saga.get("id")), state(saga))
@@ -283,6 +393,47 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn bulk_retry() -> Value {
+        json!({
+            "id": "0190c0de-0000-7000-8000-00000000b001", "action": "retry",
+            "filter": {"state": ["failed"]}, "note": null, "state": "running",
+            "created_at": "2026-05-01T12:00:00Z", "finished_at": null,
+            "total": 1000, "applied": 400, "unchanged": 0, "skipped": 20, "pending": 580,
+        })
+    }
+
+    #[test]
+    fn a_bulk_action_shows_its_progress() {
+        assert_eq!(
+            bulk_progress(&bulk_retry()),
+            "retry 0190c0de-0000-7000-8000-00000000b001: running: 420 of 1000 done (400 applied, \
+             0 unchanged, 20 skipped), 580 pending"
+        );
+        let detail = bulk_action(&bulk_retry());
+        assert!(
+            detail.contains("filter     {\"state\":[\"failed\"]}"),
+            "{detail}"
+        );
+        assert!(detail.contains("pending    580"), "{detail}");
+        assert!(!detail.contains("note"), "{detail}");
+        let list = bulk_action_list(&json!({"items": [bulk_retry()], "next": "c1"}));
+        assert!(list.starts_with("ID "), "{list}");
+        assert!(
+            list.ends_with("pass --before c1 for the next page\n"),
+            "{list}"
+        );
+        let sagas = bulk_sagas(&json!({"items": [
+            {"saga_id": "s1", "outcome": "skipped", "reason": "the saga is committed\u{1b}",
+             "done_at": "2026-05-01T12:00:01Z"},
+            {"saga_id": "s2", "outcome": null, "reason": null, "done_at": null},
+        ], "next": null}));
+        assert!(
+            sagas.contains("s1    skipped  2026-05-01 12:00:01Z  the saga is committed\\u{1b}"),
+            "{sagas}"
+        );
+        assert!(sagas.contains("s2    pending  -"), "{sagas}");
+    }
 
     fn failed_saga() -> Value {
         json!({

@@ -2,9 +2,10 @@
 //! answer to a person.
 
 use clap::{Args, Subcommand};
-use reqwest::Method;
 use serde_json::{json, Value};
 
+use crate::bulk::BulkVerb;
+use crate::request::Request;
 use crate::table;
 
 #[derive(Debug, Subcommand)]
@@ -43,6 +44,10 @@ pub enum Verb {
     ResumeName(SagaName),
     /// The names whose sagas are paused, and since when.
     PausedNames,
+    /// Act on every saga a filter matches, as a durable job of the coordinator: `bulk start`,
+    /// `list`, `show`, `sagas`, `cancel`.
+    #[command(subcommand)]
+    Bulk(BulkVerb),
 }
 
 #[derive(Debug, Args)]
@@ -88,45 +93,6 @@ pub struct ResolveArgs {
     pub note: String,
 }
 
-/// One request to the API: a path below `/api/v1/{resource}`, its query, and a JSON body.
-#[derive(Debug, PartialEq)]
-pub struct Request {
-    /// `sagas`, or `saga-names` for what applies to every saga of a name.
-    pub resource: &'static str,
-    pub method: Method,
-    pub path: Vec<String>,
-    pub query: Vec<(&'static str, String)>,
-    pub body: Option<Value>,
-}
-
-impl Request {
-    fn get(path: &[&str]) -> Request {
-        Request {
-            resource: "sagas",
-            method: Method::GET,
-            path: path.iter().map(|s| s.to_string()).collect(),
-            query: Vec::new(),
-            body: None,
-        }
-    }
-
-    /// An operator's action on one saga: `POST /api/v1/sagas/{id}/{action}`.
-    fn act(id: &str, action: &str) -> Request {
-        Request {
-            method: Method::POST,
-            ..Request::get(&[id, action])
-        }
-    }
-
-    /// `POST /api/v1/saga-names/{name}/{action}`.
-    fn act_on_name(name: &str, action: &str) -> Request {
-        Request {
-            resource: "saga-names",
-            ..Request::act(name, action)
-        }
-    }
-}
-
 impl Verb {
     /// The verb's one request.
     pub(crate) fn request(&self) -> Request {
@@ -163,6 +129,7 @@ impl Verb {
                 resource: "saga-names",
                 ..Request::get(&["paused"])
             },
+            Verb::Bulk(bulk) => bulk.request(),
         }
     }
 
@@ -182,12 +149,15 @@ impl Verb {
             | Verb::Resume(_) => table::saga_changed(answer),
             Verb::PauseName(_) | Verb::ResumeName(_) => table::name_changed(answer),
             Verb::PausedNames => table::paused_names(answer),
+            Verb::Bulk(bulk) => bulk.render(answer),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use reqwest::Method;
+
     use super::*;
 
     fn id(id: &str) -> SagaId {

@@ -165,6 +165,54 @@ impl Api {
         .await
     }
 
+    /// `POST /api/v1/bulk-actions` with `body`.
+    pub async fn create_bulk_action(&self, body: &Value) -> Response {
+        self.send(
+            self.request(Method::POST, "/api/v1/bulk-actions")
+                .json(body),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/bulk-actions?limit=...` and the other pages' queries.
+    pub async fn bulk_actions(&self, query: &[(&str, &str)]) -> Response {
+        self.send(
+            self.request(Method::GET, "/api/v1/bulk-actions")
+                .query(query),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/bulk-actions/{id}`.
+    pub async fn bulk_action(&self, id: &str) -> Response {
+        self.send(self.request(Method::GET, &format!("/api/v1/bulk-actions/{id}")))
+            .await
+    }
+
+    /// `GET /api/v1/bulk-actions/{id}/sagas` with `query`.
+    pub async fn bulk_action_sagas(&self, id: &str, query: &[(&str, &str)]) -> Response {
+        self.send(
+            self.request(Method::GET, &format!("/api/v1/bulk-actions/{id}/sagas"))
+                .query(query),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/bulk-actions/{id}/cancel`.
+    pub async fn cancel_bulk_action(&self, id: &str) -> Response {
+        self.send(self.request(Method::POST, &format!("/api/v1/bulk-actions/{id}/cancel")))
+            .await
+    }
+
+    /// Waits until bulk action `id` is `done`; answers its document.
+    pub async fn wait_for_bulk_action(&self, id: &str, timeout: Duration) -> Value {
+        crate::eventually(&format!("bulk action {id} done"), timeout, async || {
+            let doc = expect_json(self.bulk_action(id).await, StatusCode::OK).await;
+            (doc["state"] == "done").then_some(doc)
+        })
+        .await
+    }
+
     /// `POST /api/v1/sagas/{id}/commit`.
     pub async fn commit(&self, id: &str) -> Response {
         self.send(self.request(Method::POST, &format!("/api/v1/sagas/{id}/commit")))

@@ -17,6 +17,8 @@ pub struct TestAppBuilder {
     via_proxy: bool,
     /// `SAGA_ALERT_URL`, `SAGA_ALERT_SECRET`, `SAGA_STUCK_AFTER`.
     alerts: Option<(String, String, std::time::Duration)>,
+    /// `SAGA_BULK_ACTION_RATE`.
+    bulk_action_rate: Option<u32>,
 }
 
 impl TestAppBuilder {
@@ -42,6 +44,12 @@ impl TestAppBuilder {
     /// stuck.
     pub fn alerts(mut self, url: &str, secret: &str, stuck_after: std::time::Duration) -> Self {
         self.alerts = Some((url.to_string(), secret.to_string(), stuck_after));
+        self
+    }
+
+    /// Sets `SAGA_BULK_ACTION_RATE` (sagas per second a bulk action goes at).
+    pub fn bulk_action_rate(mut self, rate: u32) -> Self {
+        self.bulk_action_rate = Some(rate);
         self
     }
 
@@ -73,6 +81,9 @@ impl TestAppBuilder {
             settings.max_body_bytes = bytes;
         }
         settings.check_back_hosts = self.check_back_hosts.clone();
+        if let Some(rate) = self.bulk_action_rate {
+            settings.bulk_action_rate = rate;
+        }
         if let Some((url, secret, stuck_after)) = &self.alerts {
             settings.alert_url = Some(url.parse().expect("an alert URL"));
             settings.alert_secret = Some(secret.clone());

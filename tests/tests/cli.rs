@@ -417,6 +417,105 @@ async fn retry_and_resolve_take_a_failed_saga_out_of_failed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_retry_follows_its_progress_and_reports_each_saga() {
+    let app = TestApp::start().await;
+    let fixed = Arc::new(AtomicBool::new(false));
+    let _shop = broken_compensation_shop(&app, fixed.clone()).await;
+    let url = app.api.base_url.clone();
+    let mut failed = Vec::new();
+    for _ in 0..3 {
+        failed.push(app.submit_id(&broken_compensation_saga()).await);
+    }
+    for id in &failed {
+        app.wait_for_state(id, &["failed"], SAGA_TIMEOUT).await;
+    }
+    fixed.store(true, Ordering::SeqCst);
+
+    // Without a filter, or resolve without a note: the API's 422, exit code 7.
+    let refused = sagas(&url, &["bulk", "start", "abort"]).await.exits(7);
+    assert!(refused.stderr.contains("filter"), "{}", refused.stderr);
+    sagas(&url, &["bulk", "start", "resolve", "--state", "failed"])
+        .await
+        .exits(7);
+    sagas(&url, &["bulk", "start", "explode", "--state", "failed"])
+        .await
+        .exits(2);
+
+    let started = sagas(
+        &url,
+        &[
+            "bulk",
+            "start",
+            "retry",
+            "--state",
+            "failed",
+            "--name",
+            "hard-to-undo",
+            "--wait",
+        ],
+    )
+    .await
+    .exits(0);
+    assert!(
+        started.line("state ").ends_with("done"),
+        "{}",
+        started.stdout
+    );
+    assert!(
+        started.line("applied ").ends_with(" 3"),
+        "{}",
+        started.stdout
+    );
+    assert!(
+        started
+            .stderr
+            .contains("3 of 3 done (3 applied, 0 unchanged, 0 skipped), 0 pending"),
+        "{}",
+        started.stderr
+    );
+    let id = started
+        .line("id ")
+        .split_whitespace()
+        .nth(1)
+        .expect("an id")
+        .to_owned();
+    for saga in &failed {
+        app.wait_for_state(saga, &["compensated"], SAGA_TIMEOUT)
+            .await;
+    }
+
+    let shown = sagas(&url, &["bulk", "show", &id, "--json"]).await.exits(0);
+    assert_eq!(
+        shown.json(),
+        expect_json(app.bulk_action(&id).await, StatusCode::OK).await
+    );
+    let listed = sagas(&url, &["bulk", "list", "--json"]).await.exits(0);
+    assert_eq!(listed.json()["items"][0]["id"], id.as_str());
+    let list = sagas(&url, &["bulk", "list"]).await.exits(0);
+    assert!(list.lines()[1].starts_with(&id), "{}", list.stdout);
+    let each = sagas(
+        &url,
+        &["bulk", "sagas", &id, "--outcome", "applied", "--json"],
+    )
+    .await
+    .exits(0);
+    let mut applied: Vec<String> = each.json()["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|s| s["saga_id"].as_str().map(str::to_owned))
+        .collect();
+    applied.sort();
+    failed.sort();
+    assert_eq!(applied, failed);
+
+    // Done already: it cannot be cancelled (409, exit code 4); an unknown one is exit code 3.
+    sagas(&url, &["bulk", "cancel", &id]).await.exits(4);
+    let unknown = uuid::Uuid::now_v7().to_string();
+    sagas(&url, &["bulk", "show", &unknown]).await.exits(3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_now_sends_the_attempt_that_waits_out_a_backoff() {
     let app = TestApp::start().await;
     let flaky = flaky_participant(&app).await;
@@ -623,6 +722,7 @@ async fn help_documents_every_verb_and_exit_code() {
         "pause-name",
         "resume-name",
         "paused-names",
+        "bulk",
     ] {
         assert!(
             help.stdout.contains(&format!("\n  {verb} ")),

@@ -915,3 +915,419 @@ async fn a_prepared_saga_whose_check_backs_ran_out_can_be_committed_from_its_pag
     assert_eq!(shop.commands_for(&id).len(), 1);
     browser.close().await;
 }
+
+/// JS: the bulk action row `id` (`.bulk-action[data-id]`) as `[state, progress text, counts text,
+/// has a cancel button]`, or `null` while it is not shown.
+fn bulk_row(id: &str) -> String {
+    format!(
+        "const r = document.querySelector('#bulk-actions tr.bulk-action[data-id=\"{id}\"]'); \
+         return r && [r.dataset.state, r.querySelector('.bulk-progress').textContent, \
+                      r.querySelector('.bulk-counts').textContent, \
+                      r.querySelector('.bulk-cancel') !== null];"
+    )
+}
+
+/// JS: picks `value` in the confirmation dialog's action select, as a user would.
+fn choose_action(value: &str) -> String {
+    format!(
+        "const s = document.getElementById('confirm-action'); s.value = '{value}'; \
+         s.dispatchEvent(new Event('change')); return s.value === '{value}';"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_actions_start_from_the_filtered_list_and_show_their_progress() {
+    const FAILED: usize = 5;
+    const HELD: usize = 6;
+    // One saga a second: a bulk action runs long enough to watch it, and to cancel one.
+    let app = TestApp::builder().bulk_action_rate(1).start().await;
+    let base = app.api.base_url.clone();
+    let fixed = Arc::new(AtomicBool::new(false));
+    let _shop = broken_compensation_shop(&app, fixed.clone()).await;
+    let _hold = FakeParticipant::start(&app.ns, "hold", |cmd| {
+        if cmd.is_action() {
+            Behaviour::NoReply
+        } else {
+            Behaviour::success()
+        }
+    })
+    .await;
+    let mut failed = Vec::new();
+    for _ in 0..FAILED {
+        failed.push(app.submit_id(&broken_compensation_saga()).await);
+    }
+    let mut held = Vec::new();
+    for _ in 0..HELD {
+        held.push(
+            app.submit_id(&saga("place-order", vec![slow_step("reserve", "hold")]))
+                .await,
+        );
+    }
+    for id in &failed {
+        app.wait_for_state(id, &["failed"], SAGA_TIMEOUT).await;
+    }
+    for id in &held {
+        app.wait_for_state(id, &["running"], SAGA_TIMEOUT).await;
+    }
+    // Repaired: a retry compensates them.
+    fixed.store(true, Ordering::SeqCst);
+
+    let browser = Browser::start(1440, 1100).await.expect("starting Chromium");
+    browser.goto(&format!("{base}/")).await;
+    browser
+        .wait_js(
+            "every saga in flight, the empty bulk panel, and no bulk action without a filter",
+            UI_TIMEOUT,
+            &format!(
+                "return document.querySelectorAll('#in-flight tr[data-saga-id]').length === {} \
+                   && document.querySelector('#bulk-actions td.empty') !== null \
+                   && document.getElementById('bulk-start').disabled;",
+                FAILED + HELD
+            ),
+        )
+        .await;
+
+    // A name the list finds nothing for is no saga name: the API's 422 is shown in the dialog.
+    browser
+        .type_into("#filter-name", "place order", UI_TIMEOUT)
+        .await;
+    browser
+        .wait_js(
+            "the button enabled by the name filter",
+            UI_TIMEOUT,
+            "return !document.getElementById('bulk-start').disabled \
+               && document.querySelectorAll('#in-flight tr[data-saga-id]').length === 0;",
+        )
+        .await;
+    browser.click("#bulk-start", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the bulk dialog",
+            UI_TIMEOUT,
+            "return document.getElementById('confirm').open \
+               && !document.getElementById('confirm-action-label').hidden;",
+        )
+        .await;
+    assert_eq!(browser.js(&choose_action("pause")).await, json!(true));
+    browser.click("#confirm-ok", UI_TIMEOUT).await;
+    let refusal = browser
+        .wait_js(
+            "the API's refusal in the dialog",
+            UI_TIMEOUT,
+            "return document.getElementById('confirm-error').textContent;",
+        )
+        .await;
+    assert!(
+        refusal
+            .as_str()
+            .is_some_and(|r| r.contains("filter.name") && r.contains("not a saga name")),
+        "{refusal}"
+    );
+    assert_eq!(
+        browser
+            .js("return document.getElementById('confirm').open;")
+            .await,
+        json!(true),
+        "a refused bulk action keeps its dialog open"
+    );
+    // For a look at the dialog (not in the README): under target/tmp.
+    let dialog_png = browser.screenshot().await;
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-bulk-dialog.png"),
+        dialog_png,
+    );
+    browser.click("#confirm-cancel", UI_TIMEOUT).await;
+    let none = expect_json(app.bulk_actions(&[]).await, StatusCode::OK).await;
+    assert_eq!(none["items"], json!([]), "{none}");
+
+    // The failed ones, retried from the list filtered by state.
+    browser
+        .js(
+            "const i = document.getElementById('filter-name'); i.value = ''; \
+             i.dispatchEvent(new Event('input')); return true;",
+        )
+        .await;
+    browser
+        .click("#counts .card[data-state=\"failed\"]", UI_TIMEOUT)
+        .await;
+    browser
+        .wait_js(
+            "the list filtered to the failed sagas",
+            UI_TIMEOUT,
+            &format!(
+                "const rows = [...document.querySelectorAll('#in-flight tr[data-saga-id]')]; \
+                 return location.search === '?state=failed' && rows.length === {FAILED} \
+                   && rows.every((r) => r.dataset.state === 'failed') \
+                   && !document.getElementById('bulk-start').disabled;"
+            ),
+        )
+        .await;
+    browser.click("#bulk-start", UI_TIMEOUT).await;
+    let text = browser
+        .wait_js(
+            "the bulk dialog",
+            UI_TIMEOUT,
+            "return document.getElementById('confirm').open \
+               && document.getElementById('confirm-text').textContent;",
+        )
+        .await;
+    assert!(
+        text.as_str().is_some_and(|t| t.contains("in state failed")),
+        "{text}"
+    );
+    // Resolve asks for a note; retry does not.
+    assert_eq!(browser.js(&choose_action("resolve")).await, json!(true));
+    assert_eq!(
+        browser
+            .js("return document.getElementById('confirm-note-label').hidden;")
+            .await,
+        json!(false)
+    );
+    assert_eq!(browser.js(&choose_action("retry")).await, json!(true));
+    assert_eq!(
+        browser
+            .js(
+                "return [document.getElementById('confirm-note-label').hidden, \
+                         document.getElementById('confirm-ok').textContent];"
+            )
+            .await,
+        json!([true, "Retry them all"])
+    );
+    browser.click("#confirm-ok", UI_TIMEOUT).await;
+    let retry = browser
+        .wait_js(
+            "the new bulk action in the panel",
+            UI_TIMEOUT,
+            "const r = document.querySelector('#bulk-actions tr.bulk-action'); \
+             return !document.getElementById('confirm').open && r && r.dataset.id;",
+        )
+        .await;
+    let retry = retry.as_str().expect("an id").to_owned();
+    // Its progress moves while it runs, without a reload, and it can be cancelled meanwhile.
+    let midway = browser
+        .wait_js(
+            "the bulk retry part done",
+            SAGA_TIMEOUT,
+            &format!(
+                "const r = (() => {{ {} }})(); \
+                 return r && r[0] === 'running' && r[3] && /^[1-{}] of {FAILED}$/.test(r[1]) && r;",
+                bulk_row(&retry),
+                FAILED - 1
+            ),
+        )
+        .await;
+    assert!(
+        midway[2].as_str().is_some_and(|c| c.contains("to do")),
+        "{midway}"
+    );
+    let finished = browser
+        .wait_js(
+            "the bulk retry done",
+            SAGA_TIMEOUT,
+            &format!(
+                "const r = (() => {{ {} }})(); return r && r[0] === 'done' && r;",
+                bulk_row(&retry)
+            ),
+        )
+        .await;
+    assert_eq!(
+        finished[1],
+        json!(format!("{FAILED} of {FAILED}")),
+        "{finished}"
+    );
+    assert!(
+        finished[2]
+            .as_str()
+            .is_some_and(|c| c.starts_with(&format!("{FAILED} applied · 0 unchanged · 0 skipped"))),
+        "{finished}"
+    );
+    assert_eq!(finished[3], json!(false), "a finished one has no cancel");
+    let png = browser.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-bulk.png"),
+        &png,
+    )
+    .expect("writing the screenshot under the target folder");
+    let listed = expect_json(app.bulk_actions(&[]).await, StatusCode::OK).await;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    let doc = expect_json(app.bulk_action(&retry).await, StatusCode::OK).await;
+    assert_eq!(doc["action"], json!("retry"), "{doc}");
+    assert_eq!(doc["filter"], json!({"state": ["failed"]}), "{doc}");
+    assert_eq!(doc["state"], json!("done"), "{doc}");
+    assert_eq!(
+        (&doc["total"], &doc["applied"], &doc["pending"]),
+        (&json!(FAILED), &json!(FAILED), &json!(0)),
+        "{doc}"
+    );
+    for id in &failed {
+        app.wait_for_state(id, &["compensated"], SAGA_TIMEOUT).await;
+    }
+
+    // Every running place-order saga paused, by name, and the bulk pause cancelled halfway.
+    browser
+        .js(
+            "const s = document.getElementById('filter-state'); s.value = ''; \
+             s.dispatchEvent(new Event('change')); return true;",
+        )
+        .await;
+    browser
+        .type_into("#filter-name", "place-order", UI_TIMEOUT)
+        .await;
+    browser
+        .wait_js(
+            "the list filtered by name",
+            UI_TIMEOUT,
+            &format!(
+                "return location.search === '?name=place-order' \
+                   && document.querySelectorAll('#in-flight tr[data-saga-id]').length === {HELD} \
+                   && !document.getElementById('bulk-start').disabled;"
+            ),
+        )
+        .await;
+    browser.click("#bulk-start", UI_TIMEOUT).await;
+    let text = browser
+        .wait_js(
+            "the bulk dialog",
+            UI_TIMEOUT,
+            "return document.getElementById('confirm').open \
+               && document.getElementById('confirm-text').textContent;",
+        )
+        .await;
+    assert!(
+        text.as_str()
+            .is_some_and(|t| t.contains("in flight named exactly “place-order”")),
+        "{text}"
+    );
+    assert_eq!(browser.js(&choose_action("pause")).await, json!(true));
+    browser.click("#confirm-ok", UI_TIMEOUT).await;
+    let pause = browser
+        .wait_js(
+            "the bulk pause in the panel, running",
+            UI_TIMEOUT,
+            &format!(
+                "const r = document.querySelector('#bulk-actions tr.bulk-action'); \
+                 return r && r.dataset.id !== '{retry}' && r.dataset.state === 'running' \
+                   && r.querySelector('.bulk-cancel') && r.dataset.id;"
+            ),
+        )
+        .await;
+    let pause = pause.as_str().expect("an id").to_owned();
+    browser
+        .click(
+            &format!("#bulk-actions tr.bulk-action[data-id=\"{pause}\"] .bulk-cancel"),
+            UI_TIMEOUT,
+        )
+        .await;
+    browser
+        .wait_js(
+            "the confirmation dialog",
+            UI_TIMEOUT,
+            "return document.getElementById('confirm').open;",
+        )
+        .await;
+    browser.click("#confirm-ok", UI_TIMEOUT).await;
+    let cancelled = browser
+        .wait_js(
+            "the bulk pause cancelled",
+            SAGA_TIMEOUT,
+            &format!(
+                "const r = (() => {{ {} }})(); return r && r[0] === 'cancelled' && r;",
+                bulk_row(&pause)
+            ),
+        )
+        .await;
+    assert_eq!(cancelled[3], json!(false), "{cancelled}");
+    let doc = expect_json(app.bulk_action(&pause).await, StatusCode::OK).await;
+    assert_eq!(doc["state"], json!("cancelled"), "{doc}");
+    assert_eq!(
+        doc["filter"],
+        json!({"state": ["prepared", "running", "compensating", "failed"], "name": "place-order"}),
+        "{doc}"
+    );
+    assert_eq!(doc["total"], json!(HELD), "{doc}");
+    // A batch under way when it was cancelled finishes: then the paused sagas are the applied ones.
+    let (applied, paused) = e2e::eventually(
+        "the bulk pause's last batch settled",
+        SAGA_TIMEOUT,
+        async || {
+            let doc = expect_json(app.bulk_action(&pause).await, StatusCode::OK).await;
+            let mut paused = 0;
+            for id in &held {
+                if app.saga(id).await["paused_at"].is_string() {
+                    paused += 1;
+                }
+            }
+            (doc["applied"].as_u64() == Some(paused)).then_some((doc["applied"].clone(), paused))
+        },
+    )
+    .await;
+    assert!(
+        paused >= 1 && paused < HELD as u64,
+        "cancelled halfway: {applied} applied, {paused} paused"
+    );
+
+    // One started elsewhere (here the API) shows on the next visit; its skipped sagas, with why.
+    let created = expect_json(
+        app.create_bulk_action(&json!({"action": "abort", "filter": {"name": "hard-to-undo"}}))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let abort = created["id"].as_str().expect("an id").to_owned();
+    browser.goto(&format!("{base}/")).await;
+    let done = browser
+        .wait_js(
+            "the API's bulk abort done, every saga skipped",
+            SAGA_TIMEOUT,
+            &format!(
+                "const r = (() => {{ {} }})(); return r && r[0] === 'done' && r;",
+                bulk_row(&abort)
+            ),
+        )
+        .await;
+    assert!(
+        done[2]
+            .as_str()
+            .is_some_and(|c| c.contains(&format!("{FAILED} skipped"))),
+        "{done}"
+    );
+    browser
+        .click(
+            &format!("#bulk-actions tr.bulk-action[data-id=\"{abort}\"] .bulk-skipped-toggle"),
+            UI_TIMEOUT,
+        )
+        .await;
+    let skipped = browser
+        .wait_js(
+            "the skipped sagas with their reasons",
+            UI_TIMEOUT,
+            &format!(
+                "const items = [...document.querySelectorAll('#bulk-actions tr.bulk-skipped[data-id=\"{abort}\"] li')]; \
+                 return items.length === {FAILED} \
+                   && items.map((li) => [li.dataset.sagaId, li.querySelector('.reason').textContent]);"
+            ),
+        )
+        .await;
+    let mut ids: Vec<String> = skipped
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| {
+            assert!(
+                item[1].as_str().is_some_and(|r| !r.is_empty() && r != "—"),
+                "a reason: {skipped}"
+            );
+            item[0].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    ids.sort();
+    let mut expected = failed.clone();
+    expected.sort();
+    assert_eq!(ids, expected, "{skipped}");
+    browser.close().await;
+}

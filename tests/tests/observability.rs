@@ -442,6 +442,25 @@ async fn answers_have_the_documented_shapes() {
     for e in &events {
         assert_shape(&doc, "EventRecord", e);
     }
+    let bulk = expect_json(
+        app.create_bulk_action(&json!({"action": "pause", "filter": {"name": "shaped"}}))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_shape(&doc, "BulkActionDocument", &bulk);
+    let bulk_id = bulk["id"].as_str().expect("id").to_owned();
+    let bulk = app.wait_for_bulk_action(&bulk_id, SAGA_TIMEOUT).await;
+    assert_shape(&doc, "BulkActionDocument", &bulk);
+    assert_shape(&doc, "BulkFilter", &bulk["filter"]);
+    let bulk_list = expect_json(app.bulk_actions(&[]).await, StatusCode::OK).await;
+    assert_shape(&doc, "BulkActionList", &bulk_list);
+    let bulk_sagas = expect_json(app.bulk_action_sagas(&bulk_id, &[]).await, StatusCode::OK).await;
+    assert_shape(&doc, "BulkSagaList", &bulk_sagas);
+    for item in bulk_sagas["items"].as_array().expect("items") {
+        assert_eq!(item["outcome"], "skipped", "a committed saga: {item}");
+        assert_shape(&doc, "BulkSaga", item);
+    }
     let invalid = app.submit(&json!({"name": ""})).await;
     assert_eq!(invalid.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let problem: Value = invalid.json().await.expect("problem");

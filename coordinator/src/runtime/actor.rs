@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use chrono::Utc;
 use tokio::sync::oneshot;
+use uuid::Uuid;
 
 use super::commit::{self, Commit, NotCommitted};
 use super::{EngineError, Registry};
@@ -34,6 +35,8 @@ pub struct SagaActor {
 pub struct Deliver {
     pub event: Event,
     pub settle: Option<oneshot::Sender<Settlement>>,
+    /// The event is a bulk action's (an operator's action): its write marks the saga done there.
+    pub bulk_action: Option<Uuid>,
 }
 
 /// Stop after the event under way (a shutdown): its write finishes first.
@@ -71,6 +74,7 @@ impl SagaActor {
         &mut self,
         event: Event,
         settle: Option<oneshot::Sender<Settlement>>,
+        bulk_action: Option<Uuid>,
     ) -> ResponseActFuture<Self, Result<Saga, EngineError>> {
         let now = Utc::now();
         // Only timers read it: a reply timeout waits for its command's confirm and the replies queue.
@@ -102,7 +106,9 @@ impl SagaActor {
                 ))));
             }
         };
-        let written = Commit::change(&self.saga, transition, now).write(&self.registry);
+        let written = Commit::change(&self.saga, transition, now)
+            .for_bulk_action(bulk_action)
+            .write(&self.registry);
         Box::pin(
             written
                 .into_actor(self)
@@ -187,7 +193,7 @@ impl Handler<Deliver> for SagaActor {
     type Result = AtomicResponse<Self, Result<Saga, EngineError>>;
 
     fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> Self::Result {
-        AtomicResponse::new(self.process(msg.event, msg.settle))
+        AtomicResponse::new(self.process(msg.event, msg.settle, msg.bulk_action))
     }
 }
 
@@ -207,7 +213,7 @@ impl Handler<ClockFired> for SagaActor {
         if self.saga.state.is_final() || self.saga.state == SagaState::Failed {
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
-        AtomicResponse::new(Box::pin(self.process(Event::TimerFired, None).map(
+        AtomicResponse::new(Box::pin(self.process(Event::TimerFired, None, None).map(
             |_, act, ctx| {
                 // An ignored tick (the clock ran a little early) must not leave the saga unclocked.
                 if act.clock.is_none() && !act.saga.state.is_final() {

@@ -18,6 +18,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use super::Registry;
 use crate::outbox::{command_message, OutboxMessage};
@@ -93,6 +94,12 @@ impl Commit {
         Commit::new(transition, steps, now, false)
     }
 
+    /// The transition is bulk action `id`'s: its write marks the saga `applied` there.
+    pub(super) fn for_bulk_action(mut self, id: Option<Uuid>) -> Commit {
+        self.persist.bulk_action = id;
+        self
+    }
+
     fn new(transition: Transition, steps: Vec<usize>, now: DateTime<Utc>, is_new: bool) -> Self {
         let Transition {
             saga,
@@ -129,6 +136,7 @@ impl Commit {
                     partition: 0,
                     epoch: 0,
                 },
+                bulk_action: None,
             },
             then,
         }

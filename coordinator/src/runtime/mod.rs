@@ -8,6 +8,7 @@
 
 pub mod actor;
 pub mod alerts;
+pub mod bulk_actions;
 pub mod change_feed;
 pub mod changes;
 pub mod check_back;
@@ -91,6 +92,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     sendings: sending::Sendings,
     paused_names: name_pauses::PausedNames,
+    bulk_wake: bulk_actions::BulkWake,
     ownership: ownership::Ownership,
 }
 
@@ -128,9 +130,15 @@ impl Registry {
                 metrics,
                 sendings,
                 paused_names: name_pauses::PausedNames::default(),
+                bulk_wake: bulk_actions::BulkWake::default(),
                 ownership,
             }),
         }
+    }
+
+    /// Wakes this coordinator's bulk action worker (a bulk action was created here).
+    pub fn bulk_wake(&self) -> bulk_actions::BulkWake {
+        self.inner.bulk_wake.clone()
     }
 
     /// The saga names held as this coordinator knows them.
@@ -301,6 +309,7 @@ impl Registry {
                     .send(Deliver {
                         event,
                         settle: Some(settle),
+                        bulk_action: None,
                     })
                     .await;
             }
@@ -378,6 +387,17 @@ impl Registry {
 
     /// Runs an operator's or initiator's request and answers with the saga afterwards.
     pub async fn operate(&self, saga_id: Uuid, event: Event) -> Result<Saga, EngineError> {
+        self.operate_for(saga_id, event, None).await
+    }
+
+    /// [`Registry::operate`], for bulk action `bulk_action` if given: the write of the transition
+    /// marks the saga `applied` there, so the action is applied to it once whatever crashes.
+    pub async fn operate_for(
+        &self,
+        saga_id: Uuid,
+        event: Event,
+        bulk_action: Option<Uuid>,
+    ) -> Result<Saga, EngineError> {
         // The actor may stop between being found and receiving the request (its saga just
         // finished, or it is reloading after a conflict): look again before giving up.
         for _ in 0..5 {
@@ -400,6 +420,7 @@ impl Registry {
                 .send(Deliver {
                     event: event.clone(),
                     settle: None,
+                    bulk_action,
                 })
                 .await
             {

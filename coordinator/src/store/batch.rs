@@ -2,9 +2,10 @@
 //!
 //! A batch of transitions of different sagas is written by a single statement: data-modifying CTEs
 //! insert the new sagas and their steps, update the changed sagas (with the optimistic `version`
-//! check) and their changed steps, append the event log, insert the outbox rows and delete the outbox
-//! rows RabbitMQ confirmed. A single statement is atomic on its own, so it runs without `BEGIN` and
-//! `COMMIT`: one round trip to Postgres and one commit per batch, whatever its size.
+//! check) and their changed steps, append the event log, insert the outbox rows, mark the sagas a
+//! bulk action changed as `applied` in it, and delete the outbox rows RabbitMQ confirmed. A single
+//! statement is atomic on its own, so it runs without `BEGIN` and `COMMIT`: one round trip to
+//! Postgres and one commit per batch, whatever its size.
 //!
 //! Every column travels as one array parameter, and `unnest` turns the arrays back into rows. The
 //! statement text never changes, so diesel prepares it once per connection and Postgres plans it once
@@ -111,6 +112,11 @@ WITH fenced AS (
          AS v(saga_id, message_id, participant, kind, body, traceparent, created_at)
     WHERE v.saga_id IN (SELECT id FROM written)
     RETURNING message_id, id
+), bulk_applied AS (
+    UPDATE bulk_action_sagas AS b SET outcome = 'applied', done_at = now()
+    FROM unnest($?::uuid[], $?::uuid[]) AS v(bulk_action_id, saga_id)
+    WHERE b.bulk_action_id = v.bulk_action_id AND b.saga_id = v.saga_id AND b.outcome IS NULL
+      AND v.saga_id IN (SELECT id FROM changed_sagas)
 ), confirmed AS (
     DELETE FROM outbox WHERE id = ANY($?::bigint[])
 )
@@ -165,7 +171,12 @@ pub(super) fn write(
     let mut changed_steps = ChangedSteps::default();
     let mut events = Events::default();
     let mut commands = Commands::default();
+    let mut bulk_applied = BulkApplied::default();
     for p in persists {
+        if let Some(bulk_action) = p.bulk_action {
+            bulk_applied.bulk_action.push(bulk_action);
+            bulk_applied.saga.push(p.saga.id);
+        }
         fence.push(p);
         if p.is_new {
             new_sagas.push(&p.saga, p.fence.partition)?;
@@ -190,6 +201,7 @@ pub(super) fn write(
         changed_steps,
         events,
         commands,
+        bulk_applied,
         forget,
     }
     .load(conn)?;
@@ -260,7 +272,15 @@ struct WriteBatch<'a> {
     changed_steps: ChangedSteps<'a>,
     events: Events<'a>,
     commands: Commands<'a>,
+    bulk_applied: BulkApplied,
     forget: &'a [i64],
+}
+
+/// The sagas whose transition is a bulk action's, to be marked `applied` in it.
+#[derive(Default)]
+struct BulkApplied {
+    bulk_action: Vec<Uuid>,
+    saga: Vec<Uuid>,
 }
 
 impl QueryId for WriteBatch<'_> {
@@ -287,6 +307,8 @@ impl QueryFragment<Pg> for WriteBatch<'_> {
         self.changed_steps.walk(&mut out, &mut sql)?;
         self.events.walk(&mut out, &mut sql)?;
         self.commands.walk(&mut out, &mut sql)?;
+        sql.bind::<Array<SqlUuid>, _>(&mut out, &self.bulk_applied.bulk_action)?;
+        sql.bind::<Array<SqlUuid>, _>(&mut out, &self.bulk_applied.saga)?;
         sql.bind::<Array<BigInt>, _>(&mut out, self.forget)
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod alerts;
 mod batch;
+pub mod bulk_actions;
 pub mod dashboard;
 mod events;
 mod gauges;

@@ -2,6 +2,8 @@
 //! and the writer, in a module of their own so that the writer threads ([`super::writer`]) and the
 //! batch statement ([`super::batch`]) both depend on them and not on each other.
 
+use uuid::Uuid;
+
 use super::leases::Lease;
 use crate::outbox::OutboxMessage;
 use crate::saga::LogEntry;
@@ -21,6 +23,9 @@ pub struct Persist {
     /// The saga's partition and the epoch this instance holds it with: the write is refused unless
     /// that lease is still this instance's when it runs.
     pub fence: Lease,
+    /// The transition is a bulk action's (operator's action) on this saga: the write marks the
+    /// saga `applied` in that bulk action, atomically with the transition.
+    pub bulk_action: Option<Uuid>,
 }
 
 #[derive(Debug)]

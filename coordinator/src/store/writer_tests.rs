@@ -87,6 +87,7 @@ fn started(key: Option<&str>) -> Persist {
         log: start.log,
         outbox,
         is_new: true,
+        bulk_action: None,
     }
 }
 
@@ -204,6 +205,7 @@ fn a_batch_commits_every_saga_but_the_stale_one_and_deletes_confirmed_rows() {
                 log: first.log.clone(),
                 outbox: first.outbox.clone(),
                 is_new: false,
+                bulk_action: None,
             },
             Persist {
                 fence: fence_of(&stale),
@@ -212,6 +214,7 @@ fn a_batch_commits_every_saga_but_the_stale_one_and_deletes_confirmed_rows() {
                 log: Vec::new(),
                 outbox: Vec::new(),
                 is_new: false,
+                bulk_action: None,
             },
         ],
         vec![first_outbox[0].id],
@@ -276,6 +279,7 @@ fn the_prepared_batch_statement_keeps_writing_on_one_connection() {
                     })
                     .collect(),
                 is_new: false,
+                bulk_action: None,
             }],
             forget,
         );
@@ -372,6 +376,7 @@ fn two_transitions_of_one_saga_in_a_batch_are_written_in_order() {
                 log: first.log.clone(),
                 outbox: Vec::new(),
                 is_new: false,
+                bulk_action: None,
             },
         ],
         Vec::new(),
@@ -529,4 +534,72 @@ fn extreme_numbers_in_a_payload_read_back_as_written() {
     saved(&answers[0]);
     let loaded = store.load(id).expect("readable").expect("stored");
     assert_eq!(loaded.definition.payload, extremes);
+}
+
+/// A bulk action's transition marks its saga `applied` in the same statement, and only if the
+/// transition is written: a stale one leaves the saga to do.
+#[test]
+fn a_bulk_actions_transition_marks_its_saga_applied_only_when_written() {
+    let db = TestDatabase::new();
+    let store = Queries::new(db.pool.clone());
+    let first = started(None);
+    let second = started(None);
+    let answers = run_batch(&db.pool, vec![first.clone(), second.clone()], Vec::new());
+    let (first_version, _) = saved(&answers[0]);
+    let new = crate::store::bulk_actions::NewBulkAction {
+        id: Uuid::now_v7(),
+        action: "pause".into(),
+        note: None,
+        states: vec!["running".into()],
+        name: Some("writer-test".into()),
+        filter: json!({"state": ["running"], "name": "writer-test"}),
+    };
+    let created = store.create_bulk_action(&new).expect("created");
+    assert_eq!((created.total, created.pending()), (2, 2));
+
+    let mut paused = first.saga.clone();
+    paused.version = first_version;
+    let mut stale = second.saga.clone();
+    stale.version = 7;
+    let change = |saga: Saga| Persist {
+        fence: fence_of(&saga),
+        saga,
+        steps: Vec::new(),
+        log: Vec::new(),
+        outbox: Vec::new(),
+        is_new: false,
+        bulk_action: Some(new.id),
+    };
+    let answers = run_batch(&db.pool, vec![change(paused), change(stale)], Vec::new());
+    saved(&answers[0]);
+    assert!(answers[1].is_err(), "the stale transition is refused");
+
+    let record = store.bulk_action(new.id).expect("read").expect("exists");
+    assert_eq!((record.applied, record.pending()), (1, 1), "{record:?}");
+    let pending = store
+        .bulk_action_sagas(new.id, Some("pending"), None, 10)
+        .expect("sagas");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].saga_id, second.saga.id);
+
+    // Settling never overwrites what the transition recorded.
+    store
+        .settle_bulk_sagas(
+            new.id,
+            &[
+                (first.saga.id, "unchanged", None),
+                (second.saga.id, "skipped", Some("gone".into())),
+            ],
+        )
+        .expect("settled");
+    let record = store.bulk_action(new.id).expect("read").expect("exists");
+    assert_eq!(
+        (record.applied, record.unchanged, record.skipped),
+        (1, 0, 1)
+    );
+    assert_eq!(store.finish_bulk_actions().expect("finished"), vec![new.id]);
+    assert!(
+        !store.cancel_bulk_action(new.id).expect("cancel"),
+        "done already"
+    );
 }

@@ -87,6 +87,19 @@ pub fn api_routes() -> Vec<RouteSpec> {
             "/saga-names/{name}/resume",
             http::names::resume,
         ),
+        route(Method::POST, "/bulk-actions", http::bulk_actions::create),
+        route(Method::GET, "/bulk-actions", http::bulk_actions::list),
+        route(Method::GET, "/bulk-actions/{id}", http::bulk_actions::get),
+        route(
+            Method::GET,
+            "/bulk-actions/{id}/sagas",
+            http::bulk_actions::sagas,
+        ),
+        route(
+            Method::POST,
+            "/bulk-actions/{id}/cancel",
+            http::bulk_actions::cancel,
+        ),
     ]
 }
 

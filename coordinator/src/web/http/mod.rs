@@ -2,6 +2,7 @@
 //! OpenAPI document and its page). The routes are registered by the parent's route table.
 
 pub mod api_page;
+pub mod bulk_actions;
 pub mod metrics;
 pub mod names;
 pub mod openapi;

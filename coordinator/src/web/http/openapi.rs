@@ -17,7 +17,9 @@ use crate::submission::{
     MAX_TIMEOUT_MS, MULTIPLIER_RANGE, NAME_PATTERN,
 };
 
-use super::schemas::{CommandKindName, PausedByName, Problem, SagaStateName, StepStateName};
+use super::schemas::{
+    BulkOutcomeFilter, CommandKindName, PausedByName, Problem, SagaStateName, StepStateName,
+};
 use crate::web::state::AppState;
 
 #[derive(OpenApi)]
@@ -48,13 +50,26 @@ use crate::web::state::AppState;
         super::names::pause,
         super::names::resume,
         super::sagas::resolve,
+        super::bulk_actions::create,
+        super::bulk_actions::list,
+        super::bulk_actions::get,
+        super::bulk_actions::sagas,
+        super::bulk_actions::cancel,
     ),
     // Problem is named here because the shared problem answers (`schemas::Unauthorized`, ...)
     // reference it without registering it.
-    components(schemas(SagaStateName, StepStateName, CommandKindName, PausedByName, Problem)),
+    components(schemas(
+        SagaStateName,
+        StepStateName,
+        CommandKindName,
+        PausedByName,
+        BulkOutcomeFilter,
+        Problem
+    )),
     modifiers(&BearerToken),
     tags(
         (name = "sagas", description = "Submit, read and operate sagas"),
+        (name = "bulk actions", description = "One operator's action over every saga a filter matches, as a durable job"),
         (name = "service", description = "Health, readiness, metrics and this document"),
     ),
 )]
@@ -93,6 +108,8 @@ fn constraints() -> Vec<(&'static str, Map<String, Value>)> {
     const STEP: &str = "/components/schemas/StepSubmission";
     const CHECK_BACK: &str = "/components/schemas/CheckBack";
     const RETRY: &str = "/components/schemas/RetryPolicy";
+    const BULK_REQUEST: &str = "/components/schemas/BulkActionRequest";
+    const BULK_FILTER: &str = "/components/schemas/BulkFilter";
     vec![
         // Unknown fields are errors (contract-notes), so the submission's objects are closed.
         (SUBMISSION, closed()),
@@ -227,6 +244,40 @@ fn constraints() -> Vec<(&'static str, Map<String, Value>)> {
             "/components/schemas/ResolveRequest/properties/note",
             object(json!({"minLength": 1, "pattern": NOTE_PATTERN})),
         ),
+        (BULK_REQUEST, closed()),
+        // A resolve needs a note; no other action takes one.
+        (
+            BULK_REQUEST,
+            object(json!({"oneOf": [
+                {
+                    "required": ["note"],
+                    "properties": {
+                        "action": {"const": "resolve"},
+                        "note": {"type": "string", "minLength": 1, "pattern": NOTE_PATTERN},
+                    },
+                },
+                {
+                    "properties": {
+                        "action": {"not": {"const": "resolve"}},
+                        "note": {"type": "null"},
+                    },
+                },
+            ]})),
+        ),
+        (BULK_FILTER, closed()),
+        // At least one of the two; a bulk action never applies to every saga.
+        (
+            BULK_FILTER,
+            object(json!({"anyOf": [
+                {"required": ["state"], "properties": {"state": {"type": "array"}}},
+                {"required": ["name"], "properties": {"name": {"type": "string"}}},
+            ]})),
+        ),
+        (
+            "/components/schemas/BulkFilter/properties/state",
+            object(json!({"minItems": 1})),
+        ),
+        ("/components/schemas/BulkFilter/properties/name", name()),
         ("/paths/~1api~1v1~1sagas/get/parameters/1/schema", name()),
         (
             "/paths/~1api~1v1~1saga-names~1{name}~1pause/post/parameters/0/schema",
@@ -239,6 +290,16 @@ fn constraints() -> Vec<(&'static str, Map<String, Value>)> {
         (
             // The list's parameters in their order: state, name, limit, before.
             "/paths/~1api~1v1~1sagas/get/parameters/2/schema",
+            object(json!({"minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT})),
+        ),
+        (
+            // limit, before.
+            "/paths/~1api~1v1~1bulk-actions/get/parameters/0/schema",
+            object(json!({"minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT})),
+        ),
+        (
+            // id, outcome, limit, after.
+            "/paths/~1api~1v1~1bulk-actions~1{id}~1sagas/get/parameters/2/schema",
             object(json!({"minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT})),
         ),
     ]
@@ -376,9 +437,40 @@ mod tests {
             schemas["ResolveRequest"]["properties"]["note"]["minLength"],
             1
         );
+        assert_eq!(
+            schemas["ResolveRequest"]["properties"]["note"]["pattern"],
+            super::super::sagas::NOTE_PATTERN
+        );
         let limit = &doc["paths"]["/api/v1/sagas"]["get"]["parameters"][2];
         assert_eq!(limit["name"], "limit");
         assert_eq!(limit["schema"]["maximum"], 500);
         assert_eq!(limit["schema"]["minimum"], 1);
+    }
+
+    #[test]
+    fn the_published_note_pattern_is_the_rule_the_server_applies() {
+        let pattern = regex::Regex::new(super::super::sagas::NOTE_PATTERN).expect("a regex");
+        for note in [
+            "refunded",
+            " x ",
+            "",
+            " ",
+            "\t\n",
+            "\u{1c}\u{1f}",
+            "\0",
+            "a\0",
+            "\0 b",
+            "\u{a0}",
+            "\u{a0}é",
+            "\u{2028}",
+            "\u{200b}",
+            "\u{85}",
+        ] {
+            assert_eq!(
+                pattern.is_match(note),
+                super::super::sagas::is_note(note),
+                "{note:?}"
+            );
+        }
     }
 }

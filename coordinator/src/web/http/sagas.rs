@@ -20,8 +20,16 @@ use crate::web::state::AppState;
 /// Page size of the list when `limit` is not given, and the largest one accepted.
 pub(super) const DEFAULT_LIMIT: i64 = 50;
 pub(super) const MAX_LIMIT: i64 = 500;
-/// What a resolve `note` matches (as the OpenAPI document says it): something besides whitespace.
-pub(super) const NOTE_PATTERN: &str = "\\S";
+/// What a resolve `note` matches (as the OpenAPI document says it): something besides whitespace
+/// (the information separators U+001C to U+001F count as whitespace, as Python's `\s` has them),
+/// and no NUL, which Postgres text cannot hold.
+pub(super) const NOTE_PATTERN: &str = "^[^\\u0000]*[^\\s\\u0000\\u001c-\\u001f][^\\u0000]*$";
+
+/// Whether `note` is a note: [`NOTE_PATTERN`].
+pub(super) fn is_note(note: &str) -> bool {
+    let blank = |c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c);
+    !note.contains('\0') && note.chars().any(|c| !blank(c))
+}
 
 /// Submits a saga (contract, section 2 "Submit").
 #[utoipa::path(post, path = "/api/v1/sagas", tag = "sagas", security(("bearer" = [])),
@@ -201,7 +209,10 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next })))
 }
 
-fn field_error(field: &str, message: impl Into<String>) -> crate::submission::FieldError {
+pub(super) fn field_error(
+    field: &str,
+    message: impl Into<String>,
+) -> crate::submission::FieldError {
     crate::submission::FieldError {
         field: field.into(),
         message: message.into(),
@@ -349,7 +360,7 @@ pub async fn resume(
         .await?
     {
         return Err(ApiError::Conflict(
-            "every saga of this name is paused: resume the name (POST              /api/v1/saga-names/{name}/resume)"
+            "every saga of this name is paused: resume the name (POST /api/v1/saga-names/{name}/resume)"
                 .into(),
         ));
     }
@@ -379,15 +390,14 @@ pub async fn resolve(
     id: web::Path<String>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let note = match body.get("note") {
-        Some(Value::String(note)) if !note.trim().is_empty() => note.clone(),
-        _ => {
-            return Err(ApiError::invalid(
+    let note =
+        match body.get("note") {
+            Some(Value::String(note)) if is_note(note) => note.clone(),
+            _ => return Err(ApiError::invalid(
                 "note",
-                "say what was repaired: a non-empty string is required",
-            ))
-        }
-    };
+                "say what was repaired: a string with more than whitespace, and no NUL character",
+            )),
+        };
     let forwarded = serde_json::to_vec(&*body).map_err(|e| ApiError::Internal(e.to_string()))?;
     operate(&state, &req, &id, Event::Resolve { note }, forwarded).await
 }

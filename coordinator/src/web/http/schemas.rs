@@ -13,6 +13,7 @@ use utoipa::openapi::RefOr;
 use utoipa::{IntoResponses, PartialSchema, ToSchema};
 use uuid::Uuid;
 
+use crate::runtime::bulk_actions::BulkOperation;
 use crate::saga::{CommandKind, PausedBy, SagaState, StepState};
 
 /// A string enumeration whose values come from the domain type's `ALL` list.
@@ -284,6 +285,116 @@ pub struct FieldError {
     pub message: String,
 }
 
+enum_schema!(
+    BulkOperationName,
+    "BulkOperation",
+    BulkOperation,
+    "The operator's action a bulk action applies to each saga, as the single action's path says it"
+);
+
+/// Which sagas a bulk action applies to: the list's filters, at least one of them.
+#[derive(ToSchema)]
+pub struct BulkFilter {
+    /// Only sagas in one of these states.
+    pub state: Option<Vec<SagaStateName>>,
+    /// Only sagas of this name.
+    pub name: Option<String>,
+}
+
+/// `POST /api/v1/bulk-actions` body.
+#[derive(ToSchema)]
+pub struct BulkActionRequest {
+    #[schema(value_type = BulkOperationName)]
+    pub action: String,
+    /// The sagas it applies to: those matching now (sagas submitted later are not included).
+    pub filter: BulkFilter,
+    /// For `resolve` only, and required there: what was repaired by hand (one note for all).
+    pub note: Option<String>,
+}
+
+/// Where a bulk action stands.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BulkActionState {
+    /// Sagas are still to be done.
+    Running,
+    /// Every saga is done.
+    Done,
+    /// Stopped by `cancel`; `pending` sagas were left as they were.
+    Cancelled,
+}
+
+/// A bulk action with its progress. `total` = `applied` + `unchanged` + `skipped` + `pending`.
+#[derive(ToSchema)]
+pub struct BulkActionDocument {
+    pub id: Uuid,
+    #[schema(value_type = BulkOperationName)]
+    pub action: String,
+    pub filter: BulkFilter,
+    pub note: Option<String>,
+    pub state: BulkActionState,
+    pub created_at: DateTime<Utc>,
+    /// When the last saga was done, or when it was cancelled; `null` while running.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The sagas the filter matched when it was created.
+    pub total: i64,
+    /// Sagas the action changed (each exactly once).
+    pub applied: i64,
+    /// Sagas that already were as asked (a paused saga asked to pause).
+    pub unchanged: i64,
+    /// Sagas the action does not apply to (where the single action answers 409, or the saga is
+    /// gone); the sagas list says why for each.
+    pub skipped: i64,
+    /// Sagas not done yet.
+    pub pending: i64,
+}
+
+/// A page of bulk actions, newest first.
+#[derive(ToSchema)]
+pub struct BulkActionList {
+    pub items: Vec<BulkActionDocument>,
+    /// Pass as `before` for the next page; `null` on the last one.
+    pub next: Option<String>,
+}
+
+/// What became of a saga of a bulk action.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BulkOutcome {
+    Applied,
+    Unchanged,
+    Skipped,
+}
+
+/// The `outcome` filter of a bulk action's sagas: an outcome, or `pending` for those not done.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BulkOutcomeFilter {
+    Applied,
+    Unchanged,
+    Skipped,
+    Pending,
+}
+
+/// One saga of a bulk action.
+#[derive(ToSchema)]
+pub struct BulkSaga {
+    pub saga_id: Uuid,
+    /// `null` while not done.
+    pub outcome: Option<BulkOutcome>,
+    /// Why it was skipped.
+    pub reason: Option<String>,
+    pub done_at: Option<DateTime<Utc>>,
+}
+
+/// A page of a bulk action's sagas, in id order.
+#[derive(ToSchema)]
+pub struct BulkSagaList {
+    pub items: Vec<BulkSaga>,
+    /// Pass as `after` for the next page; `null` on the last one.
+    pub next: Option<String>,
+}
+
 /// An error, as `application/problem+json` (RFC 9457).
 #[derive(ToSchema)]
 pub struct Problem {
@@ -318,6 +429,7 @@ problem_responses! {
     MalformedJson(400, "MalformedJson", "The body is not JSON");
     Unauthorized(401, "Unauthorized", "A bearer token is required");
     NoSuchSaga(404, "NotFound", "No such saga");
+    NoSuchBulkAction(404, "NotFound", "No such bulk action");
     Conflict(409, "Conflict", "The saga's state does not allow it, or the key was used with a different definition");
     TooLarge(413, "TooLarge", "The body is too large");
     Invalid(422, "Invalid", "The request breaks a rule (every broken rule is listed)");

@@ -9,6 +9,8 @@
   const STATES = ['prepared', 'running', 'compensating', 'failed', 'committed', 'compensated', 'aborted'];
   const IN_FLIGHT = ['prepared', 'running', 'compensating', 'failed'];
   const SVG = 'http://www.w3.org/2000/svg';
+  const BULK_POLL_MS = 1000; // how often the bulk actions' progress is read while one runs
+  const SKIPPED_SHOWN = 50; // the skipped sagas of a bulk action listed at most
 
   const main = document.getElementById('main');
   let view = null; // the page shown: { refresh(), onChange(change), stop() }
@@ -111,7 +113,11 @@
     let body = null;
     try { body = text ? JSON.parse(text) : null; } catch (_) { body = null; }
     if (!resp.ok) {
-      throw new Error((body && (body.detail || body.title)) || `HTTP ${resp.status}`);
+      const error = new Error((body && (body.detail || body.title)) || `HTTP ${resp.status}`);
+      error.status = resp.status;
+      // A 422's broken rules: [{field, message}].
+      error.errors = body && Array.isArray(body.errors) ? body.errors : [];
+      throw error;
     }
     return body;
   }
@@ -185,37 +191,92 @@
 
   // ---- Confirmation ------------------------------------------------------------------------
 
-  /** Asks before an action; resolves to the note (or '') when confirmed, null when cancelled. */
-  function confirmAction({ title, text, button, withNote }) {
+  /** An API error as lines of text: a 422's broken rules one by one, else its message. */
+  function problemLines(err) {
+    const rules = (err.errors || []).map((e) => h('div', { class: 'rule' }, e.field ? `${e.field}: ${e.message}` : e.message));
+    return rules.length ? rules : [h('div', {}, err.message)];
+  }
+
+  /**
+   * Asks before an action; resolves to the note (or '') when confirmed, null when cancelled.
+   *
+   * With `choices` ([{value, label, text, button, withNote}]) the dialog also asks which action;
+   * the chosen one's text follows `text` (on a line of its own), its button label replaces `button`. With `submit`
+   * ({choice, note} => Promise) the dialog stays open while it runs and shows its error if it
+   * fails (a 422's rules one by one); it resolves to what `submit` answered.
+   */
+  function confirmAction({ title, text, button, withNote, choices, submit, dismiss }) {
     const dialog = document.getElementById('confirm');
+    const textEl = document.getElementById('confirm-text');
+    const error = document.getElementById('confirm-error');
     document.getElementById('confirm-title').textContent = title;
-    document.getElementById('confirm-text').textContent = text;
-    document.getElementById('confirm-error').textContent = '';
+    error.replaceChildren();
+    const choiceLabel = document.getElementById('confirm-action-label');
+    const choice = document.getElementById('confirm-action');
+    choiceLabel.hidden = !choices;
+    choice.replaceChildren(...(choices
+      ? [h('option', { value: '' }, 'Choose an action…'), ...choices.map((c) => h('option', { value: c.value }, c.label))]
+      : []));
     const noteLabel = document.getElementById('confirm-note-label');
     const note = document.getElementById('confirm-note');
-    noteLabel.hidden = !withNote;
     note.value = '';
     const ok = document.getElementById('confirm-ok');
-    ok.textContent = button;
+    const cancel = document.getElementById('confirm-cancel');
+    cancel.textContent = dismiss || 'Cancel';
+    ok.disabled = false;
+    const chosen = () => (choices || []).find((c) => c.value === choice.value);
+    const needsNote = () => (choices ? Boolean(chosen() && chosen().withNote) : Boolean(withNote));
+    const sync = () => {
+      const c = chosen();
+      textEl.replaceChildren(text, c ? h('span', { class: 'choice-text' }, c.text) : '');
+      ok.textContent = c ? c.button : button;
+      noteLabel.hidden = !needsNote();
+      error.replaceChildren();
+    };
+    sync();
     return new Promise((resolve) => {
+      let settled = false;
       const done = (value) => {
+        if (settled) return;
+        settled = true;
         ok.onclick = null;
-        document.getElementById('confirm-cancel').onclick = null;
+        cancel.onclick = null;
+        choice.onchange = null;
         dialog.onclose = null;
+        ok.disabled = false;
         dialog.close();
         resolve(value);
       };
-      ok.onclick = () => {
-        if (withNote && !note.value.trim()) {
-          document.getElementById('confirm-error').textContent = 'Say what was repaired.';
+      choice.onchange = sync;
+      ok.onclick = async () => {
+        if (choices && !chosen()) {
+          error.textContent = 'Choose an action.';
           return;
         }
-        done(withNote ? note.value.trim() : '');
+        const value = needsNote() ? note.value.trim() : '';
+        if (needsNote() && !value) {
+          error.textContent = 'Say what was repaired.';
+          return;
+        }
+        if (!submit) {
+          done(value);
+          return;
+        }
+        ok.disabled = true;
+        error.replaceChildren();
+        try {
+          done(await submit({ choice: choice.value, note: value }));
+        } catch (err) {
+          if (err instanceof Unauthorized) done(null);
+          else error.replaceChildren(...problemLines(err));
+        } finally {
+          ok.disabled = false;
+        }
       };
-      document.getElementById('confirm-cancel').onclick = () => done(null);
+      cancel.onclick = () => done(null);
       dialog.onclose = () => done(null);
       dialog.showModal();
-      (withNote ? note : ok).focus();
+      (choices ? choice : needsNote() ? note : ok).focus();
     });
   }
 
@@ -307,6 +368,52 @@
     if (view) view.refresh();
   }
 
+  // ---- Bulk actions --------------------------------------------------------------------------
+
+  /** What a bulk action can apply to each saga it matches (the API's `action`), for the dialog. */
+  const BULK_ACTIONS = [
+    {
+      value: 'retry', label: 'Retry compensations', button: 'Retry them all',
+      text: 'Retry: each failed saga sends its failed compensations again, with a fresh attempt budget ' +
+        '(an undecided two-phase saga asks its initiator again). Do this once the participant is repaired.',
+    },
+    {
+      value: 'abort', label: 'Abort', button: 'Abort them all',
+      text: 'Abort: each running or prepared saga sends nothing more and compensates every step that may ' +
+        'have taken effect.',
+    },
+    {
+      value: 'resolve', label: 'Resolve with a note', button: 'Resolve them all', withNote: true,
+      text: 'Resolve: each failed saga is closed without sending anything: compensated (aborted if ' +
+        'nothing was ever dispatched). Only when the effects were undone, or never happened, by other means.',
+    },
+    {
+      value: 'pause', label: 'Pause', button: 'Pause them all',
+      text: 'Pause: each saga sends nothing more and fires no timer until it is resumed. Replies to ' +
+        'commands already out are still recorded.',
+    },
+    {
+      value: 'resume', label: 'Resume', button: 'Resume them all',
+      text: 'Resume: each saga paused on its own continues where it stood (one held by its name\'s pause ' +
+        'is skipped: resume the name).',
+    },
+    {
+      value: 'retry-now', label: 'Retry now', button: 'Retry them all now',
+      text: 'Retry now: every step waiting out a retry backoff (or a prepared saga\'s next check-back) is ' +
+        'sent at once.',
+    },
+  ];
+
+  /** A bulk action's filter as text: its states (all in-flight ones said so) and its exact name. */
+  function describeFilter(filter) {
+    const parts = [];
+    const states = (filter && filter.state) || [];
+    if (states.length === IN_FLIGHT.length && IN_FLIGHT.every((s) => states.includes(s))) parts.push('any in-flight state');
+    else if (states.length) parts.push(`state ${states.join(', ')}`);
+    if (filter && filter.name) parts.push(`named ${filter.name}`);
+    return parts.join(' · ') || '—';
+  }
+
   // ---- Overview ------------------------------------------------------------------------------
 
   function overviewPage() {
@@ -320,9 +427,19 @@
       h('option', { value: '' }, 'all in-flight states'),
       IN_FLIGHT.map((s) => h('option', { value: s, selected: s === filter.state }, s)));
     const nameInput = h('input', { id: 'filter-name', type: 'search', placeholder: 'name contains…', value: filter.name });
+    const bulkStart = h('button', {
+      type: 'button', id: 'bulk-start', class: 'quiet',
+      title: 'Apply an action to every saga of the filter, as a background job',
+      onclick: () => startBulk(),
+    }, 'Apply to all matching…');
     const inFlight = h('tbody', { id: 'in-flight' });
     const finished = h('tbody', { id: 'finished' });
+    const bulkBody = h('tbody', { id: 'bulk-actions' });
     let stopped = false;
+    let shownInFlight = []; // the in-flight sagas the list shows now
+    // A bulk action needs a filter: it never applies to every saga.
+    const syncBulkStart = () => { bulkStart.disabled = !(filter.state || filter.name.trim()); };
+    syncBulkStart();
 
     const applyFilter = () => {
       filter.state = stateSelect.value;
@@ -331,6 +448,7 @@
       if (filter.state) q.set('state', filter.state);
       if (filter.name) q.set('name', filter.name);
       history.replaceState(null, '', q.toString() ? `/?${q}` : '/');
+      syncBulkStart();
       refresh();
     };
     stateSelect.addEventListener('change', applyFilter);
@@ -348,10 +466,14 @@
           h('b', { class: 'error' }, 'Failed'),
           ' sagas could not be compensated by automation and wait for an operator: open one to retry or resolve it.'))),
       h('h2', {}, 'In flight'),
-      h('div', { class: 'filters' }, 'Filter:', stateSelect, nameInput),
+      h('div', { class: 'filters' }, 'Filter:', stateSelect, nameInput, bulkStart),
       h('table', {},
         h('thead', {}, h('tr', {}, ['Name', 'State', 'Current step', 'Attempts', 'Age', 'Last error', 'Id'].map((t) => h('th', {}, t)))),
         inFlight),
+      h('h2', {}, 'Bulk actions'),
+      h('table', { class: 'bulk' },
+        h('thead', {}, h('tr', {}, ['Action', 'Sagas', 'State', 'Progress', 'Started', ''].map((t) => h('th', {}, t)))),
+        bulkBody),
       h('h2', {}, 'Recently finished'),
       h('table', {},
         h('thead', {}, h('tr', {}, ['Name', 'State', 'Finished', 'Took', 'Id'].map((t) => h('th', {}, t)))),
@@ -409,6 +531,7 @@
     }
 
     function renderInFlight(items) {
+      shownInFlight = items;
       if (!items.length) {
         inFlight.replaceChildren(h('tr', {}, h('td', { class: 'empty', colspan: 7 }, 'No saga in flight.')));
         return;
@@ -466,6 +589,8 @@
         renderInFlight(data.in_flight);
         renderFinished(data.finished);
         renderPausedNames((await call('/api/v1/saga-names/paused')).items || []);
+        // Bulk actions started elsewhere show up with the sagas they change.
+        if (!bulkTimer) loadBulk();
         startStream();
       } catch (err) {
         if (!(err instanceof Unauthorized)) flash(`Cannot load the overview: ${err.message}`, true);
@@ -491,8 +616,156 @@
       const wait = Math.max(200, gap - (Date.now() - last));
       pending = setTimeout(() => { pending = null; last = Date.now(); refresh(); }, wait);
     };
+    // ---- Bulk actions: the recent ones with their progress, polled while one runs.
+
+    let bulkItems = [];
+    let bulkTimer = null;
+    let bulkLoading = false;
+    let bulkAgain = false;
+    const skippedShown = new Map(); // bulk action id -> its skipped sagas, shown under its row
+
+    async function loadSkipped(id) {
+      const page = await call(`/api/v1/bulk-actions/${encodeURIComponent(id)}/sagas?outcome=skipped&limit=${SKIPPED_SHOWN}`);
+      skippedShown.set(id, page);
+    }
+
+    async function loadBulk() {
+      if (stopped) return;
+      if (bulkLoading) { bulkAgain = true; return; }
+      clearTimeout(bulkTimer);
+      bulkTimer = null;
+      bulkLoading = true;
+      let running = false;
+      try {
+        const data = await call('/api/v1/bulk-actions?limit=10');
+        if (stopped) return;
+        bulkItems = data.items || [];
+        running = bulkItems.some((b) => b.state === 'running');
+        // The skipped sagas shown of one still running grow with it.
+        await Promise.all(bulkItems.filter((b) => b.state === 'running' && skippedShown.has(b.id)).map((b) => loadSkipped(b.id)));
+        if (stopped) return;
+        renderBulk();
+      } catch (err) {
+        if (!(err instanceof Unauthorized)) {
+          bulkBody.replaceChildren(h('tr', {}, h('td', { class: 'empty error', colspan: 6 }, `Cannot load the bulk actions: ${err.message}`)));
+        }
+      } finally {
+        bulkLoading = false;
+        if (bulkAgain) { bulkAgain = false; loadBulk(); }
+        else if (running && !stopped && !bulkTimer) bulkTimer = setTimeout(() => { bulkTimer = null; loadBulk(); }, BULK_POLL_MS);
+      }
+    }
+
+    function renderBulk() {
+      if (!bulkItems.length) {
+        bulkBody.replaceChildren(h('tr', {}, h('td', { class: 'empty', colspan: 6 },
+          'No bulk action yet: filter the list, then “Apply to all matching…”.')));
+        return;
+      }
+      bulkBody.replaceChildren(...bulkItems.flatMap((b) => {
+        const done = b.applied + b.unchanged + b.skipped;
+        const skipped = skippedShown.get(b.id);
+        const row = h('tr', { class: 'bulk-action', dataset: { id: b.id, state: b.state } },
+          h('td', {}, h('b', { class: 'bulk-verb' }, b.action), b.note ? h('div', { class: 'muted bulk-note' }, `note: ${b.note}`) : null),
+          h('td', { class: 'bulk-filter' }, describeFilter(b.filter)),
+          h('td', {}, h('span', { class: `badge bulk-state b-${b.state}` }, b.state)),
+          h('td', { class: 'bulk-progress-cell' },
+            // Nothing matched is nothing left to do: a full bar.
+            h('progress', { class: 'bulk-bar', max: Math.max(1, b.total), value: b.total ? done : 1 }),
+            h('span', { class: 'bulk-progress' }, `${done} of ${b.total}`),
+            h('div', { class: 'bulk-counts muted' },
+              `${b.applied} applied · ${b.unchanged} unchanged · `,
+              h('span', { class: b.skipped ? 'error bulk-skipped-count' : 'bulk-skipped-count' }, `${b.skipped} skipped`),
+              b.skipped ? h('button', {
+                type: 'button', class: 'link bulk-skipped-toggle',
+                onclick: () => toggleSkipped(b.id),
+              }, skipped ? 'hide' : 'which?') : null,
+              b.pending ? ` · ${b.pending} to do` : '')),
+          h('td', {}, when(b.created_at),
+            b.finished_at ? h('div', { class: 'muted' }, `took ${duration(b.created_at, b.finished_at)}`) : null),
+          h('td', {}, b.state === 'running'
+            ? h('button', { type: 'button', class: 'danger bulk-cancel', onclick: () => cancelBulk(b) }, 'Cancel')
+            : null));
+        if (!skipped) return [row];
+        const items = skipped.items || [];
+        return [row, h('tr', { class: 'bulk-skipped', dataset: { id: b.id } }, h('td', { colspan: 6 },
+          h('div', { class: 'muted' }, 'Skipped: the action did not apply to these sagas any more.',
+            skipped.next ? ` The first ${items.length}.` : ''),
+          h('ul', {}, items.map((it) => h('li', { dataset: { sagaId: it.saga_id } },
+            h('span', { class: 'mono' }, sagaLink(it.saga_id, shortId(it.saga_id))), ' ',
+            h('span', { class: 'reason' }, it.reason || '—'))))))];
+      }));
+    }
+
+    async function toggleSkipped(id) {
+      if (skippedShown.has(id)) {
+        skippedShown.delete(id);
+      } else {
+        try {
+          await loadSkipped(id);
+        } catch (err) {
+          if (!(err instanceof Unauthorized)) flash(`Cannot list the skipped sagas: ${err.message}`, true);
+          return;
+        }
+      }
+      if (!stopped) renderBulk();
+    }
+
+    async function startBulk() {
+      const name = filter.name.trim();
+      // What the list shows: its state, or every in-flight one (an operator's action applies to
+      // no finished saga).
+      const which = { state: filter.state ? [filter.state] : IN_FLIGHT, ...(name ? { name } : {}) };
+      let text = `Every saga ${filter.state ? `in state ${filter.state}` : 'in flight'}` +
+        `${name ? ` named exactly “${name}”` : ''}, as it stands now (sagas that match later are left out), ` +
+        'one by one in the background; a saga the action no longer applies to is skipped.';
+      const others = name ? shownInFlight.filter((s) => s.name !== name).length : 0;
+      if (others) {
+        text += ` The list also shows ${others} saga${others === 1 ? '' : 's'} whose name only contains “${name}”: ` +
+          'they are left out.';
+      }
+      const created = await confirmAction({
+        title: 'Apply an action to every matching saga?',
+        text,
+        button: 'Apply',
+        choices: BULK_ACTIONS,
+        submit: ({ choice, note }) => call('/api/v1/bulk-actions', {
+          method: 'POST',
+          body: { action: choice, filter: which, ...(choice === 'resolve' ? { note } : {}) },
+        }),
+      });
+      if (created) {
+        flash(`bulk ${created.action} started on ${created.total} saga${created.total === 1 ? '' : 's'}`);
+        bulkItems = [created, ...bulkItems.filter((b) => b.id !== created.id)];
+        if (!stopped) renderBulk();
+      }
+      loadBulk();
+    }
+
+    async function cancelBulk(b) {
+      const answer = await confirmAction({
+        title: `Cancel the bulk ${b.action}?`,
+        text: `The sagas it has not reached yet (${b.pending} of ${b.total}) are left as they are; those ` +
+          `done keep the ${b.action}. A batch under way finishes.`,
+        button: 'Cancel the bulk action',
+        dismiss: 'Keep it running',
+      });
+      if (answer === null) return;
+      try {
+        await call(`/api/v1/bulk-actions/${encodeURIComponent(b.id)}/cancel`, { method: 'POST' });
+        flash(`bulk ${b.action} cancelled`);
+      } catch (err) {
+        if (!(err instanceof Unauthorized)) flash(`cancel failed: ${err.message}`, true);
+      }
+      loadBulk();
+    }
+
     refresh();
-    return { refresh, onChange: soon, stop() { stopped = true; clearInterval(ticker); clearTimeout(pending); } };
+    return {
+      refresh,
+      onChange: soon,
+      stop() { stopped = true; clearInterval(ticker); clearTimeout(pending); clearTimeout(bulkTimer); },
+    };
   }
 
   // ---- Saga page -----------------------------------------------------------------------------

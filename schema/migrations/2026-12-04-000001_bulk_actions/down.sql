@@ -1,0 +1,2 @@
+DROP TABLE bulk_action_sagas;
+DROP TABLE bulk_actions;
