@@ -47,7 +47,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    saga_events (seq) {
+    saga_events (saga_id, seq) {
         seq -> Int8,
         saga_id -> Uuid,
         at -> Timestamptz,
