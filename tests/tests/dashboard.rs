@@ -935,6 +935,21 @@ fn choose_action(value: &str) -> String {
     )
 }
 
+/// Clicks "Apply to all matching…" and waits for its dialog, with the action select; answers the
+/// dialog's text.
+async fn open_bulk_dialog(browser: &Browser) -> Value {
+    browser.click("#bulk-start", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the bulk dialog",
+            UI_TIMEOUT,
+            "return document.getElementById('confirm').open \
+               && !document.getElementById('confirm-action-label').hidden \
+               && document.getElementById('confirm-text').textContent;",
+        )
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_actions_start_from_the_filtered_list_and_show_their_progress() {
     const FAILED: usize = 5;
@@ -999,15 +1014,7 @@ async fn bulk_actions_start_from_the_filtered_list_and_show_their_progress() {
                && document.querySelectorAll('#in-flight tr[data-saga-id]').length === 0;",
         )
         .await;
-    browser.click("#bulk-start", UI_TIMEOUT).await;
-    browser
-        .wait_js(
-            "the bulk dialog",
-            UI_TIMEOUT,
-            "return document.getElementById('confirm').open \
-               && !document.getElementById('confirm-action-label').hidden;",
-        )
-        .await;
+    open_bulk_dialog(&browser).await;
     assert_eq!(browser.js(&choose_action("pause")).await, json!(true));
     browser.click("#confirm-ok", UI_TIMEOUT).await;
     let refusal = browser
@@ -1062,15 +1069,7 @@ async fn bulk_actions_start_from_the_filtered_list_and_show_their_progress() {
             ),
         )
         .await;
-    browser.click("#bulk-start", UI_TIMEOUT).await;
-    let text = browser
-        .wait_js(
-            "the bulk dialog",
-            UI_TIMEOUT,
-            "return document.getElementById('confirm').open \
-               && document.getElementById('confirm-text').textContent;",
-        )
-        .await;
+    let text = open_bulk_dialog(&browser).await;
     assert!(
         text.as_str().is_some_and(|t| t.contains("in state failed")),
         "{text}"
@@ -1189,15 +1188,7 @@ async fn bulk_actions_start_from_the_filtered_list_and_show_their_progress() {
             ),
         )
         .await;
-    browser.click("#bulk-start", UI_TIMEOUT).await;
-    let text = browser
-        .wait_js(
-            "the bulk dialog",
-            UI_TIMEOUT,
-            "return document.getElementById('confirm').open \
-               && document.getElementById('confirm-text').textContent;",
-        )
-        .await;
+    let text = open_bulk_dialog(&browser).await;
     assert!(
         text.as_str()
             .is_some_and(|t| t.contains("in flight named exactly “place-order”")),

@@ -8,7 +8,8 @@ use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::sagas::{field_error, is_note, DEFAULT_LIMIT, MAX_LIMIT};
+use super::page::{field_error, page_end, Page};
+use super::sagas::is_note;
 use super::schemas::{self, Invalid, MalformedJson, NoSuchBulkAction, Unauthorized, Unavailable};
 use crate::runtime::bulk_actions::BulkOperation;
 use crate::saga::SagaState;
@@ -197,47 +198,6 @@ fn no_such(id: Uuid) -> ApiError {
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no bulk action {raw:?}")))
-}
-
-/// A page's size and cursor, as the query gave them.
-struct Page {
-    limit: i64,
-    cursor: Option<Uuid>,
-}
-
-impl Default for Page {
-    fn default() -> Self {
-        Page {
-            limit: DEFAULT_LIMIT,
-            cursor: None,
-        }
-    }
-}
-
-impl Page {
-    fn limit(&mut self, value: &str, errors: &mut Vec<FieldError>) {
-        match value.parse::<i64>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => self.limit = n,
-            _ => errors.push(field_error(
-                "limit",
-                format!("must be an integer from 1 to {MAX_LIMIT}"),
-            )),
-        }
-    }
-
-    fn cursor(&mut self, key: &str, value: &str, errors: &mut Vec<FieldError>) {
-        match Uuid::parse_str(value) {
-            Ok(id) => self.cursor = Some(id),
-            Err(_) => errors.push(field_error(key, "not a cursor from an earlier answer")),
-        }
-    }
-}
-
-/// The `next` cursor: the last id of a full page.
-fn page_end<T>(items: &[T], limit: i64, id: impl Fn(&T) -> Uuid) -> Option<String> {
-    (items.len() as i64 == limit)
-        .then(|| items.last().map(|item| id(item).to_string()))
-        .flatten()
 }
 
 /// Reads a `POST /api/v1/bulk-actions` body; every broken rule is reported.

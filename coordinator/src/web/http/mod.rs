@@ -6,6 +6,7 @@ pub mod bulk_actions;
 pub mod metrics;
 pub mod names;
 pub mod openapi;
+mod page;
 pub mod sagas;
 pub mod schemas;
 

@@ -11,7 +11,8 @@ use serde_json::{json, Map, Value};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::sagas::{DEFAULT_LIMIT, MAX_LIMIT, NOTE_PATTERN};
+use super::page::{DEFAULT_LIMIT, MAX_LIMIT};
+use super::sagas::NOTE_PATTERN;
 use crate::submission::{
     CHECK_BACK_URL_PATTERN, MAX_ATTEMPTS, MAX_BACKOFF_MS, MAX_KEY_CHARS, MAX_NAME_LEN, MAX_STEPS,
     MAX_TIMEOUT_MS, MULTIPLIER_RANGE, NAME_PATTERN,

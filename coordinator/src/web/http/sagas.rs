@@ -4,6 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::page::{field_error, page_end, Page};
 use super::schemas::{
     self, Conflict, Invalid, MalformedJson, NoSuchSaga, TooLarge, Unauthorized, Unavailable,
 };
@@ -17,9 +18,6 @@ use crate::web::error::ApiError;
 use crate::web::forward::Forwarder;
 use crate::web::state::AppState;
 
-/// Page size of the list when `limit` is not given, and the largest one accepted.
-pub(super) const DEFAULT_LIMIT: i64 = 50;
-pub(super) const MAX_LIMIT: i64 = 500;
 /// What a resolve `note` matches (as the OpenAPI document says it): something besides whitespace
 /// (the information separators U+001C to U+001F count as whitespace, as Python's `\s` has them),
 /// and no NUL, which Postgres text cannot hold.
@@ -163,10 +161,8 @@ pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut filter = ListFilter {
-        limit: DEFAULT_LIMIT,
-        ..ListFilter::default()
-    };
+    let mut filter = ListFilter::default();
+    let mut page = Page::default();
     let mut errors = Vec::new();
     for (key, value) in query.into_inner() {
         match key.as_str() {
@@ -183,40 +179,20 @@ pub async fn list(
                     crate::submission::NAME_PATTERN
                 ),
             )),
-            "limit" => match value.parse::<i64>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => filter.limit = n,
-                _ => errors.push(field_error(
-                    "limit",
-                    format!("must be an integer from 1 to {MAX_LIMIT}"),
-                )),
-            },
-            "before" => match Uuid::parse_str(&value) {
-                Ok(id) => filter.before = Some(id),
-                Err(_) => errors.push(field_error("before", "not a cursor from an earlier answer")),
-            },
+            "limit" => page.limit(&value, &mut errors),
+            "before" => page.cursor(&key, &value, &mut errors),
             other => errors.push(field_error(other, "unknown parameter")),
         }
     }
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
+    (filter.limit, filter.before) = (page.limit, page.cursor);
     let limit = filter.limit;
     let sagas = state.store()?.interact(move |db| db.list(&filter)).await?;
-    let next = (sagas.len() as i64 == limit)
-        .then(|| sagas.last().map(|s| s.id.to_string()))
-        .flatten();
+    let next = page_end(&sagas, limit, |s| s.id);
     let items: Vec<Value> = sagas.iter().map(saga_summary).collect();
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next })))
-}
-
-pub(super) fn field_error(
-    field: &str,
-    message: impl Into<String>,
-) -> crate::submission::FieldError {
-    crate::submission::FieldError {
-        field: field.into(),
-        message: message.into(),
-    }
 }
 
 /// Runs an operator's action here if this instance owns the saga, or forwards it (once) to the

@@ -1,0 +1,59 @@
+//! A list's page: its size (`limit`) and cursor as the query gives them, and the cursor of the
+//! next page. The sagas' list and the bulk actions' lists page alike.
+
+use uuid::Uuid;
+
+use crate::submission::FieldError;
+
+/// Page size of a list when `limit` is not given, and the largest one accepted.
+pub(super) const DEFAULT_LIMIT: i64 = 50;
+pub(super) const MAX_LIMIT: i64 = 500;
+
+/// One broken rule of a request, for a 422.
+pub(super) fn field_error(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A page's size and cursor, as the query gave them.
+pub(super) struct Page {
+    pub limit: i64,
+    pub cursor: Option<Uuid>,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page {
+            limit: DEFAULT_LIMIT,
+            cursor: None,
+        }
+    }
+}
+
+impl Page {
+    pub fn limit(&mut self, value: &str, errors: &mut Vec<FieldError>) {
+        match value.parse::<i64>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => self.limit = n,
+            _ => errors.push(field_error(
+                "limit",
+                format!("must be an integer from 1 to {MAX_LIMIT}"),
+            )),
+        }
+    }
+
+    pub fn cursor(&mut self, key: &str, value: &str, errors: &mut Vec<FieldError>) {
+        match Uuid::parse_str(value) {
+            Ok(id) => self.cursor = Some(id),
+            Err(_) => errors.push(field_error(key, "not a cursor from an earlier answer")),
+        }
+    }
+}
+
+/// The `next` cursor: the last id of a full page.
+pub(super) fn page_end<T>(items: &[T], limit: i64, id: impl Fn(&T) -> Uuid) -> Option<String> {
+    (items.len() as i64 == limit)
+        .then(|| items.last().map(|item| id(item).to_string()))
+        .flatten()
+}
