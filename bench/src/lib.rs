@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use std::future::Future;
 
 use finals::Finals;
 use load::{Recorder, Shared, Submitter};
@@ -29,6 +30,21 @@ use participants::Participants;
 use procstat::CpuWindow;
 use report::{BacklogFigures, Report, StopOneFigures};
 use target::Target;
+
+/// How long one step around the measured run (connecting, declaring, reading a count, closing) may
+/// take: each is a round trip or two, and one that hangs must end the run with its name, not stall it.
+const STEP_LIMIT: Duration = Duration::from_secs(60);
+
+/// `step` awaited for at most `limit`; an error naming `what` if it takes longer.
+async fn within<T>(
+    what: &str,
+    limit: Duration,
+    step: impl Future<Output = T>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, step)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} took more than {} s", limit.as_secs()))
+}
 
 /// Runs one benchmark as the options say and reports it.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
@@ -42,20 +58,38 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 }
 
 async fn measure(opts: &Options, target: Target, names: Vec<String>) -> anyhow::Result<Report> {
-    let mut participants = Participants::declare(
+    let declared = Participants::declare(
         &target.amqp_url,
         &target.namespace,
         names.clone(),
         "s0".into(),
         opts.participant_prefetch,
-    )
-    .await?;
+    );
     let finals = Arc::new(Finals::default());
-    let listener = target.listen(Arc::clone(&finals)).await?;
+    let ready = async {
+        let participants = within("declaring the participants", STEP_LIMIT, declared).await??;
+        let listening = target.listen(Arc::clone(&finals));
+        let listener = within("listening for final states", STEP_LIMIT, listening).await??;
+        anyhow::Ok((participants, listener))
+    }
+    .await;
+    let (mut participants, listener) = match ready {
+        Ok(ready) => ready,
+        Err(e) => {
+            target.cleanup(&names).await;
+            return Err(e);
+        }
+    };
     let target = Arc::new(Mutex::new(target));
     let outcome = drive(opts, &target, &mut participants, &finals).await;
     drop(listener);
-    participants.close().await;
+    // Cleaning up is best effort: a step that hangs is reported and passed over.
+    if within("closing the participants", STEP_LIMIT, participants.close())
+        .await
+        .is_err()
+    {
+        eprintln!("bench: closing the participants' connection did not finish; going on");
+    }
     let target = match Arc::try_unwrap(target) {
         Ok(t) => t.into_inner().unwrap_or_else(|e| e.into_inner()),
         Err(_) => anyhow::bail!("the coordinator handle is still in use"),
@@ -70,12 +104,14 @@ fn lock(target: &Mutex<Target>) -> std::sync::MutexGuard<'_, Target> {
 
 async fn commits(target: &Arc<Mutex<Target>>) -> anyhow::Result<i64> {
     let target = Arc::clone(target);
-    tokio::task::spawn_blocking(move || lock(&target).commits()).await?
+    let read = tokio::task::spawn_blocking(move || lock(&target).commits());
+    within("reading the commit count", STEP_LIMIT, read).await??
 }
 
 async fn unfinished(target: &Arc<Mutex<Target>>) -> anyhow::Result<i64> {
     let target = Arc::clone(target);
-    tokio::task::spawn_blocking(move || lock(&target).unfinished()).await?
+    let read = tokio::task::spawn_blocking(move || lock(&target).unfinished());
+    within("counting unfinished sagas", STEP_LIMIT, read).await??
 }
 
 /// The stopper of `--kill-one-after`/`--term-one-after` after the run: its figures if it stopped
@@ -133,7 +169,12 @@ async fn drive(
     let mut stop_one = None;
     let timed_out = match opts.mode {
         Mode::Closed | Mode::Open => {
-            participants.resume().await?;
+            within(
+                "starting the participants",
+                STEP_LIMIT,
+                participants.resume(),
+            )
+            .await??;
             let stopper = opts.stop_one().map(|(how, secs)| {
                 let begun = Arc::new(AtomicBool::new(false));
                 let task = tokio::spawn(handover::stop_one(
@@ -206,7 +247,12 @@ async fn drive(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .window_start = Some(resume_at);
-            participants.resume().await?;
+            within(
+                "starting the participants",
+                STEP_LIMIT,
+                participants.resume(),
+            )
+            .await??;
             let left = deadline.saturating_sub(started.elapsed());
             let drained = match submitted {
                 Ok(waiters) => tokio::time::timeout(left, async {

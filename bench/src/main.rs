@@ -25,7 +25,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(bench::run(opts.clone())) {
+    let outcome = runtime.block_on(bench::run(opts.clone()));
+    // A blocking task left behind (a query past its run's end) must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    match outcome {
         Ok(report) => {
             if !opts.json_only {
                 print!("{}", report.table());

@@ -21,6 +21,10 @@ const LISTENING_PREFIX: &str = "coordinator listening on http://";
 pub const RUN_AS_COORDINATOR: &str = "BENCH_RUN_AS_COORDINATOR";
 /// Recovery of a large backlog happens before the coordinator listens.
 const START_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long removing the bench's namespace may take before it is left behind.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(30);
+/// Every statement the bench runs itself is short; one stuck behind a lock fails instead.
+const SESSION_LIMITS: &str = "SET statement_timeout = '30s'; SET lock_timeout = '5s'";
 /// The Postgres channel the trigger notifies with the id of each saga that reached a final state.
 pub const FINAL_CHANNEL: &str = "bench_saga_final";
 
@@ -257,20 +261,29 @@ impl Target {
     }
 
     fn connect(&self) -> anyhow::Result<PgConnection> {
-        PgConnection::establish(&self.database_url)
-            .with_context(|| format!("connecting to {}", self.database_url))
+        bounded_connection(&self.database_url)
     }
 
     fn admin(&self) -> anyhow::Result<PgConnection> {
-        let url = format!("{}/postgres{}", self.pg_server, self.pg_params);
-        PgConnection::establish(&url).with_context(|| format!("connecting to {url}"))
+        bounded_connection(&format!("{}/postgres{}", self.pg_server, self.pg_params))
     }
 
+    /// The trigger's DDL waits for a lock on `sagas` that the running coordinator takes and
+    /// releases all the time: it waits at most `lock_timeout` and is tried again.
     fn install_final_trigger(&self) -> anyhow::Result<()> {
         use diesel::connection::SimpleConnection;
-        self.connect()?
-            .batch_execute(FINAL_TRIGGER)
-            .context("installing the final-state trigger")
+        let mut conn = self.connect()?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match conn.batch_execute(FINAL_TRIGGER) {
+                Ok(()) => return Ok(()),
+                Err(e) if tries < 5 => {
+                    eprintln!("bench: installing the final-state trigger: {e}; trying again");
+                }
+                Err(e) => return Err(e).context("installing the final-state trigger"),
+            }
+        }
     }
 
     /// Starts listening for final states (see [`crate::finals`]).
@@ -316,14 +329,10 @@ impl Target {
         count().unwrap_or(0)
     }
 
-    /// Stops the coordinators and removes the database and namespace the bench created.
+    /// Stops the coordinators and removes the database and namespace the bench created. Best
+    /// effort and bounded: what fails or hangs is reported and left behind.
     pub async fn cleanup(mut self, participants: &[String]) {
-        for instance in &mut self.instances {
-            if let Some(mut child) = instance.process.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        self.stop_all();
         if self.own_namespace {
             let partitions = self.partition_count();
             let instances: Vec<String> = self.instances.iter().map(|i| i.id.clone()).collect();
@@ -334,7 +343,10 @@ impl Target {
                 &instances,
                 partitions,
             );
-            if let Err(e) = deleted.await {
+            let outcome = tokio::time::timeout(CLEANUP_LIMIT, deleted)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {CLEANUP_LIMIT:?}")));
+            if let Err(e) = outcome {
                 eprintln!(
                     "bench: could not delete namespace {}: {e:#}",
                     self.namespace
@@ -343,13 +355,28 @@ impl Target {
         }
         if self.own_database {
             let name = self.database_name.clone();
-            let dropped = self.admin().and_then(|mut admin| {
+            // Sync, so off the runtime's threads; its statement_timeout bounds it.
+            let dropped = tokio::task::spawn_blocking(move || {
+                let mut admin = self.admin()?;
                 diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .map_err(anyhow::Error::from)
-            });
-            if let Err(e) = dropped {
-                eprintln!("bench: could not drop database {name}: {e:#}");
+                    .execute(&mut admin)?;
+                anyhow::Ok(())
+            })
+            .await;
+            match dropped {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("bench: could not drop database: {e:#}"),
+                Err(e) => eprintln!("bench: dropping the database failed: {e}"),
+            }
+        }
+    }
+
+    /// SIGKILLs every coordinator the bench started and reaps it.
+    fn stop_all(&mut self) {
+        for instance in &mut self.instances {
+            if let Some(mut child) = instance.process.take() {
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
     }
@@ -357,12 +384,7 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        for instance in &mut self.instances {
-            if let Some(mut child) = instance.process.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        self.stop_all();
     }
 }
 
@@ -376,8 +398,7 @@ pub fn wait_handover(
     since: Instant,
     timeout: Duration,
 ) -> anyhow::Result<Option<Duration>> {
-    let mut conn = PgConnection::establish(database_url)
-        .with_context(|| format!("connecting to {database_url}"))?;
+    let mut conn = bounded_connection(database_url)?;
     let deadline = Instant::now() + timeout;
     loop {
         let rows: Vec<Partition> = diesel::sql_query(
@@ -396,6 +417,15 @@ pub fn wait_handover(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A connection whose statements cannot wait forever (`SESSION_LIMITS`).
+fn bounded_connection(url: &str) -> anyhow::Result<PgConnection> {
+    use diesel::connection::SimpleConnection;
+    let mut conn = PgConnection::establish(url).with_context(|| format!("connecting to {url}"))?;
+    conn.batch_execute(SESSION_LIMITS)
+        .context("setting the session's time limits")?;
+    Ok(conn)
 }
 
 fn partitions_held(conn: &mut PgConnection, owner: &str) -> anyhow::Result<Vec<i32>> {

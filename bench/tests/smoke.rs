@@ -1,7 +1,35 @@
 //! The benchmark in a tiny configuration: it must start a coordinator, run sagas to their final state
 //! and report them. Correctness only: no figure is asserted.
 
+use std::sync::mpsc;
+use std::time::Duration;
+
 use bench::options::{Mode, Options};
+use bench::report::Report;
+
+/// Far above a tiny run's ten seconds, far below CI's limit: a hang anywhere (the run, its cleanup,
+/// the runtime's shutdown) ends the test binary with the test's name instead of stalling CI.
+const HANG_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs the bench on a runtime of its own, watched: past `HANG_LIMIT` the process exits failing.
+fn run_watched(test: &'static str, opts: Options) -> Report {
+    let (finished, watch) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = watch.recv_timeout(HANG_LIMIT) {
+            eprintln!("{test}: still running after {HANG_LIMIT:?}, so it hangs; exiting");
+            std::process::exit(1);
+        }
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let report = runtime.block_on(bench::run(opts)).expect("the bench runs");
+    runtime.shutdown_timeout(Duration::from_secs(10));
+    drop(finished);
+    report
+}
 
 fn tiny(mode: Mode) -> Options {
     let mut opts = Options::tiny();
@@ -11,22 +39,20 @@ fn tiny(mode: Mode) -> Options {
     opts
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closed_loop_reports_completed_sagas() {
-    let report = bench::run(tiny(Mode::Closed))
-        .await
-        .expect("the bench runs");
+#[test]
+fn closed_loop_reports_completed_sagas() {
+    let report = run_watched("closed_loop_reports_completed_sagas", tiny(Mode::Closed));
     assert!(!report.timed_out, "{}", report.table());
     assert_eq!(report.completed, 22, "{}", report.table());
     assert_eq!(report.measured, 20, "{}", report.table());
     assert!(report.json_line().contains("\"sagas_per_s\""));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backlog_with_a_restart_drains_every_saga() {
+#[test]
+fn backlog_with_a_restart_drains_every_saga() {
     let mut opts = tiny(Mode::Backlog);
     opts.restart = Some(bench::options::Restart::Kill);
-    let report = bench::run(opts).await.expect("the bench runs");
+    let report = run_watched("backlog_with_a_restart_drains_every_saga", opts);
     assert!(!report.timed_out, "{}", report.table());
     assert_eq!(report.completed, 20, "{}", report.table());
     let backlog = report.backlog.expect("backlog figures");
@@ -34,8 +60,8 @@ async fn backlog_with_a_restart_drains_every_saga() {
     assert!(backlog.first_reply_processed_secs.is_some());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_instances_with_one_killed_mid_run_finish_every_saga() {
+#[test]
+fn three_instances_with_one_killed_mid_run_finish_every_saga() {
     let mut opts = tiny(Mode::Open);
     opts.instances = 3;
     opts.rate = 50.0;
@@ -43,7 +69,10 @@ async fn three_instances_with_one_killed_mid_run_finish_every_saga() {
     opts.kill_one_after = Some(2.0);
     // Short leases: the killed coordinator's partitions move within seconds.
     opts.coordinator_env = vec!["SAGA_LEASE_TTL_MS=2000".into()];
-    let report = bench::run(opts).await.expect("the bench runs");
+    let report = run_watched(
+        "three_instances_with_one_killed_mid_run_finish_every_saga",
+        opts,
+    );
     let table = report.table();
     assert!(report.every_saga_finished(), "{table}");
     assert_eq!(report.completed, 252, "{table}");
