@@ -24,6 +24,7 @@ use crate::runtime::change_feed::{self, ChangeFeed};
 use crate::runtime::changes::Changes;
 use crate::runtime::keeper::{Keeper, KeeperSettings};
 use crate::runtime::ownership::Ownership;
+use crate::runtime::retention::{self, RetentionPolicy};
 use crate::runtime::sending::Sendings;
 use crate::runtime::{bulk_actions, name_pauses, relay, Registry};
 use crate::saga::machine::Event;
@@ -137,6 +138,7 @@ struct Started {
     name_pauses_stop: oneshot::Sender<()>,
     bulk_actions: JoinHandle<()>,
     bulk_actions_stop: oneshot::Sender<()>,
+    retention: Option<(JoinHandle<()>, oneshot::Sender<()>)>,
     alerts: Option<(JoinHandle<()>, oneshot::Sender<()>)>,
     broker: BrokerHandle,
     dispatcher: JoinHandle<()>,
@@ -270,6 +272,30 @@ async fn start(
         stopped,
     ));
 
+    let policy = RetentionPolicy {
+        committed: settings.retain_committed,
+        compensated: settings.retain_compensated,
+        aborted: settings.retain_aborted,
+        every: settings.retention_interval,
+    };
+    let retention = if policy.keeps_everything() {
+        None
+    } else {
+        log::info!(
+            "retention: finished sagas are deleted after {:?}",
+            policy.rules()
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = actix_rt::spawn(retention::run(
+            policy,
+            store.clone(),
+            instance.clone(),
+            Arc::clone(&metrics),
+            stopped,
+        ));
+        Some((task, stop))
+    };
+
     let alerts = match alert_settings {
         Some(alert_settings) => {
             log::info!(
@@ -338,6 +364,7 @@ async fn start(
         name_pauses_stop,
         bulk_actions,
         bulk_actions_stop,
+        retention,
         alerts,
         broker,
         dispatcher,
@@ -360,6 +387,7 @@ impl Started {
             name_pauses_stop,
             bulk_actions,
             bulk_actions_stop,
+            retention,
             alerts,
             broker,
             dispatcher,
@@ -373,6 +401,10 @@ impl Started {
         let _ = name_pauses.await;
         let _ = bulk_actions_stop.send(());
         let _ = bulk_actions.await;
+        if let Some((task, stop)) = retention {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
         if let Some((task, stop)) = alerts {
             let _ = stop.send(());
             let _ = task.await;

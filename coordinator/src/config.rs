@@ -130,6 +130,25 @@ pub struct Settings {
     #[arg(long, env = "SAGA_BULK_ACTION_RATE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub bulk_action_rate: u32,
 
+    /// How long a `committed` saga is kept after it finished (`7d`, `90d`, `12h`, or `forever`, the
+    /// default); then it is deleted with its steps and event log (docs/contract-notes.md,
+    /// "Retention"). At least a minute.
+    #[arg(long, env = "SAGA_RETAIN_COMMITTED", default_value = "forever", value_parser = parse_retention)]
+    pub retain_committed: Retention,
+
+    /// The same for `compensated` sagas.
+    #[arg(long, env = "SAGA_RETAIN_COMPENSATED", default_value = "forever", value_parser = parse_retention)]
+    pub retain_compensated: Retention,
+
+    /// The same for `aborted` sagas. `failed` and unfinished sagas are never deleted.
+    #[arg(long, env = "SAGA_RETAIN_ABORTED", default_value = "forever", value_parser = parse_retention)]
+    pub retain_aborted: Retention,
+
+    /// How often each coordinator looks for finished sagas past their retention, once the last
+    /// look found none left (a backlog goes in batches of 500 with a tenth of a second between).
+    #[arg(long, env = "SAGA_RETENTION_INTERVAL", default_value = "30s", value_parser = parse_wait)]
+    pub retention_interval: Duration,
+
     /// Per saga name: `place-order=10m,refund=1d` (others use `SAGA_STUCK_AFTER`).
     #[arg(long, env = "SAGA_STUCK_AFTER_BY_NAME", value_delimiter = ',', value_parser = parse_stuck_after)]
     pub stuck_after_by_name: Vec<(String, Duration)>,
@@ -204,6 +223,27 @@ pub fn parse_wait(text: &str) -> Result<Duration, String> {
             "unknown unit {other:?} in {text:?} (use ms, s, m, h or d)"
         )),
     }
+}
+
+/// How long finished sagas of one final state are kept: `None` is forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+/// The shortest retention: a saga that just finished is still being read by whoever submitted it.
+pub const SHORTEST_RETENTION: Duration = Duration::from_secs(60);
+
+/// `forever`, or a duration of at least [`SHORTEST_RETENTION`] (`90d`, `12h`, `30m`).
+pub fn parse_retention(text: &str) -> Result<Retention, String> {
+    if text.trim() == "forever" {
+        return Ok(Retention(None));
+    }
+    let keep = parse_wait(text).map_err(|e| format!("{e}, or forever"))?;
+    if keep < SHORTEST_RETENTION {
+        return Err(format!(
+            "{text:?} is shorter than a minute, the shortest retention"
+        ));
+    }
+    Ok(Retention(Some(keep)))
 }
 
 impl Settings {
@@ -307,6 +347,22 @@ mod tests {
         assert_eq!(parse_wait("0"), Ok(Duration::ZERO));
         for wrong in ["", "s", "-1", "1.5s", "10w", "forever"] {
             assert!(parse_wait(wrong).is_err(), "{wrong:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn retention_is_forever_or_at_least_a_minute() {
+        assert_eq!(parse_retention("forever"), Ok(Retention(None)));
+        assert_eq!(
+            parse_retention("90d"),
+            Ok(Retention(Some(Duration::from_secs(90 * 86_400))))
+        );
+        assert_eq!(
+            parse_retention("1m"),
+            Ok(Retention(Some(Duration::from_secs(60))))
+        );
+        for wrong in ["", "59s", "0", "never", "-1d", "10w"] {
+            assert!(parse_retention(wrong).is_err(), "{wrong:?}");
         }
     }
 

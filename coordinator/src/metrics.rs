@@ -146,6 +146,13 @@ pub struct Metrics {
     handovers: Family<HandoverLabels, Counter>,
     fenced_writes: Counter,
     alerts: Family<AlertLabels, Counter>,
+    purged: Family<FinalStateLabels, Counter>,
+}
+
+/// `state`: the final state of the sagas retention deleted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FinalStateLabels {
+    state: String,
 }
 
 /// `reason`: `failed` or `stuck`; `outcome`: `delivered` (2xx) or `failed` (tried again later).
@@ -202,6 +209,7 @@ impl Metrics {
             handovers: Family::default(),
             fenced_writes: Counter::default(),
             alerts: Family::default(),
+            purged: Family::default(),
         };
         m.registry.register(
             "sagas_started",
@@ -353,7 +361,20 @@ impl Metrics {
             "Alert deliveries to SAGA_ALERT_URL by reason and outcome (a failed one is tried again)",
             m.alerts.clone(),
         );
+        m.registry.register(
+            "purged",
+            "Finished sagas deleted by retention (SAGA_RETAIN_*), by final state",
+            m.purged.clone(),
+        );
         m
+    }
+
+    pub fn observe_purged(&self, state: &str, sagas: usize) {
+        self.purged
+            .get_or_create(&FinalStateLabels {
+                state: state.to_owned(),
+            })
+            .inc_by(sagas as u64);
     }
 
     pub fn observe_partitions_owned(&self, owned: usize) {

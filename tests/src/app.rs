@@ -19,6 +19,8 @@ pub struct TestAppBuilder {
     alerts: Option<(String, String, std::time::Duration)>,
     /// `SAGA_BULK_ACTION_RATE`.
     bulk_action_rate: Option<u32>,
+    /// `SAGA_RETAIN_COMMITTED`, `..._COMPENSATED`, `..._ABORTED`.
+    retain: Option<[String; 3]>,
 }
 
 impl TestAppBuilder {
@@ -53,6 +55,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// Sets the retention of committed, compensated and aborted sagas (`30d`, `forever`), looked
+    /// at every second.
+    pub fn retain(mut self, committed: &str, compensated: &str, aborted: &str) -> Self {
+        self.retain = Some([committed, compensated, aborted].map(String::from));
+        self
+    }
+
     /// Connects the coordinator to RabbitMQ through a [`TcpProxy`] (`app.proxy()`).
     pub fn via_proxy(mut self) -> Self {
         self.via_proxy = true;
@@ -83,6 +92,14 @@ impl TestAppBuilder {
         settings.check_back_hosts = self.check_back_hosts.clone();
         if let Some(rate) = self.bulk_action_rate {
             settings.bulk_action_rate = rate;
+        }
+        if let Some([committed, compensated, aborted]) = &self.retain {
+            let parse =
+                |text: &str| coordinator::config::parse_retention(text).expect("a retention");
+            settings.retain_committed = parse(committed);
+            settings.retain_compensated = parse(compensated);
+            settings.retain_aborted = parse(aborted);
+            settings.retention_interval = std::time::Duration::from_secs(1);
         }
         if let Some((url, secret, stuck_after)) = &self.alerts {
             settings.alert_url = Some(url.parse().expect("an alert URL"));

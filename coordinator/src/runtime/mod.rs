@@ -17,6 +17,7 @@ pub mod keeper;
 pub mod name_pauses;
 pub mod ownership;
 pub mod relay;
+pub mod retention;
 pub mod sending;
 
 use std::collections::HashMap;

@@ -16,6 +16,7 @@ mod migrations;
 pub mod notices;
 mod paused_names;
 mod persist;
+pub mod retention;
 mod rows;
 pub mod schema;
 pub mod writer;

@@ -1,0 +1,131 @@
+//! History retention: each coordinator deletes the finished sagas of the partitions it owns once
+//! they are older than their final state's retention (`SAGA_RETAIN_COMMITTED`, `..._COMPENSATED`,
+//! `..._ABORTED`). `failed` and unfinished sagas are never deleted: they still need a person or the
+//! coordinator. Deletion goes in batches with a pause between them, so that a year's backlog on the
+//! first run takes Postgres' spare time and not the writer's (`store/retention.rs` is the SQL).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::oneshot;
+
+use crate::config::Retention;
+use crate::metrics::Metrics;
+use crate::saga::SagaState;
+use crate::store::{Store, StoreError};
+
+/// Sagas deleted per statement: small enough that its locks and WAL are a blip.
+pub const BATCH: i64 = 500;
+/// The pause after a full batch: at most a few thousand sagas a second, however large the backlog.
+const BETWEEN_BATCHES: Duration = Duration::from_millis(100);
+
+/// How long each final state is kept, and how often to look once nothing was left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub committed: Retention,
+    pub compensated: Retention,
+    pub aborted: Retention,
+    pub every: Duration,
+}
+
+impl RetentionPolicy {
+    /// The final states with a retention, and how long each is kept. `failed` is never among them.
+    pub fn rules(&self) -> Vec<(SagaState, Duration)> {
+        [
+            (SagaState::Committed, self.committed),
+            (SagaState::Compensated, self.compensated),
+            (SagaState::Aborted, self.aborted),
+        ]
+        .into_iter()
+        .filter_map(|(state, Retention(keep))| keep.map(|keep| (state, keep)))
+        .collect()
+    }
+
+    /// Whether anything is ever deleted.
+    pub fn keeps_everything(&self) -> bool {
+        self.rules().is_empty()
+    }
+}
+
+/// Deletes what the policy says until `stop` fires.
+pub async fn run(
+    policy: RetentionPolicy,
+    store: Store,
+    instance: String,
+    metrics: Arc<Metrics>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let every = policy.every;
+    loop {
+        let wait = match purge_batch(&policy, &store, &instance, &metrics).await {
+            Ok(true) => BETWEEN_BATCHES,
+            Ok(false) => every,
+            Err(e) => {
+                log::warn!(
+                    "retention: cannot delete old sagas now ({e}); trying again in {every:?}"
+                );
+                every
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One batch per final state with a retention; answers whether any batch was full (more is
+/// waiting).
+async fn purge_batch(
+    policy: &RetentionPolicy,
+    store: &Store,
+    instance: &str,
+    metrics: &Metrics,
+) -> Result<bool, StoreError> {
+    let mut more = false;
+    for (state, keep) in policy.rules() {
+        let Ok(keep) = chrono::Duration::from_std(keep) else {
+            continue;
+        };
+        let finished_before = Utc::now() - keep;
+        let owner = instance.to_owned();
+        let purged = store
+            .interact(move |db| db.purge_finished(&owner, state.as_str(), finished_before, BATCH))
+            .await?;
+        if purged > 0 {
+            log::debug!("retention: deleted {purged} {} sagas", state.as_str());
+            metrics.observe_purged(state.as_str(), purged);
+        }
+        more |= i64::try_from(purged).unwrap_or(i64::MAX) >= BATCH;
+    }
+    Ok(more)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_and_unset_states_are_kept() {
+        let day = Duration::from_secs(86_400);
+        let policy = RetentionPolicy {
+            committed: Retention(Some(day)),
+            compensated: Retention(None),
+            aborted: Retention(Some(day * 7)),
+            every: Duration::from_secs(30),
+        };
+        assert_eq!(
+            policy.rules(),
+            vec![(SagaState::Committed, day), (SagaState::Aborted, day * 7)]
+        );
+        let forever = RetentionPolicy {
+            committed: Retention(None),
+            compensated: Retention(None),
+            aborted: Retention(None),
+            every: Duration::from_secs(30),
+        };
+        assert!(forever.keeps_everything());
+        assert!(!policy.keeps_everything());
+    }
+}

@@ -1,0 +1,72 @@
+//! History retention (issue 15): finished sagas past their state's retention are deleted, with
+//! their steps, event log, alerts and any outbox row left behind, in small batches
+//! (`runtime/retention.rs` decides when). Only sagas of partitions the caller leases at that moment
+//! are taken (checked by the statement, against Postgres' clock), so with several coordinators each
+//! saga is purged by one of them. A final saga is never written again, so a purge cannot race a
+//! transition: a saga that becomes final while a batch runs has just finished and is not old
+//! enough to match.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text, Timestamptz, Uuid as SqlUuid};
+use uuid::Uuid;
+
+use super::{Queries, StoreError};
+
+/// One batch: the oldest matching sagas first (by id, which is creation order), locked so that two
+/// purgers never wait on each other. The `id` bound lets the `(state, id)` index find them without
+/// visiting younger sagas; `finished_at` is what decides.
+const PURGE_BATCH: &str = "
+WITH doomed AS (
+    SELECT id FROM sagas
+    WHERE state = $1 AND id < $2 AND finished_at < $3
+      AND partition IN (SELECT partition FROM partition_leases
+                        WHERE owner = $4 AND expires_at > clock_timestamp())
+    ORDER BY id
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+), steps AS (
+    DELETE FROM saga_steps WHERE saga_id IN (SELECT id FROM doomed)
+), events AS (
+    DELETE FROM saga_events WHERE saga_id IN (SELECT id FROM doomed)
+), alerts AS (
+    DELETE FROM saga_alerts WHERE saga_id IN (SELECT id FROM doomed)
+), outbox_rows AS (
+    DELETE FROM outbox WHERE saga_id IN (SELECT id FROM doomed)
+)
+DELETE FROM sagas WHERE id IN (SELECT id FROM doomed)";
+
+impl Queries {
+    /// Deletes up to `batch` sagas in final state `state` that finished before `finished_before`,
+    /// among the partitions `owner` holds; answers how many went.
+    pub fn purge_finished(
+        &self,
+        owner: &str,
+        state: &str,
+        finished_before: DateTime<Utc>,
+        batch: i64,
+    ) -> Result<usize, StoreError> {
+        let mut conn = self.conn()?;
+        let purged = diesel::sql_query(PURGE_BATCH)
+            .bind::<Text, _>(state)
+            .bind::<SqlUuid, _>(first_id_after(finished_before))
+            .bind::<Timestamptz, _>(finished_before)
+            .bind::<Text, _>(owner)
+            .bind::<BigInt, _>(batch)
+            .execute(&mut conn)?;
+        Ok(purged)
+    }
+}
+
+/// The smallest UUIDv7 of the millisecond after `at`: every saga created at or before `at` has a
+/// smaller id (saga ids are UUIDv7, `runtime/ownership.rs`).
+pub fn first_id_after(at: DateTime<Utc>) -> Uuid {
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0) + 1;
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    Uuid::from_bytes(bytes)
+}
+
+#[cfg(test)]
+#[path = "retention_tests.rs"]
+mod tests;
