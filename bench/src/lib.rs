@@ -14,6 +14,7 @@ pub mod options;
 pub mod participants;
 pub mod procstat;
 pub mod report;
+pub mod seed;
 pub mod target;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -12,6 +12,17 @@ fn main() -> ExitCode {
     if std::env::var_os(RUN_AS_COORDINATOR).is_some() {
         return coordinator::cli::main();
     }
+    // `bench seed ...` fills a database with history; anything else is a run.
+    if std::env::args().nth(1).as_deref() == Some("seed") {
+        let seed = bench::seed::SeedOptions::parse_from(std::env::args().skip(1));
+        return match bench::seed::run(&seed) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench seed: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = Options::parse();
     // One thread: the load generator shares the machine with what it measures, and on a small VM
     // every hand-over between threads costs more CPU than the participants' own work.
