@@ -21,20 +21,68 @@
 //!
 //! The table is created by [`install`]; the barrier takes any [`PgConnection`], e.g. one from the
 //! participant's own pool, inside `tokio::task::spawn_blocking`.
+//!
+//! ## Cleanup: when a row may go
+//!
+//! The table gets a row per command handled (and one more when a compensation comes before its
+//! action) and keeps it until [`purge`] deletes it. A row may go only once no command of its step can
+//! arrive any more: the saga is final (`committed`, `compensated` or `aborted`; a `failed` saga is
+//! not, an operator's `retry` sends its compensations again) and no attempt can still wait in a
+//! queue. A row deleted too early is forgotten: a late duplicate of an action runs it twice, a
+//! compensation finds no action row and passes for a null compensation (the effect stays), and an
+//! action arriving after its compensation runs instead of being refused.
+//!
+//! The barrier does not know when a saga is final, so [`purge`] goes by age: it deletes a row when
+//! both rows of its step (the action's and the compensation's) were recorded more than `older_than`
+//! ago. Choose `older_than` no shorter than the longest a saga of yours may stay unfinished after its
+//! first command reached you, plus the longest a command may wait in your queue. That is the sum of:
+//!
+//! - how long the saga may run forward: its deadline (`timeout_ms`) if it has one, else each step's
+//!   attempts times (its timeout plus its longest backoff); then its compensations, counted the same
+//!   way (the coordinator accepts timeouts up to 30 days, backoffs up to a day and 1000 attempts);
+//! - how long a saga may stay paused (a pause holds every timer, the deadline too) or `failed` until
+//!   an operator retries or resolves it;
+//! - how long your participant may be down or behind while its commands wait in
+//!   `{ns}.participant.{name}`, and how long commands may wait in the coordinator's outbox while
+//!   RabbitMQ is away.
+//!
+//! A prepared (two-phase) saga sends no command before it is committed: its check-backs do not count.
+//!
+//! [`purge`] refuses an age below [`MIN_RETENTION`] (one day): shorter cannot cover a saga that
+//! waits for an operator overnight, and is most likely a unit mistake. We recommend
+//! [`RECOMMENDED_RETENTION`] (30 days): with the default retry policies a saga is over within
+//! minutes, so 30 days leaves weeks for pauses, sagas `failed` until an operator acts, and outages,
+//! at the price of a month of rows on disk. Resolve `failed` and paused sagas within that time (the
+//! coordinator's `failed` alert and `saga_sagas_in_flight{state="failed"}` say which), and choose
+//! more if your sagas' own timeouts and retries may run longer.
+
+use std::time::Duration;
 
 use diesel::prelude::*;
-use diesel::sql_types::{Jsonb, Nullable, Text, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Double, Jsonb, Nullable, Text, Uuid as SqlUuid};
 use diesel::{sql_query, PgConnection};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::cleanup::{in_batches, PurgeError};
 use crate::command::{Command, CommandKind};
 use crate::outcome::Outcome;
 
 /// The barrier table's name.
 pub const TABLE: &str = "saga_barrier";
 
-/// Creates the barrier table if it does not exist (safe to call from several processes at once).
+/// The shortest `older_than` [`purge`] accepts: one day (module docs, "Cleanup").
+pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The `older_than` we recommend for [`purge`]: 30 days (module docs, "Cleanup").
+pub const RECOMMENDED_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Creates the barrier table and its index if they do not exist (safe to call from several
+/// processes at once, and on a table an older version of this crate created).
+///
+/// The index on `recorded_at` (for [`purge`]) is built under a lock that holds back the barrier's
+/// writes meanwhile. On a big existing table, build it first without that lock:
+/// `CREATE INDEX CONCURRENTLY IF NOT EXISTS saga_barrier_recorded_at ON saga_barrier (recorded_at)`.
 pub fn install(conn: &mut PgConnection) -> QueryResult<()> {
     conn.transaction(|conn| {
         // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in the catalog.
@@ -55,8 +103,57 @@ pub fn install(conn: &mut PgConnection) -> QueryResult<()> {
             )",
         )
         .execute(conn)?;
+        // Without it each purge scans the whole table (years of rows) for the old ones. It costs
+        // one entry per row and no update: `recorded_at` is written in the row's own transaction,
+        // where `now()` does not move, so the update that records the outcome leaves it unchanged.
+        sql_query(
+            "CREATE INDEX IF NOT EXISTS saga_barrier_recorded_at ON saga_barrier (recorded_at)",
+        )
+        .execute(conn)?;
         Ok(())
     })
+}
+
+/// Deletes the rows of every step whose rows were all recorded more than `older_than` ago, oldest
+/// first, at most `batch` rows per statement, and returns how many went.
+///
+/// Call it outside a transaction: each batch then commits by itself, holding its row locks only
+/// that long. `older_than` below [`MIN_RETENTION`] is refused ([`PurgeError::TooRecent`]) and
+/// nothing is deleted; see the module docs ("Cleanup") for how to choose it.
+pub fn purge(conn: &mut PgConnection, older_than: Duration, batch: i64) -> Result<u64, PurgeError> {
+    check_retention(older_than)?;
+    in_batches(conn, batch, |conn| {
+        // A step's rows go together: a row stays while the other row of its step (keys
+        // `{saga_id}:{step}:action` and `:compensation`, contract section 1) is recent, since its
+        // saga was then still sending commands. SKIP LOCKED: two purgers split the work.
+        sql_query(
+            "DELETE FROM saga_barrier WHERE idempotency_key IN (
+                SELECT b.idempotency_key FROM saga_barrier b
+                WHERE b.recorded_at < now() - make_interval(secs => $1)
+                  AND NOT EXISTS (
+                      SELECT 1 FROM saga_barrier s
+                      WHERE s.idempotency_key IN (b.saga_id::text || ':' || b.step || ':action',
+                                                  b.saga_id::text || ':' || b.step || ':compensation')
+                        AND s.recorded_at >= now() - make_interval(secs => $1))
+                ORDER BY b.recorded_at
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED)",
+        )
+        .bind::<Double, _>(older_than.as_secs_f64())
+        .bind::<BigInt, _>(batch)
+        .execute(conn)
+    })
+}
+
+/// Refuses an age below [`MIN_RETENTION`].
+fn check_retention(older_than: Duration) -> Result<(), PurgeError> {
+    if older_than < MIN_RETENTION {
+        return Err(PurgeError::TooRecent {
+            older_than,
+            floor: MIN_RETENTION,
+        });
+    }
+    Ok(())
 }
 
 /// What the barrier made of a command.
@@ -353,4 +450,22 @@ pub fn recorded(conn: &mut PgConnection, key: &str) -> QueryResult<Option<(Strin
         let outcome = r.outcome();
         (r.origin, outcome)
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_age_below_the_floor_is_refused() {
+        let just_below = MIN_RETENTION - Duration::from_secs(1);
+        assert!(matches!(
+            check_retention(just_below),
+            Err(PurgeError::TooRecent { older_than, floor })
+                if older_than == just_below && floor == MIN_RETENTION
+        ));
+        assert!(check_retention(Duration::ZERO).is_err());
+        assert!(check_retention(MIN_RETENTION).is_ok());
+        assert!(check_retention(RECOMMENDED_RETENTION).is_ok());
+    }
 }

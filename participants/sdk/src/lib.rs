@@ -18,6 +18,54 @@
 //!   command's effect happens once however often it arrives, a compensation without its action is a
 //!   no-op ("null compensation"), and an action arriving after its compensation is refused.
 //! - [`client`]: a typed client for the coordinator's HTTP API.
+//! - [`initiator`]: starting a saga atomically with a change in your own database (two-phase
+//!   submission or a transactional outbox).
+//!
+//! ## Keeping the tables small
+//!
+//! The barrier's table (`saga_barrier`) and the outbox's (`saga_outbox`) grow by a row per command
+//! and per saga started, forever, unless you delete old rows: [`barrier::purge`] and
+//! [`initiator::outbox::purge`] delete rows older than an age, in batches that commit one by one.
+//! The outbox's are safe to delete once sent or refused (pending rows are never deleted). A barrier
+//! row is what refuses a duplicate, so it may go only when no command of its step can arrive any
+//! more: not before the longest a saga of yours may run after its first command reached you (its
+//! deadline, or its steps' timeouts, retries and backoffs; the time it may stay paused or `failed`
+//! until an operator acts) plus the longest a command may wait in your queue.
+//! [`barrier::purge`] refuses less than [`barrier::MIN_RETENTION`] (one day); we recommend
+//! [`barrier::RECOMMENDED_RETENTION`] (30 days). The [`barrier`] module docs ("Cleanup") say why.
+//! Call them from time to time, e.g. hourly, from every process or one (concurrent purges skip each
+//! other's rows):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use diesel::prelude::*;
+//! use participants::barrier;
+//! use participants::initiator::outbox;
+//!
+//! async fn clean_up_hourly(database_url: String) {
+//!     let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+//!     loop {
+//!         hourly.tick().await;
+//!         let url = database_url.clone();
+//!         let purged = tokio::task::spawn_blocking(move || {
+//!             let mut conn = PgConnection::establish(&url)?;
+//!             let barrier_rows = barrier::purge(&mut conn, barrier::RECOMMENDED_RETENTION, 1000)?;
+//!             // Only in an initiator's database (`initiator::install` made the outbox).
+//!             let outbox_rows = outbox::purge(&mut conn, Duration::from_secs(30 * 86_400), 1000)?;
+//!             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((barrier_rows, outbox_rows))
+//!         })
+//!         .await;
+//!         match purged {
+//!             Ok(Ok((barrier_rows, outbox_rows))) => {
+//!                 log::info!("purged {barrier_rows} barrier and {outbox_rows} outbox rows")
+//!             }
+//!             Ok(Err(e)) => log::warn!("purge: {e}"),
+//!             Err(e) => log::warn!("purge task: {e}"),
+//!         }
+//!     }
+//! }
+//! ```
 //!
 //! The example shop in `participants/shop` (its own crate) is a complete use of all of the above.
 //!
@@ -93,12 +141,14 @@
 //! ```
 
 pub mod barrier;
+mod cleanup;
 pub mod client;
 mod command;
 pub mod initiator;
 mod outcome;
 mod participant;
 
+pub use cleanup::PurgeError;
 pub use command::{Command, CommandKind};
 pub use contract::names::QueueType;
 pub use outcome::{CheckBackAnswer, Outcome};

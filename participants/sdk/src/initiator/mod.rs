@@ -10,7 +10,8 @@
 //!   the local transaction may still commit.
 //! - [`outbox`]: the transactional outbox. The local transaction also inserts the saga submission
 //!   into an outbox table; an [`outbox::OutboxRelay`] submits pending rows in order, with an
-//!   idempotency key derived from the row, and marks them sent.
+//!   idempotency key derived from the row, and marks them sent. [`outbox::purge`] deletes the rows
+//!   sent or refused long ago.
 //!
 //! Which to choose: the outbox needs no check-back endpoint and tolerates the coordinator being down
 //! when the business change happens (the saga starts when it is back); the half-message style tells
@@ -25,7 +26,10 @@ pub mod outbox;
 use diesel::prelude::*;
 use diesel::sql_query;
 
-/// Creates the marker and outbox tables if they do not exist.
+/// Creates the marker and outbox tables and their indexes if they do not exist (also on tables an
+/// older version of this crate created). On a big existing outbox, build the index
+/// [`outbox::purge`] uses first, without holding back the outbox's writes:
+/// `CREATE INDEX CONCURRENTLY IF NOT EXISTS saga_outbox_done ON saga_outbox ((COALESCE(sent_at, refused_at)))`.
 pub fn install(conn: &mut PgConnection) -> QueryResult<()> {
     conn.transaction(|conn| {
         // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in the catalog.
@@ -57,6 +61,13 @@ pub fn install(conn: &mut PgConnection) -> QueryResult<()> {
         sql_query(
             "CREATE INDEX IF NOT EXISTS saga_outbox_pending ON saga_outbox (id)
                 WHERE sent_at IS NULL AND refused_at IS NULL",
+        )
+        .execute(conn)?;
+        // For `outbox::purge`, which deletes the rows done longest ago: without it each purge scans
+        // every row kept. Pending rows are NULL here; the relay's one update per row sets it.
+        sql_query(
+            "CREATE INDEX IF NOT EXISTS saga_outbox_done ON saga_outbox
+                ((COALESCE(sent_at, refused_at)))",
         )
         .execute(conn)?;
         Ok(())

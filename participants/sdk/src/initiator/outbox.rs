@@ -12,6 +12,13 @@
 //! order; others wait as standbys. While the coordinator is unreachable (or answers 5xx) the relay
 //! retries the same row with exponential backoff; a row the coordinator refuses for good (a 4xx such
 //! as 422) is marked refused with the reason and the relay moves on.
+//!
+//! The table keeps every row until [`purge`] deletes the ones sent or refused more than a given age
+//! ago; a pending row is never deleted. The relay never reads a row again once it is sent or
+//! refused, and row ids are never reused (the key `{relay name}:{row id}` stays unique), so any age
+//! is safe for the relay. Keep rows as long as you look at them: the row holds the saga id the
+//! coordinator gave the request (`saga_id`) and why a request was refused (`last_error`); copy
+//! what you need into your own tables if you keep it longer. We suggest 30 days.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -20,12 +27,13 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use diesel::prelude::*;
 use diesel::sql_query;
-use diesel::sql_types::{BigInt, Bool, Jsonb, Nullable, Text, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Bool, Double, Jsonb, Nullable, Text, Uuid as SqlUuid};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::cleanup::{in_batches, PurgeError};
 use crate::client::{Client, ClientError, SagaRequest};
 
 /// Inserts `request` into the outbox on `conn` (call it inside your transaction); returns the row id.
@@ -65,6 +73,28 @@ pub fn rows(conn: &mut PgConnection) -> QueryResult<Vec<OutboxRow>> {
          FROM saga_outbox ORDER BY id",
     )
     .load(conn)
+}
+
+/// Deletes the rows sent or refused more than `older_than` ago, those done longest ago first, at
+/// most `batch` rows per statement, and returns how many went. Pending rows stay, however old.
+///
+/// Call it outside a transaction: each batch then commits by itself, holding its row locks only
+/// that long.
+pub fn purge(conn: &mut PgConnection, older_than: Duration, batch: i64) -> Result<u64, PurgeError> {
+    in_batches(conn, batch, |conn| {
+        // A pending row has neither time set: its COALESCE is NULL, never below the cutoff.
+        sql_query(
+            "DELETE FROM saga_outbox WHERE id IN (
+                SELECT id FROM saga_outbox
+                WHERE COALESCE(sent_at, refused_at) < now() - make_interval(secs => $1)
+                ORDER BY COALESCE(sent_at, refused_at)
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED)",
+        )
+        .bind::<Double, _>(older_than.as_secs_f64())
+        .bind::<BigInt, _>(batch)
+        .execute(conn)
+    })
 }
 
 #[derive(QueryableByName)]

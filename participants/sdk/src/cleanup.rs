@@ -1,0 +1,49 @@
+//! What [`barrier::purge`](crate::barrier::purge) and
+//! [`outbox::purge`](crate::initiator::outbox::purge) share: the error and the batch loop.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+
+/// Why a purge deleted nothing more.
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    /// The age asked for is below the floor that keeps the barrier correct (see
+    /// [`barrier::MIN_RETENTION`](crate::barrier::MIN_RETENTION)); nothing was deleted.
+    #[error(
+        "refusing to purge rows younger than {floor:?} (asked for {older_than:?}): a command may \
+         still arrive for them"
+    )]
+    TooRecent {
+        older_than: Duration,
+        floor: Duration,
+    },
+    /// A batch must delete at least one row; nothing was deleted.
+    #[error("the batch size must be at least 1, not {0}")]
+    Batch(i64),
+    /// The database; the batches before the failing one stay deleted.
+    #[error("purging: {0}")]
+    Database(#[from] diesel::result::Error),
+}
+
+/// Runs `delete_batch` (one `DELETE` of at most `batch` rows) until a batch comes back short, and
+/// returns how many rows went. Each batch is its own statement, so on a connection outside a
+/// transaction each commits by itself: row locks are held for one batch only, and an error keeps
+/// what earlier batches deleted.
+pub(crate) fn in_batches(
+    conn: &mut PgConnection,
+    batch: i64,
+    mut delete_batch: impl FnMut(&mut PgConnection) -> QueryResult<usize>,
+) -> Result<u64, PurgeError> {
+    if batch < 1 {
+        return Err(PurgeError::Batch(batch));
+    }
+    let mut total = 0u64;
+    loop {
+        let deleted = delete_batch(conn)?;
+        total += deleted as u64;
+        if (deleted as u64) < batch as u64 {
+            return Ok(total);
+        }
+    }
+}
