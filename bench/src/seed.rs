@@ -53,8 +53,27 @@ const MIX: [(&str, f64); 4] = [
     ("failed", 1.0),
 ];
 
-/// Each outcome's steps: (outcome, position, name, state, attempts, compensation attempts, error).
-const STEPS: &[(&str, i32, &str, &str, i32, i32, Option<&str>)] = &[
+/// A step of an outcome: (outcome, position, name, state, attempts, compensation attempts, error).
+type StepScript = (
+    &'static str,
+    i32,
+    &'static str,
+    &'static str,
+    i32,
+    i32,
+    Option<&'static str>,
+);
+/// An event of an outcome's log: (outcome, kind, step, attempt, detail).
+type EventScript = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<i32>,
+    serde_json::Value,
+);
+
+/// Each outcome's steps.
+const STEPS: &[StepScript] = &[
     ("committed", 0, "reserve", "succeeded", 1, 0, None),
     ("committed", 1, "charge", "succeeded", 1, 0, None),
     ("committed", 2, "ship", "succeeded", 1, 0, None),
@@ -85,14 +104,8 @@ const STEPS: &[(&str, i32, &str, &str, i32, i32, Option<&str>)] = &[
     ("failed", 2, "ship", "pending", 0, 0, None),
 ];
 
-/// Each outcome's event log in order: (outcome, kind, step, attempt, detail).
-fn events() -> Vec<(
-    &'static str,
-    &'static str,
-    Option<&'static str>,
-    Option<i32>,
-    serde_json::Value,
-)> {
+/// Each outcome's event log, in order.
+fn events() -> Vec<EventScript> {
     let action = |outcome: &str| json!({"kind": "action", "outcome": outcome, "error": null});
     let declined = json!({"kind": "action", "outcome": "failure", "error": "card declined"});
     let mut log = vec![
