@@ -142,8 +142,10 @@ impl Failure {
 
 impl Client {
     pub fn new(base: Url, token: Option<String>, timeout: Duration) -> Result<Client, Failure> {
+        // No limit on a whole exchange here: an export streams for as long as it has sagas. A
+        // single answer is bounded per request (`send`); every read waits at most `timeout`.
         let http = reqwest::Client::builder()
-            .timeout(timeout)
+            .read_timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("coordinator-sagas/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -178,6 +180,48 @@ impl Client {
     /// Sends the request; a 2xx answer's JSON document, or why there is none.
     pub async fn send(&self, request: &Request) -> Result<Value, Failure> {
         let url = self.url(request)?;
+        let builder = self.builder(request, &url).timeout(self.timeout);
+        let unreachable = |e: reqwest::Error| self.unreachable(request, &url, &e);
+        let response = builder.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(unreachable)?;
+        if !status.is_success() {
+            return Err(refused(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| Failure::Unparsable {
+            method: request.method.to_string(),
+            url: url.to_string(),
+            reason: format!("{status} with a body that is not JSON ({e})"),
+        })
+    }
+
+    /// Sends the request and answers a 2xx answer whose body is still to be read, as a
+    /// [`Stream`]: for answers too long to hold (the export). Each read waits at most the
+    /// timeout; the whole answer may take as long as it takes.
+    pub async fn open<'a>(&'a self, request: &'a Request) -> Result<Stream<'a>, Failure> {
+        let url = self.url(request)?;
+        let response = self
+            .builder(request, &url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(request, &url, &e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| self.unreachable(request, &url, &e))?;
+            return Err(refused(status, &body));
+        }
+        Ok(Stream {
+            client: self,
+            request,
+            url,
+            response,
+        })
+    }
+
+    fn builder(&self, request: &Request, url: &Url) -> reqwest::RequestBuilder {
         let mut builder = self.http.request(request.method.clone(), url.clone());
         if let Some(token) = &self.token {
             builder = builder.bearer_auth(token);
@@ -185,27 +229,7 @@ impl Client {
         if let Some(body) = &request.body {
             builder = builder.json(body);
         }
-        let unreachable = |e: reqwest::Error| self.unreachable(request, &url, &e);
-        let response = builder.send().await.map_err(unreachable)?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(unreachable)?;
-        if !status.is_success() {
-            let problem = Problem::parse(&body);
-            let excerpt = match problem {
-                Some(_) => String::new(),
-                None => String::from_utf8_lossy(&body).chars().take(200).collect(),
-            };
-            return Err(Failure::Refused {
-                status,
-                problem,
-                body: excerpt,
-            });
-        }
-        serde_json::from_slice(&body).map_err(|e| Failure::Unparsable {
-            method: request.method.to_string(),
-            url: url.to_string(),
-            reason: format!("{status} with a body that is not JSON ({e})"),
-        })
+        builder
     }
 
     /// Why no answer came: a timeout, or the innermost cause (connection refused, unknown host).
@@ -228,6 +252,48 @@ impl Client {
             url: url.to_string(),
             reason,
         }
+    }
+}
+
+/// A 2xx answer being read (see [`Client::open`]).
+pub struct Stream<'a> {
+    client: &'a Client,
+    request: &'a Request,
+    url: Url,
+    response: reqwest::Response,
+}
+
+impl Stream<'_> {
+    /// The next part of the body as it arrives, `None` at its end; a connection that breaks or
+    /// stays silent past the timeout is [`Failure::Unreachable`].
+    pub async fn chunk(&mut self) -> Result<Option<impl AsRef<[u8]>>, Failure> {
+        self.response
+            .chunk()
+            .await
+            .map_err(|e| self.client.unreachable(self.request, &self.url, &e))
+    }
+
+    /// What the API promised and the body broke (`what` says how).
+    pub fn unparsable(&self, what: &str) -> Failure {
+        Failure::Unparsable {
+            method: self.request.method.to_string(),
+            url: self.url.to_string(),
+            reason: what.to_owned(),
+        }
+    }
+}
+
+/// A non-2xx answer: its problem document, or the start of its body.
+fn refused(status: StatusCode, body: &[u8]) -> Failure {
+    let problem = Problem::parse(body);
+    let excerpt = match problem {
+        Some(_) => String::new(),
+        None => String::from_utf8_lossy(body).chars().take(200).collect(),
+    };
+    Failure::Refused {
+        status,
+        problem,
+        body: excerpt,
     }
 }
 

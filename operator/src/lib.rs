@@ -5,6 +5,7 @@
 //! - this file: the options every verb shares ([`SagasArgs`]) and [`run`];
 //! - `verbs.rs`: the verbs, each as the request it sends and how its answer is shown;
 //! - `bulk.rs`: the `bulk` verbs (an action over every saga a filter matches), and following one;
+//! - `export.rs`: the `export` verb, whose answer is streamed to its output rather than read whole;
 //! - `request.rs`: one request to the API, as the verbs describe it and the client sends it;
 //! - `client.rs`: the HTTP exchange, and what a failed one tells the operator;
 //! - `table.rs`: the answers as text for a person (pure functions of the JSON documents);
@@ -12,6 +13,7 @@
 
 mod bulk;
 mod client;
+mod export;
 mod outcome;
 mod request;
 mod table;
@@ -25,6 +27,7 @@ use clap::Args;
 use url::Url;
 
 pub use bulk::BulkVerb;
+pub use export::ExportArgs;
 pub use outcome::{Outcome, EXIT_CODES};
 pub use verbs::{ListArgs, ResolveArgs, SagaId, Verb};
 
@@ -121,6 +124,9 @@ async fn execute(args: &SagasArgs) -> Outcome {
             return failure.outcome();
         }
     };
+    if let Verb::Export(export) = &args.verb {
+        return export::run(&client, export).await;
+    }
     let mut answer = client.send(&args.verb.request()).await;
     if let (Verb::Bulk(bulk), Ok(document)) = (&args.verb, &answer) {
         if bulk.waits() {

@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::bulk::BulkVerb;
+use crate::export::ExportArgs;
 use crate::request::Request;
 use crate::table;
 
@@ -44,6 +45,11 @@ pub enum Verb {
     ResumeName(SagaName),
     /// The names whose sagas are paused, and since when.
     PausedNames,
+    /// Every saga the filters match (all of them without one), oldest first, as JSON lines: each
+    /// saga's document with its event log as `events`. For archiving what retention will remove;
+    /// written as it arrives, with the count on stderr. --timeout-secs bounds each wait for data,
+    /// not the whole export.
+    Export(ExportArgs),
     /// Act on every saga a filter matches, as a durable job of the coordinator: `bulk start`,
     /// `list`, `show`, `sagas`, `cancel`.
     #[command(subcommand)]
@@ -129,6 +135,7 @@ impl Verb {
                 resource: "saga-names",
                 ..Request::get(&["paused"])
             },
+            Verb::Export(export) => export.request(),
             Verb::Bulk(bulk) => bulk.request(),
         }
     }
@@ -149,6 +156,8 @@ impl Verb {
             | Verb::Resume(_) => table::saga_changed(answer),
             Verb::PauseName(_) | Verb::ResumeName(_) => table::name_changed(answer),
             Verb::PausedNames => table::paused_names(answer),
+            // Streamed to its output by `export::run`, never read whole.
+            Verb::Export(_) => String::new(),
             Verb::Bulk(bulk) => bulk.render(answer),
         }
     }

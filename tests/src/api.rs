@@ -113,6 +113,41 @@ impl Api {
         expect_json(self.list(query).await, StatusCode::OK).await
     }
 
+    /// `GET /api/v1/sagas/export?...`.
+    pub async fn export(&self, query: &[(&str, &str)]) -> Response {
+        self.send(
+            self.request(Method::GET, "/api/v1/sagas/export")
+                .query(query),
+        )
+        .await
+    }
+
+    /// The export's lines, each parsed; expects 200 with `application/x-ndjson` and every line
+    /// ended.
+    pub async fn export_lines(&self, query: &[(&str, &str)]) -> Vec<Value> {
+        let resp = self.export(query).await;
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = resp.text().await.expect("reading the export");
+        assert_eq!(status, StatusCode::OK, "unexpected status; body: {text}");
+        assert_eq!(content_type, "application/x-ndjson", "{query:?}");
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "a line without its end"
+        );
+        text.lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("an export line is not JSON ({e}): {line}"))
+            })
+            .collect()
+    }
+
     /// `POST /api/v1/sagas/{id}/abort`.
     pub async fn abort(&self, id: &str) -> Response {
         self.send(self.request(Method::POST, &format!("/api/v1/sagas/{id}/abort")))

@@ -624,6 +624,115 @@ async fn pause_name_holds_new_sagas_of_the_name_until_resume_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_writes_the_apis_lines_to_a_file_or_stdout_and_counts_them() {
+    let app = TestApp::start().await;
+    let _shop = FakeParticipant::always_succeed(&app.ns, "shop").await;
+    let url = app.api.base_url.clone();
+    let mut committed = Vec::new();
+    for _ in 0..3 {
+        let id = app
+            .submit_id(&saga("cli-archive", vec![saga_step("reserve", "shop")]))
+            .await;
+        app.wait_for_state(&id, &["committed"], SAGA_TIMEOUT).await;
+        committed.push(id);
+    }
+    let prepared = app.submit_id(&prepared_saga("cli-held")).await;
+    let body = |query: &'static [(&'static str, &'static str)]| {
+        let app = &app;
+        async move {
+            app.api
+                .export(query)
+                .await
+                .text()
+                .await
+                .expect("the export's body")
+        }
+    };
+
+    // To a file: the same bytes as the API's answer, the count on stderr.
+    let dir = std::env::temp_dir().join(format!("cli-export-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).expect("a temporary folder");
+    let file = dir.join("archive.jsonl");
+    let path = file.to_str().expect("a UTF-8 path");
+    let run = sagas(&url, &["export", "--state", "committed", "--output", path])
+        .await
+        .exits(0);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains(&format!("exported 3 saga(s) to {path}")),
+        "{}",
+        run.stderr
+    );
+    let written = std::fs::read_to_string(&file).expect("the export file");
+    assert_eq!(written, body(&[("state", "committed")]).await);
+    let ids: Vec<String> = written
+        .lines()
+        .map(|line| {
+            let line: Value = serde_json::from_str(line).expect("a JSON line");
+            line["id"].as_str().expect("an id").to_owned()
+        })
+        .collect();
+    assert_eq!(ids, committed);
+
+    // To stdout, every filter passed on; without one, every saga.
+    let run = sagas(
+        &url,
+        &[
+            "export",
+            "--name",
+            "cli-held",
+            "--state",
+            "prepared",
+            "--after",
+            &committed[0],
+        ],
+    )
+    .await
+    .exits(0);
+    assert_eq!(run.lines().len(), 1, "{}", run.stdout);
+    assert!(run.stdout.contains(&prepared), "{}", run.stdout);
+    let run = sagas(&url, &["export"]).await.exits(0);
+    assert_eq!(run.stdout, body(&[]).await);
+    assert!(
+        run.stderr.contains("exported 4 saga(s) to stdout"),
+        "{}",
+        run.stderr
+    );
+    let run = sagas(
+        &url,
+        &[
+            "export",
+            "--finished-after",
+            "2000-01-01T00:00:00Z",
+            "--finished-before",
+            "2000-01-02T00:00:00Z",
+        ],
+    )
+    .await
+    .exits(0);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+
+    // A refused filter is exit code 7, naming the parameter, and leaves no file behind.
+    let refused = dir.join("refused.jsonl");
+    let run = sagas(
+        &url,
+        &[
+            "export",
+            "--finished-after",
+            "last tuesday",
+            "--output",
+            refused.to_str().expect("a UTF-8 path"),
+        ],
+    )
+    .await
+    .exits(7);
+    assert!(run.stderr.contains("finished_after"), "{}", run.stderr);
+    assert!(!refused.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guarded_api_wants_the_token_and_401_is_exit_code_5() {
     let app = TestApp::builder().api_token("cli-s3cret").start().await;
     let url = app.api.base_url.clone();
@@ -722,6 +831,7 @@ async fn help_documents_every_verb_and_exit_code() {
         "pause-name",
         "resume-name",
         "paused-names",
+        "export",
         "bulk",
     ] {
         assert!(

@@ -10,6 +10,7 @@ mod batch;
 pub mod bulk_actions;
 pub mod dashboard;
 mod events;
+pub mod export;
 mod gauges;
 pub mod leases;
 mod migrations;
@@ -136,6 +137,19 @@ pub struct EventRecord {
     pub detail: Value,
 }
 
+impl From<EventRow> for EventRecord {
+    fn from(r: EventRow) -> Self {
+        EventRecord {
+            seq: r.seq,
+            at: r.at,
+            kind: r.kind,
+            step: r.step,
+            attempt: r.attempt,
+            detail: r.detail,
+        }
+    }
+}
+
 /// Filters of the saga list.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -236,17 +250,7 @@ impl Queries {
             .order(saga_events::seq.asc())
             .select(EventRow::as_select())
             .load(&mut conn)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| EventRecord {
-                seq: r.seq,
-                at: r.at,
-                kind: r.kind,
-                step: r.step,
-                attempt: r.attempt,
-                detail: r.detail,
-            })
-            .collect())
+        Ok(rows.into_iter().map(EventRecord::from).collect())
     }
 
     /// Outbox rows not yet confirmed, oldest first, created before `created_before` (younger ones are

@@ -67,6 +67,8 @@ pub fn api_routes() -> Vec<RouteSpec> {
     vec![
         route(Method::POST, "/sagas", http::sagas::submit),
         route(Method::GET, "/sagas", http::sagas::list),
+        // Before `/sagas/{id}`, or `export` would be taken for an id.
+        route(Method::GET, "/sagas/export", http::export::export),
         route(Method::GET, "/sagas/{id}", http::sagas::get),
         route(Method::GET, "/sagas/{id}/events", http::sagas::events),
         route(Method::POST, "/sagas/{id}/abort", http::sagas::abort),

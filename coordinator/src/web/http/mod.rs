@@ -3,6 +3,7 @@
 
 pub mod api_page;
 pub mod bulk_actions;
+pub mod export;
 pub mod metrics;
 pub mod names;
 pub mod openapi;

@@ -39,6 +39,7 @@ use crate::web::state::AppState;
         document,
         super::sagas::submit,
         super::sagas::list,
+        super::export::export,
         super::sagas::get,
         super::sagas::events,
         super::sagas::abort,
@@ -280,6 +281,12 @@ fn constraints() -> Vec<(&'static str, Map<String, Value>)> {
         ),
         ("/components/schemas/BulkFilter/properties/name", name()),
         ("/paths/~1api~1v1~1sagas/get/parameters/1/schema", name()),
+        // The export's parameters in their order: state, name, finished_after, finished_before,
+        // after.
+        (
+            "/paths/~1api~1v1~1sagas~1export/get/parameters/1/schema",
+            name(),
+        ),
         (
             "/paths/~1api~1v1~1saga-names~1{name}~1pause/post/parameters/0/schema",
             name(),
@@ -446,6 +453,48 @@ mod tests {
         assert_eq!(limit["name"], "limit");
         assert_eq!(limit["schema"]["maximum"], 500);
         assert_eq!(limit["schema"]["minimum"], 1);
+    }
+
+    #[test]
+    fn the_export_is_documented_as_json_lines_with_the_lists_filters() {
+        let doc = openapi();
+        let export = &doc["paths"]["/api/v1/sagas/export"]["get"];
+        let names: Vec<&str> = export["parameters"]
+            .as_array()
+            .map(|p| p.iter().filter_map(|p| p["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            names,
+            [
+                "state",
+                "name",
+                "finished_after",
+                "finished_before",
+                "after"
+            ],
+            "{export}"
+        );
+        let list = &doc["paths"]["/api/v1/sagas"]["get"]["parameters"];
+        for i in 0..2 {
+            assert_eq!(export["parameters"][i], list[i], "{i}");
+        }
+        for i in 2..4 {
+            let schema = &export["parameters"][i]["schema"];
+            assert_eq!(schema["format"], "date-time", "{schema}");
+        }
+        let ok = &export["responses"]["200"]["content"];
+        assert_eq!(
+            ok["application/x-ndjson"]["schema"]["$ref"], "#/components/schemas/ExportedSaga",
+            "{ok}"
+        );
+        assert!(export["responses"]["422"].is_object());
+        let line = &doc["components"]["schemas"]["ExportedSaga"];
+        assert!(
+            line.to_string()
+                .contains("#/components/schemas/SagaDocument"),
+            "{line}"
+        );
+        assert!(line.to_string().contains("events"), "{line}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::runtime::{EngineError, Submitted};
 use crate::saga::machine::Event;
 use crate::saga::{PausedBy, SagaState};
 use crate::store::ListFilter;
-use crate::submission::parse_submission;
+use crate::submission::{parse_submission, FieldError};
 use crate::web::document::{saga_document, saga_summary};
 use crate::web::error::ApiError;
 use crate::web::forward::Forwarder;
@@ -165,20 +165,16 @@ pub async fn list(
     let mut page = Page::default();
     let mut errors = Vec::new();
     for (key, value) in query.into_inner() {
+        if saga_filter(
+            &key,
+            &value,
+            &mut filter.states,
+            &mut filter.name,
+            &mut errors,
+        ) {
+            continue;
+        }
         match key.as_str() {
-            "state" => match value.parse::<SagaState>() {
-                Ok(s) => filter.states.push(s),
-                Err(_) => errors.push(field_error("state", format!("unknown state {value:?}"))),
-            },
-            // No saga has another name; one with a NUL Postgres would not even compare.
-            "name" if crate::submission::is_name(&value) => filter.name = Some(value),
-            "name" => errors.push(field_error(
-                "name",
-                format!(
-                    "not a saga name (it matches {})",
-                    crate::submission::NAME_PATTERN
-                ),
-            )),
             "limit" => page.limit(&value, &mut errors),
             "before" => page.cursor(&key, &value, &mut errors),
             other => errors.push(field_error(other, "unknown parameter")),
@@ -193,6 +189,34 @@ pub async fn list(
     let next = page_end(&sagas, limit, |s| s.id);
     let items: Vec<Value> = sagas.iter().map(saga_summary).collect();
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next })))
+}
+
+/// The list's filters among a query's parameters, shared by every read that selects sagas the way
+/// the list does: `state` (repeatable) and `name`. Answers whether `key` was one of them.
+pub(super) fn saga_filter(
+    key: &str,
+    value: &str,
+    states: &mut Vec<SagaState>,
+    name: &mut Option<String>,
+    errors: &mut Vec<FieldError>,
+) -> bool {
+    match key {
+        "state" => match value.parse::<SagaState>() {
+            Ok(s) => states.push(s),
+            Err(_) => errors.push(field_error("state", format!("unknown state {value:?}"))),
+        },
+        // No saga has another name; one with a NUL Postgres would not even compare.
+        "name" if crate::submission::is_name(value) => *name = Some(value.to_owned()),
+        "name" => errors.push(field_error(
+            "name",
+            format!(
+                "not a saga name (it matches {})",
+                crate::submission::NAME_PATTERN
+            ),
+        )),
+        _ => return false,
+    }
+    true
 }
 
 /// Runs an operator's action here if this instance owns the saga, or forwards it (once) to the

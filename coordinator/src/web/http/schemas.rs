@@ -229,6 +229,15 @@ pub struct SagaDocument {
     pub check_back: Option<CheckBackProgress>,
 }
 
+/// One line of `GET /api/v1/sagas/export`: the saga document with its event log.
+#[derive(ToSchema)]
+pub struct ExportedSaga {
+    #[serde(flatten)]
+    pub saga: SagaDocument,
+    /// The saga's event log, oldest first (the items of `GET /api/v1/sagas/{id}/events`).
+    pub events: Vec<EventRecord>,
+}
+
 /// A name whose sagas are paused (or, answering a resume, no longer are).
 #[derive(ToSchema)]
 pub struct PausedName {
