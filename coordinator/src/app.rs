@@ -276,6 +276,7 @@ async fn start(
         committed: settings.retain_committed,
         compensated: settings.retain_compensated,
         aborted: settings.retain_aborted,
+        rate: settings.retention_rate,
         every: settings.retention_interval,
     };
     let retention = if policy.keeps_everything() {

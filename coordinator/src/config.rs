@@ -144,8 +144,14 @@ pub struct Settings {
     #[arg(long, env = "SAGA_RETAIN_ABORTED", default_value = "forever", value_parser = parse_retention)]
     pub retain_aborted: Retention,
 
+    /// Finished sagas per second each coordinator deletes at most (a saga is about a dozen rows):
+    /// a year's backlog goes slowly, and live sagas keep Postgres. Far above what a steady state
+    /// needs (a shop finishing ten million sagas a year deletes one every three seconds).
+    #[arg(long, env = "SAGA_RETENTION_RATE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub retention_rate: u32,
+
     /// How often each coordinator looks for finished sagas past their retention, once the last
-    /// look found none left (a backlog goes in batches of 500 with a tenth of a second between).
+    /// look found none left.
     #[arg(long, env = "SAGA_RETENTION_INTERVAL", default_value = "30s", value_parser = parse_wait)]
     pub retention_interval: Duration,
 

@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, Notify};
 use uuid::Uuid;
 
 use super::ownership::Ownership;
+use super::pace::Pace;
 use super::{EngineError, Registry};
 use crate::saga::machine::Event;
 use crate::saga::PausedBy;
@@ -26,8 +27,6 @@ use crate::store::{Store, StoreError};
 
 /// How often each coordinator looks for bulk actions to work on.
 pub const EVERY: Duration = Duration::from_secs(1);
-/// Batches per second at full rate: a batch is a fifth of a second's sagas.
-const BATCHES_PER_SECOND: u32 = 5;
 /// The most sagas of one bulk action taken per look.
 const MAX_BATCH: u32 = 200;
 /// Sagas whose action is under way at once: a few, so the actions share the writer with live
@@ -111,16 +110,12 @@ pub async fn run(
     rate: u32,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let rate = rate.max(1);
-    let batch = (rate / BATCHES_PER_SECOND).clamp(1, MAX_BATCH);
+    let pace = Pace::new(rate, MAX_BATCH);
     loop {
         let started = tokio::time::Instant::now();
-        let wait = match work(&registry, &store, &ownership, i64::from(batch)).await {
-            // More is waiting: go on once this batch's share of a second has passed.
-            Ok(done) if done > 0 => {
-                let share = Duration::from_secs_f64(f64::from(done) / f64::from(rate));
-                share.saturating_sub(started.elapsed())
-            }
+        let wait = match work(&registry, &store, &ownership, i64::from(pace.batch())).await {
+            // More may be waiting: go on once this batch had its share of a second.
+            Ok(done) if done > 0 => pace.after(done, started),
             Ok(_) => EVERY,
             Err(e) => {
                 log::warn!("bulk actions: cannot work on them ({e}); trying again in {EVERY:?}");

@@ -16,6 +16,7 @@ mod commit;
 pub mod keeper;
 pub mod name_pauses;
 pub mod ownership;
+pub mod pace;
 pub mod relay;
 pub mod retention;
 pub mod sending;

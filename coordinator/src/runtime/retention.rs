@@ -10,22 +10,24 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::oneshot;
 
+use super::pace::Pace;
 use crate::config::Retention;
 use crate::metrics::Metrics;
 use crate::saga::SagaState;
 use crate::store::{Store, StoreError};
 
-/// Sagas deleted per statement: small enough that its locks and WAL are a blip.
-pub const BATCH: i64 = 500;
-/// The pause after a full batch: at most a few thousand sagas a second, however large the backlog.
-const BETWEEN_BATCHES: Duration = Duration::from_millis(100);
+/// The most sagas deleted per statement: small enough that its locks and WAL are a blip.
+pub const MAX_BATCH: u32 = 500;
 
-/// How long each final state is kept, and how often to look once nothing was left.
+/// How long each final state is kept, how fast a backlog goes, and how often to look once
+/// nothing was left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionPolicy {
     pub committed: Retention,
     pub compensated: Retention,
     pub aborted: Retention,
+    /// Sagas deleted per second at most, per coordinator.
+    pub rate: u32,
     pub every: Duration,
 }
 
@@ -57,10 +59,13 @@ pub async fn run(
     mut stop: oneshot::Receiver<()>,
 ) {
     let every = policy.every;
+    let pace = Pace::new(policy.rate, MAX_BATCH);
     loop {
-        let wait = match purge_batch(&policy, &store, &instance, &metrics).await {
-            Ok(true) => BETWEEN_BATCHES,
-            Ok(false) => every,
+        let started = tokio::time::Instant::now();
+        let wait = match purge_batch(&policy, &store, &instance, &metrics, pace.batch()).await {
+            // More is waiting: go on once what was deleted had its share of a second.
+            Ok(deleted) if deleted >= pace.batch() => pace.after(deleted, started),
+            Ok(_) => every,
             Err(e) => {
                 log::warn!(
                     "retention: cannot delete old sagas now ({e}); trying again in {every:?}"
@@ -75,15 +80,16 @@ pub async fn run(
     }
 }
 
-/// One batch per final state with a retention; answers whether any batch was full (more is
-/// waiting).
+/// One batch per final state with a retention; answers how many sagas went (a full batch of any
+/// state: more is waiting).
 async fn purge_batch(
     policy: &RetentionPolicy,
     store: &Store,
     instance: &str,
     metrics: &Metrics,
-) -> Result<bool, StoreError> {
-    let mut more = false;
+    batch: u32,
+) -> Result<u32, StoreError> {
+    let mut deleted = 0;
     for (state, keep) in policy.rules() {
         let Ok(keep) = chrono::Duration::from_std(keep) else {
             continue;
@@ -91,15 +97,17 @@ async fn purge_batch(
         let finished_before = Utc::now() - keep;
         let owner = instance.to_owned();
         let purged = store
-            .interact(move |db| db.purge_finished(&owner, state.as_str(), finished_before, BATCH))
+            .interact(move |db| {
+                db.purge_finished(&owner, state.as_str(), finished_before, i64::from(batch))
+            })
             .await?;
         if purged > 0 {
             log::debug!("retention: deleted {purged} {} sagas", state.as_str());
             metrics.observe_purged(state.as_str(), purged);
         }
-        more |= i64::try_from(purged).unwrap_or(i64::MAX) >= BATCH;
+        deleted = deleted.max(u32::try_from(purged).unwrap_or(u32::MAX));
     }
-    Ok(more)
+    Ok(deleted)
 }
 
 #[cfg(test)]
@@ -113,6 +121,7 @@ mod tests {
             committed: Retention(Some(day)),
             compensated: Retention(None),
             aborted: Retention(Some(day * 7)),
+            rate: 500,
             every: Duration::from_secs(30),
         };
         assert_eq!(
@@ -123,6 +132,7 @@ mod tests {
             committed: Retention(None),
             compensated: Retention(None),
             aborted: Retention(None),
+            rate: 500,
             every: Duration::from_secs(30),
         };
         assert!(forever.keeps_everything());
