@@ -26,7 +26,7 @@ use crate::runtime::keeper::{Keeper, KeeperSettings};
 use crate::runtime::ownership::Ownership;
 use crate::runtime::retention::{self, RetentionPolicy};
 use crate::runtime::sending::Sendings;
-use crate::runtime::{bulk_actions, name_pauses, relay, Registry};
+use crate::runtime::{bulk_actions, name_pauses, relay, state_counts, Registry};
 use crate::saga::machine::Event;
 use crate::store::{self, Store, Writer};
 use crate::submission::CheckBackHosts;
@@ -130,16 +130,38 @@ pub async fn run(
         .context("the HTTP server failed")
 }
 
+/// A task that works in the background until told to stop (it gets the receiving end).
+struct Background {
+    task: JoinHandle<()>,
+    stop: oneshot::Sender<()>,
+}
+
+impl Background {
+    fn spawn<F>(run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
+    where
+        F: std::future::Future<Output = ()> + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = actix_rt::spawn(run(stopped));
+        Background { task, stop }
+    }
+
+    /// Tells it to stop and waits until it has.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
 /// What start-up started, to be stopped in order.
 struct Started {
     keeper: JoinHandle<Keeper>,
     keeper_stop: oneshot::Sender<()>,
-    name_pauses: JoinHandle<()>,
-    name_pauses_stop: oneshot::Sender<()>,
-    bulk_actions: JoinHandle<()>,
-    bulk_actions_stop: oneshot::Sender<()>,
-    retention: Option<(JoinHandle<()>, oneshot::Sender<()>)>,
-    alerts: Option<(JoinHandle<()>, oneshot::Sender<()>)>,
+    name_pauses: Background,
+    bulk_actions: Background,
+    state_counts: Background,
+    retention: Option<Background>,
+    alerts: Option<Background>,
     broker: BrokerHandle,
     dispatcher: JoinHandle<()>,
     registry: Registry,
@@ -254,23 +276,20 @@ async fn start(
         keeper
     });
 
-    let (name_pauses_stop, stopped) = oneshot::channel::<()>();
-    let name_pauses = actix_rt::spawn(name_pauses::run(
-        registry.clone(),
-        store.clone(),
-        ownership.clone(),
-        stopped,
-    ));
-
-    let (bulk_actions_stop, stopped) = oneshot::channel::<()>();
-    let bulk_actions = actix_rt::spawn(bulk_actions::run(
-        registry.clone(),
-        store.clone(),
-        ownership.clone(),
-        registry.bulk_wake(),
-        settings.bulk_action_rate,
-        stopped,
-    ));
+    let name_pauses = Background::spawn(|stopped| {
+        name_pauses::run(registry.clone(), store.clone(), ownership.clone(), stopped)
+    });
+    let bulk_actions = Background::spawn(|stopped| {
+        bulk_actions::run(
+            registry.clone(),
+            store.clone(),
+            ownership.clone(),
+            registry.bulk_wake(),
+            settings.bulk_action_rate,
+            stopped,
+        )
+    });
+    let state_counts = Background::spawn(|stopped| state_counts::run(store.clone(), stopped));
 
     let policy = RetentionPolicy {
         committed: settings.retain_committed,
@@ -286,15 +305,15 @@ async fn start(
             "retention: finished sagas are deleted after {:?}",
             policy.rules()
         );
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = actix_rt::spawn(retention::run(
-            policy,
-            store.clone(),
-            instance.clone(),
-            Arc::clone(&metrics),
-            stopped,
-        ));
-        Some((task, stop))
+        Some(Background::spawn(|stopped| {
+            retention::run(
+                policy,
+                store.clone(),
+                instance.clone(),
+                Arc::clone(&metrics),
+                stopped,
+            )
+        }))
     };
 
     let alerts = match alert_settings {
@@ -304,15 +323,15 @@ async fn start(
                 alert_settings.url,
                 alert_settings.stuck_after
             );
-            let (stop, stopped) = oneshot::channel::<()>();
-            let task = actix_rt::spawn(alerts::run(
-                alert_settings,
-                store.clone(),
-                ownership.clone(),
-                Arc::clone(&metrics),
-                stopped,
-            ));
-            Some((task, stop))
+            Some(Background::spawn(|stopped| {
+                alerts::run(
+                    alert_settings,
+                    store.clone(),
+                    ownership.clone(),
+                    Arc::clone(&metrics),
+                    stopped,
+                )
+            }))
         }
         None => None,
     };
@@ -362,9 +381,8 @@ async fn start(
         keeper,
         keeper_stop,
         name_pauses,
-        name_pauses_stop,
         bulk_actions,
-        bulk_actions_stop,
+        state_counts,
         retention,
         alerts,
         broker,
@@ -385,9 +403,8 @@ impl Started {
             keeper,
             keeper_stop,
             name_pauses,
-            name_pauses_stop,
             bulk_actions,
-            bulk_actions_stop,
+            state_counts,
             retention,
             alerts,
             broker,
@@ -398,17 +415,12 @@ impl Started {
             change_feed,
             writer_threads,
         } = self;
-        let _ = name_pauses_stop.send(());
-        let _ = name_pauses.await;
-        let _ = bulk_actions_stop.send(());
-        let _ = bulk_actions.await;
-        if let Some((task, stop)) = retention {
-            let _ = stop.send(());
-            let _ = task.await;
-        }
-        if let Some((task, stop)) = alerts {
-            let _ = stop.send(());
-            let _ = task.await;
+        for background in [name_pauses, bulk_actions, state_counts]
+            .into_iter()
+            .chain(retention)
+            .chain(alerts)
+        {
+            background.stop().await;
         }
         broker.shutdown().await;
         dispatcher.abort();

@@ -20,6 +20,7 @@ pub mod pace;
 pub mod relay;
 pub mod retention;
 pub mod sending;
+pub mod state_counts;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,10 +1,9 @@
-//! Aggregate reads for the operator's dashboard: counts per state, throughput per minute, and the
-//! in-flight sagas with their steps.
+//! Aggregate reads for the operator's dashboard: throughput per minute and the in-flight sagas with
+//! their steps (the counts per state are `state_counts.rs`).
 //!
 //! Each is one or two indexed queries, cheap enough to run on every live refresh of an overview.
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use diesel::dsl::count_star;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Timestamptz};
 use uuid::Uuid;
@@ -43,23 +42,6 @@ struct MinuteRow {
 }
 
 impl Queries {
-    /// How many sagas are in each state (states with none are left out).
-    pub fn count_by_state(&self) -> Result<Vec<(SagaState, i64)>, StoreError> {
-        let mut conn = self.conn()?;
-        let rows: Vec<(String, i64)> = sagas::table
-            .group_by(sagas::state)
-            .select((sagas::state, count_star()))
-            .load(&mut conn)?;
-        rows.into_iter()
-            .map(|(state, n)| {
-                state
-                    .parse::<SagaState>()
-                    .map(|s| (s, n))
-                    .map_err(StoreError::Corrupt)
-            })
-            .collect()
-    }
-
     /// Sagas started and finished (reached a final state) per minute over the last `minutes`
     /// minutes, oldest first, with every minute present (zeros included).
     pub fn throughput(

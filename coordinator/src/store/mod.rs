@@ -20,6 +20,7 @@ mod persist;
 pub mod retention;
 mod rows;
 pub mod schema;
+mod state_counts;
 pub mod writer;
 
 use std::collections::HashMap;

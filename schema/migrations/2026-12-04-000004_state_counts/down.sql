@@ -1,0 +1,10 @@
+DROP TRIGGER saga_states_truncated ON sagas;
+DROP TRIGGER saga_states_deleted ON sagas;
+DROP TRIGGER saga_states_changed ON sagas;
+DROP TRIGGER saga_states_inserted ON sagas;
+DROP FUNCTION saga_states_truncated();
+DROP FUNCTION saga_states_deleted();
+DROP FUNCTION saga_states_changed();
+DROP FUNCTION saga_states_inserted();
+DROP TABLE saga_state_count_changes;
+DROP TABLE saga_state_counts;
