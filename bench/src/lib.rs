@@ -13,6 +13,7 @@ pub mod load;
 pub mod options;
 pub mod participants;
 pub mod procstat;
+pub mod reads;
 pub mod report;
 pub mod seed;
 pub mod target;
@@ -115,6 +116,27 @@ async fn unfinished(target: &Arc<Mutex<Target>>) -> anyhow::Result<i64> {
     within("counting unfinished sagas", STEP_LIMIT, read).await??
 }
 
+/// Keys of existing sagas for the read probe (a seeded database has many; a fresh one none).
+async fn sample_keys(target: &Arc<Mutex<Target>>) -> Vec<String> {
+    let target = Arc::clone(target);
+    let read = tokio::task::spawn_blocking(move || lock(&target).sample_keys(200));
+    match within("sampling saga keys", STEP_LIMIT, read).await {
+        Ok(Ok(Ok(keys))) => keys,
+        Ok(Ok(Err(e))) => {
+            eprintln!("bench: sampling saga keys: {e:#}");
+            Vec::new()
+        }
+        Ok(Err(e)) => {
+            eprintln!("bench: sampling saga keys: {e}");
+            Vec::new()
+        }
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            Vec::new()
+        }
+    }
+}
+
 /// The stopper of `--kill-one-after`/`--term-one-after` after the run: its figures if it stopped
 /// one (waiting for the handover), nothing if the run ended first.
 async fn stopped_one(
@@ -168,6 +190,7 @@ async fn drive(
     };
     let mut backlog = None;
     let mut stop_one = None;
+    let mut read_figures = Vec::new();
     let timed_out = match opts.mode {
         Mode::Closed | Mode::Open => {
             within(
@@ -187,6 +210,18 @@ async fn drive(
                 ));
                 (task, begun)
             });
+            let (stop_reads, reads_stopped) = tokio::sync::watch::channel(false);
+            let reads = if opts.probe_reads {
+                let keys = sample_keys(target).await;
+                Some(tokio::spawn(reads::probe(
+                    urls[0].clone(),
+                    Arc::new(keys),
+                    Duration::from_millis(opts.probe_every_ms),
+                    reads_stopped,
+                )))
+            } else {
+                None
+            };
             let work = async {
                 if opts.mode == Mode::Closed {
                     load::closed(
@@ -209,6 +244,12 @@ async fn drive(
                 }
             };
             let timed_out = tokio::time::timeout(deadline, work).await.is_err();
+            let _ = stop_reads.send(true);
+            if let Some(task) = reads {
+                read_figures = within("stopping the read probe", STEP_LIMIT, task)
+                    .await?
+                    .unwrap_or_default();
+            }
             stop_one = stopped_one(stopper).await;
             timed_out
         }
@@ -308,6 +349,7 @@ async fn drive(
     );
     report.submission_retries = retries.load(Ordering::Relaxed);
     report.stop_one = stop_one;
+    report.reads = read_figures;
     report.unfinished_sagas = unfinished(target)
         .await
         .inspect_err(|e| eprintln!("bench: counting unfinished sagas: {e:#}"))

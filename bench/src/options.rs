@@ -142,6 +142,16 @@ pub struct Options {
     #[arg(long, default_value_t = 11_000)]
     pub stats_settle_ms: u64,
 
+    /// Closed and open modes: while the load runs, read the overview, the in-flight list and
+    /// searches (by key, by name and state, by error text in a time range) one after another, and
+    /// report each kind's latency (see `docs/benchmark.md`, issue 15).
+    #[arg(long)]
+    pub probe_reads: bool,
+
+    /// The pause between two reads of `--probe-reads`.
+    #[arg(long, default_value_t = 100)]
+    pub probe_every_ms: u64,
+
     /// Print only the JSON line.
     #[arg(long)]
     pub json_only: bool,

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::load::Recorder;
 use crate::options::{Mode, Options, Restart};
 use crate::procstat::{self, CpuUse};
+use crate::reads::ReadFigures;
 
 /// Extra figures of the backlog mode.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -87,9 +88,11 @@ pub struct Report {
     pub stop_one: Option<StopOneFigures>,
     /// Sagas in the database still unfinished at the end (`None`: not read).
     pub unfinished_sagas: Option<i64>,
+    /// `--probe-reads`: each kind of read's latency.
+    pub reads: Vec<ReadFigures>,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -155,6 +158,7 @@ impl Report {
             submission_retries: 0,
             stop_one: None,
             unfinished_sagas: None,
+            reads: Vec::new(),
         }
     }
 
@@ -281,6 +285,18 @@ impl Report {
                 self.completed,
                 self.unfinished_sagas
                     .map_or_else(|| "?".to_string(), |n| n.to_string())
+            );
+        }
+        for r in &self.reads {
+            let _ = writeln!(
+                t,
+                "{:<28} p50 {:.2}  p99 {:.2}  max {:.2} ({} reads, {} failed)",
+                format!("read {} ms", r.kind),
+                r.p50_ms,
+                r.p99_ms,
+                r.max_ms,
+                r.reads,
+                r.failed
             );
         }
         let _ = writeln!(t, "{:<28} {}", "load average", self.load_average);

@@ -313,6 +313,22 @@ impl Target {
         Ok(rows.first().map_or(0, |r| r.n))
     }
 
+    /// Up to `n` keys of sagas spread over the table (a sample of its pages), for searches by key.
+    pub fn sample_keys(&self, n: i64) -> anyhow::Result<Vec<String>> {
+        #[derive(QueryableByName)]
+        struct Key {
+            #[diesel(sql_type = Text)]
+            key: String,
+        }
+        let rows: Vec<Key> = diesel::sql_query(
+            "SELECT idempotency_key AS key FROM sagas TABLESAMPLE SYSTEM (1)
+             WHERE idempotency_key IS NOT NULL LIMIT $1",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(n)
+        .load(&mut self.connect()?)?;
+        Ok(rows.into_iter().map(|r| r.key).collect())
+    }
+
     /// The partitions instance `owner` holds now (`partition_leases`).
     pub fn partitions_of(&self, owner: &str) -> anyhow::Result<Vec<i32>> {
         partitions_held(&mut self.connect()?, owner)

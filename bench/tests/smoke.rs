@@ -40,12 +40,24 @@ fn tiny(mode: Mode) -> Options {
 }
 
 #[test]
-fn closed_loop_reports_completed_sagas() {
-    let report = run_watched("closed_loop_reports_completed_sagas", tiny(Mode::Closed));
-    assert!(!report.timed_out, "{}", report.table());
-    assert_eq!(report.completed, 22, "{}", report.table());
-    assert_eq!(report.measured, 20, "{}", report.table());
+fn closed_loop_reports_completed_sagas_and_the_reads_beside_them() {
+    let mut opts = tiny(Mode::Closed);
+    opts.probe_reads = true;
+    opts.probe_every_ms = 5;
+    let report = run_watched(
+        "closed_loop_reports_completed_sagas_and_the_reads_beside_them",
+        opts,
+    );
+    let table = report.table();
+    assert!(!report.timed_out, "{table}");
+    assert_eq!(report.completed, 22, "{table}");
+    assert_eq!(report.measured, 20, "{table}");
     assert!(report.json_line().contains("\"sagas_per_s\""));
+    assert_eq!(report.reads.len(), 5, "{table}");
+    for read in &report.reads {
+        assert!(read.reads > 0, "every kind was read: {table}");
+        assert_eq!(read.failed, 0, "every read was answered: {table}");
+    }
 }
 
 #[test]
