@@ -64,7 +64,7 @@ use diesel::{sql_query, PgConnection};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::cleanup::{in_batches, PurgeError};
+use crate::cleanup::{check_retention, in_batches, PurgeError};
 use crate::command::{Command, CommandKind};
 use crate::outcome::Outcome;
 
@@ -143,17 +143,6 @@ pub fn purge(conn: &mut PgConnection, older_than: Duration, batch: i64) -> Resul
         .bind::<BigInt, _>(batch)
         .execute(conn)
     })
-}
-
-/// Refuses an age below [`MIN_RETENTION`].
-fn check_retention(older_than: Duration) -> Result<(), PurgeError> {
-    if older_than < MIN_RETENTION {
-        return Err(PurgeError::TooRecent {
-            older_than,
-            floor: MIN_RETENTION,
-        });
-    }
-    Ok(())
 }
 
 /// What the barrier made of a command.
@@ -450,22 +439,4 @@ pub fn recorded(conn: &mut PgConnection, key: &str) -> QueryResult<Option<(Strin
         let outcome = r.outcome();
         (r.origin, outcome)
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_age_below_the_floor_is_refused() {
-        let just_below = MIN_RETENTION - Duration::from_secs(1);
-        assert!(matches!(
-            check_retention(just_below),
-            Err(PurgeError::TooRecent { older_than, floor })
-                if older_than == just_below && floor == MIN_RETENTION
-        ));
-        assert!(check_retention(Duration::ZERO).is_err());
-        assert!(check_retention(MIN_RETENTION).is_ok());
-        assert!(check_retention(RECOMMENDED_RETENTION).is_ok());
-    }
 }

@@ -1,9 +1,13 @@
-//! What [`barrier::purge`](crate::barrier::purge) and
-//! [`outbox::purge`](crate::initiator::outbox::purge) share: the error and the batch loop.
+//! What [`barrier::purge`](crate::barrier::purge),
+//! [`outbox::purge`](crate::initiator::outbox::purge) and
+//! [`half_message::purge`](crate::initiator::half_message::purge) share: the error, the floor and the
+//! batch loop.
 
 use std::time::Duration;
 
 use diesel::prelude::*;
+
+use crate::barrier::MIN_RETENTION;
 
 /// Why a purge deleted nothing more.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +30,17 @@ pub enum PurgeError {
     Database(#[from] diesel::result::Error),
 }
 
+/// Refuses an age below [`MIN_RETENTION`]: rows a coordinator may still ask about must stay.
+pub(crate) fn check_retention(older_than: Duration) -> Result<(), PurgeError> {
+    if older_than < MIN_RETENTION {
+        return Err(PurgeError::TooRecent {
+            older_than,
+            floor: MIN_RETENTION,
+        });
+    }
+    Ok(())
+}
+
 /// Runs `delete_batch` (one `DELETE` of at most `batch` rows) until a batch comes back short, and
 /// returns how many rows went. Each batch is its own statement, so on a connection outside a
 /// transaction each commits by itself: row locks are held for one batch only, and an error keeps
@@ -45,5 +60,24 @@ pub(crate) fn in_batches(
         if (deleted as u64) < batch as u64 {
             return Ok(total);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::barrier::RECOMMENDED_RETENTION;
+
+    #[test]
+    fn an_age_below_the_floor_is_refused() {
+        let just_below = MIN_RETENTION - Duration::from_secs(1);
+        assert!(matches!(
+            check_retention(just_below),
+            Err(PurgeError::TooRecent { older_than, floor })
+                if older_than == just_below && floor == MIN_RETENTION
+        ));
+        assert!(check_retention(Duration::ZERO).is_err());
+        assert!(check_retention(MIN_RETENTION).is_ok());
+        assert!(check_retention(RECOMMENDED_RETENTION).is_ok());
     }
 }

@@ -1,4 +1,4 @@
-//! `barrier::purge` and `outbox::purge` against a real Postgres, each test in a database of its own
+//! `barrier::purge`, `outbox::purge` and `half_message::purge` against a real Postgres, each test in a database of its own
 //! (testkit), which starts with the SDK's tables as an older version installed them.
 
 use std::time::Duration;
@@ -10,7 +10,7 @@ use diesel::sql_types::{BigInt, Integer, Text, Uuid as SqlUuid};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 use participants::barrier::{self, Barrier, Verdict};
 use participants::client::SagaRequest;
-use participants::initiator::{self, outbox};
+use participants::initiator::{self, half_message, outbox};
 use participants::{Command, CommandKind, Outcome, PurgeError};
 use serde_json::{Map, Value};
 use testkit::{Schema, TestDb};
@@ -441,7 +441,8 @@ fn install_adds_the_purge_indexes_to_an_existing_installation() {
     let indexes = |conn: &mut PgConnection| -> Vec<String> {
         let rows: Vec<Key> = sql_query(
             "SELECT indexname AS key FROM pg_indexes
-             WHERE indexname IN ('saga_barrier_recorded_at', 'saga_outbox_done') ORDER BY 1",
+             WHERE indexname IN ('saga_barrier_recorded_at', 'saga_outbox_done',
+                                 'saga_initiations_recorded_at') ORDER BY 1",
         )
         .load(conn)
         .expect("reading pg_indexes");
@@ -459,6 +460,82 @@ fn install_adds_the_purge_indexes_to_an_existing_installation() {
 
     assert_eq!(
         indexes(&mut conn),
-        ["saga_barrier_recorded_at", "saga_outbox_done"]
+        [
+            "saga_barrier_recorded_at",
+            "saga_initiations_recorded_at",
+            "saga_outbox_done"
+        ]
     );
+}
+
+/// A marker as `run_local` (`committed`) or a check-back (`aborted`) writes it, `days` old.
+fn marker(conn: &mut PgConnection, outcome: &str, days: i32) -> Uuid {
+    let saga = Uuid::now_v7();
+    sql_query(
+        "INSERT INTO saga_initiations (saga_id, outcome, recorded_at)
+         VALUES ($1, $2, now() - make_interval(days => $3))",
+    )
+    .bind::<SqlUuid, _>(saga)
+    .bind::<Text, _>(outcome)
+    .bind::<Integer, _>(days)
+    .execute(conn)
+    .expect("a marker");
+    saga
+}
+
+fn markers(conn: &mut PgConnection) -> Vec<Uuid> {
+    #[derive(QueryableByName)]
+    struct Marker {
+        #[diesel(sql_type = SqlUuid)]
+        saga_id: Uuid,
+    }
+    let rows: Vec<Marker> = sql_query("SELECT saga_id FROM saga_initiations ORDER BY saga_id")
+        .load(conn)
+        .expect("reading the markers");
+    rows.into_iter().map(|r| r.saga_id).collect()
+}
+
+#[test]
+fn marker_purge_keeps_recent_and_locked_markers_and_refuses_an_age_below_the_floor() {
+    let (db, mut conn) = database();
+    let old_committed = marker(&mut conn, "committed", 40);
+    let old_aborted = marker(&mut conn, "aborted", 45);
+    let recent = marker(&mut conn, "committed", 2);
+    // An old marker that an open transaction holds (a check-back deciding it): skipped, not waited for.
+    let held = marker(&mut conn, "committed", 50);
+    let mut holder = PgConnection::establish(db.url()).expect("a second connection");
+    holder
+        .begin_test_transaction()
+        .expect("an open transaction");
+    sql_query("SELECT 1 FROM saga_initiations WHERE saga_id = $1 FOR UPDATE")
+        .bind::<SqlUuid, _>(held)
+        .execute(&mut holder)
+        .expect("locking the marker");
+
+    let below = barrier::MIN_RETENTION - Duration::from_secs(1);
+    assert!(matches!(
+        half_message::purge(&mut conn, below, 100),
+        Err(PurgeError::TooRecent { .. })
+    ));
+    assert!(matches!(
+        half_message::purge(&mut conn, barrier::RECOMMENDED_RETENTION, 0),
+        Err(PurgeError::Batch(0))
+    ));
+    assert_eq!(markers(&mut conn).len(), 4, "nothing was deleted");
+
+    assert_eq!(
+        half_message::purge(&mut conn, barrier::RECOMMENDED_RETENTION, 1).expect("purge"),
+        2,
+        "markers {old_committed} and {old_aborted}, one per batch"
+    );
+    let mut kept = vec![recent, held];
+    kept.sort();
+    assert_eq!(markers(&mut conn), kept);
+    drop(holder);
+    assert_eq!(
+        half_message::purge(&mut conn, barrier::RECOMMENDED_RETENTION, 100).expect("purge"),
+        1,
+        "the held marker, once its transaction ended"
+    );
+    assert_eq!(markers(&mut conn), [recent]);
 }

@@ -13,6 +13,17 @@
 //! the local transaction is still open that insert waits on its row lock, so the answer is never a
 //! guess. Once the check-back has written `aborted`, a late local transaction fails on the marker
 //! and rolls back, so the business change and the saga still agree.
+//!
+//! ## Cleanup
+//!
+//! A marker answers the coordinator's check-backs, which come while the saga is prepared and again
+//! whenever an operator asks again for a saga that became `failed` waiting for an answer. A marker
+//! deleted while that can still happen turns a committed local transaction into an `aborted`
+//! answer. [`purge`] deletes markers by age with the barrier's floor and advice
+//! ([`MIN_RETENTION`](crate::barrier::MIN_RETENTION), one day;
+//! [`RECOMMENDED_RETENTION`](crate::barrier::RECOMMENDED_RETENTION), 30 days): choose more than the
+//! longest prepare window (`prepare_timeout_ms` plus the check-back's retries), and decide `failed`
+//! prepared sagas within that time.
 
 use std::time::Duration;
 
@@ -20,9 +31,10 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_query;
-use diesel::sql_types::{Text, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Double, Text, Uuid as SqlUuid};
 use uuid::Uuid;
 
+use crate::cleanup::{check_retention, in_batches, PurgeError};
 use crate::client::{CheckBack, Client, ClientError, Saga, SagaRequest};
 
 /// A pool of connections to the initiator's own database.
@@ -218,6 +230,29 @@ pub fn check_back_answer(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Deletes the markers recorded more than `older_than` ago, oldest first, at most `batch` per
+/// statement, and returns how many went. `older_than` below the floor is refused
+/// ([`PurgeError::TooRecent`]) and nothing is deleted; see the module docs ("Cleanup").
+///
+/// Call it outside a transaction: each batch then commits by itself. A marker still locked by an
+/// open local transaction is skipped.
+pub fn purge(conn: &mut PgConnection, older_than: Duration, batch: i64) -> Result<u64, PurgeError> {
+    check_retention(older_than)?;
+    in_batches(conn, batch, |conn| {
+        sql_query(
+            "DELETE FROM saga_initiations WHERE saga_id IN (
+                SELECT saga_id FROM saga_initiations
+                WHERE recorded_at < now() - make_interval(secs => $1)
+                ORDER BY recorded_at
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED)",
+        )
+        .bind::<Double, _>(older_than.as_secs_f64())
+        .bind::<BigInt, _>(batch)
+        .execute(conn)
+    })
 }
 
 #[derive(QueryableByName)]

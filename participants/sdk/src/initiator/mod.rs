@@ -63,6 +63,12 @@ pub fn install(conn: &mut PgConnection) -> QueryResult<()> {
                 WHERE sent_at IS NULL AND refused_at IS NULL",
         )
         .execute(conn)?;
+        // For `half_message::purge`: the oldest markers without a scan of every one kept.
+        sql_query(
+            "CREATE INDEX IF NOT EXISTS saga_initiations_recorded_at
+                ON saga_initiations (recorded_at)",
+        )
+        .execute(conn)?;
         // For `outbox::purge`, which deletes the rows done longest ago: without it each purge scans
         // every row kept. Pending rows are NULL here; the relay's one update per row sets it.
         sql_query(
