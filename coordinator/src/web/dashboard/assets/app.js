@@ -20,10 +20,19 @@
 
   /** Creates an element; strings among the children become text nodes (never markup). */
   function h(tag, attrs, ...children) {
-    const el = document.createElement(tag);
+    return build(document.createElement(tag), attrs, children);
+  }
+
+  /** `h` for the elements of an inline SVG picture. */
+  function svg(tag, attrs, ...children) {
+    return build(document.createElementNS(SVG, tag), attrs, children);
+  }
+
+  function build(el, attrs, children) {
     for (const [key, value] of Object.entries(attrs || {})) {
       if (value === null || value === undefined || value === false) continue;
-      if (key === 'class') el.className = value;
+      // An SVG element's className is not a string: the attribute works for both kinds.
+      if (key === 'class') el.setAttribute('class', value);
       else if (key === 'dataset') Object.assign(el.dataset, value);
       else if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
       else el.setAttribute(key, value === true ? '' : String(value));
@@ -504,27 +513,16 @@
       const max = Math.max(1, ...minutes.map((m) => Math.max(m.started, m.finished)));
       const slot = width / Math.max(1, minutes.length);
       const bar = Math.max(1, slot / 2 - 1);
-      const svg = document.createElementNS(SVG, 'svg');
-      svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
-      svg.setAttribute('preserveAspectRatio', 'none');
-      minutes.forEach((m, i) => {
-        [['started', '#2f6fde', 0], ['finished', '#1f9d55', bar]].forEach(([key, colour, offset]) => {
+      const picture = svg('svg', { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: 'none' },
+        minutes.map((m, i) => [['started', '#2f6fde', 0], ['finished', '#1f9d55', bar]].map(([key, colour, offset]) => {
           const value = m[key];
           const hgt = (value / max) * (height - 10);
-          const rect = document.createElementNS(SVG, 'rect');
-          rect.setAttribute('x', String(i * slot + offset));
-          rect.setAttribute('y', String(height - hgt));
-          rect.setAttribute('width', String(bar));
-          rect.setAttribute('height', String(Math.max(hgt, value > 0 ? 1 : 0)));
-          rect.setAttribute('fill', colour);
-          const title = document.createElementNS(SVG, 'title');
-          title.textContent = `${new Date(m.minute).toLocaleTimeString()}: ${value} ${key}`;
-          rect.append(title);
-          svg.append(rect);
-        });
-      });
+          return svg('rect', {
+            x: i * slot + offset, y: height - hgt, width: bar, height: Math.max(hgt, value > 0 ? 1 : 0), fill: colour,
+          }, svg('title', {}, `${new Date(m.minute).toLocaleTimeString()}: ${value} ${key}`));
+        })));
       const total = (key) => minutes.reduce((n, m) => n + m[key], 0);
-      chart.replaceChildren(svg, h('div', { class: 'legend' },
+      chart.replaceChildren(picture, h('div', { class: 'legend' },
         h('span', { style: null, class: 'started' }, `started: ${total('started')}`),
         h('span', { class: 'finished' }, `finished: ${total('finished')}`),
         h('span', {}, `peak ${max}/min`)));
