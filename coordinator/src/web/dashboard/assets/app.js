@@ -8,6 +8,7 @@
   const DASHBOARD_HEADER = { 'X-Requested-With': 'saga-dashboard' };
   const STATES = ['prepared', 'running', 'compensating', 'failed', 'committed', 'compensated', 'aborted'];
   const IN_FLIGHT = ['prepared', 'running', 'compensating', 'failed'];
+  const FINAL = ['committed', 'compensated', 'aborted'];
   const SVG = 'http://www.w3.org/2000/svg';
   const BULK_POLL_MS = 1000; // how often the bulk actions' progress is read while one runs
   const SKIPPED_SHOWN = 50; // the skipped sagas of a bulk action listed at most
@@ -483,7 +484,7 @@
       h('table', { class: 'bulk' },
         h('thead', {}, h('tr', {}, ['Action', 'Sagas', 'State', 'Progress', 'Started', ''].map((t) => h('th', {}, t)))),
         bulkBody),
-      h('h2', {}, 'Recently finished'),
+      h('h2', {}, 'Recently finished ', h('a', { href: '/history', 'data-link': true, class: 'more' }, 'search the history →')),
       h('table', {},
         h('thead', {}, h('tr', {}, ['Name', 'State', 'Finished', 'Took', 'Id'].map((t) => h('th', {}, t)))),
         finished));
@@ -766,6 +767,200 @@
     };
   }
 
+  // ---- History -------------------------------------------------------------------------------
+
+  /** The list API's text filters the history search offers: [parameter, label, hint]. */
+  const SEARCH_TEXTS = [
+    ['name', 'Name', 'exact saga name'],
+    ['key', 'Key', 'exact key'],
+    ['participant', 'Participant', 'a step runs at it'],
+    ['step', 'Step', 'a step of this name'],
+    ['error', 'Error contains', 'text of a step’s error'],
+  ];
+  /** Its time filters: [parameter, label]; RFC 3339 in UTC for the API, local time in the form. */
+  const SEARCH_TIMES = [
+    ['created_after', 'Created after'],
+    ['created_before', 'Created before'],
+    ['finished_after', 'Finished after'],
+    ['finished_before', 'Finished before'],
+  ];
+
+  /** A datetime-local input's value (the browser's local time) as UTC RFC 3339, or '' if none. */
+  function localToUtc(value) {
+    const d = value ? new Date(value) : null;
+    return d && !isNaN(d) ? d.toISOString() : '';
+  }
+
+  /** A time of the query string as a datetime-local input shows it (local time, to the second). */
+  function utcToLocal(iso) {
+    const d = iso ? new Date(iso) : null;
+    if (!d || isNaN(d)) return '';
+    const two = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())}` +
+      `T${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
+  }
+
+  /**
+   * Searches every saga still kept, finished or in flight. The page's query string is the list
+   * API's query, so a search can be bookmarked or shared and Back returns to the previous one: the
+   * form only writes a new address, and the page shows whatever its address asks for.
+   */
+  function historyPage() {
+    const params = new URLSearchParams(location.search);
+    let stopped = false;
+    let shown = new Set(); // the sagas the results show, which a change reloads
+    let older = null; // the answer's cursors: `next` (older sagas) and `prev` (newer ones)
+    let newer = null;
+
+    const fieldErrors = new Map(); // parameter -> where its 422 message goes
+    const errorSlot = (field) => {
+      const el = h('div', { class: 'error field-error', dataset: { field } });
+      fieldErrors.set(field, el);
+      return el;
+    };
+    const input = (field, attrs) => h('input', { name: field, id: `history-${field}`, ...attrs });
+    const stateChoices = STATES.map((s) => h('label', { class: 'state-choice' },
+      h('input', { type: 'checkbox', name: 'state', value: s, checked: params.getAll('state').includes(s) }), badge(s)));
+    const formError = h('div', { class: 'error', id: 'history-problem', role: 'alert' });
+    const form = h('form', { id: 'history-form', class: 'panel search', novalidate: true },
+      h('fieldset', { class: 'states' }, h('legend', {}, 'State'), stateChoices, errorSlot('state')),
+      h('div', { class: 'search-grid' },
+        SEARCH_TEXTS.map(([field, label, hint]) => h('label', { class: 'search-field' }, label,
+          input(field, { type: 'search', placeholder: hint, value: params.get(field) || '' }), errorSlot(field))),
+        SEARCH_TIMES.map(([field, label]) => h('label', { class: 'search-field' }, label,
+          input(field, { type: 'datetime-local', step: 1, value: utcToLocal(params.get(field)) }), errorSlot(field))),
+        h('label', { class: 'search-field' }, 'Per page',
+          input('limit', { type: 'number', min: 1, max: 500, placeholder: '50', value: params.get('limit') || '' }), errorSlot('limit'))),
+      formError,
+      h('div', { class: 'buttons' },
+        h('button', { type: 'submit', id: 'history-search' }, 'Search'),
+        h('button', { type: 'button', class: 'quiet', id: 'history-clear', onclick: () => go(new URLSearchParams()) }, 'Clear')));
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      go(formQuery());
+    });
+    const summary = h('span', { class: 'muted', id: 'history-summary' }, 'Searching…');
+    const newerButton = h('button', { type: 'button', class: 'quiet', id: 'history-newer', disabled: true, onclick: () => go(pageQuery('after', newer)) }, '← Newer');
+    const olderButton = h('button', { type: 'button', class: 'quiet', id: 'history-older', disabled: true, onclick: () => go(pageQuery('before', older)) }, 'Older →');
+    const results = h('tbody', { id: 'history-results' });
+    show(
+      h('h1', {}, 'History'),
+      h('p', { class: 'muted' }, 'Every saga the coordinator still keeps, finished or in flight, newest first. ' +
+        'The search is kept in the address: bookmark or share it.'),
+      form,
+      h('div', { class: 'filters pager' }, summary, newerButton, olderButton),
+      h('table', {},
+        h('thead', {}, h('tr', {}, ['Id', 'Name', 'Key', 'State', 'Created', 'Finished'].map((t) => h('th', {}, t)))),
+        results));
+
+    /** The form's filters as the list API's query: empty fields left out, times in UTC. */
+    function formQuery() {
+      const q = new URLSearchParams();
+      for (const box of form.querySelectorAll('input[name="state"]:checked')) q.append('state', box.value);
+      for (const [field] of SEARCH_TEXTS) {
+        const value = form.elements[field].value.trim();
+        if (value) q.set(field, value);
+      }
+      for (const [field] of SEARCH_TIMES) {
+        const value = localToUtc(form.elements[field].value);
+        if (value) q.set(field, value);
+      }
+      const limit = form.elements.limit.value.trim();
+      if (limit) q.set('limit', limit);
+      return q;
+    }
+
+    /** The search shown, one page older (`before`) or newer (`after`) than this one. */
+    function pageQuery(direction, cursor) {
+      const q = new URLSearchParams(params);
+      q.delete('before');
+      q.delete('after');
+      q.set(direction, cursor);
+      return q;
+    }
+
+    /** Shows search `q` as a new entry of the browser's history. */
+    function go(q) {
+      const query = q.toString();
+      history.pushState(null, '', query ? `/history?${query}` : '/history');
+      route();
+    }
+
+    function resultRow(s) {
+      const finishedAt = s.finished_at || (FINAL.includes(s.state) ? s.updated_at : null);
+      return h('tr', { class: s.state === 'failed' ? 'attention' : null, dataset: { sagaId: s.id, state: s.state } },
+        h('td', { class: 'mono' }, sagaLink(s.id, shortId(s.id))),
+        h('td', { class: 'name' }, sagaLink(s.id, s.name)),
+        h('td', { class: 'mono key' }, s.key || '—'),
+        h('td', { class: 'state' }, badge(s.state)),
+        h('td', {}, when(s.created_at)),
+        h('td', {}, finishedAt
+          ? [when(finishedAt), h('div', { class: 'muted' }, `took ${duration(s.created_at, finishedAt)}`)]
+          : h('span', { class: 'muted' }, `in flight, updated ${when(s.updated_at)}`)));
+    }
+
+    function renderResults(page) {
+      const items = page.items || [];
+      shown = new Set(items.map((s) => s.id));
+      [older, newer] = [page.next || null, page.prev || null];
+      olderButton.disabled = !older;
+      newerButton.disabled = !newer;
+      const paged = params.has('before') || params.has('after');
+      summary.textContent = items.length
+        ? `${items.length} saga${items.length === 1 ? '' : 's'}${older || paged ? ' on this page' : ''}, newest first`
+        : '';
+      results.replaceChildren(...(items.length ? items.map(resultRow) : [h('tr', {}, h('td', { class: 'empty', colspan: 6 },
+        paged ? 'No more sagas this way.' : 'No saga matches these filters.'))]));
+    }
+
+    function clearProblem() {
+      for (const slot of fieldErrors.values()) slot.replaceChildren();
+      formError.replaceChildren();
+    }
+
+    /** A refused search: a 422's rules beside the fields they name (the others under the form). */
+    function renderProblem(err) {
+      clearProblem();
+      const rules = err.errors || [];
+      const unplaced = rules.filter((rule) => {
+        const slot = fieldErrors.get(rule.field);
+        if (slot) slot.append(h('div', {}, rule.message));
+        return !slot;
+      });
+      formError.replaceChildren(...(!rules.length ? [h('div', {}, `Cannot search: ${err.message}`)]
+        : unplaced.length ? problemLines({ errors: unplaced }) : []));
+      shown = new Set();
+      olderButton.disabled = true;
+      newerButton.disabled = true;
+      summary.textContent = '';
+      results.replaceChildren(h('tr', {}, h('td', { class: 'empty error', colspan: 6 },
+        err.status === 422 ? 'The search was refused: see the form.' : 'The search failed.')));
+    }
+
+    async function refresh() {
+      if (stopped) return;
+      try {
+        // The page's query string is the API's query, whatever put it there.
+        const page = await call(`/api/v1/sagas?${params}`);
+        if (stopped) return;
+        clearProblem();
+        renderResults(page);
+        startStream();
+      } catch (err) {
+        if (!(err instanceof Unauthorized) && !stopped) renderProblem(err);
+      }
+    }
+
+    const soon = debounce(refresh, 300);
+    refresh();
+    return {
+      refresh,
+      // A saga shown that changes (one in flight finishing) is shown as it is now.
+      onChange(change) { if (shown.has(change.id)) soon(); },
+      stop() { stopped = true; },
+    };
+  }
+
   // ---- Saga page -----------------------------------------------------------------------------
 
   /** Groups steps by dependency depth: every step comes after all steps of earlier groups it needs. */
@@ -962,6 +1157,9 @@
     if (saga) {
       current = '';
       view = sagaPage(decodeURIComponent(saga[1]));
+    } else if (path === '/history') {
+      current = 'history';
+      view = historyPage();
     } else if (path === '/dead-letters') {
       current = 'dead-letters';
       view = deadLettersPage();
