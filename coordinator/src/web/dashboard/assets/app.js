@@ -9,6 +9,8 @@
   const STATES = ['prepared', 'running', 'compensating', 'failed', 'committed', 'compensated', 'aborted'];
   const IN_FLIGHT = ['prepared', 'running', 'compensating', 'failed'];
   const FINAL = ['committed', 'compensated', 'aborted'];
+  // States in which something may still happen without an operator: their pictures run to now.
+  const MOVING = ['prepared', 'running', 'compensating'];
   const SVG = 'http://www.w3.org/2000/svg';
   const BULK_POLL_MS = 1000; // how often the bulk actions' progress is read while one runs
   const SKIPPED_SHOWN = 50; // the skipped sagas of a bulk action listed at most
@@ -71,6 +73,17 @@
     if (!iso) return '—';
     const d = new Date(iso);
     return isNaN(d) ? String(iso) : d.toLocaleString();
+  }
+
+  /** A time to the millisecond, for the event log and the timeline (attempts are often ms apart). */
+  function preciseTime(iso) {
+    if (!iso) return '—';
+    const d = new Date(iso);
+    if (isNaN(d)) return String(iso);
+    const time = d.toLocaleTimeString(undefined, {
+      hour: '2-digit', minute: '2-digit', second: '2-digit', fractionalSecondDigits: 3, hour12: false,
+    });
+    return `${d.toLocaleDateString()} ${time}`;
   }
 
   function ago(iso) {
@@ -961,6 +974,189 @@
     };
   }
 
+  // ---- Attempts over time (the saga page's picture) ------------------------------------------
+
+  /** How the picture names what ended a bar, for its legend and tooltips. */
+  const BAR_OUTCOMES = {
+    succeeded: 'succeeded',
+    failed: 'failed',
+    'timed-out': 'timed out',
+    'dead-lettered': 'dead-lettered',
+    compensated: 'compensated',
+    running: 'no answer yet',
+    abandoned: 'abandoned',
+  };
+  /** The picture's proportions, in SVG units (it scales to the panel's width). */
+  const PICTURE = { width: 1000, label: 160, lane: 24, axis: 22, bar: 14, wait: 4, ticks: 8 };
+
+  /** A reply's outcome as the colour of the attempt it ends. */
+  function replyOutcome(kind, outcome) {
+    if (outcome === 'success') return kind === 'compensation' ? 'compensated' : 'succeeded';
+    // A check-back answered `committed` or `aborted` decided the saga; `pending` did not.
+    if (kind === 'check') return outcome === 'pending' ? 'failed' : 'succeeded';
+    return 'failed'; // `failure`, or `retry`: this attempt did not do it
+  }
+
+  /**
+   * The saga's attempts and retry waits as bars, read from its event log: an attempt runs from its
+   * `dispatched` to the `reply`, `timed_out` or `dead_lettered` that ends it; a retry wait from its
+   * `retry_scheduled` to the next `dispatched` of that step and kind. Compensating abandons the
+   * actions still out and their waits (the machine no longer awaits them), a final state anything
+   * left. What is still open runs to `end` (a wait to its planned end, if later). Pauses hold every
+   * step at once: they are bands, not bars.
+   */
+  function attemptBars(events, end) {
+    const bars = [];
+    const pauses = [];
+    const open = new Map(); // `${lane}/${kind}` (+ '/wait') -> its bar, until it ends
+    const finish = (key, at, outcome, note) => {
+      const bar = open.get(key);
+      if (!bar) return;
+      open.delete(key);
+      Object.assign(bar, { to: at, outcome, note: note || bar.note });
+    };
+    const abandon = (at, which) => {
+      for (const [key, bar] of [...open]) if (which(bar)) finish(key, at, 'abandoned');
+    };
+    for (const e of events) {
+      const at = Date.parse(e.at);
+      const kind = (e.detail && e.detail.kind) || null;
+      // Check-backs have no step; no step can have this name (names begin with a letter or digit).
+      const lane = e.step || '(check-backs)';
+      const key = `${lane}/${kind}`;
+      const begin = (wait, extra) => {
+        const bar = { lane, kind, wait, attempt: e.attempt, from: at, to: null, outcome: 'running', ...extra };
+        bars.push(bar);
+        open.set(wait ? `${key}/wait` : key, bar);
+      };
+      switch (e.type) {
+        case 'dispatched':
+          finish(`${key}/wait`, at, 'waited');
+          begin(false, {});
+          break;
+        case 'reply':
+          // `failed` stands for both `failure` and `retry`: the note tells them apart.
+          finish(key, at, replyOutcome(kind, e.detail.outcome), e.detail.outcome === 'success' ? null
+            : `answered ${e.detail.outcome}${e.detail.error ? `: ${e.detail.error}` : ''}`);
+          break;
+        case 'timed_out':
+          finish(key, at, 'timed-out');
+          break;
+        case 'dead_lettered':
+          finish(key, at, 'dead-lettered');
+          break;
+        case 'retry_scheduled':
+          begin(true, { planned: at + (e.detail.backoff_ms || 0), note: e.detail.error });
+          break;
+        case 'compensating':
+          abandon(at, (bar) => bar.kind === 'action');
+          break;
+        case 'committed': case 'compensated': case 'aborted': case 'failed': case 'resolved':
+          abandon(at, () => true);
+          break;
+        case 'paused':
+          pauses.push({ from: at, to: null });
+          break;
+        case 'resumed':
+          for (const p of pauses) if (p.to === null) p.to = at;
+          break;
+        default:
+          break;
+      }
+    }
+    for (const bar of open.values()) {
+      bar.open = true;
+      bar.to = bar.wait ? Math.max(end, bar.planned) : end;
+    }
+    for (const p of pauses) if (p.to === null) p.to = end;
+    return { bars, pauses };
+  }
+
+  /** The lanes top to bottom: check-backs first (they come first), then the steps in their order. */
+  function pictureLanes(steps, bars) {
+    const lanes = bars.some((b) => b.kind === 'check') ? ['(check-backs)'] : [];
+    for (const name of [...steps.map((s) => s.name), ...bars.map((b) => b.lane)]) {
+      if (!lanes.includes(name)) lanes.push(name);
+    }
+    return lanes;
+  }
+
+  /** A span of time as an axis label: ms below a second, then s, then min. */
+  function spanLabel(ms) {
+    if (ms < 1000) return `${+ms.toFixed(1)} ms`;
+    if (ms < 60000) return `${+(ms / 1000).toFixed(2)} s`;
+    const s = Math.round(ms / 1000);
+    return s % 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s / 60} min`;
+  }
+
+  /** A round tick interval (1, 2 or 5 times a power of ten ms) giving at most `count` ticks. */
+  function tickInterval(span, count) {
+    const raw = Math.max(span / count, 1);
+    const power = 10 ** Math.floor(Math.log10(raw));
+    return [1, 2, 5, 10].map((m) => m * power).find((step) => step >= raw);
+  }
+
+  function barTitle(bar) {
+    const what = bar.wait
+      ? `waiting to retry the ${bar.kind} after attempt ${bar.attempt}`
+      : `${bar.kind} attempt ${bar.attempt}: ${BAR_OUTCOMES[bar.outcome]}`;
+    const until = bar.open ? (bar.wait ? `${preciseTime(bar.to)} (planned)` : 'now') : preciseTime(bar.to);
+    return `${bar.lane} · ${what}${bar.note ? ` (${bar.note})` : ''}\n` +
+      `${preciseTime(bar.from)} → ${until}, ${duration(bar.from, bar.to)}`;
+  }
+
+  /**
+   * The saga's attempts on a shared time axis: a lane per step, a bar per action or compensation
+   * attempt coloured by what ended it, a thin bar per retry wait, a band per pause.
+   */
+  function attemptsPicture(doc, events) {
+    if (!events.some((e) => e.type === 'dispatched')) return h('p', { class: 'muted' }, 'Nothing was sent yet.');
+    const start = Date.parse(events[0].at);
+    const last = Date.parse(events[events.length - 1].at);
+    const end = MOVING.includes(doc.state) ? Math.max(Date.now(), last) : last;
+    const { bars, pauses } = attemptBars(events, end);
+    const lanes = pictureLanes(doc.steps || [], bars);
+    const span = Math.max(1, ...bars.map((b) => b.to - start), end - start);
+    const plot = PICTURE.width - PICTURE.label - 36; // room for the last tick's label
+    const x = (t) => PICTURE.label + (Math.max(0, t - start) / span) * plot;
+    const top = (i) => PICTURE.axis + i * PICTURE.lane;
+    const height = top(lanes.length) + 4;
+    const step = tickInterval(span, PICTURE.ticks);
+    const ticks = [];
+    for (let t = 0; t <= span; t += step) ticks.push(t);
+    const picture = svg('svg', {
+      viewBox: `0 0 ${PICTURE.width} ${height}`, role: 'img', id: 'saga-gantt-svg',
+      'aria-label': `attempts of ${lanes.length} step${lanes.length === 1 ? '' : 's'} over ${spanLabel(span)}`,
+    },
+    lanes.map((lane, i) => [
+      svg('rect', { class: `lane${i % 2 ? ' odd' : ''}`, x: 0, y: top(i), width: PICTURE.width, height: PICTURE.lane }),
+      svg('text', { class: 'lane-label', x: PICTURE.label - 8, y: top(i) + PICTURE.lane / 2 + 4, 'text-anchor': 'end' },
+        lane.length > 22 ? [`${lane.slice(0, 21)}…`, svg('title', {}, lane)] : lane),
+    ]),
+    ticks.map((t, i) => [
+      svg('line', { class: 'grid', x1: x(start + t), x2: x(start + t), y1: PICTURE.axis - 4, y2: height - 4 }),
+      svg('text', { class: 'tick', x: x(start + t), y: PICTURE.axis - 8, 'text-anchor': i === 0 ? 'start' : 'middle' }, spanLabel(t)),
+    ]),
+    pauses.map((p) => svg('rect', {
+      class: 'paused', x: x(p.from), y: PICTURE.axis, width: Math.max(2, x(p.to) - x(p.from)), height: height - PICTURE.axis - 4,
+    }, svg('title', {}, `paused\n${preciseTime(p.from)} → ${p.to === end ? 'now' : preciseTime(p.to)}`))),
+    bars.map((bar) => {
+      const thick = bar.wait ? PICTURE.wait : PICTURE.bar;
+      return svg('rect', {
+        class: bar.wait ? 'bar wait' : `bar o-${bar.outcome}`,
+        dataset: { step: bar.lane, kind: bar.kind, attempt: bar.attempt, outcome: bar.wait ? 'wait' : bar.outcome },
+        x: x(bar.from), y: top(lanes.indexOf(bar.lane)) + (PICTURE.lane - thick) / 2,
+        width: Math.max(2, x(bar.to) - x(bar.from)), height: thick, rx: 2,
+      }, svg('title', {}, barTitle(bar)));
+    }));
+    const used = new Set(bars.filter((b) => !b.wait).map((b) => b.outcome));
+    return [picture, h('div', { class: 'legend' },
+      Object.entries(BAR_OUTCOMES).filter(([o]) => used.has(o)).map(([o, text]) => h('span', { class: `o-${o}` }, text)),
+      bars.some((b) => b.wait) ? h('span', { class: 'wait' }, 'retry wait') : null,
+      pauses.length ? h('span', { class: 'paused' }, 'paused') : null),
+    h('div', { class: 'muted legend-note' }, 'A step’s compensation attempts follow its actions on its lane. Hover a bar for its exact times.')];
+  }
+
   // ---- Saga page -----------------------------------------------------------------------------
 
   /** Groups steps by dependency depth: every step comes after all steps of earlier groups it needs. */
@@ -1087,9 +1283,11 @@
           h('td', {}, payloads.get(s.name) === null || payloads.get(s.name) === undefined ? '—' : h('pre', {}, json(payloads.get(s.name)))))))),
         h('h2', {}, 'Saga payload'),
         h('pre', { id: 'saga-payload' }, json(doc.payload)),
+        h('h2', {}, 'Attempts over time'),
+        h('div', { class: 'panel gantt', id: 'saga-gantt' }, attemptsPicture(doc, events)),
         h('h2', {}, `Event log (${events.length})`),
         h('ol', { class: 'timeline', id: 'timeline' }, events.map((e) => h('li', { dataset: { type: e.type } },
-          h('span', { class: 'when' }, when(e.at)),
+          h('span', { class: 'when', title: e.at }, preciseTime(e.at)),
           h('span', { class: 'what' }, e.type),
           e.step ? h('span', {}, ` · step ${e.step}`) : null,
           e.attempt ? h('span', {}, ` · attempt ${e.attempt}`) : null,
