@@ -1098,7 +1098,7 @@
 
   function barTitle(bar) {
     const what = bar.wait
-      ? `waiting to retry the ${bar.kind} after attempt ${bar.attempt}`
+      ? `waiting to retry the ${bar.kind} after attempt ${bar.attempt}${bar.outcome === 'abandoned' ? ', abandoned' : ''}`
       : `${bar.kind} attempt ${bar.attempt}: ${BAR_OUTCOMES[bar.outcome]}`;
     const until = bar.open ? (bar.wait ? `${preciseTime(bar.to)} (planned)` : 'now') : preciseTime(bar.to);
     return `${bar.lane} · ${what}${bar.note ? ` (${bar.note})` : ''}\n` +
