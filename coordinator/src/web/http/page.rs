@@ -86,3 +86,28 @@ pub(super) fn both_ways(
     };
     (next.map(|id| id.to_string()), prev.map(|id| id.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_leads_to_older_sagas_and_prev_to_newer_ones() {
+        let id = |n: u128| Uuid::from_u128(n);
+        let s = |n: u128| Some(id(n).to_string());
+        let page = [id(9), id(8), id(7)];
+        // The first page: nothing newer; older ones only if it is full.
+        assert_eq!(both_ways(&page, 3, None), (s(7), None));
+        assert_eq!(both_ways(&page, 4, None), (None, None));
+        // Older than a cursor: newer ones exist (the cursor's saga at least).
+        let before = Some(Cursor::Before(id(10)));
+        assert_eq!(both_ways(&page, 3, before), (s(7), s(9)));
+        assert_eq!(both_ways(&page, 4, before), (None, s(9)));
+        assert_eq!(both_ways(&[], 4, before), (None, s(9)));
+        // Newer than a cursor: older ones exist; newer ones only if the page is full.
+        let after = Some(Cursor::After(id(6)));
+        assert_eq!(both_ways(&page, 3, after), (s(7), s(9)));
+        assert_eq!(both_ways(&page, 4, after), (s(7), None));
+        assert_eq!(both_ways(&[], 4, after), (s(7), None));
+    }
+}
