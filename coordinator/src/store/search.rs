@@ -3,7 +3,7 @@
 //!
 //! Every filter is a condition on `sagas` that an index serves at ten million sagas (see the
 //! `search` migration): the creation window is an id range on the primary key (ids are UUIDv7), the
-//! finish window the `sagas_finished_at` index, a key the `sagas_by_key` index, participants and
+//! finish window the `sagas_finished_at` index, a key the unique key index (led by the key), participants and
 //! step names a GIN index on the definition's steps, and an error's text a trigram index on the
 //! steps' errors.
 
@@ -106,13 +106,15 @@ impl SagaFilter {
             query = query.filter(sagas::idempotency_key.eq(key.clone()));
         }
         if let Some(at) = self.created_after {
+            let earliest = at.checked_sub_signed(ID_CLOCK_SLACK);
             query = query
-                .filter(sagas::id.ge(first_id_at(at - ID_CLOCK_SLACK)))
+                .filter(sagas::id.ge(first_id_at(earliest.unwrap_or(DateTime::<Utc>::MIN_UTC))))
                 .filter(sagas::created_at.ge(at));
         }
         if let Some(at) = self.created_before {
+            let latest = at.checked_add_signed(ID_CLOCK_SLACK);
             query = query
-                .filter(sagas::id.lt(first_id_at(at + ID_CLOCK_SLACK)))
+                .filter(sagas::id.lt(first_id_at(latest.unwrap_or(DateTime::<Utc>::MAX_UTC))))
                 .filter(sagas::created_at.lt(at));
         }
         // `finished_at` is NULL until the saga is final, and NULL compares as no match.
