@@ -1,6 +1,6 @@
 //! The operator's dashboard: in headless Chromium (live updates, the saga page, abort, retry, retry
-//! now, escaping, the README's screenshot), and over plain HTTP (cookie login, cross-site protection, the change
-//! stream, the dead letters).
+//! now, escaping, the README's screenshot, the history search, the attempts picture), and over
+//! plain HTTP (cookie login, cross-site protection, the change stream, the dead letters).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,7 +9,8 @@ use std::time::Duration;
 use e2e::api::{expect_json, state};
 use e2e::defs::{fast_retry, saga, step, step_with};
 use e2e::scenarios::{
-    broken_compensation_saga, broken_compensation_shop, flaky_participant, patient_saga,
+    broken_compensation_saga, broken_compensation_shop, flaky_participant, gated_participant,
+    patient_saga,
 };
 use e2e::{Behaviour, Browser, FakeParticipant, TestApp, SAGA_TIMEOUT};
 use reqwest::{Method, StatusCode};
@@ -1320,5 +1321,318 @@ async fn bulk_actions_start_from_the_filtered_list_and_show_their_progress() {
     let mut expected = failed.clone();
     expected.sort();
     assert_eq!(ids, expected, "{skipped}");
+    browser.close().await;
+}
+
+/// JS: the ids of the history page's result rows, once a search has answered (else `null`).
+const HISTORY_ROWS: &str = "const body = document.getElementById('history-results'); \
+     if (!body || !body.querySelector('tr')) return null; \
+     return [...body.querySelectorAll('tr[data-saga-id]')].map((r) => r.dataset.sagaId);";
+
+/// JS: the saga page's picture as `[step, kind, attempt, outcome]` per bar (a retry wait's outcome
+/// is `wait`), in the event log's order; `null` until the page shows saga `id` in `state`.
+fn picture_of(id: &str, state: &str) -> String {
+    format!(
+        "const s = document.getElementById('saga-state'); \
+         if (!s || s.textContent !== '{state}' || document.getElementById('saga-id').textContent !== '{id}') return null; \
+         return [...document.querySelectorAll('#saga-gantt rect.bar')] \
+           .map((b) => [b.dataset.step, b.dataset.kind, Number(b.dataset.attempt), b.dataset.outcome]);"
+    )
+}
+
+/// Submits the history form with these field values (ids `history-{field}`; the rest emptied).
+async fn search_history(browser: &Browser, fields: &[(&str, &str)]) {
+    let values = json!(fields);
+    browser
+        .js(&format!(
+            "const values = {values}; \
+             for (const el of document.querySelectorAll('#history-form input')) {{ \
+               if (el.type === 'checkbox') el.checked = false; else el.value = ''; }} \
+             for (const [field, value] of values) {{ \
+               if (field === 'state') document.querySelector(`#history-form input[name=state][value=\"${{value}}\"]`).checked = true; \
+               else document.getElementById(`history-${{field}}`).value = value; }} \
+             document.getElementById('history-results').replaceChildren(); \
+             return true;"
+        ))
+        .await;
+    browser.click("#history-search", UI_TIMEOUT).await;
+}
+
+/// Saves a screenshot under the target folder, for a look at a page (never in the tracked tree).
+async fn screenshot(browser: &Browser, file: &str) {
+    let png = browser.screenshot().await;
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(file),
+        png,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_page_finds_sagas_and_their_pages_draw_the_attempts() {
+    let app = TestApp::start().await;
+    let base = app.api.base_url.clone();
+    let _flaky = flaky_participant(&app).await;
+    let _warehouse = FakeParticipant::always_succeed(&app.ns, "warehouse").await;
+    let _shop = broken_compensation_shop(&app, Arc::new(AtomicBool::new(true))).await;
+    let (_gate, open_gate) = gated_participant(&app, "gate").await;
+
+    // Two sagas of one name told apart by their keys; the first attempt of `charge` asks for a retry.
+    let shipment = |key: &str| {
+        let mut def = saga(
+            "ship-history",
+            vec![
+                step_with("charge", "flaky", json!({"retry": fast_retry(3)})),
+                step("pack", "warehouse"),
+            ],
+        );
+        def["key"] = json!(key);
+        def
+    };
+    let first = app.submit_id(&shipment("order-77")).await;
+    app.wait_for_state(&first, &["committed"], SAGA_TIMEOUT)
+        .await;
+    let second = app.submit_id(&shipment("order-78")).await;
+    app.wait_for_state(&second, &["committed"], SAGA_TIMEOUT)
+        .await;
+    // `s2` refuses: `s1` is compensated.
+    let undone = app.submit_id(&broken_compensation_saga()).await;
+    app.wait_for_state(&undone, &["compensated"], SAGA_TIMEOUT)
+        .await;
+
+    let browser = Browser::start(1440, 1000).await.expect("starting Chromium");
+    browser.goto(&format!("{base}/")).await;
+    browser
+        .click("header nav a[href='/history']", UI_TIMEOUT)
+        .await;
+    let all = browser
+        .wait_js("every saga in the history", UI_TIMEOUT, HISTORY_ROWS)
+        .await;
+    assert_eq!(
+        all,
+        json!([undone, second, first]),
+        "newest first, without a filter"
+    );
+    assert_eq!(
+        browser
+            .js("return document.querySelector('header nav a.current').dataset.nav;")
+            .await,
+        json!("history")
+    );
+
+    // By key: exactly the one saga, and the search kept in the address.
+    search_history(&browser, &[("key", "order-77"), ("state", "committed")]).await;
+    let found = browser
+        .wait_js("the saga found by its key", UI_TIMEOUT, HISTORY_ROWS)
+        .await;
+    assert_eq!(found, json!([first]));
+    assert_eq!(
+        browser
+            .js("return location.pathname + location.search;")
+            .await,
+        json!("/history?state=committed&key=order-77")
+    );
+    let row = browser
+        .js(&format!(
+            "const r = document.querySelector('#history-results tr[data-saga-id=\"{first}\"]'); \
+             return [r.querySelector('td.name').textContent, r.querySelector('td.key').textContent, \
+                     r.dataset.state];"
+        ))
+        .await;
+    assert_eq!(row, json!(["ship-history", "order-77", "committed"]));
+    // For a look at the page (not in the README): under target/tmp.
+    screenshot(&browser, "dashboard-history.png").await;
+
+    // Nothing created after a day from now.
+    let tomorrow = browser
+        .js(
+            "const d = new Date(Date.now() + 86400000); const two = (n) => String(n).padStart(2, '0'); \
+             return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())}T${two(d.getHours())}:${two(d.getMinutes())}:00`;",
+        )
+        .await;
+    search_history(
+        &browser,
+        &[("created_after", tomorrow.as_str().expect("a time"))],
+    )
+    .await;
+    let empty = browser
+        .wait_js(
+            "the empty result",
+            UI_TIMEOUT,
+            "const e = document.querySelector('#history-results td.empty'); return e && e.textContent;",
+        )
+        .await;
+    assert_eq!(empty, json!("No saga matches these filters."));
+    assert!(
+        browser
+            .js("return new URLSearchParams(location.search).get('created_after');")
+            .await
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "the time is sent in UTC"
+    );
+
+    // A refused search: the API's rule beside its field.
+    search_history(&browser, &[("name", "not a name")]).await;
+    let refusal = browser
+        .wait_js(
+            "the name's error beside its field",
+            UI_TIMEOUT,
+            "const e = document.querySelector('#history-form .field-error[data-field=\"name\"]'); \
+             return e && e.textContent;",
+        )
+        .await;
+    assert!(
+        refusal
+            .as_str()
+            .is_some_and(|r| r.contains("not a saga name")),
+        "{refusal}"
+    );
+
+    // Back: the search before, in the form and its results.
+    browser.client().back().await.expect("going back");
+    browser
+        .wait_js(
+            "the empty search again",
+            UI_TIMEOUT,
+            "return document.querySelector('#history-results td.empty') \
+               && document.getElementById('history-created_after').value !== '';",
+        )
+        .await;
+
+    // A page at a time, both ways.
+    search_history(&browser, &[("name", "ship-history"), ("limit", "1")]).await;
+    let newest = browser
+        .wait_js("the first page", UI_TIMEOUT, HISTORY_ROWS)
+        .await;
+    assert_eq!(newest, json!([second]));
+    browser.click("#history-older:enabled", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the older page",
+            UI_TIMEOUT,
+            &format!(
+                "const rows = (() => {{ {HISTORY_ROWS} }})(); \
+                 return rows && rows.length === 1 && rows[0] === '{first}';"
+            ),
+        )
+        .await;
+    browser.click("#history-newer:enabled", UI_TIMEOUT).await;
+    browser
+        .wait_js(
+            "the newer page again",
+            UI_TIMEOUT,
+            &format!(
+                "const rows = (() => {{ {HISTORY_ROWS} }})(); \
+                 return rows && rows.length === 1 && rows[0] === '{second}';"
+            ),
+        )
+        .await;
+
+    // Through to the saga's page: its retried step drawn attempt by attempt.
+    search_history(&browser, &[("key", "order-77")]).await;
+    browser
+        .wait_js("the saga found by its key", UI_TIMEOUT, HISTORY_ROWS)
+        .await;
+    browser
+        .click(
+            &format!("#history-results tr[data-saga-id=\"{first}\"] td.name a"),
+            UI_TIMEOUT,
+        )
+        .await;
+    let bars = browser
+        .wait_js(
+            "the committed saga's picture",
+            UI_TIMEOUT,
+            &picture_of(&first, "committed"),
+        )
+        .await;
+    assert_eq!(
+        bars,
+        json!([
+            ["charge", "action", 1, "failed"],
+            ["charge", "action", 1, "wait"],
+            ["charge", "action", 2, "succeeded"],
+            ["pack", "action", 1, "succeeded"],
+        ]),
+        "an attempt per action, the retry wait between them"
+    );
+    let shown = browser
+        .js(
+            "return { lanes: [...document.querySelectorAll('#saga-gantt .lane-label')].map((t) => t.textContent), \
+                      ticks: document.querySelectorAll('#saga-gantt .tick').length, \
+                      titles: [...document.querySelectorAll('#saga-gantt rect.bar title')].map((t) => t.textContent), \
+                      times: [...document.querySelectorAll('#timeline .when')].map((w) => w.textContent) };",
+        )
+        .await;
+    assert_eq!(shown["lanes"], json!(["charge", "pack"]), "{shown}");
+    assert!(shown["ticks"].as_u64() >= Some(2), "a time axis: {shown}");
+    assert!(
+        shown["titles"][0].as_str().is_some_and(
+            |t| t.contains("action attempt 1: failed") && t.contains("the bank is down")
+        ),
+        "each bar says what it was and when: {shown}"
+    );
+    let millis = |t: &Value| {
+        t.as_str().is_some_and(|t| {
+            t.split(|c: char| !c.is_ascii_digit())
+                .any(|part| part.len() == 3)
+        })
+    };
+    assert!(
+        shown["times"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty() && t.iter().all(millis)),
+        "the event log's times to the millisecond: {shown}"
+    );
+
+    screenshot(&browser, "dashboard-attempts.png").await;
+
+    // A compensated saga: its compensation drawn after its action.
+    browser.goto(&format!("{base}/sagas/{undone}")).await;
+    let bars = browser
+        .wait_js(
+            "the compensated saga's picture",
+            UI_TIMEOUT,
+            &picture_of(&undone, "compensated"),
+        )
+        .await;
+    assert_eq!(
+        bars,
+        json!([
+            ["s1", "action", 1, "succeeded"],
+            ["s2", "action", 1, "failed"],
+            ["s1", "compensation", 1, "compensated"],
+        ])
+    );
+
+    // Live: the attempt in flight, then its answer, without a reload.
+    let gated = app
+        .submit_id(&saga("gated-history", vec![step("hold", "gate")]))
+        .await;
+    browser.goto(&format!("{base}/sagas/{gated}")).await;
+    let bars = browser
+        .wait_js(
+            "the attempt in flight",
+            SAGA_TIMEOUT,
+            &picture_of(&gated, "running"),
+        )
+        .await;
+    assert_eq!(bars, json!([["hold", "action", 1, "running"]]));
+    browser
+        .js("window.__sameDocument = 'yes'; return true;")
+        .await;
+    open_gate.send_replace(true);
+    let bars = browser
+        .wait_js(
+            "the attempt answered, live",
+            SAGA_TIMEOUT,
+            &picture_of(&gated, "committed"),
+        )
+        .await;
+    assert_eq!(bars, json!([["hold", "action", 1, "succeeded"]]));
+    assert_eq!(
+        browser.js("return window.__sameDocument;").await,
+        json!("yes")
+    );
     browser.close().await;
 }

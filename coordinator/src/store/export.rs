@@ -8,28 +8,16 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::rows::EventRow;
 use super::schema::{saga_events, sagas};
-use super::{EventRecord, Queries, SagaRow, StoreError};
-use crate::saga::{Saga, SagaState};
+use super::{EventRecord, Queries, SagaFilter, SagaRow, StoreError};
+use crate::saga::Saga;
 
 /// Sagas per page: each page is three queries (sagas, steps, events) in one transaction.
 pub const EXPORT_PAGE: i64 = 500;
-
-/// Which sagas to export. Empty `states` means every state.
-#[derive(Debug, Clone, Default)]
-pub struct ExportFilter {
-    pub states: Vec<SagaState>,
-    pub name: Option<String>,
-    /// Only sagas that finished at or after this time (a saga with no finish time never matches).
-    pub finished_after: Option<DateTime<Utc>>,
-    /// Only sagas that finished strictly before this time (likewise).
-    pub finished_before: Option<DateTime<Utc>>,
-}
 
 /// One exported saga: the saga with its steps, and its event log oldest first.
 pub struct ExportedSaga {
@@ -42,7 +30,7 @@ impl Queries {
     /// creation order), each with its steps and event log, read from one snapshot.
     pub fn export_page(
         &self,
-        filter: &ExportFilter,
+        filter: &SagaFilter,
         after: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<ExportedSaga>, StoreError> {
@@ -51,21 +39,7 @@ impl Queries {
             .read_only()
             .repeatable_read()
             .run(|conn| {
-                let mut query = sagas::table.into_boxed();
-                if !filter.states.is_empty() {
-                    let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
-                    query = query.filter(sagas::state.eq_any(states));
-                }
-                if let Some(name) = &filter.name {
-                    query = query.filter(sagas::name.eq(name.clone()));
-                }
-                // `finished_at` is NULL until the saga is final, and NULL compares as no match.
-                if let Some(at) = filter.finished_after {
-                    query = query.filter(sagas::finished_at.ge(at));
-                }
-                if let Some(at) = filter.finished_before {
-                    query = query.filter(sagas::finished_at.lt(at));
-                }
+                let mut query = filter.apply(sagas::table.into_boxed());
                 if let Some(after) = after {
                     query = query.filter(sagas::id.gt(after));
                 }

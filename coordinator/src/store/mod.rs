@@ -20,6 +20,7 @@ mod persist;
 pub mod retention;
 mod rows;
 pub mod schema;
+pub mod search;
 mod state_counts;
 pub mod writer;
 
@@ -42,6 +43,7 @@ use schema::{outbox, saga_events, saga_steps, sagas};
 
 pub use migrations::{prepare, PrepareError, MIGRATION_LOCK_KEY};
 pub use persist::{Persist, Written};
+pub use search::{Cursor, ListFilter, SagaFilter};
 pub use writer::Writer;
 
 /// The schema, embedded from `schema/migrations`; public for the test databases of the e2e harness.
@@ -151,16 +153,6 @@ impl From<EventRow> for EventRecord {
     }
 }
 
-/// Filters of the saga list.
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    pub states: Vec<SagaState>,
-    pub name: Option<String>,
-    pub limit: i64,
-    /// Only sagas older than this one (the cursor).
-    pub before: Option<Uuid>,
-}
-
 /// The store's async face: every query runs on tokio's blocking pool, through [`Store::interact`].
 ///
 /// The blocking [`Queries`] exist only inside its closure, so no async thread (an actor's, the
@@ -220,28 +212,6 @@ impl Queries {
             None => Ok(None),
             Some(row) => Ok(self.assemble(&mut conn, vec![row])?.pop()),
         }
-    }
-
-    /// Sagas for the list endpoint, newest first, without their steps.
-    pub fn list(&self, filter: &ListFilter) -> Result<Vec<Saga>, StoreError> {
-        let mut conn = self.conn()?;
-        let mut query = sagas::table.into_boxed();
-        if !filter.states.is_empty() {
-            let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
-            query = query.filter(sagas::state.eq_any(states));
-        }
-        if let Some(name) = &filter.name {
-            query = query.filter(sagas::name.eq(name.clone()));
-        }
-        if let Some(before) = filter.before {
-            query = query.filter(sagas::id.lt(before));
-        }
-        let rows: Vec<SagaRow> = query
-            .order(sagas::id.desc())
-            .limit(filter.limit)
-            .select(SagaRow::as_select())
-            .load(&mut conn)?;
-        rows.into_iter().map(|r| r.into_saga(Vec::new())).collect()
     }
 
     pub fn events(&self, id: Uuid) -> Result<Vec<EventRecord>, StoreError> {

@@ -190,6 +190,7 @@ mod tests {
         assert_eq!(allowed_methods("/api/v1/sagas"), ["POST", "GET"]);
         assert_eq!(allowed_methods("/api/v1/sagas/abc/abort"), ["POST"]);
         assert_eq!(allowed_methods("/sagas/abc"), ["GET"]);
+        assert_eq!(allowed_methods("/history"), ["GET"]);
         assert_eq!(allowed_methods("/healthz"), ["GET"]);
         assert!(allowed_methods("/api/v1/nothing-here").is_empty());
         assert!(allowed_methods("/api/v1/sagas/abc/def/ghi").is_empty());

@@ -9,7 +9,7 @@ use actix_web::{web, HttpResponse};
 
 use crate::saga::{Saga, SagaState, StepState};
 use crate::store::dashboard::InFlightFilter;
-use crate::store::ListFilter;
+use crate::store::{ListFilter, SagaFilter};
 use crate::web::document::saga_summary;
 use crate::web::error::ApiError;
 use crate::web::state::AppState;
@@ -51,13 +51,16 @@ pub async fn overview(
     }
     let now = Utc::now();
     let finished = ListFilter {
-        states: SagaState::ALL
-            .iter()
-            .copied()
-            .filter(|s| s.is_final())
-            .collect(),
+        filter: SagaFilter {
+            states: SagaState::ALL
+                .iter()
+                .copied()
+                .filter(|s| s.is_final())
+                .collect(),
+            ..SagaFilter::default()
+        },
         limit: FINISHED_LIMIT,
-        ..ListFilter::default()
+        cursor: None,
     };
     let (counts, throughput, in_flight, finished) = state
         .store()?

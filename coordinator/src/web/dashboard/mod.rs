@@ -1,6 +1,7 @@
 //! The operator's dashboard, served by the coordinator itself at `/` (one half of the web edge,
-//! beside the API): an overview of sagas by state, each saga's page, the dead letters, and the
-//! operator's actions, updated live through server-sent events.
+//! beside the API): an overview of sagas by state, a history search, each saga's page (with its
+//! attempts drawn on a time axis), the dead letters, and the operator's actions, updated live
+//! through server-sent events.
 //!
 //! The page is plain HTML, CSS and JavaScript embedded in the binary (no build step). The script
 //! builds every element with `textContent`, never `innerHTML`, so values from sagas (names,
@@ -34,6 +35,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 /// `configure`, which registers exactly these).
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/"),
+    ("GET", "/history"),
     ("GET", "/sagas/{id}"),
     ("GET", "/dead-letters"),
     ("GET", "/dashboard/app.js"),
@@ -49,6 +51,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// Registers the dashboard's pages, assets and JSON endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(page))
+        .route("/history", web::get().to(page))
         .route("/sagas/{id}", web::get().to(page))
         .route("/dead-letters", web::get().to(page))
         .route("/dashboard/app.js", web::get().to(app_js))

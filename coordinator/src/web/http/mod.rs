@@ -4,6 +4,7 @@
 pub mod api_page;
 pub mod bulk_actions;
 pub mod export;
+mod filter;
 pub mod metrics;
 pub mod names;
 pub mod openapi;

@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::filter::{MAX_ERROR_TEXT, NO_NUL_PATTERN};
 use super::page::{DEFAULT_LIMIT, MAX_LIMIT};
 use super::sagas::NOTE_PATTERN;
 use crate::submission::{
@@ -280,7 +281,19 @@ fn constraints() -> Vec<(&'static str, Map<String, Value>)> {
             object(json!({"minItems": 1})),
         ),
         ("/components/schemas/BulkFilter/properties/name", name()),
+        // The list's parameters in their order: state, name, key, participant, step, error,
+        // created_after, created_before, finished_after, finished_before, limit, before, after.
         ("/paths/~1api~1v1~1sagas/get/parameters/1/schema", name()),
+        (
+            "/paths/~1api~1v1~1sagas/get/parameters/2/schema",
+            object(json!({"minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": NO_NUL_PATTERN})),
+        ),
+        ("/paths/~1api~1v1~1sagas/get/parameters/3/schema", name()),
+        ("/paths/~1api~1v1~1sagas/get/parameters/4/schema", name()),
+        (
+            "/paths/~1api~1v1~1sagas/get/parameters/5/schema",
+            object(json!({"minLength": 1, "maxLength": MAX_ERROR_TEXT, "pattern": NO_NUL_PATTERN})),
+        ),
         // The export's parameters in their order: state, name, finished_after, finished_before,
         // after.
         (
@@ -296,8 +309,7 @@ fn constraints() -> Vec<(&'static str, Map<String, Value>)> {
             name(),
         ),
         (
-            // The list's parameters in their order: state, name, limit, before.
-            "/paths/~1api~1v1~1sagas/get/parameters/2/schema",
+            "/paths/~1api~1v1~1sagas/get/parameters/10/schema",
             object(json!({"minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT})),
         ),
         (
@@ -449,10 +461,43 @@ mod tests {
             schemas["ResolveRequest"]["properties"]["note"]["pattern"],
             super::super::sagas::NOTE_PATTERN
         );
-        let limit = &doc["paths"]["/api/v1/sagas"]["get"]["parameters"][2];
-        assert_eq!(limit["name"], "limit");
+        let list = &doc["paths"]["/api/v1/sagas"]["get"]["parameters"];
+        let names: Vec<&str> = list
+            .as_array()
+            .map(|p| p.iter().filter_map(|p| p["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            names,
+            [
+                "state",
+                "name",
+                "key",
+                "participant",
+                "step",
+                "error",
+                "created_after",
+                "created_before",
+                "finished_after",
+                "finished_before",
+                "limit",
+                "before",
+                "after"
+            ]
+        );
+        let limit = &list[10];
         assert_eq!(limit["schema"]["maximum"], 500);
         assert_eq!(limit["schema"]["minimum"], 1);
+        for (i, max) in [(2, MAX_KEY_CHARS), (5, MAX_ERROR_TEXT)] {
+            assert_eq!(list[i]["schema"]["maxLength"], max, "{i}");
+            assert_eq!(list[i]["schema"]["pattern"], NO_NUL_PATTERN, "{i}");
+        }
+        for i in [1, 3, 4] {
+            assert_eq!(list[i]["schema"]["pattern"], NAME_PATTERN, "{i}");
+        }
+        for i in 6..10 {
+            assert_eq!(list[i]["schema"]["format"], "date-time", "{i}");
+        }
+        assert!(doc["components"]["schemas"]["SagaList"]["properties"]["prev"].is_object());
     }
 
     #[test]
@@ -475,8 +520,8 @@ mod tests {
             "{export}"
         );
         let list = &doc["paths"]["/api/v1/sagas"]["get"]["parameters"];
-        for i in 0..2 {
-            assert_eq!(export["parameters"][i], list[i], "{i}");
+        for (e, l) in [(0, 0), (1, 1), (2, 8), (3, 9)] {
+            assert_eq!(export["parameters"][e], list[l], "{e}");
         }
         for i in 2..4 {
             let schema = &export["parameters"][i]["schema"];

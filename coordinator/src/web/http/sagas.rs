@@ -4,15 +4,16 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::page::{field_error, page_end, Page};
+use super::filter;
+use super::page::{both_ways, field_error, Page};
 use super::schemas::{
     self, Conflict, Invalid, MalformedJson, NoSuchSaga, TooLarge, Unauthorized, Unavailable,
 };
 use crate::runtime::{EngineError, Submitted};
 use crate::saga::machine::Event;
-use crate::saga::{PausedBy, SagaState};
-use crate::store::ListFilter;
-use crate::submission::{parse_submission, FieldError};
+use crate::saga::PausedBy;
+use crate::store::{Cursor, ListFilter, SagaFilter};
+use crate::submission::parse_submission;
 use crate::web::document::{saga_document, saga_summary};
 use crate::web::error::ApiError;
 use crate::web::forward::Forwarder;
@@ -145,78 +146,73 @@ pub async fn events(
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
-/// Sagas, newest first, filtered by state and name, paged with a cursor.
+/// Sagas, newest first, that match every filter given, a page at a time in either direction.
 #[utoipa::path(get, path = "/api/v1/sagas", tag = "sagas", security(("bearer" = [])),
     params(
         ("state" = Option<Vec<schemas::SagaStateName>>, Query, description = "Only these states (repeat the parameter for several)"),
         ("name" = Option<String>, Query, description = "Only sagas of this name"),
+        ("key" = Option<String>, Query, description = "Only the sagas submitted with this `key` (one per name), whatever their name"),
+        ("participant" = Option<String>, Query, description = "Only sagas with a step sent to this participant"),
+        ("step" = Option<String>, Query, description = "Only sagas with a step of this name"),
+        ("error" = Option<String>, Query, description = "Only sagas with a step whose `error` contains this text, in any case (1 to 200 characters; `%` and `_` are plain characters)"),
+        ("created_after" = Option<DateTime<Utc>>, Query, description = "Only sagas created at or after this time (RFC 3339)"),
+        ("created_before" = Option<DateTime<Utc>>, Query, description = "Only sagas created strictly before this time (RFC 3339)"),
+        ("finished_after" = Option<DateTime<Utc>>, Query, description = "Only sagas that finished (became committed, compensated or aborted) at or after this time (RFC 3339); a saga not finished never matches"),
+        ("finished_before" = Option<DateTime<Utc>>, Query, description = "Only sagas that finished strictly before this time (RFC 3339); a saga not finished never matches"),
         ("limit" = Option<i64>, Query, description = "Page size, 1 to 500 (default 50)"),
-        ("before" = Option<Uuid>, Query, description = "The `next` cursor of the previous page"),
+        ("before" = Option<Uuid>, Query, description = "The page of matching sagas older than this cursor: a `next` of an earlier answer. Not with `after`"),
+        ("after" = Option<Uuid>, Query, description = "The page of matching sagas immediately newer than this cursor: a `prev` of an earlier answer. Not with `before`"),
     ),
     responses(
-    (status = 200, description = "A page of sagas", body = schemas::SagaList),
+    (status = 200, description = "A page of sagas, newest first", body = schemas::SagaList),
     Unauthorized, Invalid, Unavailable,
 ))]
 pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut filter = ListFilter::default();
-    let mut page = Page::default();
+    let mut filter = SagaFilter::default();
+    // One `Page` per direction, to tell `before` and `after` apart.
+    let (mut page, mut newer) = (Page::default(), Page::default());
     let mut errors = Vec::new();
     for (key, value) in query.into_inner() {
-        if saga_filter(
-            &key,
-            &value,
-            &mut filter.states,
-            &mut filter.name,
-            &mut errors,
-        ) {
+        if filter::shared(&key, &value, &mut filter, &mut errors)
+            || filter::search(&key, &value, &mut filter, &mut errors)
+        {
             continue;
         }
         match key.as_str() {
             "limit" => page.limit(&value, &mut errors),
             "before" => page.cursor(&key, &value, &mut errors),
+            "after" => newer.cursor(&key, &value, &mut errors),
             other => errors.push(field_error(other, "unknown parameter")),
         }
     }
+    let cursor = match (page.cursor, newer.cursor) {
+        (Some(_), Some(_)) => {
+            errors.push(field_error(
+                "after",
+                "give `before` (older sagas) or `after` (newer sagas), not both",
+            ));
+            None
+        }
+        (Some(id), None) => Some(Cursor::Before(id)),
+        (None, Some(id)) => Some(Cursor::After(id)),
+        (None, None) => None,
+    };
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    (filter.limit, filter.before) = (page.limit, page.cursor);
-    let limit = filter.limit;
-    let sagas = state.store()?.interact(move |db| db.list(&filter)).await?;
-    let next = page_end(&sagas, limit, |s| s.id);
+    let list = ListFilter {
+        filter,
+        limit: page.limit,
+        cursor,
+    };
+    let sagas = state.store()?.interact(move |db| db.list(&list)).await?;
+    let ids: Vec<Uuid> = sagas.iter().map(|s| s.id).collect();
+    let (next, prev) = both_ways(&ids, page.limit, cursor);
     let items: Vec<Value> = sagas.iter().map(saga_summary).collect();
-    Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next })))
-}
-
-/// The list's filters among a query's parameters, shared by every read that selects sagas the way
-/// the list does: `state` (repeatable) and `name`. Answers whether `key` was one of them.
-pub(super) fn saga_filter(
-    key: &str,
-    value: &str,
-    states: &mut Vec<SagaState>,
-    name: &mut Option<String>,
-    errors: &mut Vec<FieldError>,
-) -> bool {
-    match key {
-        "state" => match value.parse::<SagaState>() {
-            Ok(s) => states.push(s),
-            Err(_) => errors.push(field_error("state", format!("unknown state {value:?}"))),
-        },
-        // No saga has another name; one with a NUL Postgres would not even compare.
-        "name" if crate::submission::is_name(value) => *name = Some(value.to_owned()),
-        "name" => errors.push(field_error(
-            "name",
-            format!(
-                "not a saga name (it matches {})",
-                crate::submission::NAME_PATTERN
-            ),
-        )),
-        _ => return false,
-    }
-    true
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next, "prev": prev })))
 }
 
 /// Runs an operator's action here if this instance owns the saga, or forwards it (once) to the

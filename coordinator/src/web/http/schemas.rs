@@ -256,8 +256,13 @@ pub struct PausedNameList {
 #[derive(ToSchema)]
 pub struct SagaList {
     pub items: Vec<SagaSummary>,
-    /// Pass as `before` for the next page; `null` on the last one.
+    /// Pass as `before` for the page of older sagas; `null` when none can follow (a page from no
+    /// cursor or `before` that is not full). After an `after` request it is set whenever the page
+    /// has items.
     pub next: Option<String>,
+    /// Pass as `after` for the page of newer sagas; `null` on the first page (no cursor) and
+    /// when an `after` request reached the newest (fewer than `limit` items).
+    pub prev: Option<String>,
 }
 
 /// One entry of a saga's event log.

@@ -8,6 +8,9 @@
   const DASHBOARD_HEADER = { 'X-Requested-With': 'saga-dashboard' };
   const STATES = ['prepared', 'running', 'compensating', 'failed', 'committed', 'compensated', 'aborted'];
   const IN_FLIGHT = ['prepared', 'running', 'compensating', 'failed'];
+  const FINAL = ['committed', 'compensated', 'aborted'];
+  // States in which something may still happen without an operator: their pictures run to now.
+  const MOVING = ['prepared', 'running', 'compensating'];
   const SVG = 'http://www.w3.org/2000/svg';
   const BULK_POLL_MS = 1000; // how often the bulk actions' progress is read while one runs
   const SKIPPED_SHOWN = 50; // the skipped sagas of a bulk action listed at most
@@ -20,10 +23,19 @@
 
   /** Creates an element; strings among the children become text nodes (never markup). */
   function h(tag, attrs, ...children) {
-    const el = document.createElement(tag);
+    return build(document.createElement(tag), attrs, children);
+  }
+
+  /** `h` for the elements of an inline SVG picture. */
+  function svg(tag, attrs, ...children) {
+    return build(document.createElementNS(SVG, tag), attrs, children);
+  }
+
+  function build(el, attrs, children) {
     for (const [key, value] of Object.entries(attrs || {})) {
       if (value === null || value === undefined || value === false) continue;
-      if (key === 'class') el.className = value;
+      // An SVG element's className is not a string: the attribute works for both kinds.
+      if (key === 'class') el.setAttribute('class', value);
       else if (key === 'dataset') Object.assign(el.dataset, value);
       else if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
       else el.setAttribute(key, value === true ? '' : String(value));
@@ -61,6 +73,17 @@
     if (!iso) return '—';
     const d = new Date(iso);
     return isNaN(d) ? String(iso) : d.toLocaleString();
+  }
+
+  /** A time to the millisecond, for the event log and the timeline (attempts are often ms apart). */
+  function preciseTime(iso) {
+    if (!iso) return '—';
+    const d = new Date(iso);
+    if (isNaN(d)) return String(iso);
+    const time = d.toLocaleTimeString(undefined, {
+      hour: '2-digit', minute: '2-digit', second: '2-digit', fractionalSecondDigits: 3, hour12: false,
+    });
+    return `${d.toLocaleDateString()} ${time}`;
   }
 
   function ago(iso) {
@@ -474,7 +497,7 @@
       h('table', { class: 'bulk' },
         h('thead', {}, h('tr', {}, ['Action', 'Sagas', 'State', 'Progress', 'Started', ''].map((t) => h('th', {}, t)))),
         bulkBody),
-      h('h2', {}, 'Recently finished'),
+      h('h2', {}, 'Recently finished ', h('a', { href: '/history', 'data-link': true, class: 'more' }, 'search the history →')),
       h('table', {},
         h('thead', {}, h('tr', {}, ['Name', 'State', 'Finished', 'Took', 'Id'].map((t) => h('th', {}, t)))),
         finished));
@@ -504,27 +527,16 @@
       const max = Math.max(1, ...minutes.map((m) => Math.max(m.started, m.finished)));
       const slot = width / Math.max(1, minutes.length);
       const bar = Math.max(1, slot / 2 - 1);
-      const svg = document.createElementNS(SVG, 'svg');
-      svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
-      svg.setAttribute('preserveAspectRatio', 'none');
-      minutes.forEach((m, i) => {
-        [['started', '#2f6fde', 0], ['finished', '#1f9d55', bar]].forEach(([key, colour, offset]) => {
+      const picture = svg('svg', { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: 'none' },
+        minutes.map((m, i) => [['started', '#2f6fde', 0], ['finished', '#1f9d55', bar]].map(([key, colour, offset]) => {
           const value = m[key];
           const hgt = (value / max) * (height - 10);
-          const rect = document.createElementNS(SVG, 'rect');
-          rect.setAttribute('x', String(i * slot + offset));
-          rect.setAttribute('y', String(height - hgt));
-          rect.setAttribute('width', String(bar));
-          rect.setAttribute('height', String(Math.max(hgt, value > 0 ? 1 : 0)));
-          rect.setAttribute('fill', colour);
-          const title = document.createElementNS(SVG, 'title');
-          title.textContent = `${new Date(m.minute).toLocaleTimeString()}: ${value} ${key}`;
-          rect.append(title);
-          svg.append(rect);
-        });
-      });
+          return svg('rect', {
+            x: i * slot + offset, y: height - hgt, width: bar, height: Math.max(hgt, value > 0 ? 1 : 0), fill: colour,
+          }, svg('title', {}, `${new Date(m.minute).toLocaleTimeString()}: ${value} ${key}`));
+        })));
       const total = (key) => minutes.reduce((n, m) => n + m[key], 0);
-      chart.replaceChildren(svg, h('div', { class: 'legend' },
+      chart.replaceChildren(picture, h('div', { class: 'legend' },
         h('span', { style: null, class: 'started' }, `started: ${total('started')}`),
         h('span', { class: 'finished' }, `finished: ${total('finished')}`),
         h('span', {}, `peak ${max}/min`)));
@@ -768,6 +780,383 @@
     };
   }
 
+  // ---- History -------------------------------------------------------------------------------
+
+  /** The list API's text filters the history search offers: [parameter, label, hint]. */
+  const SEARCH_TEXTS = [
+    ['name', 'Name', 'exact saga name'],
+    ['key', 'Key', 'exact key'],
+    ['participant', 'Participant', 'a step runs at it'],
+    ['step', 'Step', 'a step of this name'],
+    ['error', 'Error contains', 'text of a step’s error'],
+  ];
+  /** Its time filters: [parameter, label]; RFC 3339 in UTC for the API, local time in the form. */
+  const SEARCH_TIMES = [
+    ['created_after', 'Created after'],
+    ['created_before', 'Created before'],
+    ['finished_after', 'Finished after'],
+    ['finished_before', 'Finished before'],
+  ];
+
+  /** A datetime-local input's value (the browser's local time) as UTC RFC 3339, or '' if none. */
+  function localToUtc(value) {
+    const d = value ? new Date(value) : null;
+    return d && !isNaN(d) ? d.toISOString() : '';
+  }
+
+  /** A time of the query string as a datetime-local input shows it (local time, to the second). */
+  function utcToLocal(iso) {
+    const d = iso ? new Date(iso) : null;
+    if (!d || isNaN(d)) return '';
+    const two = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())}` +
+      `T${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
+  }
+
+  /**
+   * Searches every saga still kept, finished or in flight. The page's query string is the list
+   * API's query, so a search can be bookmarked or shared and Back returns to the previous one: the
+   * form only writes a new address, and the page shows whatever its address asks for.
+   */
+  function historyPage() {
+    const params = new URLSearchParams(location.search);
+    let stopped = false;
+    let shown = new Set(); // the sagas the results show, which a change reloads
+    let older = null; // the answer's cursors: `next` (older sagas) and `prev` (newer ones)
+    let newer = null;
+
+    const fieldErrors = new Map(); // parameter -> where its 422 message goes
+    const errorSlot = (field) => {
+      const el = h('div', { class: 'error field-error', dataset: { field } });
+      fieldErrors.set(field, el);
+      return el;
+    };
+    const input = (field, attrs) => h('input', { name: field, id: `history-${field}`, ...attrs });
+    const stateChoices = STATES.map((s) => h('label', { class: 'state-choice' },
+      h('input', { type: 'checkbox', name: 'state', value: s, checked: params.getAll('state').includes(s) }), badge(s)));
+    const formError = h('div', { class: 'error', id: 'history-problem', role: 'alert' });
+    const form = h('form', { id: 'history-form', class: 'panel search', novalidate: true },
+      h('fieldset', { class: 'states' }, h('legend', {}, 'State'), stateChoices, errorSlot('state')),
+      h('div', { class: 'search-grid' },
+        SEARCH_TEXTS.map(([field, label, hint]) => h('label', { class: 'search-field' }, label,
+          input(field, { type: 'search', placeholder: hint, value: params.get(field) || '' }), errorSlot(field))),
+        SEARCH_TIMES.map(([field, label]) => h('label', { class: 'search-field' }, label,
+          input(field, { type: 'datetime-local', step: 1, value: utcToLocal(params.get(field)) }), errorSlot(field))),
+        h('label', { class: 'search-field' }, 'Per page',
+          input('limit', { type: 'number', min: 1, max: 500, placeholder: '50', value: params.get('limit') || '' }), errorSlot('limit'))),
+      formError,
+      h('div', { class: 'buttons' },
+        h('button', { type: 'submit', id: 'history-search' }, 'Search'),
+        h('button', { type: 'button', class: 'quiet', id: 'history-clear', onclick: () => go(new URLSearchParams()) }, 'Clear')));
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      go(formQuery());
+    });
+    const summary = h('span', { class: 'muted', id: 'history-summary' }, 'Searching…');
+    const newerButton = h('button', { type: 'button', class: 'quiet', id: 'history-newer', disabled: true, onclick: () => go(pageQuery('after', newer)) }, '← Newer');
+    const olderButton = h('button', { type: 'button', class: 'quiet', id: 'history-older', disabled: true, onclick: () => go(pageQuery('before', older)) }, 'Older →');
+    const results = h('tbody', { id: 'history-results' });
+    show(
+      h('h1', {}, 'History'),
+      h('p', { class: 'muted' }, 'Every saga the coordinator still keeps, finished or in flight, newest first. ' +
+        'The search is kept in the address: bookmark or share it.'),
+      form,
+      h('div', { class: 'filters pager' }, summary, newerButton, olderButton),
+      h('table', {},
+        h('thead', {}, h('tr', {}, ['Id', 'Name', 'Key', 'State', 'Created', 'Finished'].map((t) => h('th', {}, t)))),
+        results));
+
+    /** The form's filters as the list API's query: empty fields left out, times in UTC. */
+    function formQuery() {
+      const q = new URLSearchParams();
+      for (const box of form.querySelectorAll('input[name="state"]:checked')) q.append('state', box.value);
+      for (const [field] of SEARCH_TEXTS) {
+        const value = form.elements[field].value.trim();
+        if (value) q.set(field, value);
+      }
+      for (const [field] of SEARCH_TIMES) {
+        const value = localToUtc(form.elements[field].value);
+        if (value) q.set(field, value);
+      }
+      const limit = form.elements.limit.value.trim();
+      if (limit) q.set('limit', limit);
+      return q;
+    }
+
+    /** The search shown, one page older (`before`) or newer (`after`) than this one. */
+    function pageQuery(direction, cursor) {
+      const q = new URLSearchParams(params);
+      q.delete('before');
+      q.delete('after');
+      q.set(direction, cursor);
+      return q;
+    }
+
+    /** Shows search `q` as a new entry of the browser's history. */
+    function go(q) {
+      const query = q.toString();
+      history.pushState(null, '', query ? `/history?${query}` : '/history');
+      route();
+    }
+
+    function resultRow(s) {
+      const finishedAt = s.finished_at || (FINAL.includes(s.state) ? s.updated_at : null);
+      return h('tr', { class: s.state === 'failed' ? 'attention' : null, dataset: { sagaId: s.id, state: s.state } },
+        h('td', { class: 'mono' }, sagaLink(s.id, shortId(s.id))),
+        h('td', { class: 'name' }, sagaLink(s.id, s.name)),
+        h('td', { class: 'mono key' }, s.key || '—'),
+        h('td', { class: 'state' }, badge(s.state)),
+        h('td', {}, when(s.created_at)),
+        h('td', {}, finishedAt
+          ? [when(finishedAt), h('div', { class: 'muted' }, `took ${duration(s.created_at, finishedAt)}`)]
+          : h('span', { class: 'muted' }, `in flight, updated ${when(s.updated_at)}`)));
+    }
+
+    function renderResults(page) {
+      const items = page.items || [];
+      shown = new Set(items.map((s) => s.id));
+      [older, newer] = [page.next || null, page.prev || null];
+      olderButton.disabled = !older;
+      newerButton.disabled = !newer;
+      const paged = params.has('before') || params.has('after');
+      summary.textContent = items.length
+        ? `${items.length} saga${items.length === 1 ? '' : 's'}${older || paged ? ' on this page' : ''}, newest first`
+        : '';
+      results.replaceChildren(...(items.length ? items.map(resultRow) : [h('tr', {}, h('td', { class: 'empty', colspan: 6 },
+        paged ? 'No more sagas this way.' : 'No saga matches these filters.'))]));
+    }
+
+    function clearProblem() {
+      for (const slot of fieldErrors.values()) slot.replaceChildren();
+      formError.replaceChildren();
+    }
+
+    /** A refused search: a 422's rules beside the fields they name (the others under the form). */
+    function renderProblem(err) {
+      clearProblem();
+      const rules = err.errors || [];
+      const unplaced = rules.filter((rule) => {
+        const slot = fieldErrors.get(rule.field);
+        if (slot) slot.append(h('div', {}, rule.message));
+        return !slot;
+      });
+      formError.replaceChildren(...(!rules.length ? [h('div', {}, `Cannot search: ${err.message}`)]
+        : unplaced.length ? problemLines({ errors: unplaced }) : []));
+      shown = new Set();
+      olderButton.disabled = true;
+      newerButton.disabled = true;
+      summary.textContent = '';
+      results.replaceChildren(h('tr', {}, h('td', { class: 'empty error', colspan: 6 },
+        err.status === 422 ? 'The search was refused: see the form.' : 'The search failed.')));
+    }
+
+    async function refresh() {
+      if (stopped) return;
+      try {
+        // The page's query string is the API's query, whatever put it there.
+        const page = await call(`/api/v1/sagas?${params}`);
+        if (stopped) return;
+        clearProblem();
+        renderResults(page);
+        startStream();
+      } catch (err) {
+        if (!(err instanceof Unauthorized) && !stopped) renderProblem(err);
+      }
+    }
+
+    const soon = debounce(refresh, 300);
+    refresh();
+    return {
+      refresh,
+      // A saga shown that changes (one in flight finishing) is shown as it is now.
+      onChange(change) { if (shown.has(change.id)) soon(); },
+      stop() { stopped = true; },
+    };
+  }
+
+  // ---- Attempts over time (the saga page's picture) ------------------------------------------
+
+  /** How the picture names what ended a bar, for its legend and tooltips. */
+  const BAR_OUTCOMES = {
+    succeeded: 'succeeded',
+    failed: 'failed',
+    'timed-out': 'timed out',
+    'dead-lettered': 'dead-lettered',
+    compensated: 'compensated',
+    running: 'no answer yet',
+    abandoned: 'abandoned',
+  };
+  /** The picture's proportions, in SVG units (it scales to the panel's width). */
+  const PICTURE = { width: 1000, label: 160, lane: 24, axis: 22, bar: 14, wait: 4, ticks: 8 };
+
+  /** A reply's outcome as the colour of the attempt it ends. */
+  function replyOutcome(kind, outcome) {
+    if (outcome === 'success') return kind === 'compensation' ? 'compensated' : 'succeeded';
+    // A check-back answered `committed` or `aborted` decided the saga; `pending` did not.
+    if (kind === 'check') return outcome === 'pending' ? 'failed' : 'succeeded';
+    return 'failed'; // `failure`, or `retry`: this attempt did not do it
+  }
+
+  /**
+   * The saga's attempts and retry waits as bars, read from its event log: an attempt runs from its
+   * `dispatched` to the `reply`, `timed_out` or `dead_lettered` that ends it; a retry wait from its
+   * `retry_scheduled` to the next `dispatched` of that step and kind. Compensating abandons the
+   * actions still out and their waits (the machine no longer awaits them), a final state anything
+   * left. What is still open runs to `end` (a wait to its planned end, if later). Pauses hold every
+   * step at once: they are bands, not bars.
+   */
+  function attemptBars(events, end) {
+    const bars = [];
+    const pauses = [];
+    const open = new Map(); // `${lane}/${kind}` (+ '/wait') -> its bar, until it ends
+    const finish = (key, at, outcome, note) => {
+      const bar = open.get(key);
+      if (!bar) return;
+      open.delete(key);
+      Object.assign(bar, { to: at, outcome, note: note || bar.note });
+    };
+    const abandon = (at, which) => {
+      for (const [key, bar] of [...open]) if (which(bar)) finish(key, at, 'abandoned');
+    };
+    for (const e of events) {
+      const at = Date.parse(e.at);
+      const kind = (e.detail && e.detail.kind) || null;
+      // Check-backs have no step; no step can have this name (names begin with a letter or digit).
+      const lane = e.step || '(check-backs)';
+      const key = `${lane}/${kind}`;
+      const begin = (wait, extra) => {
+        const bar = { lane, kind, wait, attempt: e.attempt, from: at, to: null, outcome: 'running', ...extra };
+        bars.push(bar);
+        open.set(wait ? `${key}/wait` : key, bar);
+      };
+      switch (e.type) {
+        case 'dispatched':
+          finish(`${key}/wait`, at, 'waited');
+          begin(false, {});
+          break;
+        case 'reply':
+          // `failed` stands for both `failure` and `retry`: the note tells them apart.
+          finish(key, at, replyOutcome(kind, e.detail.outcome), e.detail.outcome === 'success' ? null
+            : `answered ${e.detail.outcome}${e.detail.error ? `: ${e.detail.error}` : ''}`);
+          break;
+        case 'timed_out':
+          finish(key, at, 'timed-out');
+          break;
+        case 'dead_lettered':
+          finish(key, at, 'dead-lettered');
+          break;
+        case 'retry_scheduled':
+          begin(true, { planned: at + (e.detail.backoff_ms || 0), note: e.detail.error });
+          break;
+        case 'compensating':
+          abandon(at, (bar) => bar.kind === 'action');
+          break;
+        case 'committed': case 'compensated': case 'aborted': case 'failed': case 'resolved':
+          abandon(at, () => true);
+          break;
+        case 'paused':
+          pauses.push({ from: at, to: null });
+          break;
+        case 'resumed':
+          for (const p of pauses) if (p.to === null) p.to = at;
+          break;
+        default:
+          break;
+      }
+    }
+    for (const bar of open.values()) {
+      bar.open = true;
+      bar.to = bar.wait ? Math.max(end, bar.planned) : end;
+    }
+    for (const p of pauses) if (p.to === null) p.to = end;
+    return { bars, pauses };
+  }
+
+  /** The lanes top to bottom: check-backs first (they come first), then the steps in their order. */
+  function pictureLanes(steps, bars) {
+    const lanes = bars.some((b) => b.kind === 'check') ? ['(check-backs)'] : [];
+    for (const name of [...steps.map((s) => s.name), ...bars.map((b) => b.lane)]) {
+      if (!lanes.includes(name)) lanes.push(name);
+    }
+    return lanes;
+  }
+
+  /** A span of time as an axis label: ms below a second, then s, then min. */
+  function spanLabel(ms) {
+    if (ms < 1000) return `${+ms.toFixed(1)} ms`;
+    if (ms < 60000) return `${+(ms / 1000).toFixed(2)} s`;
+    const s = Math.round(ms / 1000);
+    return s % 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s / 60} min`;
+  }
+
+  /** A round tick interval (1, 2 or 5 times a power of ten ms) giving at most `count` ticks. */
+  function tickInterval(span, count) {
+    const raw = Math.max(span / count, 1);
+    const power = 10 ** Math.floor(Math.log10(raw));
+    return [1, 2, 5, 10].map((m) => m * power).find((step) => step >= raw);
+  }
+
+  function barTitle(bar) {
+    const what = bar.wait
+      ? `waiting to retry the ${bar.kind} after attempt ${bar.attempt}${bar.outcome === 'abandoned' ? ', abandoned' : ''}`
+      : `${bar.kind} attempt ${bar.attempt}: ${BAR_OUTCOMES[bar.outcome]}`;
+    const until = bar.open ? (bar.wait ? `${preciseTime(bar.to)} (planned)` : 'now') : preciseTime(bar.to);
+    return `${bar.lane} · ${what}${bar.note ? ` (${bar.note})` : ''}\n` +
+      `${preciseTime(bar.from)} → ${until}, ${duration(bar.from, bar.to)}`;
+  }
+
+  /**
+   * The saga's attempts on a shared time axis: a lane per step, a bar per action or compensation
+   * attempt coloured by what ended it, a thin bar per retry wait, a band per pause.
+   */
+  function attemptsPicture(doc, events) {
+    if (!events.some((e) => e.type === 'dispatched')) return h('p', { class: 'muted' }, 'Nothing was sent yet.');
+    const start = Date.parse(events[0].at);
+    const last = Date.parse(events[events.length - 1].at);
+    const end = MOVING.includes(doc.state) ? Math.max(Date.now(), last) : last;
+    const { bars, pauses } = attemptBars(events, end);
+    const lanes = pictureLanes(doc.steps || [], bars);
+    const span = Math.max(1, ...bars.map((b) => b.to - start), end - start);
+    const plot = PICTURE.width - PICTURE.label - 36; // room for the last tick's label
+    const x = (t) => PICTURE.label + (Math.max(0, t - start) / span) * plot;
+    const top = (i) => PICTURE.axis + i * PICTURE.lane;
+    const height = top(lanes.length) + 4;
+    const step = tickInterval(span, PICTURE.ticks);
+    const ticks = [];
+    for (let t = 0; t <= span; t += step) ticks.push(t);
+    const picture = svg('svg', {
+      viewBox: `0 0 ${PICTURE.width} ${height}`, role: 'img', id: 'saga-gantt-svg',
+      'aria-label': `attempts of ${lanes.length} step${lanes.length === 1 ? '' : 's'} over ${spanLabel(span)}`,
+    },
+    lanes.map((lane, i) => [
+      svg('rect', { class: `lane${i % 2 ? ' odd' : ''}`, x: 0, y: top(i), width: PICTURE.width, height: PICTURE.lane }),
+      svg('text', { class: 'lane-label', x: PICTURE.label - 8, y: top(i) + PICTURE.lane / 2 + 4, 'text-anchor': 'end' },
+        lane.length > 22 ? [`${lane.slice(0, 21)}…`, svg('title', {}, lane)] : lane),
+    ]),
+    ticks.map((t, i) => [
+      svg('line', { class: 'grid', x1: x(start + t), x2: x(start + t), y1: PICTURE.axis - 4, y2: height - 4 }),
+      svg('text', { class: 'tick', x: x(start + t), y: PICTURE.axis - 8, 'text-anchor': i === 0 ? 'start' : 'middle' }, spanLabel(t)),
+    ]),
+    pauses.map((p) => svg('rect', {
+      class: 'paused', x: x(p.from), y: PICTURE.axis, width: Math.max(2, x(p.to) - x(p.from)), height: height - PICTURE.axis - 4,
+    }, svg('title', {}, `paused\n${preciseTime(p.from)} → ${p.to === end ? 'now' : preciseTime(p.to)}`))),
+    bars.map((bar) => {
+      const thick = bar.wait ? PICTURE.wait : PICTURE.bar;
+      return svg('rect', {
+        class: bar.wait ? 'bar wait' : `bar o-${bar.outcome}`,
+        dataset: { step: bar.lane, kind: bar.kind, attempt: bar.attempt, outcome: bar.wait ? 'wait' : bar.outcome },
+        x: x(bar.from), y: top(lanes.indexOf(bar.lane)) + (PICTURE.lane - thick) / 2,
+        width: Math.max(2, x(bar.to) - x(bar.from)), height: thick, rx: 2,
+      }, svg('title', {}, barTitle(bar)));
+    }));
+    const used = new Set(bars.filter((b) => !b.wait).map((b) => b.outcome));
+    return [picture, h('div', { class: 'legend' },
+      Object.entries(BAR_OUTCOMES).filter(([o]) => used.has(o)).map(([o, text]) => h('span', { class: `o-${o}` }, text)),
+      bars.some((b) => b.wait) ? h('span', { class: 'wait' }, 'retry wait') : null,
+      pauses.length ? h('span', { class: 'paused' }, 'paused') : null),
+    h('div', { class: 'muted legend-note' }, 'A step’s compensation attempts follow its actions on its lane. Hover a bar for its exact times.')];
+  }
+
   // ---- Saga page -----------------------------------------------------------------------------
 
   /** Groups steps by dependency depth: every step comes after all steps of earlier groups it needs. */
@@ -894,9 +1283,11 @@
           h('td', {}, payloads.get(s.name) === null || payloads.get(s.name) === undefined ? '—' : h('pre', {}, json(payloads.get(s.name)))))))),
         h('h2', {}, 'Saga payload'),
         h('pre', { id: 'saga-payload' }, json(doc.payload)),
+        h('h2', {}, 'Attempts over time'),
+        h('div', { class: 'panel gantt', id: 'saga-gantt' }, attemptsPicture(doc, events)),
         h('h2', {}, `Event log (${events.length})`),
         h('ol', { class: 'timeline', id: 'timeline' }, events.map((e) => h('li', { dataset: { type: e.type } },
-          h('span', { class: 'when' }, when(e.at)),
+          h('span', { class: 'when', title: e.at }, preciseTime(e.at)),
           h('span', { class: 'what' }, e.type),
           e.step ? h('span', {}, ` · step ${e.step}`) : null,
           e.attempt ? h('span', {}, ` · attempt ${e.attempt}`) : null,
@@ -964,6 +1355,9 @@
     if (saga) {
       current = '';
       view = sagaPage(decodeURIComponent(saga[1]));
+    } else if (path === '/history') {
+      current = 'history';
+      view = historyPage();
     } else if (path === '/dead-letters') {
       current = 'dead-letters';
       view = deadLettersPage();
