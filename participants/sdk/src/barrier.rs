@@ -65,17 +65,14 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::cleanup::{check_retention, in_batches, PurgeError};
+/// The shortest `older_than` [`purge`] accepts (one day) and the one we recommend (30 days): module
+/// docs, "Cleanup".
+pub use crate::cleanup::{MIN_RETENTION, RECOMMENDED_RETENTION};
 use crate::command::{Command, CommandKind};
 use crate::outcome::Outcome;
 
 /// The barrier table's name.
 pub const TABLE: &str = "saga_barrier";
-
-/// The shortest `older_than` [`purge`] accepts: one day (module docs, "Cleanup").
-pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// The `older_than` we recommend for [`purge`]: 30 days (module docs, "Cleanup").
-pub const RECOMMENDED_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// Creates the barrier table and its index if they do not exist (safe to call from several
 /// processes at once, and on a table an older version of this crate created).

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 
-use crate::barrier::MIN_RETENTION;
+/// The shortest `older_than` any purge accepts: one day (`barrier` module docs, "Cleanup").
+pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The `older_than` we recommend: 30 days (`barrier` module docs, "Cleanup").
+pub const RECOMMENDED_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// Why a purge deleted nothing more.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +70,6 @@ pub(crate) fn in_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::barrier::RECOMMENDED_RETENTION;
 
     #[test]
     fn an_age_below_the_floor_is_refused() {
