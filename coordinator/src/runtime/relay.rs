@@ -75,8 +75,15 @@ pub fn spawn(
                         }
                         Err(reason) => {
                             metrics.observe_publish_failure();
-                            log::debug!("outbox row {} not published: {reason}", result.outbox_id);
-                            on_the_way.remove(&result.outbox_id);
+                            let row = on_the_way.remove(&result.outbox_id);
+                            let saga_id = row.as_ref().map(|r| r.saga_id.to_string());
+                            log::debug!(
+                                saga_id = saga_id.as_deref(),
+                                step = row.as_ref().and_then(|r| r.attempt.as_ref()).map(|a| a.0.as_str()),
+                                attempt = row.as_ref().and_then(|r| r.attempt.as_ref()).map(|a| a.2);
+                                "outbox row {} not published: {reason}",
+                                result.outbox_id
+                            );
                         }
                     }
                 }
