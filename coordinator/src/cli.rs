@@ -37,7 +37,12 @@ pub const LISTENING_PREFIX: &str = "coordinator listening on http://";
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Before anything can log: the format (`SAGA_LOG_FORMAT`) holds for every subcommand, and a
+    // wrong one stops here, before a line is written in a format nobody asked for.
+    if let Err(e) = logfmt::init("info") {
+        eprintln!("coordinator: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         // A client of the API, with exit codes of its own (`coordinator sagas --help`).

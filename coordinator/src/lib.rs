@@ -6,6 +6,7 @@ pub mod amqp;
 pub mod app;
 pub mod cli;
 pub mod config;
+mod logging;
 pub mod metrics;
 pub mod outbox;
 pub mod partition;

@@ -14,6 +14,8 @@ pub struct OutboxMessage {
     /// The outbox row's id (assigned by Postgres; 0 before insertion).
     pub id: i64,
     pub saga_id: Uuid,
+    /// The saga's name, as in the body: for the log lines about this command.
+    pub saga_name: String,
     /// AMQP `message_id` and `correlation_id`: unique per attempt.
     pub message_id: Uuid,
     /// Routing key on `{ns}.commands`; also names the queue `{ns}.participant.{participant}`.
@@ -88,6 +90,7 @@ pub fn command_message(
     OutboxMessage {
         id: 0,
         saga_id: saga.id,
+        saga_name: def.name.clone(),
         message_id: Uuid::now_v7(),
         participant,
         kind,

@@ -57,6 +57,12 @@ enum SessionEnd {
 struct Unconfirmed {
     outbox_id: i64,
     participant: String,
+    /// The command's saga and attempt, for the line saying it was not routed.
+    saga_id: uuid::Uuid,
+    saga_name: String,
+    step: Option<String>,
+    attempt: u32,
+    traceparent: Option<String>,
 }
 
 /// Everything that lives exactly as long as one connection.
@@ -232,9 +238,15 @@ impl Supervisor {
                             next_seq = next_seq.wrapping_add(1);
                             outstanding.insert(
                                 seq,
+                                // Moved, not copied: the message is done with once published.
                                 Unconfirmed {
                                     outbox_id: message.id,
                                     participant: message.participant,
+                                    saga_id: message.saga_id,
+                                    saga_name: message.saga_name,
+                                    step: message.step,
+                                    attempt: message.attempt,
+                                    traceparent: message.traceparent,
                                 },
                             );
                             confirms.push(sending.map(move |c| (seq, c)));
@@ -252,7 +264,15 @@ impl Supervisor {
                             }
                         }
                         Err(PublishError::Message(reason)) => {
-                            log::warn!("cannot publish outbox message {}: {reason}", message.id);
+                            log::warn!(
+                                saga_id:% = message.saga_id,
+                                saga = message.saga_name.as_str(),
+                                step = message.step.as_deref(),
+                                attempt = message.attempt,
+                                trace_id = logfmt::trace_id(message.traceparent.as_deref());
+                                "cannot publish outbox message {}: {reason}",
+                                message.id
+                            );
                             self.answer(message.id, Err(reason));
                         }
                         Err(PublishError::Session(reason)) => {
@@ -432,6 +452,11 @@ impl Supervisor {
         let lost = match &outcome {
             Confirmed::Returned(reason) => {
                 log::warn!(
+                    saga_id:% = message.saga_id,
+                    saga = message.saga_name.as_str(),
+                    step = message.step.as_deref(),
+                    attempt = message.attempt,
+                    trace_id = logfmt::trace_id(message.traceparent.as_deref());
                     "outbox message {} was not routed: {reason}",
                     message.outbox_id
                 );

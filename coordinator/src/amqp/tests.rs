@@ -152,6 +152,7 @@ fn outbox(id: i64, participant: &str, command: &CommandBody) -> OutboxMessage {
     OutboxMessage {
         id,
         saga_id: command.saga_id,
+        saga_name: command.saga_name.clone(),
         message_id: Uuid::now_v7(),
         participant: participant.to_owned(),
         kind: command.kind,

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::commit::{self, Commit, NotCommitted};
 use super::{EngineError, Registry};
 use crate::amqp::Settlement;
+use crate::logging::saga_log;
 use crate::saga::machine::{Decision, Event};
 use crate::saga::{Saga, SagaState};
 use crate::store::StoreError;
@@ -82,10 +83,20 @@ impl SagaActor {
             Event::TimerFired => self.registry.inner.sendings.for_saga(&self.saga, now),
             _ => Default::default(),
         };
+        // The attempt an answer is about, for the line that says it was ignored (a late reply).
+        let (step, attempt) = super::attempt_of(&event);
+        let step = step.map(str::to_owned);
         let transition = match commit::decide(&self.saga, event, now, sending) {
             Some(Decision::Apply(t)) => t,
             Some(Decision::Ignore(reason)) => {
-                log::info!("saga {}: ignored: {reason}", self.saga.id);
+                saga_log!(
+                    log::Level::Info,
+                    self.saga,
+                    step = step.as_deref(),
+                    attempt = attempt;
+                    "saga {}: ignored: {reason}",
+                    self.saga.id
+                );
                 settle_with(settle, Settlement::Ack);
                 return Box::pin(fut::ready(Ok(self.saga.clone())));
             }
@@ -96,7 +107,11 @@ impl SagaActor {
             None => {
                 // This saga keeps its last durable state and the event is dropped (a reply will
                 // be retried by its timeout).
-                log::error!(
+                saga_log!(
+                    log::Level::Error,
+                    self.saga,
+                    step = step.as_deref(),
+                    attempt = attempt;
                     "saga {}: the state machine panicked; event dropped",
                     self.saga.id
                 );
@@ -134,7 +149,7 @@ impl SagaActor {
                     Err(NotCommitted::Failed(StoreError::Conflict(id))) => {
                         // Someone else wrote this saga (or our last commit went through although its
                         // answer was lost): start over from what Postgres has.
-                        log::warn!("saga {id}: changed elsewhere; reloading it");
+                        saga_log!(log::Level::Warn, act.saga; "saga {id}: changed elsewhere; reloading it");
                         settle_with(settle, Settlement::Requeue);
                         act.registry.forget(id, &ctx.address());
                         act.registry.revive_later(id, Duration::ZERO);
@@ -146,7 +161,9 @@ impl SagaActor {
                     Err(NotCommitted::Failed(StoreError::Fenced(partition))) => {
                         // The partition went to another instance: so does this saga, and the
                         // reply goes to the partition's queue, which its new owner consumes.
-                        log::info!(
+                        saga_log!(
+                            log::Level::Info,
+                            act.saga;
                             "saga {}: partition {partition} is no longer ours; stopping here",
                             act.saga.id
                         );
@@ -157,7 +174,12 @@ impl SagaActor {
                         Err(EngineError::NotOwner(Some(partition)))
                     }
                     Err(NotCommitted::Failed(e)) => {
-                        log::error!("saga {}: cannot persist a transition: {e}", act.saga.id);
+                        saga_log!(
+                            log::Level::Error,
+                            act.saga;
+                            "saga {}: cannot persist a transition: {e}",
+                            act.saga.id
+                        );
                         act.registry.inner.sendings.store_failed(Utc::now());
                         settle_with(settle, Settlement::Requeue);
                         // Timers are still due: try again soon rather than at the next due time.

@@ -251,6 +251,8 @@ impl Alerter {
             Err(error) => {
                 let wait = backoff(saga.attempts);
                 log::warn!(
+                    saga_id:% = saga.id,
+                    saga = saga.name.as_str();
                     "saga {}: {} alert not delivered ({error}); trying again in {wait:?}",
                     saga.id,
                     reason.as_str()

@@ -204,7 +204,12 @@ async fn apply(
                         Some((saga, "skipped", Some("no such saga".into())))
                     }
                     Err(e) => {
-                        log::debug!("bulk action {}: saga {saga} later: {e}", action.id);
+                        log::debug!(
+                            saga_id:% = saga,
+                            bulk_action:% = action.id;
+                            "bulk action {}: saga {saga} later: {e}",
+                            action.id
+                        );
                         None
                     }
                 }

@@ -21,12 +21,13 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Registry;
+use crate::logging::saga_log;
 use crate::outbox::{command_message, OutboxMessage};
 use crate::saga::machine::{self, Decision, Event, Transition};
 use crate::saga::LogEntry;
 use crate::saga::{CheckBack, CommandKind, Saga};
 use crate::store::leases::Lease;
-use crate::store::{Persist, StoreError, Written};
+use crate::store::{render_event, Persist, StoreError, Written};
 
 /// Asks the state machine what `event` means for `saga`, with the runtime's clock and jitter.
 /// `None`: the machine panicked. A bug in it must not take other sagas down, so the caller keeps
@@ -202,6 +203,7 @@ impl Committed {
             .inner
             .metrics
             .observe_transition(before, &saga, &log, now);
+        log_entries(&saga, &log);
         if is_new && !saga.state.is_final() {
             registry.adopt(saga.clone());
         }
@@ -209,10 +211,36 @@ impl Committed {
         if let Some(CheckBack::Url(url)) = &saga.definition.check_back {
             let timeout = Duration::from_millis(saga.definition.check_back_timeout_ms);
             for attempt in http_checks {
-                registry.check_back_over_http(saga.id, url.clone(), attempt, timeout);
+                registry.check_back_over_http(&saga, url.clone(), attempt, timeout);
             }
         }
         saga
+    }
+}
+
+/// One debug line per committed event-log entry, spelled as the events API spells it: what a
+/// person following one saga in the logs wants (each attempt, its answer, the saga's end), with
+/// the step and attempt as fields.
+fn log_entries(saga: &Saga, log: &[LogEntry]) {
+    if !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    for entry in log {
+        let event = render_event(entry, &saga.definition);
+        let detail = match &event.detail {
+            serde_json::Value::Object(fields) if fields.is_empty() => String::new(),
+            detail => format!(" {detail}"),
+        };
+        saga_log!(
+            log::Level::Debug,
+            saga,
+            event = event.kind,
+            step = event.step,
+            attempt = event.attempt;
+            "saga {}: {}{detail}",
+            saga.id,
+            event.kind
+        );
     }
 }
 

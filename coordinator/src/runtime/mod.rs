@@ -159,14 +159,24 @@ impl Registry {
     }
 
     /// Asks a check-back URL in the background and delivers its answer to the saga.
-    fn check_back_over_http(&self, saga_id: Uuid, url: String, attempt: u32, timeout: Duration) {
+    fn check_back_over_http(&self, saga: &Saga, url: String, attempt: u32, timeout: Duration) {
         let registry = self.clone();
+        let saga_id = saga.id;
+        // What the log line needs, since the saga itself stays with its actor.
+        let name = saga.definition.name.clone();
+        let trace_id = logfmt::trace_id(saga.traceparent.as_deref()).map(str::to_owned);
         actix_rt::spawn(async move {
             let asker = registry.inner.http_check_back.clone();
             let reply = asker.ask(&url, saga_id, attempt, timeout).await;
             if let Err(e) = registry.operate(saga_id, Event::Reply(reply)).await {
                 // The attempt's reply timeout is durable: the machine asks again when it fires.
-                log::warn!("saga {saga_id}: check-back answer not applied: {e}");
+                log::warn!(
+                    saga_id:% = saga_id,
+                    saga = name.as_str(),
+                    trace_id = trace_id.as_deref(),
+                    attempt = attempt;
+                    "saga {saga_id}: check-back answer not applied: {e}"
+                );
             }
         });
     }
@@ -280,7 +290,7 @@ impl Registry {
         actix_rt::spawn(async move {
             tokio::time::sleep(delay).await;
             if let Err(e) = registry.find(id).await {
-                log::error!("saga {id}: cannot reload it: {e}");
+                log::error!(saga_id:% = id; "saga {id}: cannot reload it: {e}");
             }
         });
     }
@@ -317,7 +327,14 @@ impl Registry {
                     .await;
             }
             Ok(None) => {
-                log::info!("ignored a message for saga {saga_id}: unknown or already finished");
+                // No saga to name: only what the message itself says.
+                let (step, attempt) = attempt_of(&event);
+                log::info!(
+                    saga_id:% = saga_id,
+                    step = step,
+                    attempt = attempt;
+                    "ignored a message for saga {saga_id}: unknown or already finished"
+                );
                 let _ = settle.send(Settlement::Ack);
             }
             Err(EngineError::NotOwner(Some(partition))) => {
@@ -325,7 +342,13 @@ impl Registry {
                 let _ = settle.send(Settlement::Forward(partition));
             }
             Err(e) => {
-                log::warn!("cannot route a message for saga {saga_id}: {e}");
+                let (step, attempt) = attempt_of(&event);
+                log::warn!(
+                    saga_id:% = saga_id,
+                    step = step,
+                    attempt = attempt;
+                    "cannot route a message for saga {saga_id}: {e}"
+                );
                 let _ = settle.send(Settlement::Requeue);
             }
         }
@@ -459,5 +482,14 @@ impl Registry {
                 "the state machine failed on this event".into(),
             )),
         }
+    }
+}
+
+/// The step and attempt an event from a participant answers, for the log lines about it.
+fn attempt_of(event: &Event) -> (Option<&str>, Option<u32>) {
+    match event {
+        Event::Reply(reply) => (reply.step.as_deref(), Some(reply.attempt)),
+        Event::DeadLettered { step, attempt, .. } => (step.as_deref(), Some(*attempt)),
+        _ => (None, None),
     }
 }

@@ -123,6 +123,7 @@ async fn apply(registry: &Registry, sagas: Vec<Uuid>, event: Event) {
             // Finished meanwhile, or its partition moved: nothing to do here.
             Ok(_) | Err(EngineError::Conflict(_)) | Err(EngineError::NotOwner(_)) => {}
             Err(e) => log::warn!(
+                saga_id:% = id;
                 "saga {id}: {event:?} by its name failed ({e}); the next look tries again"
             ),
         }

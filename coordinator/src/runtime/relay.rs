@@ -75,8 +75,21 @@ pub fn spawn(
                         }
                         Err(reason) => {
                             metrics.observe_publish_failure();
-                            log::debug!("outbox row {} not published: {reason}", result.outbox_id);
-                            on_the_way.remove(&result.outbox_id);
+                            match on_the_way.remove(&result.outbox_id) {
+                                Some(row) => log::debug!(
+                                    saga_id:% = row.saga_id,
+                                    saga = row.saga_name.as_str(),
+                                    step = row.attempt.as_ref().map(|a| a.0.as_str()),
+                                    attempt = row.attempt.as_ref().map(|a| a.2),
+                                    trace_id = logfmt::trace_id(row.traceparent.as_deref());
+                                    "outbox row {} not published: {reason}",
+                                    result.outbox_id
+                                ),
+                                None => log::debug!(
+                                    "outbox row {} not published: {reason}",
+                                    result.outbox_id
+                                ),
+                            }
                         }
                     }
                 }
@@ -133,6 +146,9 @@ struct OnTheWay {
     created_at: DateTime<Utc>,
     saga_id: uuid::Uuid,
     attempt: Option<(String, crate::saga::CommandKind, u32)>,
+    /// For the line saying it was not published, which names its saga as every such line does.
+    saga_name: String,
+    traceparent: Option<String>,
 }
 
 fn hand_over(
@@ -147,6 +163,8 @@ fn hand_over(
                 created_at: message.created_at,
                 saga_id: message.saga_id,
                 attempt: Sendings::key(&message),
+                saga_name: message.saga_name.clone(),
+                traceparent: message.traceparent.clone(),
             });
             outbound.send(message).is_ok()
         }

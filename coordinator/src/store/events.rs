@@ -11,9 +11,10 @@ use super::rows::to_i32;
 use crate::saga::event_log::{CompensationReason, DecidedBy, FailureReason};
 use crate::saga::{LogEntry, SagaDefinition};
 
-/// One `saga_events` row's columns, less the saga and the time.
+/// One `saga_events` row's columns, less the saga and the time. The runtime's debug lines use it
+/// too, so a log line names an event as the events API does.
 #[derive(Debug, PartialEq)]
-pub(super) struct StoredEvent<'a> {
+pub struct StoredEvent<'a> {
     pub kind: &'static str,
     pub step: Option<&'a str>,
     pub attempt: Option<i32>,
@@ -21,7 +22,7 @@ pub(super) struct StoredEvent<'a> {
 }
 
 /// Renders `entry` of a saga with `definition` (step positions become step names).
-pub(super) fn render<'a>(entry: &LogEntry, definition: &'a SagaDefinition) -> StoredEvent<'a> {
+pub fn render<'a>(entry: &LogEntry, definition: &'a SagaDefinition) -> StoredEvent<'a> {
     let command = entry.command();
     StoredEvent {
         kind: kind(entry),

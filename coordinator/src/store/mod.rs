@@ -41,6 +41,7 @@ use crate::saga::{Saga, SagaState};
 use rows::{EventRow, OutboxRow, SagaRow, StepRow};
 use schema::{outbox, saga_events, saga_steps, sagas};
 
+pub use events::{render as render_event, StoredEvent};
 pub use migrations::{prepare, PrepareError, MIGRATION_LOCK_KEY};
 pub use persist::{Persist, Written};
 pub use search::{Cursor, ListFilter, SagaFilter};

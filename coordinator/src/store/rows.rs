@@ -149,9 +149,10 @@ impl SagaRow {
     }
 }
 
-/// The part of a stored command body that says which attempt it is.
+/// The part of a stored command body that says which attempt of which saga it is.
 #[derive(serde::Deserialize)]
 struct Addressed {
+    saga_name: String,
     step: Option<String>,
     attempt: u32,
 }
@@ -162,6 +163,7 @@ impl OutboxRow {
         Ok(OutboxMessage {
             id: self.id,
             saga_id: self.saga_id,
+            saga_name: addressed.saga_name,
             message_id: self.message_id,
             participant: self.participant,
             kind: self.kind.parse().map_err(corrupt)?,

@@ -20,6 +20,10 @@
 //! - [`client`]: a typed client for the coordinator's HTTP API.
 //! - [`initiator`]: starting a saga atomically with a change in your own database (two-phase
 //!   submission or a transactional outbox).
+//! - [`init_logging`]: the coordinator's log lines for your binary: `SAGA_LOG_FORMAT=text` (the
+//!   default) or `json` (one object per line), filtered by `RUST_LOG`. The SDK's lines about a
+//!   command carry `saga_id`, `saga`, `step`, `attempt` and, when the command has a
+//!   `traceparent`, `trace_id` as fields; so do yours with [`command_log!`].
 //!
 //! ## Keeping the tables small
 //!
@@ -145,6 +149,7 @@ mod cleanup;
 pub mod client;
 mod command;
 pub mod initiator;
+mod logging;
 mod outcome;
 mod participant;
 
@@ -153,6 +158,20 @@ pub use command::{Command, CommandKind};
 pub use contract::names::QueueType;
 pub use outcome::{CheckBackAnswer, Outcome};
 pub use participant::{BoxError, Participant, ParticipantBuilder, ParticipantHandle, Settings};
+
+/// The shared log setup, so a participant's lines look like the coordinator's: installs the logger
+/// in the format `SAGA_LOG_FORMAT` names (`text` by default, or `json`), filtered by `RUST_LOG` or
+/// else `default_filter` (e.g. `"info"`). A logger installed already is kept. Fails, naming the
+/// variable and its values, if `SAGA_LOG_FORMAT` is anything else.
+pub use logfmt::init as init_logging;
+pub use logfmt::{FormatError as LogFormatError, LogFormat};
+
+/// What [`command_log!`] expands to names, reachable from a participant's crate.
+#[doc(hidden)]
+pub mod __private {
+    pub use log;
+    pub use logfmt;
+}
 
 /// A participant that cannot be built or configured.
 #[derive(Debug, thiserror::Error)]

@@ -103,7 +103,11 @@ enum Cmd {
 
 /// The `shop` binary's `main`.
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // The SDK's logger: `SAGA_LOG_FORMAT` as the coordinator reads it, so one pipeline reads both.
+    if let Err(e) = participants::init_logging("info") {
+        eprintln!("shop: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -31,7 +31,9 @@ use diesel::{sql_query, Connection, PgConnection, RunQueryDsl};
 pub use faults::Faults;
 
 use participants::barrier::{Barrier, Verdict};
-use participants::{BoxError, Command, Outcome, Participant, ParticipantHandle, Settings};
+use participants::{
+    command_log, BoxError, Command, Outcome, Participant, ParticipantHandle, Settings,
+};
 
 /// A pool of connections to one service's database.
 pub type DbPool = Pool<ConnectionManager<PgConnection>>;
@@ -229,11 +231,15 @@ pub(crate) async fn guarded<P: Clone + Send + 'static>(
         if guarded.verdict == Verdict::Duplicate {
             sql_query("UPDATE shop_duplicates SET absorbed = absorbed + 1").execute(&mut conn)?;
         }
-        Ok(guarded)
+        // Handed back for the log lines below, which carry its saga's fields.
+        Ok((guarded, command))
     })
     .await??;
+    let (guarded, command) = guarded;
     if guarded.verdict != Verdict::Ran || guarded.outcome.is_success() {
-        log::debug!(
+        command_log!(
+            log::Level::Debug,
+            command;
             "{}: {key}: {:?} {}",
             ctx.service.name(),
             guarded.verdict,
@@ -241,7 +247,9 @@ pub(crate) async fn guarded<P: Clone + Send + 'static>(
         );
     }
     if guarded.verdict == Verdict::Ran && ctx.faults.crash() {
-        log::warn!(
+        command_log!(
+            log::Level::Warn,
+            command;
             "{}: injected crash after committing {key}, before replying",
             ctx.service.name()
         );

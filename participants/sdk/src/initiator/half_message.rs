@@ -175,6 +175,8 @@ where
             }),
             Err(e) => {
                 log::warn!(
+                    saga_id:% = saga_id,
+                    saga = prepared.name.as_str();
                     "saga {saga_id}: commit not delivered ({e}); the check-back will start it"
                 );
                 Ok(Started {
@@ -187,6 +189,8 @@ where
         Err(e) => {
             if let Err(abort) = decide(client, saga_id, false).await {
                 log::warn!(
+                    saga_id:% = saga_id,
+                    saga = prepared.name.as_str();
                     "saga {saga_id}: abort not delivered ({abort}); the check-back will abort it"
                 );
             }

@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Handlers, Participant, Settings};
 use crate::command::{Command, CommandKind};
+use crate::command_log;
+use crate::logging::Attempt;
 use crate::outcome::{reply_body, Outcome};
 
 /// A session that lasted this long resets the reconnection backoff.
@@ -323,7 +325,9 @@ impl Job {
         let outcome = match self.dispatch(command.clone()) {
             Ok(future) => future.await,
             Err(why) => {
-                log::warn!(
+                command_log!(
+                    log::Level::Warn,
+                    command;
                     "participant {}: rejecting {} {} of saga {} to the dead-letter queue: {why}",
                     self.participant,
                     command.kind,
@@ -337,7 +341,9 @@ impl Job {
                 return;
             }
         };
-        log::debug!(
+        command_log!(
+            log::Level::Debug,
+            command;
             "participant {}: {} {} of saga {} (attempt {}): {}",
             self.participant,
             command.kind,
@@ -352,7 +358,9 @@ impl Job {
         {
             Ok(true) => {}
             Ok(false) => {
-                log::warn!(
+                command_log!(
+                    log::Level::Warn,
+                    command;
                     "participant {}: the reply to {} found no queue {reply_to}; the command goes back to the queue",
                     self.participant,
                     command.idempotency_key
@@ -373,7 +381,9 @@ impl Job {
                 // or a missing confirm may mean: a channel whose quorum queue client lost track of
                 // the queue's leader (seen with RabbitMQ 3.10 when a node is killed) refuses or
                 // ignores every later publish while new channels work.
-                log::warn!(
+                command_log!(
+                    log::Level::Warn,
+                    command;
                     "participant {}: replying to {} failed: {e}; reconnecting, the command will be \
                      delivered again",
                     self.participant,
@@ -384,7 +394,9 @@ impl Job {
             }
         }
         let settled = if self.redeliver_rate > 0.0 && fastrand::f64() < self.redeliver_rate {
-            log::info!(
+            command_log!(
+                log::Level::Info,
+                command;
                 "participant {}: fault injection: {} goes back to the queue after its reply",
                 self.participant,
                 command.idempotency_key
@@ -400,7 +412,9 @@ impl Job {
             delivery.acker.ack(BasicAckOptions::default()).await
         };
         if let Err(e) = settled {
-            log::warn!(
+            command_log!(
+                log::Level::Warn,
+                command;
                 "participant {}: acknowledging {}: {e}",
                 self.participant,
                 command.idempotency_key
@@ -441,6 +455,7 @@ impl Job {
         let participant = self.participant.clone();
         let key = command.idempotency_key.clone();
         let kind = command.kind;
+        let about = Attempt::of(&command);
         // Calling the handler may panic too (before it returns a future).
         let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(command))) {
             Ok(Ok(future)) => future,
@@ -457,12 +472,20 @@ impl Job {
             match AssertUnwindSafe(future).catch_unwind().await {
                 Ok(Ok(outcome)) => fit_to_kind(kind, outcome),
                 Ok(Err(e)) => {
-                    log::warn!("participant {participant}: handler of {key} failed: {e}");
+                    command_log!(
+                        log::Level::Warn,
+                        about;
+                        "participant {participant}: handler of {key} failed: {e}"
+                    );
                     Outcome::retry(format!("handler error: {e}"))
                 }
                 Err(panic) => {
                     let message = panic_message(panic.as_ref());
-                    log::error!("participant {participant}: handler of {key} panicked: {message}");
+                    command_log!(
+                        log::Level::Error,
+                        about;
+                        "participant {participant}: handler of {key} panicked: {message}"
+                    );
                     Outcome::retry(format!("the handler panicked: {message}"))
                 }
             }
