@@ -344,16 +344,11 @@ impl Listener {
 
 #[cfg(test)]
 mod tests {
-    use testkit::{Schema, TcpProxy, TestDb};
+    use testkit::{TcpProxy, TestDb};
 
     use super::*;
     use crate::saga::Saga;
-
-    const SCHEMA: Schema = Schema {
-        name: "saga",
-        migrations: crate::store::MIGRATIONS,
-        migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/migrations"),
-    };
+    use crate::store::test_db::SCHEMA;
 
     /// The next notice a reader gets, waiting generously (notices cross connections).
     async fn next(reader: &mut broadcast::Receiver<ChangeNotice>) -> ChangeNotice {

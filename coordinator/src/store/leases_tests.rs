@@ -2,42 +2,13 @@
 
 use std::time::Duration;
 
-use diesel::connection::SimpleConnection;
-use testkit::{Schema, TestDb};
-
 use super::*;
-use crate::store::Pool;
+use crate::store::test_db::Db;
 
-const SCHEMA: Schema = Schema {
-    name: "saga",
-    migrations: crate::store::MIGRATIONS,
-    migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/migrations"),
-};
 const TTL: Duration = Duration::from_secs(60);
 
-struct Db {
-    pool: Pool,
-    _db: TestDb,
-}
-
 fn db() -> Db {
-    let db = TestDb::new(SCHEMA);
-    let pool = crate::store::pool(db.url(), 4).expect("pool");
-    Db { pool, _db: db }
-}
-
-impl Db {
-    fn queries(&self) -> Queries {
-        Queries::new(self.pool.clone())
-    }
-
-    fn run(&self, sql: &str) {
-        self.pool
-            .get()
-            .expect("connection")
-            .batch_execute(sql)
-            .expect("statement");
-    }
+    Db::new(4)
 }
 
 fn partitions(leases: &[Lease]) -> Vec<u32> {

@@ -22,6 +22,8 @@ mod rows;
 pub mod schema;
 pub mod search;
 mod state_counts;
+#[cfg(test)]
+pub(crate) mod test_db;
 pub mod writer;
 
 use std::collections::HashMap;

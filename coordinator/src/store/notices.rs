@@ -179,15 +179,10 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use serde_json::{json, Value};
-    use testkit::{Schema, TestDb};
+    use testkit::TestDb;
 
     use super::*;
-
-    const SCHEMA: Schema = Schema {
-        name: "saga",
-        migrations: crate::store::MIGRATIONS,
-        migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/migrations"),
-    };
+    use crate::store::test_db::SCHEMA;
 
     fn change(i: usize) -> Value {
         let id = format!("0190b1e2-0000-7000-8000-{i:012}");

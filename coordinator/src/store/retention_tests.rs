@@ -4,31 +4,17 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel::connection::SimpleConnection;
 use diesel::sql_types::{BigInt, Text};
-use testkit::{Schema, TestDb};
 
 use super::*;
-use crate::store::Pool;
+use crate::store::test_db::Db;
 
-const SCHEMA: Schema = Schema {
-    name: "saga",
-    migrations: crate::store::MIGRATIONS,
-    migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/migrations"),
-};
 const TTL: Duration = Duration::from_secs(60);
 const DAY: chrono::Duration = chrono::Duration::days(1);
 
-struct Db {
-    pool: Pool,
-    _db: TestDb,
-}
-
 /// A database of four partitions: `me` leases 0 and 1, `other` 2 and 3.
 fn db() -> Db {
-    let db = TestDb::new(SCHEMA);
-    let pool = crate::store::pool(db.url(), 4).expect("pool");
-    let db = Db { pool, _db: db };
+    let db = Db::new(4);
     let q = db.queries();
     q.settle_partitions(Some(4)).expect("four partitions");
     let mine = q.take_leases("me", &[], 2, TTL).expect("taken");
@@ -39,18 +25,6 @@ fn db() -> Db {
 }
 
 impl Db {
-    fn queries(&self) -> Queries {
-        Queries::new(self.pool.clone())
-    }
-
-    fn run(&self, sql: &str) {
-        self.pool
-            .get()
-            .expect("connection")
-            .batch_execute(sql)
-            .expect("statement");
-    }
-
     fn partition_of(&self, owner: &str) -> i32 {
         #[derive(QueryableByName)]
         struct P {

@@ -5,21 +5,9 @@
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use diesel::connection::SimpleConnection;
 use serde_json::json;
-use testkit::{Schema, TestDb};
 
 use super::*;
-use crate::store::Pool;
-
-const SCHEMA: Schema = Schema {
-    name: "saga",
-    migrations: crate::store::MIGRATIONS,
-    migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/migrations"),
-};
-
-struct Db {
-    pool: Pool,
-    _db: TestDb,
-}
+use crate::store::test_db::Db;
 
 /// A saga to write: what the filters look at.
 struct Row {
@@ -45,16 +33,10 @@ fn row(name: &'static str, state: &'static str, created: DateTime<Utc>) -> Row {
 }
 
 fn db() -> Db {
-    let db = TestDb::new(SCHEMA);
-    let pool = crate::store::pool(db.url(), 2).expect("pool");
-    Db { pool, _db: db }
+    Db::new(2)
 }
 
 impl Db {
-    fn queries(&self) -> Queries {
-        Queries::new(self.pool.clone())
-    }
-
     /// Writes `row` with an id of its creation's millisecond (as a UUIDv7 is), answers the id.
     fn write(&self, row: &Row) -> Uuid {
         let ms = u64::try_from(row.created.timestamp_millis()).expect("after 1970");

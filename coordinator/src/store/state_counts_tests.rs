@@ -5,41 +5,15 @@ use std::collections::BTreeMap;
 
 use diesel::connection::SimpleConnection;
 use diesel::sql_types::BigInt;
-use testkit::{Schema, TestDb};
 
 use super::*;
-use crate::store::Pool;
-
-const SCHEMA: Schema = Schema {
-    name: "saga",
-    migrations: crate::store::MIGRATIONS,
-    migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/migrations"),
-};
-
-struct Db {
-    pool: Pool,
-    _db: TestDb,
-}
+use crate::store::test_db::Db;
 
 fn db() -> Db {
-    let db = TestDb::new(SCHEMA);
-    let pool = crate::store::pool(db.url(), 8).expect("pool");
-    Db { pool, _db: db }
+    Db::new(8)
 }
 
 impl Db {
-    fn queries(&self) -> Queries {
-        Queries::new(self.pool.clone())
-    }
-
-    fn run(&self, sql: &str) {
-        self.pool
-            .get()
-            .expect("connection")
-            .batch_execute(sql)
-            .expect("statement");
-    }
-
     /// `n` sagas in `state`, in one statement.
     fn insert(&self, n: usize, state: &str) {
         self.run(&format!(

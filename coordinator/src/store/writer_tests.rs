@@ -4,7 +4,7 @@
 use chrono::{SubsecRound, Utc};
 use diesel::connection::SimpleConnection;
 use serde_json::{json, Value};
-use testkit::{Schema, TestDb};
+use testkit::TestDb;
 use uuid::Uuid;
 
 use super::*;
@@ -12,13 +12,8 @@ use crate::outbox::{command_message, OutboxMessage};
 use crate::saga::machine::{self, Context, Decision, Event};
 use crate::store::leases::Lease;
 use crate::store::schema::outbox;
+use crate::store::test_db::SCHEMA;
 use crate::store::Queries;
-
-const SCHEMA: Schema = Schema {
-    name: "saga",
-    migrations: crate::store::MIGRATIONS,
-    migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/migrations"),
-};
 
 /// A migrated database of its own with a writer's pool on it, dropped at the end (the pool first).
 struct TestDatabase {
