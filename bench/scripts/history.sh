@@ -25,10 +25,10 @@ sagas() {
 summary() {
   python3 -c '
 import json, sys
-r = json.loads(sys.stdin.read().strip().splitlines()[-1])
-reads = " ".join(f"{x[\"kind\"]}={x[\"p99_ms\"]:.1f}" + (f"(failed {x[\"failed\"]})" if x["failed"] else "")
+r = json.loads(sys.stdin.read().strip().splitlines()[-1].removeprefix("RESULT "))
+reads = " ".join("%s=%.1f%s" % (x["kind"], x["p99_ms"], " (failed %d)" % x["failed"] if x["failed"] else "")
                  for x in r.get("reads", []))
-print(f"{r[\"sagas_per_s\"]:.0f}/s p99 {r[\"latency\"][\"p99_ms\"]:.1f} ms | reads p99: {reads}")'
+print("%.0f/s p99 %.1f ms | reads p99: %s" % (r["sagas_per_s"], r["latency"]["p99_ms"], reads))'
 }
 run() { "$bin/bench" --probe-reads --stats-settle-ms 0 --json-only "$@" 2>/dev/null | summary; }
 retain=(--coordinator-env SAGA_RETAIN_COMMITTED=30d --coordinator-env SAGA_RETAIN_COMPENSATED=30d
