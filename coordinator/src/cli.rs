@@ -49,7 +49,16 @@ pub fn main() -> ExitCode {
         Command::Sagas(args) => return operator::run(args),
         Command::Migrate(settings) => crate::store::migrate(&settings.database_url),
         Command::Serve(settings) => {
-            actix_rt::System::new().block_on(crate::app::run(
+            // Spans, if the OTEL_* variables ask for them; built before the runtime starts.
+            match crate::telemetry::install() {
+                Ok(true) => log::info!("exporting spans over OTLP"),
+                Ok(false) => {}
+                Err(e) => {
+                    eprintln!("coordinator: cannot export spans: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let served = actix_rt::System::new().block_on(crate::app::run(
                 settings,
                 true,
                 |addr, _| {
@@ -59,7 +68,10 @@ pub fn main() -> ExitCode {
                     println!("{STARTING_PREFIX}{addr}");
                 },
                 |addr| println!("{LISTENING_PREFIX}{addr}"),
-            ))
+            ));
+            // The last transitions' spans, once every actor has stopped.
+            crate::telemetry::shutdown();
+            served
         }
     };
     match result {

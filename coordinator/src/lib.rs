@@ -15,5 +15,6 @@ pub mod saga;
 pub mod startup;
 pub mod store;
 pub mod submission;
+pub mod telemetry;
 pub mod web;
 pub mod wire;

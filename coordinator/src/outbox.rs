@@ -27,7 +27,8 @@ pub struct OutboxMessage {
     pub attempt: u32,
     /// The JSON body (a serialized `contract::CommandBody`).
     pub body: Vec<u8>,
-    /// W3C trace context, sent as the `traceparent` header when present.
+    /// W3C trace context, sent as the `traceparent` header when present: the attempt's span when
+    /// spans are exported, else the saga's context (`crate::telemetry::command_traceparent`).
     pub traceparent: Option<String>,
     pub created_at: DateTime<Utc>,
 }
@@ -98,7 +99,7 @@ pub fn command_message(
         attempt: command.attempt,
         // Serializing plain data into a Vec cannot fail.
         body: serde_json::to_vec(&body).unwrap_or_default(),
-        traceparent: saga.traceparent.clone(),
+        traceparent: crate::telemetry::command_traceparent(saga, command),
         created_at: now,
     }
 }

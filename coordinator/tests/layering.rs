@@ -35,6 +35,9 @@ fn each_outside_crate_is_named_only_where_it_is_owned() {
         ("prometheus_client", &["metrics", "web::http::metrics"]),
         ("utoipa", &["web"]),
         ("operator", &["cli"]),
+        ("opentelemetry", &["telemetry"]),
+        ("opentelemetry_sdk", &["telemetry"]),
+        ("opentelemetry_otlp", &["telemetry"]),
     ];
     let mut misplaced = Vec::new();
     for file in &sources.files {

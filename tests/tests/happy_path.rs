@@ -464,9 +464,21 @@ async fn commands_carry_the_traceparent_of_the_submitting_request() {
         header.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
         "the command continues the request's trace: {header}"
     );
+    // Without one, the saga starts a trace of its own, and its commands carry it.
     let without = &shop.commands_for(&untraced)[0];
-    assert!(
-        !without.headers.contains_key(TRACEPARENT),
-        "no traceparent without one on the request: {without:?}"
+    let header = without
+        .headers
+        .get(TRACEPARENT)
+        .unwrap_or_else(|| panic!("no traceparent on a saga submitted without one: {without:?}"));
+    let fields: Vec<&str> = header.split('-').collect();
+    assert_eq!(fields.len(), 4, "{header}");
+    assert_eq!(
+        (fields[0], fields[1].len(), fields[2].len()),
+        ("00", 32, 16),
+        "{header}"
+    );
+    assert_ne!(
+        fields[1], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "a trace of its own: {header}"
     );
 }

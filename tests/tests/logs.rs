@@ -151,11 +151,19 @@ async fn json_lines_parse_and_carry_the_saga_fields() {
     assert_eq!(dispatched.get("step"), Some(&json!("reserve")));
     assert_eq!(dispatched.get("attempt"), Some(&json!(1)));
 
-    // The saga that failed and compensated, without one.
+    // The saga that failed and compensated, without one: the trace the coordinator began for it.
     let lines = lines_about(&process, &failing, "compensated", None).await;
+    let own_trace = lines[0].get("trace_id").cloned();
+    assert!(
+        own_trace
+            .as_ref()
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.len() == 32 && t != TRACE_ID),
+        "{lines:#?}"
+    );
     for line in &lines {
         assert_eq!(line.get("saga"), Some(&json!("log-compensate")), "{line:?}");
-        assert!(line.get("trace_id").is_none(), "{line:?}");
+        assert_eq!(line.get("trace_id"), own_trace.as_ref(), "{line:?}");
         // A line about an attempt names both its step and the attempt.
         if line.get("attempt").is_some() || line.get("step").is_some() {
             assert!(line.get("step").is_some_and(Value::is_string), "{line:?}");

@@ -58,9 +58,17 @@ impl HttpCheckBack {
     }
 
     /// Asks `url` about `saga_id` and turns the answer into the reply the machine expects: the
-    /// outcome it gave, or `retry` with the reason when there was no usable answer.
-    pub async fn ask(&self, url: &str, saga_id: Uuid, attempt: u32, timeout: Duration) -> Reply {
-        let (outcome, error) = match self.get(url, saga_id, timeout).await {
+    /// outcome it gave, or `retry` with the reason when there was no usable answer. The request
+    /// carries `traceparent` (the attempt's span), so the initiator's span joins the saga's trace.
+    pub async fn ask(
+        &self,
+        url: &str,
+        saga_id: Uuid,
+        attempt: u32,
+        timeout: Duration,
+        traceparent: Option<&str>,
+    ) -> Reply {
+        let (outcome, error) = match self.get(url, saga_id, timeout, traceparent).await {
             Ok(CheckBackOutcome::Committed) => (Outcome::Committed, None),
             Ok(CheckBackOutcome::Aborted) => (Outcome::Aborted, None),
             Ok(CheckBackOutcome::Pending) => (Outcome::Pending, None),
@@ -81,15 +89,20 @@ impl HttpCheckBack {
         url: &str,
         saga_id: Uuid,
         timeout: Duration,
+        traceparent: Option<&str>,
     ) -> Result<CheckBackOutcome, String> {
         let client = self
             .client
             .as_ref()
             .ok_or_else(|| "the coordinator has no HTTP client".to_string())?;
-        let mut response = client
+        let mut request = client
             .get(url)
             .query(&[("saga_id", saga_id.to_string())])
-            .timeout(timeout)
+            .timeout(timeout);
+        if let Some(traceparent) = traceparent {
+            request = request.header(contract::properties::TRACEPARENT, traceparent);
+        }
+        let mut response = request
             .send()
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;

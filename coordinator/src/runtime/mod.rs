@@ -20,6 +20,7 @@ pub mod pace;
 pub mod relay;
 pub mod retention;
 pub mod sending;
+mod spans;
 pub mod state_counts;
 
 use std::collections::HashMap;
@@ -97,6 +98,8 @@ struct Inner {
     paused_names: name_pauses::PausedNames,
     bulk_wake: bulk_actions::BulkWake,
     ownership: ownership::Ownership,
+    /// Dispatch times of attempts out, for their spans (empty unless spans are exported).
+    dispatches: spans::Dispatches,
 }
 
 /// Shared handle to the running sagas.
@@ -135,6 +138,7 @@ impl Registry {
                 paused_names: name_pauses::PausedNames::default(),
                 bulk_wake: bulk_actions::BulkWake::default(),
                 ownership,
+                dispatches: spans::Dispatches::default(),
             }),
         }
     }
@@ -165,9 +169,17 @@ impl Registry {
         // What the log line needs, since the saga itself stays with its actor.
         let name = saga.definition.name.clone();
         let trace_id = logfmt::trace_id(saga.traceparent.as_deref()).map(str::to_owned);
+        let traceparent = crate::telemetry::attempt_traceparent(
+            saga,
+            None,
+            crate::saga::CommandKind::Check,
+            attempt,
+        );
         actix_rt::spawn(async move {
             let asker = registry.inner.http_check_back.clone();
-            let reply = asker.ask(&url, saga_id, attempt, timeout).await;
+            let reply = asker
+                .ask(&url, saga_id, attempt, timeout, traceparent.as_deref())
+                .await;
             if let Err(e) = registry.operate(saga_id, Event::Reply(reply)).await {
                 // The attempt's reply timeout is durable: the machine asks again when it fires.
                 log::warn!(
@@ -271,6 +283,7 @@ impl Registry {
         };
         for (id, addr) in stopping {
             self.inner.sendings.forget(id);
+            self.inner.dispatches.forget(id);
             addr.do_send(actor::Stop);
         }
     }
@@ -373,7 +386,7 @@ impl Registry {
                 .ok_or(EngineError::NotOwner(None))
         };
         // A retry changes only the id: the partition it falls in.
-        let mut saga = Saga::new(new_id()?, definition, traceparent, Utc::now());
+        let mut saga = Saga::new(new_id()?, definition, None, Utc::now());
         if self.inner.paused_names.contains(&saga.definition.name) {
             saga.pause = Some(Pause {
                 since: saga.created_at,
@@ -383,6 +396,12 @@ impl Registry {
         for _ in 0..TRIES {
             let now = Utc::now();
             saga.id = new_id()?;
+            // The saga's trace: the caller's, or a new one rooted at the saga span (whose id
+            // is derived from the saga id, hence set with it).
+            saga.traceparent = Some(crate::telemetry::saga_traceparent(
+                traceparent.as_deref(),
+                saga.id,
+            ));
             let Some(Decision::Apply(start)) =
                 commit::decide(&saga, Event::Start, now, Default::default())
             else {
