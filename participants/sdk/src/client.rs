@@ -400,6 +400,10 @@ impl Client {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
+        // The caller's trace: a saga submitted from a traced request joins it.
+        if let Some(traceparent) = crate::telemetry::current_traceparent() {
+            request = request.header(contract::properties::TRACEPARENT, traceparent);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }

@@ -152,6 +152,7 @@ pub mod initiator;
 mod logging;
 mod outcome;
 mod participant;
+pub mod telemetry;
 
 pub use cleanup::PurgeError;
 pub use command::{Command, CommandKind};

@@ -22,6 +22,7 @@ use lapin::options::{
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Event, ExchangeKind};
+use opentelemetry::context::FutureExt as _;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -322,8 +323,14 @@ impl Job {
             // Checked in `decode`.
             return;
         };
+        // The handler runs in its span, a child of the command's (the coordinator's attempt).
+        let context = crate::telemetry::handler_context(&self.participant, &command);
         let outcome = match self.dispatch(command.clone()) {
-            Ok(future) => future.await,
+            Ok(future) => {
+                let outcome = future.with_context(context.clone()).await;
+                crate::telemetry::handler_ended(&context, &outcome);
+                outcome
+            }
             Err(why) => {
                 command_log!(
                     log::Level::Warn,
@@ -353,7 +360,13 @@ impl Job {
             outcome.label()
         );
         match self
-            .reply(&reply_to, &delivery.properties, &command, &outcome)
+            .reply(
+                &reply_to,
+                &delivery.properties,
+                &command,
+                &outcome,
+                &context,
+            )
             .await
         {
             Ok(true) => {}
@@ -500,6 +513,7 @@ impl Job {
         command_properties: &BasicProperties,
         command: &Command<serde_json::Value>,
         outcome: &Outcome,
+        context: &opentelemetry::Context,
     ) -> Result<bool, String> {
         let body = serde_json::to_vec(&reply_body(command, outcome))
             .map_err(|e| format!("serializing the reply: {e}"))?;
@@ -508,6 +522,15 @@ impl Job {
             .with_content_type(CONTENT_TYPE.into());
         if let Some(id) = command_properties.correlation_id() {
             properties = properties.with_correlation_id(id.clone());
+        }
+        // The handler's span, so the coordinator's side can follow the answer to it.
+        if let Some(traceparent) = crate::telemetry::traceparent(context) {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                TRACEPARENT.into(),
+                AMQPValue::LongString(traceparent.as_str().into()),
+            );
+            properties = properties.with_headers(headers);
         }
         let confirm = self
             .channel
