@@ -61,6 +61,7 @@ pub async fn run(
     );
     state.check_back_hosts =
         CheckBackHosts::parse(&settings.check_back_hosts).map_err(anyhow::Error::msg)?;
+    state.trace_url_template = settings.trace_url_template.clone();
     // Refused before anything listens: an alert setting without its secret is a mistake.
     let alert_settings = AlertSettings::from_settings(&settings).map_err(anyhow::Error::msg)?;
     let state = web::Data::new(state);

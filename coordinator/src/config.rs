@@ -56,6 +56,11 @@ pub struct Settings {
     #[arg(long, env = "SAGA_CHECK_BACK_HOSTS", value_delimiter = ',')]
     pub check_back_hosts: Vec<String>,
 
+    /// A link to a saga's trace for the dashboard: `{trace_id}` is replaced by the trace id (for
+    /// example `http://jaeger:16686/trace/{trace_id}`). Unset: the trace id is shown without one.
+    #[arg(long, env = "SAGA_TRACE_URL_TEMPLATE")]
+    pub trace_url_template: Option<String>,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "SAGA_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,

@@ -32,6 +32,8 @@ pub struct AppState {
     /// Where HTTP check-backs may go (`SAGA_CHECK_BACK_HOSTS`); a submission naming another host
     /// is refused. Admits every host unless set.
     pub check_back_hosts: CheckBackHosts,
+    /// `SAGA_TRACE_URL_TEMPLATE`: the dashboard's link to a saga's trace.
+    pub trace_url_template: Option<String>,
     /// Browses `{ns}.dead-letters` for the dashboard.
     pub dead_letters: DeadLetterBrowser,
     /// Sends requests about other instances' sagas to them.
@@ -79,6 +81,7 @@ impl AppState {
             api_token,
             max_body_bytes,
             check_back_hosts: CheckBackHosts::default(),
+            trace_url_template: None,
             dead_letters,
             forwarder: Forwarder::default(),
         }

@@ -10,6 +10,7 @@ use actix_web::{web, HttpResponse};
 use crate::saga::{Saga, SagaState, StepState};
 use crate::store::dashboard::InFlightFilter;
 use crate::store::{ListFilter, SagaFilter};
+use crate::telemetry::TraceParent;
 use crate::web::document::saga_summary;
 use crate::web::error::ApiError;
 use crate::web::state::AppState;
@@ -143,6 +144,31 @@ pub async fn definition(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))?;
     Ok(HttpResponse::Ok().json(saga.definition.as_ref()))
+}
+
+/// `GET /dashboard/api/sagas/{id}/trace`: `{"trace_id", "url"}`, the saga's trace id (from the
+/// `traceparent` it is stored with; `null` for a saga stored without one) and its link
+/// (`SAGA_TRACE_URL_TEMPLATE` with the id in place of `{trace_id}`, `null` if unset).
+pub async fn trace(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(format!("no saga {id:?}")))?;
+    let saga = state
+        .store()?
+        .interact(move |db| db.load(id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))?;
+    let trace_id = saga
+        .traceparent
+        .as_deref()
+        .and_then(TraceParent::parse)
+        .map(TraceParent::trace_id_hex);
+    let url = match (&trace_id, &state.trace_url_template) {
+        (Some(trace_id), Some(template)) => Some(template.replace("{trace_id}", trace_id)),
+        _ => None,
+    };
+    Ok(HttpResponse::Ok().json(json!({"trace_id": trace_id, "url": url})))
 }
 
 /// `GET /dashboard/api/dead-letters`: the head of `{ns}.dead-letters`, left in the queue.

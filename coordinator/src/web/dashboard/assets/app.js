@@ -1185,14 +1185,15 @@
       if (stopped) return;
       try {
         const base = `/api/v1/sagas/${encodeURIComponent(id)}`;
-        const [doc, events, definition] = await Promise.all([
+        const [doc, events, definition, trace] = await Promise.all([
           call(base),
           call(`${base}/events`),
           call(`/dashboard/api/sagas/${encodeURIComponent(id)}/definition`),
+          call(`/dashboard/api/sagas/${encodeURIComponent(id)}/trace`),
         ]);
         if (stopped) return;
         saga = doc;
-        render(doc, events.items || [], definition);
+        render(doc, events.items || [], definition, trace);
         startStream();
       } catch (err) {
         if (err instanceof Unauthorized) return;
@@ -1201,7 +1202,7 @@
       }
     }
 
-    function render(doc, events, definition) {
+    function render(doc, events, definition, trace) {
       const payloads = new Map((definition.steps || []).map((s) => [s.name, s.payload]));
       const actions = [];
       if (doc.state === 'running' || doc.state === 'prepared') {
@@ -1247,6 +1248,10 @@
           h('span', {}, `created ${when(doc.created_at)}`),
           h('span', {}, `updated ${when(doc.updated_at)}`),
           doc.deadline ? h('span', {}, `deadline ${when(doc.deadline)}`) : null,
+          // The saga's trace, linked to the tracing UI when SAGA_TRACE_URL_TEMPLATE is set.
+          trace && trace.trace_id ? h('span', {}, 'trace ', trace.url
+            ? h('a', { id: 'saga-trace', class: 'mono', href: trace.url, target: '_blank', rel: 'noopener noreferrer' }, trace.trace_id)
+            : h('code', { id: 'saga-trace' }, trace.trace_id)) : null,
           check ? h('span', { id: 'saga-check-back' },
             `check-back ${checkTarget}: ${check.attempts} of ${check.max_attempts} sent`,
             check.next_at ? `, next ${when(check.next_at)}` : '') : null),
