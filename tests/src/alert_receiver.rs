@@ -98,7 +98,7 @@ impl Drop for AlertReceiver {
 }
 
 /// Reads one request: its headers and a body of `content-length` bytes.
-async fn read_request(
+pub(crate) async fn read_request(
     stream: &mut tokio::net::TcpStream,
 ) -> Option<(Vec<(String, String)>, Vec<u8>)> {
     let mut request = Vec::new();
