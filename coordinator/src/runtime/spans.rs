@@ -18,14 +18,15 @@ use crate::saga::{LogEntry, Saga, SagaState};
 use crate::store::{render_event, EventRecord};
 use crate::telemetry::{self, spans::AttemptSpan, spans::SpanEvent};
 
+/// The attempts of one saga that are out, with their dispatch times.
+type Out = Vec<(CommandAttempt, DateTime<Utc>)>;
+
 /// When each attempt out was dispatched, by saga.
 #[derive(Default)]
-pub(super) struct Dispatches(Mutex<HashMap<Uuid, Vec<(CommandAttempt, DateTime<Utc>)>>>);
+pub(super) struct Dispatches(Mutex<HashMap<Uuid, Out>>);
 
 impl Dispatches {
-    fn map(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<(CommandAttempt, DateTime<Utc>)>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Out>> {
         // Entries are pushed and removed whole: a poisoned map is still consistent.
         self.0
             .lock()
