@@ -343,6 +343,27 @@ async fn half_message_start_commits_or_aborts_by_the_local_result() {
     assert_eq!(endpoint.calls_for(&id), 0, "decided without a check-back");
 }
 
+/// Runs an outbox relay named `name` on `db` until every row is sent or refused; the rows then.
+async fn relay_until_settled(app: &TestApp, db: &TestDb, name: &str) -> Vec<outbox::OutboxRow> {
+    let client = Client::new(&app.api.base_url).expect("client");
+    let mut settings = RelaySettings::new(name);
+    settings.poll = Duration::from_millis(50);
+    let relay = OutboxRelay::new(client, db.url(), settings);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(relay.run_until(async {
+        let _ = stop_rx.await;
+    }));
+    let url = db.url().to_string();
+    let rows = eventually("every outbox row settled", SAGA_TIMEOUT, async || {
+        let rows = outbox_rows(&url).await?;
+        rows.iter().all(|r| r.sent || r.refused).then_some(rows)
+    })
+    .await;
+    let _ = stop_tx.send(());
+    let _ = task.await;
+    rows
+}
+
 async fn outbox_rows(url: &str) -> Option<Vec<outbox::OutboxRow>> {
     let url = url.to_string();
     tokio::task::spawn_blocking(move || outbox::rows(&mut connect(&url)))
@@ -487,22 +508,7 @@ async fn an_outbox_row_the_coordinator_refuses_is_marked_and_the_next_ones_still
     .await
     .expect("join")
     .expect("enqueue");
-    let client = Client::new(&app.api.base_url).expect("client");
-    let mut settings = RelaySettings::new("refusals");
-    settings.poll = Duration::from_millis(50);
-    let relay = OutboxRelay::new(client, db.url(), settings);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(relay.run_until(async {
-        let _ = stop_rx.await;
-    }));
-    let url = db.url().to_string();
-    let rows = eventually("every outbox row settled", SAGA_TIMEOUT, async || {
-        let rows = outbox_rows(&url).await?;
-        rows.iter().all(|r| r.sent || r.refused).then_some(rows)
-    })
-    .await;
-    let _ = stop_tx.send(());
-    let _ = task.await;
+    let rows = relay_until_settled(&app, &db, "refusals").await;
     assert!(rows[0].refused && !rows[0].sent);
     assert!(
         rows[0]
@@ -572,5 +578,52 @@ async fn two_relays_on_one_outbox_deliver_each_row_once_and_in_order() {
     assert_eq!(
         listed["items"].as_array().map(Vec::len),
         Some(row_ids.len())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_row_submits_its_saga_in_the_trace_that_enqueued_it() {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
+
+    let app = TestApp::start().await;
+    let _shop = FakeParticipant::always_succeed(&app.ns, "shop").await;
+    let db = initiator_db().await;
+    let url = db.url().to_string();
+    // The request that enqueues the row runs in a trace (a remote parent, as a server would have).
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    tokio::task::spawn_blocking(move || {
+        let caller = SpanContext::new(
+            TraceId::from_hex(trace_id).expect("hex"),
+            SpanId::from_hex("00f067aa0ba902b7").expect("hex"),
+            TraceFlags::SAMPLED,
+            true,
+            Default::default(),
+        );
+        let _attached = opentelemetry::Context::new()
+            .with_remote_span_context(caller)
+            .attach();
+        outbox::enqueue(&mut connect(&url), &order_saga("traced"))
+    })
+    .await
+    .expect("join")
+    .expect("enqueue");
+    // The relay runs later, in no trace of its own.
+    let rows = relay_until_settled(&app, &db, "traced-orders").await;
+    assert!(rows[0].sent, "{rows:?}");
+    let saga_id = rows[0].saga_id.expect("the saga's id");
+    let trace = app
+        .api
+        .request(
+            reqwest::Method::GET,
+            &format!("/dashboard/api/sagas/{saga_id}/trace"),
+        )
+        .send()
+        .await
+        .expect("the saga's trace");
+    let trace = e2e::api::expect_json(trace, reqwest::StatusCode::OK).await;
+    assert_eq!(trace["trace_id"], trace_id, "{trace}");
+    assert!(
+        trace["url"].is_null(),
+        "no SAGA_TRACE_URL_TEMPLATE: {trace}"
     );
 }

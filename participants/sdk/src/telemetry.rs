@@ -72,16 +72,20 @@ pub fn install(default_service_name: &str) -> Result<Option<SdkTracerProvider>, 
     Ok(Some(provider))
 }
 
-/// The handler's span for `command`, started as the child of the context the command carried.
-pub(crate) fn handler_context<P>(participant: &str, command: &Command<P>) -> Context {
-    let parent = command
-        .traceparent
-        .as_deref()
+/// The context a stored or received `traceparent` names (as a remote parent); an empty one for
+/// none or a malformed one.
+pub(crate) fn continued(traceparent: Option<&str>) -> Context {
+    traceparent
         .map(|traceparent| {
             let carrier = HashMap::from([(contract::properties::TRACEPARENT, traceparent)]);
             TraceContextPropagator::new().extract(&Carrier(carrier))
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The handler's span for `command`, started as the child of the context the command carried.
+pub(crate) fn handler_context<P>(participant: &str, command: &Command<P>) -> Context {
+    let parent = continued(command.traceparent.as_deref());
     let tracer = global::tracer(SCOPE);
     let mut attributes = vec![
         KeyValue::new("saga.id", command.saga_id.to_string()),

@@ -58,6 +58,10 @@ pub fn install(conn: &mut PgConnection) -> QueryResult<()> {
             )",
         )
         .execute(conn)?;
+        // The enqueuing caller's trace context (added after the table's first version), so that a
+        // saga submitted later still joins the trace of the request that enqueued it.
+        sql_query("ALTER TABLE saga_outbox ADD COLUMN IF NOT EXISTS traceparent text")
+            .execute(conn)?;
         sql_query(
             "CREATE INDEX IF NOT EXISTS saga_outbox_pending ON saga_outbox (id)
                 WHERE sent_at IS NULL AND refused_at IS NULL",

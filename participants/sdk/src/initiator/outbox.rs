@@ -28,6 +28,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use diesel::prelude::*;
 use diesel::sql_query;
 use diesel::sql_types::{BigInt, Bool, Double, Jsonb, Nullable, Text, Uuid as SqlUuid};
+use opentelemetry::context::FutureExt as _;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -37,12 +38,17 @@ use crate::cleanup::{in_batches, PurgeError};
 use crate::client::{Client, ClientError, SagaRequest};
 
 /// Inserts `request` into the outbox on `conn` (call it inside your transaction); returns the row id.
+/// The row keeps the caller's current OpenTelemetry context (`traceparent`, if it has a span), and
+/// the relay submits the saga in it: the saga joins the trace of the request that enqueued it. On a
+/// blocking thread (diesel), the current context is the one you attached there.
 pub fn enqueue(conn: &mut PgConnection, request: &SagaRequest) -> QueryResult<i64> {
     let body = serde_json::to_value(request)
         .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
-    let row: IdRow = sql_query("INSERT INTO saga_outbox (request) VALUES ($1) RETURNING id")
-        .bind::<Jsonb, _>(body)
-        .get_result(conn)?;
+    let row: IdRow =
+        sql_query("INSERT INTO saga_outbox (request, traceparent) VALUES ($1, $2) RETURNING id")
+            .bind::<Jsonb, _>(body)
+            .bind::<Nullable<Text>, _>(crate::telemetry::current_traceparent())
+            .get_result(conn)?;
     Ok(row.id)
 }
 
@@ -268,7 +274,9 @@ impl OutboxRelay {
                 return (Delivery::Refused, RowUpdate::refused(row.id, error));
             }
         };
-        match self.client.submit(&request).await {
+        // In the context of the request that enqueued it.
+        let context = crate::telemetry::continued(row.traceparent.as_deref());
+        match self.client.submit(&request).with_context(context).await {
             Ok(saga) => (Delivery::Sent, RowUpdate::sent(row.id, saga.id)),
             Err(e) if is_permanent(&e) => {
                 log::error!(
@@ -336,11 +344,13 @@ struct PendingRow {
     id: i64,
     #[diesel(sql_type = Jsonb)]
     request: Value,
+    #[diesel(sql_type = Nullable<Text>)]
+    traceparent: Option<String>,
 }
 
 fn next_pending(conn: &mut PgConnection) -> Result<Option<PendingRow>, RelayError> {
     Ok(sql_query(
-        "SELECT id, request FROM saga_outbox
+        "SELECT id, request, traceparent FROM saga_outbox
          WHERE sent_at IS NULL AND refused_at IS NULL ORDER BY id LIMIT 1",
     )
     .get_result(conn)
