@@ -21,6 +21,8 @@ pub struct TestAppBuilder {
     bulk_action_rate: Option<u32>,
     /// `SAGA_RETAIN_COMMITTED`, `..._COMPENSATED`, `..._ABORTED`.
     retain: Option<[String; 3]>,
+    /// `SAGA_TRACE_URL_TEMPLATE`.
+    trace_url_template: Option<String>,
 }
 
 impl TestAppBuilder {
@@ -31,6 +33,12 @@ impl TestAppBuilder {
     }
 
     /// Sets `SAGA_MAX_BODY_BYTES`.
+    /// Sets `SAGA_TRACE_URL_TEMPLATE` (the dashboard's link to a saga's trace).
+    pub fn trace_url_template(mut self, template: &str) -> Self {
+        self.trace_url_template = Some(template.to_string());
+        self
+    }
+
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = Some(bytes);
         self
@@ -90,6 +98,7 @@ impl TestAppBuilder {
             settings.max_body_bytes = bytes;
         }
         settings.check_back_hosts = self.check_back_hosts.clone();
+        settings.trace_url_template = self.trace_url_template.clone();
         if let Some(rate) = self.bulk_action_rate {
             settings.bulk_action_rate = rate;
         }

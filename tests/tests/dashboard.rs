@@ -1636,3 +1636,45 @@ async fn the_history_page_finds_sagas_and_their_pages_draw_the_attempts() {
     );
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sagas_page_shows_its_trace_id_linked_to_the_tracing_ui() {
+    let app = TestApp::builder()
+        .trace_url_template("http://jaeger.example:16686/trace/{trace_id}")
+        .start()
+        .await;
+    let base = app.api.base_url.clone();
+    let _shop = FakeParticipant::always_succeed(&app.ns, "shop").await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traced = expect_json(
+        app.request(Method::POST, "/api/v1/sagas")
+            .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+            .json(&saga("traced", vec![step("a", "shop")]))
+            .send()
+            .await
+            .expect("submit"),
+        StatusCode::CREATED,
+    )
+    .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    app.wait_for_state(&traced, &["committed"], SAGA_TIMEOUT)
+        .await;
+
+    let browser = Browser::start(1280, 900).await.expect("starting Chromium");
+    browser.goto(&format!("{base}/sagas/{traced}")).await;
+    let shown = browser
+        .wait_js(
+            "the saga's trace",
+            UI_TIMEOUT,
+            "const t = document.getElementById('saga-trace'); \
+             return t ? { text: t.textContent, href: t.getAttribute('href') } : null;",
+        )
+        .await;
+    assert_eq!(
+        shown,
+        json!({"text": trace_id, "href": format!("http://jaeger.example:16686/trace/{trace_id}")})
+    );
+    browser.close().await;
+}

@@ -132,17 +132,22 @@ fn in_flight_item(saga: &Saga) -> Value {
     })
 }
 
+/// The saga `id` names, as stored; 404 for an id that is no saga's.
+async fn stored_saga(state: &AppState, id: &str) -> Result<Saga, ApiError> {
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no saga {id:?}")))?;
+    state
+        .store()?
+        .interact(move |db| db.load(id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))
+}
+
 /// `GET /dashboard/api/sagas/{id}/definition`: the saga as submitted, defaults applied.
 pub async fn definition(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(format!("no saga {id:?}")))?;
-    let saga = state
-        .store()?
-        .interact(move |db| db.load(id))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))?;
+    let saga = stored_saga(&state, &id).await?;
     Ok(HttpResponse::Ok().json(saga.definition.as_ref()))
 }
 
@@ -153,12 +158,7 @@ pub async fn trace(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(format!("no saga {id:?}")))?;
-    let saga = state
-        .store()?
-        .interact(move |db| db.load(id))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))?;
+    let saga = stored_saga(&state, &id).await?;
     let trace_id = saga
         .traceparent
         .as_deref()
