@@ -3,6 +3,7 @@
 //! every span with its service's name.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -63,6 +64,7 @@ pub fn attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
 pub struct OtlpReceiver {
     addr: SocketAddr,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -74,8 +76,11 @@ impl OtlpReceiver {
         let addr = listener.local_addr().expect("local address");
         let spans: Arc<Mutex<Vec<ReceivedSpan>>> = Arc::default();
         let kept = spans.clone();
+        let connections: Arc<AtomicUsize> = Arc::default();
+        let counted = connections.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
                 let kept = kept.clone();
                 tokio::spawn(async move {
                     let Some((_, body)) = read_request(&mut stream).await else {
@@ -97,12 +102,22 @@ impl OtlpReceiver {
                 });
             }
         });
-        OtlpReceiver { addr, spans, task }
+        OtlpReceiver {
+            addr,
+            spans,
+            connections,
+            task,
+        }
     }
 
     /// The base URL to give as `OTEL_EXPORTER_OTLP_ENDPOINT` (the exporter appends `/v1/traces`).
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// How many connections were made to it so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Every span so far, in arrival order.

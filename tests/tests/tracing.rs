@@ -71,10 +71,12 @@ fn fast_retry() -> RetryPolicy {
     }
 }
 
+/// The real coordinator with `receiver` as its OTLP endpoint and the other variables `otel`.
 async fn start_coordinator(
     db: &TestDb,
     ns: &TestNamespace,
     receiver: &OtlpReceiver,
+    otel: &'static [(&'static str, &'static str)],
 ) -> CoordinatorProcess {
     let (url, namespace, endpoint) = (
         db.url().to_string(),
@@ -87,10 +89,7 @@ async fn start_coordinator(
             &url,
             &e2e::amqp_url(),
             &namespace,
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ],
+            &[&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())], otel].concat(),
         )
     })
     .await
@@ -115,7 +114,8 @@ async fn one_sagas_spans_join_the_callers_trace_across_a_coordinator_crash() {
         .await
         .expect("creating the test database");
     let ns = TestNamespace::new();
-    let mut first = start_coordinator(&db, &ns, &receiver).await;
+    let mut first =
+        start_coordinator(&db, &ns, &receiver, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
 
     // Charge: busy once, then held until the coordinator was killed and restarted; ship refuses,
     // so the saga compensates charge and reserve.
@@ -192,7 +192,15 @@ async fn one_sagas_spans_join_the_callers_trace_across_a_coordinator_crash() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed_at = SystemTime::now();
     first.kill();
-    let second = start_coordinator(&db, &ns, &receiver).await;
+    // The second one sends its spans only when stopped (its batches wait ten minutes): SIGTERM
+    // must flush them.
+    let mut second = start_coordinator(
+        &db,
+        &ns,
+        &receiver,
+        &[("OTEL_BSP_SCHEDULE_DELAY", "600000")],
+    )
+    .await;
     release.notify_one();
 
     let done = second
@@ -200,6 +208,20 @@ async fn one_sagas_spans_join_the_callers_trace_across_a_coordinator_crash() {
         .wait_for_state(&saga_id, &["compensated"], WAIT)
         .await;
     assert_eq!(done["state"], "compensated");
+    // The saga span follows a read of the event log.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !receiver
+            .spans()
+            .iter()
+            .any(|s| s.service == "saga-coordinator" && s.name() == "traced-order"),
+        "the saga span waits in the second coordinator's batch"
+    );
+    let status = tokio::task::spawn_blocking(move || second.terminate(Duration::from_secs(30)))
+        .await
+        .expect("join")
+        .expect("the second coordinator stops");
+    assert!(status.success(), "{status}");
     tokio::task::spawn_blocking(move || {
         let _ = provider.force_flush();
         provider
@@ -335,4 +357,35 @@ async fn one_sagas_spans_join_the_callers_trace_across_a_coordinator_crash() {
     stock.shutdown().await;
     payments.shutdown().await;
     shipping.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_traces_exporter_none_nothing_is_sent_even_to_a_configured_endpoint() {
+    let receiver = OtlpReceiver::start().await;
+    let db: TestDb = tokio::task::spawn_blocking(e2e::test_db)
+        .await
+        .expect("creating the test database");
+    let ns = TestNamespace::new();
+    let mut coordinator =
+        start_coordinator(&db, &ns, &receiver, &[("OTEL_TRACES_EXPORTER", "none")]).await;
+    let _shop = e2e::FakeParticipant::always_succeed(&ns, "shop").await;
+    let id = coordinator
+        .api()
+        .submit_id(&e2e::defs::saga(
+            "untraced",
+            vec![e2e::defs::step("a", "shop")],
+        ))
+        .await;
+    coordinator
+        .api()
+        .wait_for_state(&id, &["committed"], WAIT)
+        .await;
+    // SIGTERM: an exporter would send what it queued now.
+    let status =
+        tokio::task::spawn_blocking(move || coordinator.terminate(Duration::from_secs(30)))
+            .await
+            .expect("join")
+            .expect("the coordinator stops");
+    assert!(status.success(), "{status}");
+    assert_eq!(receiver.connections(), 0, "{:?}", receiver.spans());
 }
