@@ -20,6 +20,10 @@
 //! - [`client`]: a typed client for the coordinator's HTTP API.
 //! - [`initiator`]: starting a saga atomically with a change in your own database (two-phase
 //!   submission or a transactional outbox).
+//! - [`telemetry`]: OpenTelemetry. Each handler runs in a span that continues the command's
+//!   `traceparent` (the coordinator's span of that attempt), so your own spans nest under it; the
+//!   reply carries it back; the client and the outbox send the caller's context.
+//!   [`telemetry::install`] exports spans over OTLP when the standard `OTEL_*` variables ask.
 //! - [`init_logging`]: the coordinator's log lines for your binary: `SAGA_LOG_FORMAT=text` (the
 //!   default) or `json` (one object per line), filtered by `RUST_LOG`. The SDK's lines about a
 //!   command carry `saga_id`, `saga`, `step`, `attempt` and, when the command has a
