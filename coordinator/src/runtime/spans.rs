@@ -240,3 +240,90 @@ fn outcome_name(outcome: &crate::saga::Outcome) -> String {
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The `seq`th event, at `seq` seconds past 2026-01-01.
+    fn record(
+        seq: i64,
+        kind: &str,
+        step: Option<&str>,
+        attempt: Option<i32>,
+        detail: serde_json::Value,
+    ) -> EventRecord {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").map(|t| t.to_utc());
+        EventRecord {
+            seq,
+            at: start.expect("a time") + chrono::Duration::seconds(seq),
+            kind: kind.to_owned(),
+            step: step.map(str::to_owned),
+            attempt,
+            detail,
+        }
+    }
+
+    #[test]
+    fn the_saga_span_ends_once_at_the_first_stop() {
+        let failed = record(1, "failed", None, None, json!({}));
+        // Never failed: it ends at the final state.
+        assert!(first_stop(SagaState::Compensated, &[]));
+        // Failed now for the first time: it ends here, and not again when the operator finishes it.
+        assert!(first_stop(SagaState::Failed, std::slice::from_ref(&failed)));
+        assert!(!first_stop(
+            SagaState::Compensated,
+            std::slice::from_ref(&failed)
+        ));
+        assert!(!first_stop(SagaState::Failed, &[failed.clone(), failed]));
+    }
+
+    #[test]
+    fn a_dispatch_from_before_a_restart_is_found_in_the_event_log_by_step_kind_and_attempt() {
+        let definition = crate::submission::parse_submission(&json!({"name": "n", "steps": [
+            {"name": "a", "participant": "p", "action": "x", "compensation": "y"}]}))
+        .expect("a valid submission");
+        let saga = Saga::new(Uuid::now_v7(), definition, None, Utc::now());
+        let span = |kind, attempt| AttemptSpan {
+            step: Some(0),
+            kind,
+            attempt,
+            dispatched_at: Utc::now(),
+            ended_at: Utc::now(),
+            outcome: "success".to_owned(),
+            error: None,
+            events: Vec::new(),
+        };
+        let first = record(
+            1,
+            "dispatched",
+            Some("a"),
+            Some(1),
+            json!({"kind": "action"}),
+        );
+        let second = record(
+            2,
+            "dispatched",
+            Some("a"),
+            Some(2),
+            json!({"kind": "action"}),
+        );
+        let undo = record(
+            3,
+            "dispatched",
+            Some("a"),
+            Some(1),
+            json!({"kind": "compensation"}),
+        );
+        let records = [first, second.clone(), undo.clone()];
+        let found = |kind, attempt| dispatched_at(&saga, &span(kind, attempt), &records);
+        assert_eq!(found(crate::saga::CommandKind::Action, 2), Some(second.at));
+        assert_eq!(
+            found(crate::saga::CommandKind::Compensation, 1),
+            Some(undo.at)
+        );
+        assert_eq!(found(crate::saga::CommandKind::Action, 3), None);
+    }
+}
