@@ -323,13 +323,14 @@ impl Job {
             // Checked in `decode`.
             return;
         };
-        // The handler runs in its span, a child of the command's (the coordinator's attempt).
-        let context = crate::telemetry::handler_context(&self.participant, &command);
-        let outcome = match self.dispatch(command.clone()) {
+        let (outcome, context) = match self.dispatch(command.clone()) {
             Ok(future) => {
+                // The handler runs in its span, a child of the command's (the coordinator's
+                // attempt); an async handler's body runs only once polled, so all of it is inside.
+                let context = crate::telemetry::handler_context(&self.participant, &command);
                 let outcome = future.with_context(context.clone()).await;
                 crate::telemetry::handler_ended(&context, &outcome);
-                outcome
+                (outcome, context)
             }
             Err(why) => {
                 command_log!(
