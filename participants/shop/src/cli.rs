@@ -109,6 +109,14 @@ pub fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
+    // Spans, when the OTEL_* variables ask; before the runtime (its HTTP client blocks).
+    let tracing = match participants::telemetry::install("shop") {
+        Ok(tracing) => tracing,
+        Err(e) => {
+            eprintln!("shop: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -119,13 +127,20 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let code = match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("shop: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    // The last handlers' spans.
+    if let Some(provider) = tracing {
+        if let Err(e) = provider.shutdown() {
+            eprintln!("shop: spans not sent at exit: {e}");
+        }
     }
+    code
 }
 
 async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
