@@ -166,10 +166,21 @@ impl CoordinatorProcess {
         db: &crate::TestDb,
         ns: &crate::TestNamespace,
     ) -> CoordinatorProcess {
+        Self::start_on_with(bin, db, ns, Vec::new()).await
+    }
+
+    /// [`CoordinatorProcess::start_on`] with `extra_env` as in [`CoordinatorProcess::start`].
+    pub async fn start_on_with(
+        bin: &'static str,
+        db: &crate::TestDb,
+        ns: &crate::TestNamespace,
+        extra_env: Vec<(&'static str, String)>,
+    ) -> CoordinatorProcess {
         let url = db.url().to_string();
         let namespace = ns.name().to_string();
         tokio::task::spawn_blocking(move || {
-            CoordinatorProcess::start(bin, &url, &crate::amqp_url(), &namespace, &[])
+            let env: Vec<(&str, &str)> = extra_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            CoordinatorProcess::start(bin, &url, &crate::amqp_url(), &namespace, &env)
         })
         .await
         .expect("join")

@@ -78,23 +78,9 @@ async fn start_coordinator(
     receiver: &OtlpReceiver,
     otel: &'static [(&'static str, &'static str)],
 ) -> CoordinatorProcess {
-    let (url, namespace, endpoint) = (
-        db.url().to_string(),
-        ns.name().to_string(),
-        receiver.endpoint(),
-    );
-    tokio::task::spawn_blocking(move || {
-        CoordinatorProcess::start(
-            BIN,
-            &url,
-            &e2e::amqp_url(),
-            &namespace,
-            &[&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())], otel].concat(),
-        )
-    })
-    .await
-    .expect("join")
-    .expect("starting the coordinator process")
+    let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())];
+    env.extend(otel.iter().map(|(k, v)| (*k, v.to_string())));
+    CoordinatorProcess::start_on_with(BIN, db, ns, env).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
