@@ -53,3 +53,45 @@ pub fn attempt_traceparent(
     let sampled = exporting.samples(saga.id, &saga.definition.name, parent);
     Some(parent.child(span).sampled(sampled).to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::saga::machine::Command;
+
+    const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_saga_keeps_a_valid_callers_context_and_begins_its_own_trace_otherwise() {
+        let id = Uuid::now_v7();
+        assert_eq!(saga_traceparent(Some(CALLER), id), CALLER);
+        for caller in [None, Some("garbage")] {
+            let own = TraceParent::parse(&saga_traceparent(caller, id)).expect("valid");
+            assert!(own.roots(id), "{caller:?}");
+        }
+    }
+
+    #[test]
+    fn without_export_a_command_carries_the_sagas_context_as_stored() {
+        let definition = crate::submission::parse_submission(
+            &json!({"name": "n", "steps": [{"name": "a", "participant": "p", "action": "x"}]}),
+        )
+        .expect("a valid submission");
+        let mut saga = Saga::new(Uuid::now_v7(), definition, None, Utc::now());
+        let command = Command {
+            step: Some(0),
+            kind: CommandKind::Action,
+            attempt: 1,
+            deadline: Utc::now(),
+        };
+        assert_eq!(command_traceparent(&saga, &command), None);
+        saga.traceparent = Some(CALLER.to_owned());
+        assert_eq!(
+            command_traceparent(&saga, &command).as_deref(),
+            Some(CALLER)
+        );
+    }
+}
