@@ -261,11 +261,26 @@ WITH numbered AS (
              || '7' || substr(md5(g::text), 1, 3) || '8' || substr(md5(g::text || 'x'), 1, 15))::uuid AS id
     FROM numbered
 ), sagas_in AS (
-    INSERT INTO sagas (id, name, idempotency_key, definition, state, created_at, updated_at, version, partition)
+    INSERT INTO sagas (id, name, idempotency_key, definition, state, created_at, updated_at, version, partition,
+                       step_terms)
     SELECT id, 'place-order', 'order-' || g, $7 || jsonb_build_object('key', 'order-' || g), state, created, created + took, 8,
-           (get_byte(uuid_send(id), 14) * 256 + get_byte(uuid_send(id), 15)) % $8
+           (get_byte(uuid_send(id), 14) * 256 + get_byte(uuid_send(id), 15)) % $8, saga_step_terms($7)
     FROM shaped
-    RETURNING id, state, created_at, updated_at
+    RETURNING id, state, created_at, updated_at, finished_at
+), counted AS (
+    -- Every writer of `sagas` counts its own changes (the coordinator's store/state_counts.rs).
+    INSERT INTO saga_state_count_changes (state, sagas)
+    SELECT state, count(*) FROM sagas_in GROUP BY state
+), minutes_counted AS (
+    INSERT INTO saga_minute_count_changes (minute, started, finished)
+    SELECT minute, sum(started), sum(finished) FROM (
+        SELECT date_trunc('minute', created_at, 'UTC') AS minute, 1 AS started, 0 AS finished
+          FROM sagas_in WHERE created_at >= now() - interval '2 days'
+        UNION ALL
+        SELECT date_trunc('minute', finished_at, 'UTC'), 0, 1
+          FROM sagas_in WHERE finished_at >= now() - interval '2 days'
+    ) AS m
+    GROUP BY minute
 ), steps_in AS (
     INSERT INTO saga_steps (saga_id, position, name, state, attempts, compensation_attempts,
                             compensation_attempt_limit, output, error, refused)

@@ -23,6 +23,16 @@ struct Row {
 }
 
 #[derive(QueryableByName)]
+struct Checks {
+    /// States whose count differs from the table's.
+    #[diesel(sql_type = BigInt)]
+    miscounted: i64,
+    /// Sagas the search by participant and step would not find.
+    #[diesel(sql_type = BigInt)]
+    unsearchable: i64,
+}
+
+#[derive(QueryableByName)]
 struct Definition {
     #[diesel(sql_type = Jsonb)]
     definition: serde_json::Value,
@@ -81,6 +91,20 @@ fn seeded_sagas_are_whole_and_readable() {
     let parsed: coordinator::saga::SagaDefinition =
         serde_json::from_value(definition.definition).expect("the coordinator reads it back");
     assert_eq!(parsed.steps.len(), 3);
+    // The overview's counts and the search's terms, which the seed writes as the coordinator would.
+    let checks: Checks = diesel::sql_query(
+        "SELECT (SELECT count(*) FROM (SELECT state, count(*) AS sagas FROM sagas GROUP BY state) a
+                 FULL JOIN (SELECT state, sum(sagas)::bigint AS sagas
+                            FROM (SELECT state, sagas FROM saga_state_counts
+                                  UNION ALL SELECT state, sagas FROM saga_state_count_changes) c
+                            GROUP BY state) b USING (state)
+                 WHERE a.sagas IS DISTINCT FROM b.sagas) AS miscounted,
+                (SELECT count(*) FROM sagas
+                 WHERE NOT step_terms @> '[\"participant:payments\", \"step:ship\"]') AS unsearchable",
+    )
+    .get_result(&mut conn)
+    .expect("the checks");
+    assert_eq!((checks.miscounted, checks.unsearchable), (0, 0));
     drop(conn);
     let mut admin =
         PgConnection::establish(&format!("{server}/postgres?sslmode=disable")).expect("connect");

@@ -133,7 +133,7 @@ impl Table {
     }
 }
 
-/// `GET /api/v1/sagas`: one saga per line, then the cursor of the next page if there is one.
+/// `GET /api/v1/sagas`: one saga per line, then the cursors of the pages beside it, if any.
 pub fn saga_list(doc: &Value) -> String {
     let sagas = items(doc);
     let mut out = if sagas.is_empty() {
@@ -155,6 +155,12 @@ pub fn saga_list(doc: &Value) -> String {
     if let Some(cursor) = doc.get("next").filter(|c| !c.is_null()) {
         out.push_str(&format!(
             "more sagas: pass --before {} (with the same filters) for the next page\n",
+            cell(Some(cursor))
+        ));
+    }
+    if let Some(cursor) = doc.get("prev").filter(|c| !c.is_null()) {
+        out.push_str(&format!(
+            "newer sagas: pass --after {} (with the same filters) for the page before\n",
             cell(Some(cursor))
         ));
     }
@@ -514,7 +520,7 @@ charge   running              payments     3         0               2026-05-01 
     }
 
     #[test]
-    fn the_list_ends_with_the_cursor_of_the_next_page() {
+    fn the_list_ends_with_the_cursors_of_the_pages_beside_it() {
         let page = json!({
             "items": [
                 {"id": "s2", "name": "place-order", "key": null, "state": "running",
@@ -522,7 +528,8 @@ charge   running              payments     3         0               2026-05-01 
                 {"id": "s1", "name": "refund", "key": "k-1", "state": "committed",
                  "created_at": "2026-05-01T12:00:00Z", "updated_at": "2026-05-01T12:00:01Z"}
             ],
-            "next": "s1"
+            "next": "s1",
+            "prev": "s2"
         });
         assert_eq!(
             saga_list(&page),
@@ -531,6 +538,7 @@ ID  NAME         KEY  STATE      CREATED               UPDATED
 s2  place-order  -    running    2026-05-01 12:00:02Z  2026-05-01 12:00:03Z
 s1  refund       k-1  committed  2026-05-01 12:00:00Z  2026-05-01 12:00:01Z
 more sagas: pass --before s1 (with the same filters) for the next page
+newer sagas: pass --after s2 (with the same filters) for the page before
 "
         );
         assert_eq!(saga_list(&json!({"items": [], "next": null})), "no sagas\n");

@@ -80,13 +80,49 @@ pub struct ListArgs {
     #[arg(long)]
     pub name: Option<String>,
 
+    /// Only the saga submitted with this key (exact), whatever its name.
+    #[arg(long)]
+    pub key: Option<String>,
+
+    /// Only sagas created at or after this time, RFC 3339 (e.g. 2026-03-01T00:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub created_after: Option<String>,
+
+    /// Only sagas created strictly before this time, RFC 3339.
+    #[arg(long, value_name = "TIME")]
+    pub created_before: Option<String>,
+
+    /// Only sagas that finished (committed, compensated, aborted) at or after this time, RFC 3339.
+    #[arg(long, value_name = "TIME")]
+    pub finished_after: Option<String>,
+
+    /// Only sagas that finished strictly before this time, RFC 3339.
+    #[arg(long, value_name = "TIME")]
+    pub finished_before: Option<String>,
+
+    /// Only sagas with a step sent to this participant.
+    #[arg(long)]
+    pub participant: Option<String>,
+
+    /// Only sagas with a step of this name.
+    #[arg(long)]
+    pub step: Option<String>,
+
+    /// Only sagas with a step whose error contains this text (any case).
+    #[arg(long)]
+    pub error: Option<String>,
+
     /// Sagas per page, 1 to 500 (the API's default is 50).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=500))]
     pub limit: Option<u16>,
 
-    /// The cursor the previous page ended with: the next page, older sagas.
-    #[arg(long, value_name = "CURSOR")]
+    /// The cursor the previous page ended with (`next`): the next page, older sagas.
+    #[arg(long, value_name = "CURSOR", conflicts_with = "after")]
     pub before: Option<String>,
+
+    /// The cursor a page began with (`prev`): the page before it, newer sagas.
+    #[arg(long, value_name = "CURSOR")]
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -109,9 +145,23 @@ impl Verb {
                     .iter()
                     .map(|s| ("state", s.clone()))
                     .collect();
-                query.extend(filters.name.clone().map(|name| ("name", name)));
+                let texts = [
+                    ("name", &filters.name),
+                    ("key", &filters.key),
+                    ("created_after", &filters.created_after),
+                    ("created_before", &filters.created_before),
+                    ("finished_after", &filters.finished_after),
+                    ("finished_before", &filters.finished_before),
+                    ("participant", &filters.participant),
+                    ("step", &filters.step),
+                    ("error", &filters.error),
+                ];
+                for (param, value) in texts {
+                    query.extend(value.clone().map(|v| (param, v)));
+                }
                 query.extend(filters.limit.map(|limit| ("limit", limit.to_string())));
                 query.extend(filters.before.clone().map(|cursor| ("before", cursor)));
+                query.extend(filters.after.clone().map(|cursor| ("after", cursor)));
                 Request {
                     query,
                     ..Request::get(&[])
@@ -253,8 +303,17 @@ mod tests {
         let request = Verb::List(ListArgs {
             states: vec!["running".into(), "failed".into()],
             name: Some("place-order".into()),
+            key: Some("order-8812".into()),
+            created_after: Some("2026-03-01T00:00:00Z".into()),
+            created_before: Some("2026-04-01T00:00:00Z".into()),
+            finished_after: Some("2026-03-02T00:00:00Z".into()),
+            finished_before: Some("2026-03-03T00:00:00Z".into()),
+            participant: Some("payments".into()),
+            step: Some("charge".into()),
+            error: Some("declined".into()),
             limit: Some(20),
             before: Some("cursor-1".into()),
+            after: None,
         })
         .request();
         assert_eq!(request.method, Method::GET);
@@ -265,6 +324,14 @@ mod tests {
                 ("state", "running".to_string()),
                 ("state", "failed".to_string()),
                 ("name", "place-order".to_string()),
+                ("key", "order-8812".to_string()),
+                ("created_after", "2026-03-01T00:00:00Z".to_string()),
+                ("created_before", "2026-04-01T00:00:00Z".to_string()),
+                ("finished_after", "2026-03-02T00:00:00Z".to_string()),
+                ("finished_before", "2026-03-03T00:00:00Z".to_string()),
+                ("participant", "payments".to_string()),
+                ("step", "charge".to_string()),
+                ("error", "declined".to_string()),
                 ("limit", "20".to_string()),
                 ("before", "cursor-1".to_string()),
             ]
@@ -272,10 +339,19 @@ mod tests {
         let unfiltered = Verb::List(ListArgs {
             states: Vec::new(),
             name: None,
+            key: None,
+            created_after: None,
+            created_before: None,
+            finished_after: None,
+            finished_before: None,
+            participant: None,
+            step: None,
+            error: None,
             limit: None,
             before: None,
+            after: Some("cursor-2".into()),
         })
         .request();
-        assert!(unfiltered.query.is_empty());
+        assert_eq!(unfiltered.query, [("after", "cursor-2".to_string())]);
     }
 }

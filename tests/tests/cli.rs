@@ -112,7 +112,7 @@ fn listed_ids(run: &Run) -> Vec<String> {
     run.lines()
         .iter()
         .skip(1)
-        .filter(|line| !line.starts_with("more sagas"))
+        .filter(|line| !line.starts_with("more sagas") && !line.starts_with("newer sagas"))
         .filter_map(|line| line.split_whitespace().next())
         .map(str::to_owned)
         .collect()
@@ -209,6 +209,46 @@ async fn list_show_and_events_print_tables_and_the_apis_json() {
         rest.json(),
         app.list_ok(&[("limit", "2"), ("before", cursor)]).await
     );
+    // ... and the older page names the way back, which --after takes.
+    let back = rest.json()["prev"]
+        .as_str()
+        .expect("a newer page")
+        .to_owned();
+    let rest = sagas(&url, &["list", "--limit", "2", "--before", cursor])
+        .await
+        .exits(0);
+    assert!(
+        rest.stdout.contains(&format!("--after {back}")),
+        "{}",
+        rest.stdout
+    );
+    let again = sagas(&url, &["list", "--limit", "2", "--after", &back])
+        .await
+        .exits(0);
+    assert_eq!(listed_ids(&again), newest_first[..2]);
+
+    // The search's filters, as the API names them.
+    let found = sagas(
+        &url,
+        &[
+            "list",
+            "--key",
+            "order-1",
+            "--participant",
+            "shop",
+            "--step",
+            "charge",
+            "--created-after",
+            "2020-01-01T00:00:00Z",
+            "--finished-before",
+            "2100-01-01T00:00:00Z",
+        ],
+    )
+    .await
+    .exits(0);
+    assert_eq!(listed_ids(&found), [orders[1].clone()], "{}", found.stdout);
+    let none = sagas(&url, &["list", "--error", "declined"]).await.exits(0);
+    assert_eq!(none.stdout, "no sagas\n");
 
     // A filter the API refuses: 422, exit code 7, with the broken rule.
     let refused = sagas(&url, &["list", "--state", "sleeping"]).await.exits(7);

@@ -25,7 +25,7 @@ use crate::logging::saga_log;
 use crate::outbox::{command_message, OutboxMessage};
 use crate::saga::machine::{self, Decision, Event, Transition};
 use crate::saga::LogEntry;
-use crate::saga::{CheckBack, CommandKind, Saga};
+use crate::saga::{CheckBack, CommandKind, Saga, SagaState};
 use crate::store::leases::Lease;
 use crate::store::{render_event, Persist, StoreError, Written};
 
@@ -84,7 +84,8 @@ impl Commit {
     /// The first transition of a submitted saga: it inserts the saga and every step.
     pub(super) fn start(transition: Transition, now: DateTime<Utc>) -> Commit {
         let steps = (0..transition.saga.steps.len()).collect();
-        Commit::new(transition, steps, now, true)
+        let state = transition.saga.state;
+        Commit::new(transition, steps, now, true, state)
     }
 
     /// A transition of a stored saga: only the steps whose progress changed are written.
@@ -92,7 +93,7 @@ impl Commit {
         let steps = (0..transition.saga.steps.len())
             .filter(|&i| transition.saga.steps[i] != before.steps[i])
             .collect();
-        Commit::new(transition, steps, now, false)
+        Commit::new(transition, steps, now, false, before.state)
     }
 
     /// The transition is bulk action `id`'s: its write marks the saga `applied` there.
@@ -101,7 +102,13 @@ impl Commit {
         self
     }
 
-    fn new(transition: Transition, steps: Vec<usize>, now: DateTime<Utc>, is_new: bool) -> Self {
+    fn new(
+        transition: Transition,
+        steps: Vec<usize>,
+        now: DateTime<Utc>,
+        is_new: bool,
+        state_before: SagaState,
+    ) -> Self {
         let Transition {
             saga,
             commands,
@@ -132,6 +139,7 @@ impl Commit {
                 log,
                 outbox,
                 is_new,
+                state_before,
                 // Set by `write` from the lease this instance holds.
                 fence: Lease {
                     partition: 0,

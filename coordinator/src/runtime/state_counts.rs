@@ -1,5 +1,5 @@
-//! Folds the changes of the counts per state into the counts every few seconds, so that the
-//! changes table stays a few thousand rows however long the coordinator runs (`store/
+//! Folds the changes of the counts per state and per minute into the counts every few seconds, so
+//! that the changes tables stay a few thousand rows however long the coordinator runs (`store/
 //! state_counts.rs`). Every instance folds; two folds at once are safe, just redundant.
 
 use std::time::Duration;
@@ -18,8 +18,10 @@ pub async fn run(store: Store, mut stop: oneshot::Receiver<()>) {
             _ = &mut stop => return,
             _ = tokio::time::sleep(EVERY) => {}
         }
-        if let Err(e) = store.interact(|db| db.fold_state_counts()).await {
-            log::warn!("cannot fold the counts per state now ({e}); trying again in {EVERY:?}");
+        if let Err(e) = store.interact(|db| db.fold_counts()).await {
+            log::warn!(
+                "cannot fold the counts per state and minute now ({e}); trying again in {EVERY:?}"
+            );
         }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! A batch of transitions of different sagas is written by a single statement: data-modifying CTEs
 //! insert the new sagas and their steps, update the changed sagas (with the optimistic `version`
-//! check) and their changed steps, append the event log, insert the outbox rows, mark the sagas a
-//! bulk action changed as `applied` in it, and delete the outbox rows RabbitMQ confirmed. A single
+//! check) and their changed steps, append the changes of the counts per state and per minute
+//! (`state_counts.rs`), append the event log, insert the outbox rows, mark the sagas a bulk action
+//! changed as `applied` in it, and delete the outbox rows RabbitMQ confirmed. A single
 //! statement is atomic on its own, so it runs without `BEGIN` and `COMMIT`: one round trip to
 //! Postgres and one commit per batch, whatever its size.
 //!
@@ -30,8 +31,9 @@ use uuid::Uuid;
 
 use super::persist::{Persist, Written};
 use super::rows::to_i32;
+use super::search::step_terms;
 use super::StoreError;
-use crate::saga::Saga;
+use crate::saga::{Saga, SagaState};
 
 /// The statement; each `$?` is the next parameter, in the order [`WriteBatch::walk_ast`] binds them.
 const WRITE_BATCH: &str = r#"
@@ -40,22 +42,25 @@ WITH fenced AS (
 ), new_sagas AS (
     INSERT INTO sagas (id, name, idempotency_key, definition, state, deadline, check_back_at,
                        traceparent, created_at, updated_at, version, check_back_purpose,
-                       check_attempts, check_attempt_limit, partition, paused_at, paused_by)
+                       check_attempts, check_attempt_limit, partition, paused_at, paused_by,
+                       step_terms)
     SELECT v.id, v.name, v.idempotency_key, v.definition, v.state, v.deadline, v.check_back_at,
            v.traceparent, v.created_at, v.updated_at, v.version, v.check_back_purpose,
-           v.check_attempts, v.check_attempt_limit, v.partition, v.paused_at, v.paused_by
+           v.check_attempts, v.check_attempt_limit, v.partition, v.paused_at, v.paused_by,
+           v.step_terms
     FROM unnest($?::uuid[], $?::text[], $?::text[], $?::jsonb[], $?::text[],
                 $?::timestamptz[], $?::timestamptz[], $?::text[], $?::timestamptz[],
                 $?::timestamptz[], $?::bigint[], $?::text[], $?::integer[],
-                $?::integer[], $?::integer[], $?::timestamptz[], $?::text[]) WITH ORDINALITY
+                $?::integer[], $?::integer[], $?::timestamptz[], $?::text[], $?::jsonb[])
+         WITH ORDINALITY
          AS v(id, name, idempotency_key, definition, state, deadline, check_back_at,
               traceparent, created_at, updated_at, version, check_back_purpose, check_attempts,
-              check_attempt_limit, partition, paused_at, paused_by, n)
+              check_attempt_limit, partition, paused_at, paused_by, step_terms, n)
     WHERE v.partition IN (SELECT partition FROM fenced)
     -- In submission order: of two new sagas with one key, the first is inserted.
     ORDER BY v.n
     ON CONFLICT DO NOTHING
-    RETURNING id
+    RETURNING id, state, created_at, finished_at
 ), changed_sagas AS (
     UPDATE sagas AS s
     SET state = v.state, deadline = v.deadline, check_back_at = v.check_back_at,
@@ -64,13 +69,38 @@ WITH fenced AS (
         paused_at = v.paused_at, paused_by = v.paused_by, version = v.version + 1
     FROM unnest($?::uuid[], $?::bigint[], $?::text[], $?::timestamptz[], $?::timestamptz[],
                 $?::text[], $?::integer[], $?::integer[], $?::timestamptz[], $?::integer[],
-                $?::timestamptz[], $?::text[])
+                $?::timestamptz[], $?::text[], $?::text[])
          AS v(id, version, state, deadline, check_back_at, check_back_purpose, check_attempts,
-              check_attempt_limit, updated_at, partition, paused_at, paused_by)
+              check_attempt_limit, updated_at, partition, paused_at, paused_by, state_before)
     -- The fence filters the transitions, not the table: a condition on `s.partition` would let
     -- the planner read every unfinished saga of the batch's partitions.
     WHERE s.id = v.id AND s.version = v.version AND v.partition IN (SELECT partition FROM fenced)
-    RETURNING s.id
+    -- The version check makes `state_before` the state the row had.
+    RETURNING s.id, s.state, v.state_before, s.finished_at
+), moved AS (
+    SELECT state, state_before, finished_at FROM changed_sagas WHERE state <> state_before
+), state_counted AS (
+    INSERT INTO saga_state_count_changes (state, sagas)
+    SELECT state, sum(change) FROM (
+        SELECT state, 1 AS change FROM new_sagas
+        UNION ALL SELECT state, 1 FROM moved
+        UNION ALL SELECT state_before, -1 FROM moved
+    ) AS c
+    GROUP BY state HAVING sum(change) <> 0
+), minutes_counted AS (
+    -- A saga finishes when it moves to a final state, the only ones with a `finished_at`.
+    INSERT INTO saga_minute_count_changes (minute, started, finished)
+    SELECT minute, sum(started), sum(finished) FROM (
+        SELECT date_trunc('minute', created_at, 'UTC') AS minute, 1 AS started, 0 AS finished
+          FROM new_sagas
+        UNION ALL
+        SELECT date_trunc('minute', finished_at, 'UTC'), 0, 1 FROM new_sagas
+         WHERE finished_at IS NOT NULL
+        UNION ALL
+        SELECT date_trunc('minute', finished_at, 'UTC'), 0, 1 FROM moved
+         WHERE finished_at IS NOT NULL
+    ) AS m
+    GROUP BY minute
 ), written AS (
     SELECT id FROM new_sagas UNION ALL SELECT id FROM changed_sagas
 ), new_steps AS (
@@ -184,7 +214,7 @@ pub(super) fn write(
                 new_steps.push(&p.saga, position);
             }
         } else {
-            changed_sagas.push(&p.saga, p.fence.partition);
+            changed_sagas.push(&p.saga, p.fence.partition, p.state_before);
             for &position in &p.steps {
                 changed_steps.push(&p.saga, position);
             }
@@ -396,6 +426,7 @@ struct NewSagas<'a> {
     partition: Vec<i32>,
     paused_at: Vec<Option<DateTime<Utc>>>,
     paused_by: Vec<Option<&'static str>>,
+    step_terms: Vec<Value>,
 }
 
 impl<'a> NewSagas<'a> {
@@ -421,6 +452,7 @@ impl<'a> NewSagas<'a> {
         self.partition.push(partition_column(partition));
         self.paused_at.push(saga.pause.map(|p| p.since));
         self.paused_by.push(saga.pause.map(|p| p.by.as_str()));
+        self.step_terms.push(step_terms(&saga.definition));
         Ok(())
     }
 
@@ -442,6 +474,7 @@ impl<'a> NewSagas<'a> {
         sql.bind::<Array<Integer>, _>(out, &self.partition)?;
         sql.bind::<Array<Nullable<Timestamptz>>, _>(out, &self.paused_at)?;
         sql.bind::<Array<Nullable<Text>>, _>(out, &self.paused_by)?;
+        sql.bind::<Array<Jsonb>, _>(out, &self.step_terms)?;
         Ok(())
     }
 }
@@ -461,10 +494,11 @@ struct ChangedSagas {
     partition: Vec<i32>,
     paused_at: Vec<Option<DateTime<Utc>>>,
     paused_by: Vec<Option<&'static str>>,
+    state_before: Vec<&'static str>,
 }
 
 impl ChangedSagas {
-    fn push(&mut self, saga: &Saga, partition: u32) {
+    fn push(&mut self, saga: &Saga, partition: u32, state_before: SagaState) {
         self.id.push(saga.id);
         self.version.push(saga.version);
         self.state.push(saga.state.as_str());
@@ -479,6 +513,7 @@ impl ChangedSagas {
         self.partition.push(partition_column(partition));
         self.paused_at.push(saga.pause.map(|p| p.since));
         self.paused_by.push(saga.pause.map(|p| p.by.as_str()));
+        self.state_before.push(state_before.as_str());
     }
 
     fn walk<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, sql: &mut Statement) -> QueryResult<()> {
@@ -494,6 +529,7 @@ impl ChangedSagas {
         sql.bind::<Array<Integer>, _>(out, &self.partition)?;
         sql.bind::<Array<Nullable<Timestamptz>>, _>(out, &self.paused_at)?;
         sql.bind::<Array<Nullable<Text>>, _>(out, &self.paused_by)?;
+        sql.bind::<Array<Text>, _>(out, &self.state_before)?;
         Ok(())
     }
 }

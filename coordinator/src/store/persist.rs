@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::leases::Lease;
 use crate::outbox::OutboxMessage;
 use crate::saga::LogEntry;
-use crate::saga::Saga;
+use crate::saga::{Saga, SagaState};
 
 /// One transition to persist.
 #[derive(Debug, Clone)]
@@ -20,6 +20,9 @@ pub struct Persist {
     pub outbox: Vec<OutboxMessage>,
     /// A new saga: insert it, unless its idempotency key is taken.
     pub is_new: bool,
+    /// The saga's state before the transition (a new saga's is the one it is inserted in): the
+    /// batch statement counts the change of state (`store/state_counts.rs`).
+    pub state_before: SagaState,
     /// The saga's partition and the epoch this instance holds it with: the write is refused unless
     /// that lease is still this instance's when it runs.
     pub fence: Lease,

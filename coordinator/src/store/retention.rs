@@ -33,8 +33,14 @@ WITH doomed AS (
     DELETE FROM saga_alerts WHERE saga_id IN (SELECT id FROM doomed)
 ), outbox_rows AS (
     DELETE FROM outbox WHERE saga_id IN (SELECT id FROM doomed)
+), purged AS (
+    DELETE FROM sagas WHERE id IN (SELECT id FROM doomed) RETURNING 1
+), counted AS (
+    -- Every writer of `sagas` counts its own changes (`state_counts.rs`).
+    INSERT INTO saga_state_count_changes (state, sagas)
+    SELECT $1, -count(*) FROM purged HAVING count(*) > 0
 )
-DELETE FROM sagas WHERE id IN (SELECT id FROM doomed)";
+SELECT count(*) AS n FROM purged";
 
 impl Queries {
     /// Deletes up to `batch` sagas in final state `state` that finished before `finished_before`,
@@ -47,15 +53,21 @@ impl Queries {
         batch: i64,
     ) -> Result<usize, StoreError> {
         let mut conn = self.conn()?;
-        let purged = diesel::sql_query(PURGE_BATCH)
+        let purged: Purged = diesel::sql_query(PURGE_BATCH)
             .bind::<Text, _>(state)
             .bind::<SqlUuid, _>(first_id_after(finished_before))
             .bind::<Timestamptz, _>(finished_before)
             .bind::<Text, _>(owner)
             .bind::<BigInt, _>(batch)
-            .execute(&mut conn)?;
-        Ok(purged)
+            .get_result(&mut conn)?;
+        Ok(usize::try_from(purged.n).unwrap_or(0))
     }
+}
+
+#[derive(QueryableByName)]
+struct Purged {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
 }
 
 /// The smallest UUIDv7 of the millisecond after `at`: every saga created at or before `at` has a

@@ -54,8 +54,11 @@ impl Db {
         bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
         let id = Uuid::from_bytes(bytes);
         self.run(&format!(
-            "INSERT INTO sagas (id, name, definition, state, created_at, updated_at, partition)
-             VALUES ('{id}', 'order', '{{}}', '{state}', '{created}', '{updated}', {partition});
+            "INSERT INTO sagas (id, name, definition, state, created_at, updated_at, partition,
+                                step_terms)
+             VALUES ('{id}', 'order', '{{}}', '{state}', '{created}', '{updated}', {partition},
+                     '[]');
+             INSERT INTO saga_state_count_changes VALUES ('{state}', 1);
              INSERT INTO saga_steps (saga_id, position, name, state, attempts,
                  compensation_attempts, compensation_attempt_limit, refused)
              VALUES ('{id}', 0, 'reserve', 'done', 1, 0, 3, false),
@@ -136,6 +139,11 @@ fn only_final_sagas_of_the_state_past_the_cutoff_go_with_every_row_of_theirs() {
     for id in kept {
         assert_eq!(db.rows_of(id), [1, 2, 3, 1, 1], "{id} is whole");
     }
+    let committed = q.count_by_state().expect("counts");
+    assert!(
+        committed.contains(&(crate::saga::SagaState::Committed, 3)),
+        "the purge counted what it removed: {committed:?}"
+    );
     assert_eq!(
         q.purge_finished("me", "committed", cutoff, 100)
             .expect("purged"),

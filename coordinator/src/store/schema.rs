@@ -19,6 +19,8 @@ diesel::table! {
         partition -> Int4,
         paused_at -> Nullable<Timestamptz>,
         paused_by -> Nullable<Text>,
+        /// `participant:{name}` and `step:{name}` of every step, sorted (`store/search.rs`).
+        step_terms -> Jsonb,
         /// Generated from `updated_at` once the saga is final (read only).
         finished_at -> Nullable<Timestamptz>,
     }

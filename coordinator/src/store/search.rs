@@ -4,8 +4,10 @@
 //! Every filter is a condition on `sagas` that an index serves at ten million sagas (see the
 //! `search` migration): the creation window is an id range on the primary key (ids are UUIDv7), the
 //! finish window the `sagas_finished_at` index, a key the unique key index (led by the key), participants and
-//! step names a GIN index on the definition's steps, and an error's text a trigram index on the
+//! step names a GIN index on the terms the writer stores with each new saga ([`step_terms`]), and an error's text a trigram index on the
 //! steps' errors.
+
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use diesel::dsl::sql;
@@ -17,7 +19,7 @@ use uuid::Uuid;
 
 use super::schema::{saga_steps, sagas};
 use super::{Queries, SagaRow, StoreError};
-use crate::saga::{Saga, SagaState};
+use crate::saga::{Saga, SagaDefinition, SagaState};
 
 /// Which sagas: every condition that is set must hold. Empty `states` means every state.
 #[derive(Debug, Clone, Default)]
@@ -124,13 +126,12 @@ impl SagaFilter {
         if let Some(at) = self.finished_before {
             query = query.filter(sagas::finished_at.lt(at));
         }
-        // Participants are in the definition only (a step row has its name, not its participant);
-        // the expression is the one `sagas_step_terms` indexes, word for word.
+        // Participants are in the definition only (a step row has its name, not its participant).
         if let Some(participant) = &self.participant {
-            query = query.filter(step_terms_contain(format!("participant:{participant}")));
+            query = query.filter(step_terms_contain(participant_term(participant)));
         }
         if let Some(step) = &self.step {
-            query = query.filter(step_terms_contain(format!("step:{step}")));
+            query = query.filter(step_terms_contain(step_term(step)));
         }
         if let Some(error) = &self.error {
             // `ILIKE` implies a non-null error, so the partial trigram index serves it; saying
@@ -148,11 +149,32 @@ impl SagaFilter {
     }
 }
 
-/// The saga's definition names `term` (`participant:{name}` or `step:{name}`) among its steps'.
+/// The saga's definition names `term` among its steps'.
 fn step_terms_contain(
     term: String,
 ) -> Box<dyn BoxableExpression<sagas::table, Pg, SqlType = Bool>> {
-    Box::new(sql::<Bool>("saga_step_terms(sagas.definition) @> ").bind::<Jsonb, _>(json!([term])))
+    Box::new(sql::<Bool>("sagas.step_terms @> ").bind::<Jsonb, _>(json!([term])))
+}
+
+fn participant_term(participant: &str) -> String {
+    format!("participant:{participant}")
+}
+
+fn step_term(step: &str) -> String {
+    format!("step:{step}")
+}
+
+/// What the `step_terms` column holds for a saga of `definition`, as the SQL function
+/// `saga_step_terms` (migration `search`) computes it for rows written before the column: a
+/// sorted array without repeats. Sorted, so that sagas of one shape share one value, which is
+/// what Postgres' statistics of the column count (a term few sagas have is then estimated as rare).
+pub(super) fn step_terms(definition: &SagaDefinition) -> serde_json::Value {
+    let terms: BTreeSet<String> = definition
+        .steps
+        .iter()
+        .flat_map(|s| [participant_term(&s.participant), step_term(&s.name)])
+        .collect();
+    serde_json::Value::Array(terms.into_iter().map(serde_json::Value::String).collect())
 }
 
 impl Queries {

@@ -55,18 +55,21 @@ impl Db {
             body["key"] = json!(key);
         }
         let definition = crate::submission::parse_submission(&body).expect("a valid saga");
+        let terms = step_terms(&definition).to_string();
         let definition = serde_json::to_string(&definition).expect("json");
         let quoted = |s: &str| format!("'{}'", s.replace('\'', "''"));
         let mut sql = format!(
             "INSERT INTO sagas (id, name, idempotency_key, definition, state, created_at, updated_at,
-                                partition)
-             VALUES ('{id}', {name}, {key}, {definition}, '{state}', '{created}', '{updated}', 0);",
+                                partition, step_terms)
+             VALUES ('{id}', {name}, {key}, {definition}, '{state}', '{created}', '{updated}', 0,
+                     {terms});",
             name = quoted(row.name),
             key = row.key.map_or("NULL".into(), quoted),
             definition = quoted(&definition),
             state = row.state,
             created = row.created.to_rfc3339(),
             updated = row.updated.to_rfc3339(),
+            terms = quoted(&terms),
         );
         for (position, (name, _, error)) in row.steps.iter().enumerate() {
             sql.push_str(&format!(
@@ -407,4 +410,38 @@ fn the_creation_window_reads_an_id_range() {
 fn a_like_pattern_matches_its_text_only() {
     assert_eq!(containing("card"), "%card%");
     assert_eq!(containing("50%_off\\"), "%50\\%\\_off\\\\%");
+}
+
+#[test]
+fn the_writer_stores_the_terms_the_sql_function_gives_older_rows() {
+    #[derive(QueryableByName)]
+    struct Terms {
+        #[diesel(sql_type = Jsonb)]
+        terms: serde_json::Value,
+    }
+    let db = db();
+    let definition = crate::submission::parse_submission(&json!({
+        "name": "order",
+        "steps": [
+            {"name": "charge", "participant": "payments", "action": "charge"},
+            {"name": "reserve", "participant": "inventory", "action": "reserve"},
+            {"name": "refund", "participant": "payments", "action": "refund"},
+        ]
+    }))
+    .expect("a valid saga");
+    let stored: Terms = diesel::sql_query("SELECT saga_step_terms($1) AS terms")
+        .bind::<Jsonb, _>(serde_json::to_value(&definition).expect("json"))
+        .get_result(&mut db.pool.get().expect("connection"))
+        .expect("terms");
+    assert_eq!(step_terms(&definition), stored.terms);
+    assert_eq!(
+        step_terms(&definition),
+        json!([
+            "participant:inventory",
+            "participant:payments",
+            "step:charge",
+            "step:refund",
+            "step:reserve"
+        ])
+    );
 }

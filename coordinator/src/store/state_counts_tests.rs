@@ -1,5 +1,6 @@
-//! The counts per state against the real Postgres: they follow every kind of write, folded or not,
-//! and two folds racing writers count nothing twice.
+//! The counts per state and per minute against the real Postgres: exact folded or not, and two
+//! folds racing writers count nothing twice. (That the batch statement counts what it writes is
+//! `writer_tests.rs`; that a purge does, `retention_tests.rs`.)
 
 use std::collections::BTreeMap;
 
@@ -13,14 +14,46 @@ fn db() -> Db {
     Db::new(8)
 }
 
+#[derive(QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Inserts `n` sagas in `state` and appends their counts, in one statement, as a writer does.
+fn insert_counted(n: usize, state: &str) -> String {
+    format!(
+        "WITH new_sagas AS (
+             INSERT INTO sagas (id, name, definition, state, created_at, updated_at, partition,
+                                step_terms)
+             SELECT gen_random_uuid(), 'order', '{{}}', '{state}', now(), now(), 0, '[]'
+             FROM generate_series(1, {n})
+             RETURNING state, created_at
+         ), states AS (
+             INSERT INTO saga_state_count_changes SELECT state, count(*) FROM new_sagas GROUP BY state
+         )
+         INSERT INTO saga_minute_count_changes
+         SELECT date_trunc('minute', created_at, 'UTC'), count(*), 0 FROM new_sagas GROUP BY 1"
+    )
+}
+
+/// Moves one saga from `from` to `to` and counts it, in one statement, as a writer does.
+fn move_counted(from: &str, to: &str) -> String {
+    format!(
+        "WITH moved AS (
+             UPDATE sagas SET state = '{to}'
+             WHERE id = (SELECT id FROM sagas WHERE state = '{from}' LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING state
+         )
+         INSERT INTO saga_state_count_changes
+         SELECT state, 1 FROM moved UNION ALL SELECT '{from}', -1 FROM moved"
+    )
+}
+
 impl Db {
-    /// `n` sagas in `state`, in one statement.
+    /// `n` sagas in `state`, in one statement that counts them as every writer must.
     fn insert(&self, n: usize, state: &str) {
-        self.run(&format!(
-            "INSERT INTO sagas (id, name, definition, state, created_at, updated_at, partition)
-             SELECT gen_random_uuid(), 'order', '{{}}', '{state}', now(), now(), 0
-             FROM generate_series(1, {n})"
-        ));
+        self.run(&insert_counted(n, state));
     }
 
     /// What the counts say, as a map.
@@ -49,21 +82,20 @@ impl Db {
         rows.into_iter().map(|r| (r.state, r.n)).collect()
     }
 
+    /// Changes not yet folded, of states and minutes.
     fn unfolded(&self) -> i64 {
-        #[derive(QueryableByName)]
-        struct N {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
-        let rows: Vec<N> = diesel::sql_query("SELECT count(*) AS n FROM saga_state_count_changes")
-            .load(&mut self.pool.get().expect("connection"))
-            .expect("a count");
+        let rows: Vec<N> = diesel::sql_query(
+            "SELECT (SELECT count(*) FROM saga_state_count_changes)
+                    + (SELECT count(*) FROM saga_minute_count_changes) AS n",
+        )
+        .load(&mut self.pool.get().expect("connection"))
+        .expect("a count");
         rows[0].n
     }
 }
 
 #[test]
-fn counts_follow_inserts_state_changes_and_deletes_folded_or_not() {
+fn counts_are_exact_folded_or_not_and_old_minutes_are_forgotten() {
     let db = db();
     let q = db.queries();
     assert!(db.counted().is_empty());
@@ -71,43 +103,30 @@ fn counts_follow_inserts_state_changes_and_deletes_folded_or_not() {
     db.insert(5, "running");
     db.insert(2, "failed");
     assert_eq!(db.counted(), db.actual());
-
-    // One statement that changes some states and leaves others: only net changes are recorded.
-    db.run(
-        "UPDATE sagas SET state = CASE WHEN ctid = (SELECT min(ctid) FROM sagas WHERE state = 'running')
-                                       THEN 'committed' ELSE state END,
-                          updated_at = now()",
-    );
-    assert_eq!(db.counted(), db.actual());
-    q.fold_state_counts().expect("folded");
+    assert!(q.fold_counts().expect("folded") > 0);
     assert_eq!(db.unfolded(), 0);
     assert_eq!(db.counted(), db.actual());
+    db.insert(1, "running");
+    assert_eq!(db.counted(), db.actual(), "folded plus unfolded");
 
-    // The writer's shape: one statement of data-modifying CTEs that inserts and updates sagas.
+    let minutes = q.throughput(3, chrono::Utc::now()).expect("per minute");
+    assert_eq!(minutes.len(), 3, "every minute, zeros included");
+    assert_eq!(minutes.iter().map(|m| m.started).sum::<i64>(), 8);
+
+    // A change for a minute older than the counts keep is dropped by the fold, and so is an old
+    // folded minute.
     db.run(
-        "WITH new_sagas AS (
-             INSERT INTO sagas (id, name, definition, state, created_at, updated_at, partition)
-             VALUES (gen_random_uuid(), 'order', '{}', 'running', now(), now(), 1) RETURNING id
-         ), changed AS (
-             UPDATE sagas SET state = 'compensating'
-             WHERE id = (SELECT id FROM sagas WHERE state = 'running' ORDER BY id LIMIT 1)
-             RETURNING id
-         )
-         SELECT id FROM new_sagas UNION ALL SELECT id FROM changed",
+        "INSERT INTO saga_minute_count_changes VALUES (date_trunc('minute', now()) - interval '3 days', 4, 4);
+         INSERT INTO saga_minute_counts VALUES (date_trunc('minute', now()) - interval '4 days', 1, 1);",
     );
-    assert_eq!(db.counted(), db.actual());
-
-    db.run("DELETE FROM sagas WHERE state = 'failed'");
-    assert!(
-        !db.counted().contains_key("failed"),
-        "a state with none is left out"
-    );
-    assert_eq!(db.counted(), db.actual());
-    q.fold_state_counts().expect("folded");
-    assert_eq!(db.counted(), db.actual());
-
-    db.run("TRUNCATE sagas CASCADE");
-    assert!(db.counted().is_empty());
+    q.fold_counts().expect("folded");
+    let old: Vec<N> = diesel::sql_query(
+        "SELECT count(*) AS n FROM saga_minute_counts WHERE minute < now() - interval '2 days'",
+    )
+    .load(&mut db.pool.get().expect("connection"))
+    .expect("a count");
+    assert_eq!(old[0].n, 0);
+    assert_eq!(db.unfolded(), 0);
 }
 
 #[test]
@@ -120,15 +139,10 @@ fn folds_racing_each_other_and_writers_count_every_change_once() {
             std::thread::spawn(move || {
                 let mut conn = pool.get().expect("connection");
                 for _ in 0..40 {
-                    conn.batch_execute(&format!(
-                        "INSERT INTO sagas (id, name, definition, state, created_at, updated_at,
-                                            partition)
-                         SELECT gen_random_uuid(), 'order', '{{}}', '{state}', now(), now(), 0
-                         FROM generate_series(1, 3);
-                         UPDATE sagas SET state = 'aborted'
-                         WHERE id = (SELECT id FROM sagas WHERE state = '{state}' LIMIT 1)"
-                    ))
-                    .expect("written");
+                    conn.batch_execute(&insert_counted(3, state))
+                        .expect("written");
+                    conn.batch_execute(&move_counted(state, "aborted"))
+                        .expect("written");
                 }
             })
         })
@@ -138,7 +152,7 @@ fn folds_racing_each_other_and_writers_count_every_change_once() {
             let q = db.queries();
             std::thread::spawn(move || {
                 for _ in 0..60 {
-                    q.fold_state_counts().expect("folded");
+                    q.fold_counts().expect("folded");
                 }
             })
         })
@@ -147,7 +161,7 @@ fn folds_racing_each_other_and_writers_count_every_change_once() {
         t.join().expect("no panic");
     }
     assert_eq!(db.counted(), db.actual());
-    db.queries().fold_state_counts().expect("folded");
+    db.queries().fold_counts().expect("folded");
     assert_eq!(db.unfolded(), 0);
     assert_eq!(db.counted(), db.actual());
     assert_eq!(db.actual().values().sum::<i64>(), 3 * 40 * 3);

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::*;
 use crate::outbox::{command_message, OutboxMessage};
 use crate::saga::machine::{self, Context, Decision, Event};
+use crate::saga::SagaState;
 use crate::store::leases::Lease;
 use crate::store::schema::outbox;
 use crate::store::test_db::SCHEMA;
@@ -82,6 +83,7 @@ fn started(key: Option<&str>) -> Persist {
         log: start.log,
         outbox,
         is_new: true,
+        state_before: SagaState::Running,
         bulk_action: None,
     }
 }
@@ -200,6 +202,7 @@ fn a_batch_commits_every_saga_but_the_stale_one_and_deletes_confirmed_rows() {
                 log: first.log.clone(),
                 outbox: first.outbox.clone(),
                 is_new: false,
+                state_before: SagaState::Running,
                 bulk_action: None,
             },
             Persist {
@@ -209,6 +212,7 @@ fn a_batch_commits_every_saga_but_the_stale_one_and_deletes_confirmed_rows() {
                 log: Vec::new(),
                 outbox: Vec::new(),
                 is_new: false,
+                state_before: SagaState::Running,
                 bulk_action: None,
             },
         ],
@@ -274,6 +278,7 @@ fn the_prepared_batch_statement_keeps_writing_on_one_connection() {
                     })
                     .collect(),
                 is_new: false,
+                state_before: SagaState::Running,
                 bulk_action: None,
             }],
             forget,
@@ -371,6 +376,7 @@ fn two_transitions_of_one_saga_in_a_batch_are_written_in_order() {
                 log: first.log.clone(),
                 outbox: Vec::new(),
                 is_new: false,
+                state_before: SagaState::Running,
                 bulk_action: None,
             },
         ],
@@ -563,6 +569,7 @@ fn a_bulk_actions_transition_marks_its_saga_applied_only_when_written() {
         log: Vec::new(),
         outbox: Vec::new(),
         is_new: false,
+        state_before: SagaState::Running,
         bulk_action: Some(new.id),
     };
     let answers = run_batch(&db.pool, vec![change(paused), change(stale)], Vec::new());
@@ -597,4 +604,59 @@ fn a_bulk_actions_transition_marks_its_saga_applied_only_when_written() {
         !store.cancel_bulk_action(new.id).expect("cancel"),
         "done already"
     );
+}
+
+#[test]
+fn the_batch_counts_the_states_and_minutes_it_writes() {
+    let db = TestDatabase::new();
+    let store = Queries::new(db.pool.clone());
+    let first = started(Some("counted"));
+    let second = started(None);
+    let answers = run_batch(
+        &db.pool,
+        vec![first.clone(), started(Some("counted")), second.clone()],
+        Vec::new(),
+    );
+    let (first_version, _) = saved(&answers[0]);
+    assert!(matches!(answers[1], Ok(Written::Duplicate(_))));
+    let (second_version, _) = saved(&answers[2]);
+
+    // The first commits (a final state); the second's transition is stale and writes nothing.
+    let mut committed = first.saga.clone();
+    committed.version = first_version;
+    committed.state = SagaState::Committed;
+    committed.updated_at = Utc::now().trunc_subsecs(6);
+    let mut stale = second.saga.clone();
+    stale.version = second_version + 5;
+    stale.state = SagaState::Compensating;
+    let change = |saga: Saga| Persist {
+        fence: fence_of(&saga),
+        saga,
+        steps: Vec::new(),
+        log: Vec::new(),
+        outbox: Vec::new(),
+        is_new: false,
+        state_before: SagaState::Running,
+        bulk_action: None,
+    };
+    let answers = run_batch(&db.pool, vec![change(committed), change(stale)], Vec::new());
+    saved(&answers[0]);
+    assert!(answers[1].is_err(), "the stale transition is refused");
+
+    for folded in [false, true] {
+        if folded {
+            assert!(store.fold_counts().expect("folded") > 0);
+        }
+        let mut counts = store.count_by_state().expect("counts");
+        counts.sort_by_key(|(state, _)| state.as_str());
+        assert_eq!(
+            counts,
+            vec![(SagaState::Committed, 1), (SagaState::Running, 1)],
+            "folded: {folded}"
+        );
+        let minutes = store.throughput(5, Utc::now()).expect("per minute");
+        let started: i64 = minutes.iter().map(|m| m.started).sum();
+        let finished: i64 = minutes.iter().map(|m| m.finished).sum();
+        assert_eq!((started, finished), (2, 1), "folded: {folded}: {minutes:?}");
+    }
 }
