@@ -212,7 +212,7 @@ impl Committed {
             .metrics
             .observe_transition(before, &saga, &log, now);
         log_entries(&saga, &log);
-        super::spans::observe(registry, before.state, &saga, &log, now);
+        super::spans::observe(registry, before.state, &saga, &log, now, is_new);
         if is_new && !saga.state.is_final() {
             registry.adopt(saga.clone());
         }

@@ -98,8 +98,8 @@ struct Inner {
     paused_names: name_pauses::PausedNames,
     bulk_wake: bulk_actions::BulkWake,
     ownership: ownership::Ownership,
-    /// Dispatch times of attempts out, for their spans (empty unless spans are exported).
-    dispatches: spans::Dispatches,
+    /// What the spans of the sagas driven here need (empty unless spans are exported).
+    traces: spans::Traces,
 }
 
 /// Shared handle to the running sagas.
@@ -138,7 +138,7 @@ impl Registry {
                 paused_names: name_pauses::PausedNames::default(),
                 bulk_wake: bulk_actions::BulkWake::default(),
                 ownership,
-                dispatches: spans::Dispatches::default(),
+                traces: spans::Traces::default(),
             }),
         }
     }
@@ -283,7 +283,7 @@ impl Registry {
         };
         for (id, addr) in stopping {
             self.inner.sendings.forget(id);
-            self.inner.dispatches.forget(id);
+            self.inner.traces.forget(id);
             addr.do_send(actor::Stop);
         }
     }

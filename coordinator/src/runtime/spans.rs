@@ -1,10 +1,11 @@
 //! The spans of committed transitions: which attempts a transition ended, and whether it stopped
 //! the saga, read from the log entries the machine produced (see [`crate::telemetry`]).
 //!
-//! An attempt's span needs its dispatch time. The transition that dispatched it was seen here
-//! (kept in [`Dispatches`] until the attempt ends), unless it was committed before a restart or by
-//! another coordinator: then it is read from the saga's event log, as are the saga span's events
-//! when the saga stops. Nothing here runs unless spans are exported.
+//! An attempt's span needs its dispatch time, and the saga span the events of the saga's whole log.
+//! Both are kept here ([`Traces`]) from the transitions this instance committed, so that a saga
+//! started here is exported without reading anything back. A saga that began before a restart or
+//! at another coordinator is not whole here: what is missing is read from its stored event log,
+//! once, when an attempt or the saga ends. Nothing here runs unless spans are exported.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,36 +19,29 @@ use crate::saga::{LogEntry, Saga, SagaState};
 use crate::store::{render_event, EventRecord};
 use crate::telemetry::{self, spans::AttemptSpan, spans::SpanEvent};
 
-/// The attempts of one saga that are out, with their dispatch times.
-type Out = Vec<(CommandAttempt, DateTime<Utc>)>;
-
-/// When each attempt out was dispatched, by saga.
+/// What this instance saw of one saga's trace.
 #[derive(Default)]
-pub(super) struct Dispatches(Mutex<HashMap<Uuid, Out>>);
+struct SagaTrace {
+    /// The attempts out, with their dispatch times.
+    out: Vec<(CommandAttempt, DateTime<Utc>)>,
+    /// Every transition since the saga began was committed here: `events` and `failed` are whole.
+    whole: bool,
+    /// The saga span's events so far (when `whole`).
+    events: Vec<SpanEvent>,
+    /// The saga has been `failed` before (its span ended then).
+    failed: bool,
+}
 
-impl Dispatches {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Out>> {
-        // Entries are pushed and removed whole: a poisoned map is still consistent.
+/// The traces of the sagas this instance drives.
+#[derive(Default)]
+pub(super) struct Traces(Mutex<HashMap<Uuid, SagaTrace>>);
+
+impl Traces {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SagaTrace>> {
+        // Entries are changed whole under the lock: a poisoned map is still consistent.
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn record(&self, saga: Uuid, command: CommandAttempt, at: DateTime<Utc>) {
-        self.map().entry(saga).or_default().push((command, at));
-    }
-
-    fn take(&self, saga: Uuid, command: &CommandAttempt) -> Option<DateTime<Utc>> {
-        let mut map = self.map();
-        let attempts = map.get_mut(&saga)?;
-        let at = attempts
-            .iter()
-            .position(|(c, _)| c == command)
-            .map(|i| attempts.swap_remove(i).1);
-        if attempts.is_empty() {
-            map.remove(&saga);
-        }
-        at
     }
 
     /// A saga that stopped here or went to another coordinator: its attempts out end elsewhere.
@@ -58,22 +52,99 @@ impl Dispatches {
     }
 }
 
-/// Exports the spans that committed transition `log` of `saga` (previously in `before`) ended.
+/// What one committed transition ends, decided under the lock and exported after it.
+struct Ended {
+    /// Attempts whose dispatch time is known.
+    attempts: Vec<AttemptSpan>,
+    /// Attempts whose dispatch was not seen here: read from the event log.
+    unknown: Vec<AttemptSpan>,
+    /// The saga stopped: its span's events, or `None` when they must be read from the event log.
+    stopped: Option<Option<Vec<SpanEvent>>>,
+}
+
+/// Exports the spans that committed transition `log` of `saga` (previously in `before`; `is_new`
+/// for its first) ended.
 pub(super) fn observe(
     registry: &Registry,
     before: SagaState,
     saga: &Saga,
     log: &[LogEntry],
     now: DateTime<Utc>,
+    is_new: bool,
 ) {
     if telemetry::exporting().is_none() {
         return;
     }
-    let dispatches = &registry.inner.dispatches;
-    let mut unknown = Vec::new();
+    let ended = follow(&registry.inner.traces, before, saga, log, now, is_new);
+    for span in ended.attempts {
+        telemetry::spans::attempt_ended(saga, span);
+    }
+    let stopped = match ended.stopped {
+        Some(Some(events)) => {
+            telemetry::spans::saga_stopped(saga, now, events);
+            false
+        }
+        Some(None) => true,
+        None => false,
+    };
+    if ended.unknown.is_empty() && !stopped {
+        return;
+    }
+    let store = registry.inner.store.clone();
+    let saga = saga.clone();
+    let unknown = ended.unknown;
+    actix_rt::spawn(async move {
+        let id = saga.id;
+        let records = match store.interact(move |db| db.events(id)).await {
+            Ok(records) => records,
+            Err(e) => {
+                log::warn!(saga_id:% = id; "saga {id}: spans not exported, its event log unread: {e}");
+                return;
+            }
+        };
+        for span in unknown {
+            if let Some(at) = dispatched_at(&saga, &span, &records) {
+                telemetry::spans::attempt_ended(
+                    &saga,
+                    AttemptSpan {
+                        dispatched_at: at,
+                        ..span
+                    },
+                );
+            }
+        }
+        if stopped && first_stop(saga.state, &records) {
+            let events = records.iter().filter_map(record_event).collect();
+            telemetry::spans::saga_stopped(&saga, now, events);
+        }
+    });
+}
+
+/// Records the transition in the saga's trace and answers what it ended.
+fn follow(
+    traces: &Traces,
+    before: SagaState,
+    saga: &Saga,
+    log: &[LogEntry],
+    now: DateTime<Utc>,
+    is_new: bool,
+) -> Ended {
+    let mut map = traces.map();
+    let trace = map.entry(saga.id).or_insert_with(|| SagaTrace {
+        whole: is_new,
+        ..SagaTrace::default()
+    });
+    let mut ended = Ended {
+        attempts: Vec::new(),
+        unknown: Vec::new(),
+        stopped: None,
+    };
     for entry in log {
         if let LogEntry::Dispatched { command } = entry {
-            dispatches.record(saga.id, *command, now);
+            trace.out.push((*command, now));
+        }
+        if trace.whole {
+            trace.events.extend(saga_event(entry, saga, now));
         }
     }
     for entry in log {
@@ -104,52 +175,43 @@ pub(super) fn observe(
             error,
             events,
         };
-        match dispatches.take(saga.id, command) {
-            Some(at) => telemetry::spans::attempt_ended(
-                saga,
-                AttemptSpan {
-                    dispatched_at: at,
-                    ..span
-                },
-            ),
-            None => unknown.push(span),
+        match trace.out.iter().position(|(c, _)| c == command) {
+            Some(i) => ended.attempts.push(AttemptSpan {
+                dispatched_at: trace.out.swap_remove(i).1,
+                ..span
+            }),
+            None => ended.unknown.push(span),
         }
     }
-    let stopped =
-        saga.state != before && (saga.state.is_final() || saga.state == SagaState::Failed);
-    if saga.state.is_final() {
-        dispatches.forget(saga.id);
-    }
-    if unknown.is_empty() && !stopped {
-        return;
-    }
-    let store = registry.inner.store.clone();
-    let saga = saga.clone();
-    actix_rt::spawn(async move {
-        let id = saga.id;
-        let records = match store.interact(move |db| db.events(id)).await {
-            Ok(records) => records,
-            Err(e) => {
-                log::warn!(saga_id:% = id; "saga {id}: spans not exported, its event log unread: {e}");
-                return;
-            }
+    let stops = saga.state != before && (saga.state.is_final() || saga.state == SagaState::Failed);
+    if stops {
+        // The span ends at the first stop: a `failed`, or the final state if it never failed.
+        ended.stopped = match (trace.whole, trace.failed) {
+            (true, false) => Some(Some(trace.events.clone())),
+            (true, true) => None,
+            (false, _) => Some(None),
         };
-        for span in unknown {
-            if let Some(at) = dispatched_at(&saga, &span, &records) {
-                telemetry::spans::attempt_ended(
-                    &saga,
-                    AttemptSpan {
-                        dispatched_at: at,
-                        ..span
-                    },
-                );
-            }
+        if saga.state == SagaState::Failed {
+            trace.failed = true;
         }
-        if stopped && first_stop(saga.state, &records) {
-            let events = records.iter().filter_map(record_event).collect();
-            telemetry::spans::saga_stopped(&saga, now, events);
-        }
-    });
+    }
+    if saga.state.is_final() {
+        map.remove(&saga.id);
+    }
+    ended
+}
+
+/// A log entry as an event of the saga span; dispatches and replies are attempt spans already.
+fn saga_event(entry: &LogEntry, saga: &Saga, now: DateTime<Utc>) -> Option<SpanEvent> {
+    let stored = render_event(entry, &saga.definition);
+    if matches!(stored.kind, "dispatched" | "reply") {
+        return None;
+    }
+    Some(SpanEvent {
+        name: stored.kind.to_owned(),
+        at: now,
+        attributes: attributes(stored.step, stored.attempt, &stored.detail),
+    })
 }
 
 /// Whether the saga stops now for the first time: its span ends at its first `failed`, or at its
@@ -264,6 +326,110 @@ mod tests {
             attempt,
             detail,
         }
+    }
+
+    fn saga_of_one_step() -> Saga {
+        let definition = crate::submission::parse_submission(&json!({"name": "n", "steps": [
+            {"name": "a", "participant": "p", "action": "x", "compensation": "y"}]}))
+        .expect("a valid submission");
+        Saga::new(Uuid::now_v7(), definition, None, Utc::now())
+    }
+
+    fn action(attempt: u32) -> CommandAttempt {
+        CommandAttempt {
+            step: Some(0),
+            kind: crate::saga::CommandKind::Action,
+            attempt,
+        }
+    }
+
+    #[test]
+    fn a_saga_started_here_is_traced_from_memory_without_reading_its_log() {
+        let traces = Traces::default();
+        let mut saga = saga_of_one_step();
+        let t0 = saga.created_at;
+        let t1 = t0 + chrono::Duration::milliseconds(40);
+        saga.state = SagaState::Running;
+        let start = [
+            LogEntry::Started,
+            LogEntry::Dispatched { command: action(1) },
+        ];
+        let ended = follow(&traces, SagaState::Running, &saga, &start, t0, true);
+        assert!(ended.attempts.is_empty() && ended.unknown.is_empty() && ended.stopped.is_none());
+
+        saga.state = SagaState::Committed;
+        let reply = [
+            LogEntry::Reply {
+                command: action(1),
+                outcome: crate::saga::Outcome::Success,
+                error: None,
+            },
+            LogEntry::Committed,
+        ];
+        let ended = follow(&traces, SagaState::Running, &saga, &reply, t1, false);
+        assert!(ended.unknown.is_empty());
+        assert_eq!(ended.attempts.len(), 1);
+        assert_eq!(
+            (ended.attempts[0].dispatched_at, ended.attempts[0].ended_at),
+            (t0, t1)
+        );
+        let events = ended.stopped.flatten().expect("the saga span, from memory");
+        let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["started", "committed"]);
+        assert!(traces.map().is_empty(), "a final saga is forgotten");
+    }
+
+    #[test]
+    fn a_saga_adopted_midway_reads_what_it_missed_and_ends_its_span_once() {
+        let traces = Traces::default();
+        let mut saga = saga_of_one_step();
+        let now = saga.created_at;
+        // Adopted after a restart: the attempt out and the saga's earlier events are not here.
+        saga.state = SagaState::Failed;
+        let failed = [
+            LogEntry::Reply {
+                command: action(1),
+                outcome: crate::saga::Outcome::Failure,
+                error: Some("declined".into()),
+            },
+            LogEntry::Failed {
+                reason: crate::saga::event_log::FailureReason::CompensationGaveUp,
+            },
+        ];
+        let ended = follow(&traces, SagaState::Compensating, &saga, &failed, now, false);
+        assert_eq!(ended.unknown.len(), 1, "its dispatch is in the stored log");
+        assert!(
+            matches!(ended.stopped, Some(None)),
+            "its events are read back"
+        );
+
+        // Started here, failed, then resolved: the span ended at the failure, not again.
+        let traces = Traces::default();
+        saga.state = SagaState::Running;
+        follow(
+            &traces,
+            SagaState::Running,
+            &saga,
+            &[LogEntry::Started],
+            now,
+            true,
+        );
+        saga.state = SagaState::Failed;
+        let first = follow(
+            &traces,
+            SagaState::Compensating,
+            &saga,
+            &failed[1..],
+            now,
+            false,
+        );
+        assert!(matches!(first.stopped, Some(Some(_))));
+        saga.state = SagaState::Compensated;
+        let resolved = [LogEntry::Resolved {
+            note: "by hand".into(),
+        }];
+        let again = follow(&traces, SagaState::Failed, &saga, &resolved, now, false);
+        assert!(again.stopped.is_none());
     }
 
     #[test]
