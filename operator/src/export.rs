@@ -13,30 +13,15 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::client::Client;
+use crate::filters::SharedFilters;
 use crate::outcome::Outcome;
 use crate::request::Request;
 use crate::table::printable;
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Only sagas in this state (repeat for several): prepared, running, compensating, committed,
-    /// compensated, aborted, failed.
-    #[arg(long = "state", value_name = "STATE")]
-    pub states: Vec<String>,
-
-    /// Only sagas of this name (e.g. place-order).
-    #[arg(long)]
-    pub name: Option<String>,
-
-    /// Only sagas that finished (committed, compensated, aborted) at or after this time, RFC 3339
-    /// (e.g. 2026-01-01T00:00:00Z). Sagas not finished never match.
-    #[arg(long, value_name = "TIME")]
-    pub finished_after: Option<String>,
-
-    /// Only sagas that finished strictly before this time, RFC 3339. Sagas not finished never
-    /// match.
-    #[arg(long, value_name = "TIME")]
-    pub finished_before: Option<String>,
+    #[command(flatten)]
+    pub filters: SharedFilters,
 
     /// Only sagas after this id (ids are in creation order): the last id of an export that broke
     /// off, to resume it.
@@ -52,11 +37,7 @@ pub struct ExportArgs {
 impl ExportArgs {
     /// The filters passed to the API as they are: it checks them (exit code 7).
     pub(crate) fn request(&self) -> Request {
-        let mut query: Vec<(&'static str, String)> =
-            self.states.iter().map(|s| ("state", s.clone())).collect();
-        query.extend(self.name.clone().map(|v| ("name", v)));
-        query.extend(self.finished_after.clone().map(|v| ("finished_after", v)));
-        query.extend(self.finished_before.clone().map(|v| ("finished_before", v)));
+        let mut query = self.filters.query();
         query.extend(self.after.clone().map(|v| ("after", v)));
         Request {
             query,
@@ -186,10 +167,12 @@ mod tests {
     #[test]
     fn export_passes_every_filter_as_the_api_names_it() {
         let request = ExportArgs {
-            states: vec!["committed".into(), "aborted".into()],
-            name: Some("place-order".into()),
-            finished_after: Some("2026-01-01T00:00:00Z".into()),
-            finished_before: Some("2026-02-01T00:00:00Z".into()),
+            filters: SharedFilters {
+                states: vec!["committed".into(), "aborted".into()],
+                name: Some("place-order".into()),
+                finished_after: Some("2026-01-01T00:00:00Z".into()),
+                finished_before: Some("2026-02-01T00:00:00Z".into()),
+            },
             after: Some("id-1".into()),
             output: Some("archive.jsonl".into()),
         }

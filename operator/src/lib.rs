@@ -14,6 +14,7 @@
 mod bulk;
 mod client;
 mod export;
+mod filters;
 mod outcome;
 mod request;
 mod table;

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::bulk::BulkVerb;
 use crate::export::ExportArgs;
+use crate::filters::{optional, SharedFilters};
 use crate::request::Request;
 use crate::table;
 
@@ -71,14 +72,8 @@ pub struct SagaId {
 /// The list's filters, passed to the API as they are: it knows which states exist.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only sagas in this state (repeat for several): prepared, running, compensating, committed,
-    /// compensated, aborted, failed.
-    #[arg(long = "state", value_name = "STATE")]
-    pub states: Vec<String>,
-
-    /// Only sagas of this name (their kind, e.g. place-order).
-    #[arg(long)]
-    pub name: Option<String>,
+    #[command(flatten)]
+    pub filters: SharedFilters,
 
     /// Only the saga submitted with this key (exact), whatever its name.
     #[arg(long)]
@@ -91,14 +86,6 @@ pub struct ListArgs {
     /// Only sagas created strictly before this time, RFC 3339.
     #[arg(long, value_name = "TIME")]
     pub created_before: Option<String>,
-
-    /// Only sagas that finished (committed, compensated, aborted) at or after this time, RFC 3339.
-    #[arg(long, value_name = "TIME")]
-    pub finished_after: Option<String>,
-
-    /// Only sagas that finished strictly before this time, RFC 3339.
-    #[arg(long, value_name = "TIME")]
-    pub finished_before: Option<String>,
 
     /// Only sagas with a step sent to this participant.
     #[arg(long)]
@@ -140,25 +127,15 @@ impl Verb {
     pub(crate) fn request(&self) -> Request {
         match self {
             Verb::List(filters) => {
-                let mut query: Vec<(&'static str, String)> = filters
-                    .states
-                    .iter()
-                    .map(|s| ("state", s.clone()))
-                    .collect();
-                let texts = [
-                    ("name", &filters.name),
+                let mut query = filters.filters.query();
+                query.extend(optional(&[
                     ("key", &filters.key),
                     ("created_after", &filters.created_after),
                     ("created_before", &filters.created_before),
-                    ("finished_after", &filters.finished_after),
-                    ("finished_before", &filters.finished_before),
                     ("participant", &filters.participant),
                     ("step", &filters.step),
                     ("error", &filters.error),
-                ];
-                for (param, value) in texts {
-                    query.extend(value.clone().map(|v| (param, v)));
-                }
+                ]));
                 query.extend(filters.limit.map(|limit| ("limit", limit.to_string())));
                 query.extend(filters.before.clone().map(|cursor| ("before", cursor)));
                 query.extend(filters.after.clone().map(|cursor| ("after", cursor)));
@@ -301,13 +278,15 @@ mod tests {
     #[test]
     fn list_passes_every_filter_as_the_api_names_it() {
         let request = Verb::List(ListArgs {
-            states: vec!["running".into(), "failed".into()],
-            name: Some("place-order".into()),
+            filters: SharedFilters {
+                states: vec!["running".into(), "failed".into()],
+                name: Some("place-order".into()),
+                finished_after: Some("2026-03-02T00:00:00Z".into()),
+                finished_before: Some("2026-03-03T00:00:00Z".into()),
+            },
             key: Some("order-8812".into()),
             created_after: Some("2026-03-01T00:00:00Z".into()),
             created_before: Some("2026-04-01T00:00:00Z".into()),
-            finished_after: Some("2026-03-02T00:00:00Z".into()),
-            finished_before: Some("2026-03-03T00:00:00Z".into()),
             participant: Some("payments".into()),
             step: Some("charge".into()),
             error: Some("declined".into()),
@@ -324,11 +303,11 @@ mod tests {
                 ("state", "running".to_string()),
                 ("state", "failed".to_string()),
                 ("name", "place-order".to_string()),
+                ("finished_after", "2026-03-02T00:00:00Z".to_string()),
+                ("finished_before", "2026-03-03T00:00:00Z".to_string()),
                 ("key", "order-8812".to_string()),
                 ("created_after", "2026-03-01T00:00:00Z".to_string()),
                 ("created_before", "2026-04-01T00:00:00Z".to_string()),
-                ("finished_after", "2026-03-02T00:00:00Z".to_string()),
-                ("finished_before", "2026-03-03T00:00:00Z".to_string()),
                 ("participant", "payments".to_string()),
                 ("step", "charge".to_string()),
                 ("error", "declined".to_string()),
@@ -337,13 +316,10 @@ mod tests {
             ]
         );
         let unfiltered = Verb::List(ListArgs {
-            states: Vec::new(),
-            name: None,
+            filters: SharedFilters::default(),
             key: None,
             created_after: None,
             created_before: None,
-            finished_after: None,
-            finished_before: None,
             participant: None,
             step: None,
             error: None,

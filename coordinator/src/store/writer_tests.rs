@@ -88,6 +88,20 @@ fn started(key: Option<&str>) -> Persist {
     }
 }
 
+/// A transition of a running saga that changes only its row (no step, event or command).
+fn bare_change(saga: Saga) -> Persist {
+    Persist {
+        fence: fence_of(&saga),
+        saga,
+        steps: Vec::new(),
+        log: Vec::new(),
+        outbox: Vec::new(),
+        is_new: false,
+        state_before: SagaState::Running,
+        bulk_action: None,
+    }
+}
+
 /// Runs one batch exactly as a writer thread would, and collects the answers.
 fn run_batch(
     pool: &Pool,
@@ -563,14 +577,8 @@ fn a_bulk_actions_transition_marks_its_saga_applied_only_when_written() {
     let mut stale = second.saga.clone();
     stale.version = 7;
     let change = |saga: Saga| Persist {
-        fence: fence_of(&saga),
-        saga,
-        steps: Vec::new(),
-        log: Vec::new(),
-        outbox: Vec::new(),
-        is_new: false,
-        state_before: SagaState::Running,
         bulk_action: Some(new.id),
+        ..bare_change(saga)
     };
     let answers = run_batch(&db.pool, vec![change(paused), change(stale)], Vec::new());
     saved(&answers[0]);
@@ -629,17 +637,11 @@ fn the_batch_counts_the_states_and_minutes_it_writes() {
     let mut stale = second.saga.clone();
     stale.version = second_version + 5;
     stale.state = SagaState::Compensating;
-    let change = |saga: Saga| Persist {
-        fence: fence_of(&saga),
-        saga,
-        steps: Vec::new(),
-        log: Vec::new(),
-        outbox: Vec::new(),
-        is_new: false,
-        state_before: SagaState::Running,
-        bulk_action: None,
-    };
-    let answers = run_batch(&db.pool, vec![change(committed), change(stale)], Vec::new());
+    let answers = run_batch(
+        &db.pool,
+        vec![bare_change(committed), bare_change(stale)],
+        Vec::new(),
+    );
     saved(&answers[0]);
     assert!(answers[1].is_err(), "the stale transition is refused");
 
