@@ -8,6 +8,9 @@
 /// The header carrying the saga's W3C trace context, when it has one.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// The header carrying the W3C `tracestate` the saga was submitted with, when it was.
+pub const TRACESTATE: &str = "tracestate";
+
 /// The `content_type` of every body.
 pub const CONTENT_TYPE: &str = "application/json";
 

@@ -30,6 +30,8 @@ pub struct OutboxMessage {
     /// W3C trace context, sent as the `traceparent` header when present: the attempt's span when
     /// spans are exported, else the saga's context (`crate::telemetry::command_traceparent`).
     pub traceparent: Option<String>,
+    /// The saga's `tracestate`, sent as the `tracestate` header when present.
+    pub tracestate: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -100,6 +102,7 @@ pub fn command_message(
         // Serializing plain data into a Vec cannot fail.
         body: serde_json::to_vec(&body).unwrap_or_default(),
         traceparent: crate::telemetry::command_traceparent(saga, command),
+        tracestate: saga.tracestate.clone(),
         created_at: now,
     }
 }

@@ -435,21 +435,29 @@ async fn parallel_steps_via_after_and_a_join_that_waits_for_both() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commands_carry_the_traceparent_of_the_submitting_request() {
+async fn commands_carry_the_traceparent_and_tracestate_of_the_submitting_request() {
     let app = TestApp::start().await;
     let shop = FakeParticipant::always_succeed(&app.ns, "shop").await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let tracestate = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
     let resp = app
         .request(reqwest::Method::POST, "/api/v1/sagas")
         .header("traceparent", traceparent)
+        .header("tracestate", tracestate)
         .json(&saga("traced", vec![e2e::defs::step("a", "shop")]))
         .send()
         .await
         .expect("submit");
     let traced = saga_id(&e2e::api::expect_json(resp, reqwest::StatusCode::CREATED).await);
-    let untraced = app
-        .submit_id(&saga("untraced", vec![e2e::defs::step("a", "shop")]))
-        .await;
+    // A tracestate without a traceparent belongs to no trace, and is dropped.
+    let resp = app
+        .request(reqwest::Method::POST, "/api/v1/sagas")
+        .header("tracestate", tracestate)
+        .json(&saga("untraced", vec![e2e::defs::step("a", "shop")]))
+        .send()
+        .await
+        .expect("submit");
+    let untraced = saga_id(&e2e::api::expect_json(resp, reqwest::StatusCode::CREATED).await);
     app.wait_for_state(&traced, &["committed"], SAGA_TIMEOUT)
         .await;
     app.wait_for_state(&untraced, &["committed"], SAGA_TIMEOUT)
@@ -463,6 +471,11 @@ async fn commands_carry_the_traceparent_of_the_submitting_request() {
     assert!(
         header.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
         "the command continues the request's trace: {header}"
+    );
+    assert_eq!(
+        with.headers.get("tracestate").map(String::as_str),
+        Some(tracestate),
+        "{with:?}"
     );
     // Without one, the saga starts a trace of its own, and its commands carry it.
     let without = &shop.commands_for(&untraced)[0];
@@ -481,4 +494,5 @@ async fn commands_carry_the_traceparent_of_the_submitting_request() {
         fields[1], "4bf92f3577b34da6a3ce929d0e0e4736",
         "a trace of its own: {header}"
     );
+    assert!(!without.headers.contains_key("tracestate"), "{without:?}");
 }

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use contract::properties::{CONTENT_TYPE, PERSISTENT, TRACEPARENT};
+use contract::properties::{CONTENT_TYPE, PERSISTENT, TRACEPARENT, TRACESTATE};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
@@ -200,6 +200,13 @@ fn properties(
             TRACEPARENT.into(),
             AMQPValue::LongString(traceparent.as_str().into()),
         );
+        // A tracestate belongs to a trace context: never sent without one.
+        if let Some(tracestate) = &message.tracestate {
+            headers.insert(
+                TRACESTATE.into(),
+                AMQPValue::LongString(tracestate.as_str().into()),
+            );
+        }
         properties = properties.with_headers(headers);
     }
     Ok(properties)

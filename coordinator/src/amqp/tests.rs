@@ -160,6 +160,7 @@ fn outbox(id: i64, participant: &str, command: &CommandBody) -> OutboxMessage {
         attempt: command.attempt,
         body: serde_json::to_vec(command).expect("serializes"),
         traceparent: None,
+        tracestate: None,
         created_at: Utc.timestamp_opt(1_800_000_000, 0).single().expect("valid"),
     }
 }

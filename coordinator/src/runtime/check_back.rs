@@ -59,16 +59,17 @@ impl HttpCheckBack {
 
     /// Asks `url` about `saga_id` and turns the answer into the reply the machine expects: the
     /// outcome it gave, or `retry` with the reason when there was no usable answer. The request
-    /// carries `traceparent` (the attempt's span), so the initiator's span joins the saga's trace.
+    /// carries `traceparent` (the attempt's span), so the initiator's span joins the saga's trace,
+    /// and the saga's `tracestate`.
     pub async fn ask(
         &self,
         url: &str,
         saga_id: Uuid,
         attempt: u32,
         timeout: Duration,
-        traceparent: Option<&str>,
+        trace: (Option<&str>, Option<&str>),
     ) -> Reply {
-        let (outcome, error) = match self.get(url, saga_id, timeout, traceparent).await {
+        let (outcome, error) = match self.get(url, saga_id, timeout, trace).await {
             Ok(CheckBackOutcome::Committed) => (Outcome::Committed, None),
             Ok(CheckBackOutcome::Aborted) => (Outcome::Aborted, None),
             Ok(CheckBackOutcome::Pending) => (Outcome::Pending, None),
@@ -89,7 +90,7 @@ impl HttpCheckBack {
         url: &str,
         saga_id: Uuid,
         timeout: Duration,
-        traceparent: Option<&str>,
+        (traceparent, tracestate): (Option<&str>, Option<&str>),
     ) -> Result<CheckBackOutcome, String> {
         let client = self
             .client
@@ -101,6 +102,9 @@ impl HttpCheckBack {
             .timeout(timeout);
         if let Some(traceparent) = traceparent {
             request = request.header(contract::properties::TRACEPARENT, traceparent);
+            if let Some(tracestate) = tracestate {
+                request = request.header(contract::properties::TRACESTATE, tracestate);
+            }
         }
         let mut response = request
             .send()

@@ -175,11 +175,11 @@ impl Registry {
             crate::saga::CommandKind::Check,
             attempt,
         );
+        let tracestate = saga.tracestate.clone();
         actix_rt::spawn(async move {
             let asker = registry.inner.http_check_back.clone();
-            let reply = asker
-                .ask(&url, saga_id, attempt, timeout, traceparent.as_deref())
-                .await;
+            let trace = (traceparent.as_deref(), tracestate.as_deref());
+            let reply = asker.ask(&url, saga_id, attempt, timeout, trace).await;
             if let Err(e) = registry.operate(saga_id, Event::Reply(reply)).await {
                 // The attempt's reply timeout is durable: the machine asks again when it fires.
                 log::warn!(
@@ -377,6 +377,7 @@ impl Registry {
         &self,
         definition: SagaDefinition,
         traceparent: Option<String>,
+        tracestate: Option<String>,
     ) -> Result<Submitted, EngineError> {
         const TRIES: usize = 3;
         let new_id = || {
@@ -387,6 +388,8 @@ impl Registry {
         };
         // A retry changes only the id: the partition it falls in.
         let mut saga = Saga::new(new_id()?, definition, None, Utc::now());
+        saga.tracestate =
+            crate::telemetry::saga_tracestate(traceparent.as_deref(), tracestate.as_deref());
         if self.inner.paused_names.contains(&saga.definition.name) {
             saga.pause = Some(Pause {
                 since: saga.created_at,

@@ -196,6 +196,8 @@ pub struct Saga {
     pub check_back: CheckBackProgress,
     /// W3C trace context of the submitting request, passed on with every command.
     pub traceparent: Option<String>,
+    /// The submitting request's W3C `tracestate` (vendors' data of its trace), passed on as it came.
+    pub tracestate: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Bumped by every persisted transition; guards against two writers for one saga.
@@ -232,6 +234,7 @@ impl Saga {
                 timer: None,
             },
             traceparent,
+            tracestate: None,
             created_at: now,
             updated_at: now,
             version: 0,

@@ -43,19 +43,20 @@ WITH fenced AS (
     INSERT INTO sagas (id, name, idempotency_key, definition, state, deadline, check_back_at,
                        traceparent, created_at, updated_at, version, check_back_purpose,
                        check_attempts, check_attempt_limit, partition, paused_at, paused_by,
-                       step_terms)
+                       step_terms, tracestate)
     SELECT v.id, v.name, v.idempotency_key, v.definition, v.state, v.deadline, v.check_back_at,
            v.traceparent, v.created_at, v.updated_at, v.version, v.check_back_purpose,
            v.check_attempts, v.check_attempt_limit, v.partition, v.paused_at, v.paused_by,
-           v.step_terms
+           v.step_terms, v.tracestate
     FROM unnest($?::uuid[], $?::text[], $?::text[], $?::jsonb[], $?::text[],
                 $?::timestamptz[], $?::timestamptz[], $?::text[], $?::timestamptz[],
                 $?::timestamptz[], $?::bigint[], $?::text[], $?::integer[],
-                $?::integer[], $?::integer[], $?::timestamptz[], $?::text[], $?::jsonb[])
+                $?::integer[], $?::integer[], $?::timestamptz[], $?::text[], $?::jsonb[],
+                $?::text[])
          WITH ORDINALITY
          AS v(id, name, idempotency_key, definition, state, deadline, check_back_at,
               traceparent, created_at, updated_at, version, check_back_purpose, check_attempts,
-              check_attempt_limit, partition, paused_at, paused_by, step_terms, n)
+              check_attempt_limit, partition, paused_at, paused_by, step_terms, tracestate, n)
     WHERE v.partition IN (SELECT partition FROM fenced)
     -- In submission order: of two new sagas with one key, the first is inserted.
     ORDER BY v.n
@@ -136,10 +137,11 @@ WITH fenced AS (
     WHERE v.saga_id IN (SELECT id FROM written)
     ORDER BY v.n
 ), commands AS (
-    INSERT INTO outbox (saga_id, message_id, participant, kind, body, traceparent, created_at)
+    INSERT INTO outbox (saga_id, message_id, participant, kind, body, traceparent, created_at,
+                        tracestate)
     SELECT v.* FROM unnest($?::uuid[], $?::uuid[], $?::text[], $?::text[], $?::bytea[],
-                           $?::text[], $?::timestamptz[])
-         AS v(saga_id, message_id, participant, kind, body, traceparent, created_at)
+                           $?::text[], $?::timestamptz[], $?::text[])
+         AS v(saga_id, message_id, participant, kind, body, traceparent, created_at, tracestate)
     WHERE v.saga_id IN (SELECT id FROM written)
     RETURNING message_id, id
 ), bulk_applied AS (
@@ -427,6 +429,7 @@ struct NewSagas<'a> {
     paused_at: Vec<Option<DateTime<Utc>>>,
     paused_by: Vec<Option<&'static str>>,
     step_terms: Vec<Value>,
+    tracestate: Vec<Option<&'a str>>,
 }
 
 impl<'a> NewSagas<'a> {
@@ -453,6 +456,7 @@ impl<'a> NewSagas<'a> {
         self.paused_at.push(saga.pause.map(|p| p.since));
         self.paused_by.push(saga.pause.map(|p| p.by.as_str()));
         self.step_terms.push(step_terms(&saga.definition));
+        self.tracestate.push(saga.tracestate.as_deref());
         Ok(())
     }
 
@@ -475,6 +479,7 @@ impl<'a> NewSagas<'a> {
         sql.bind::<Array<Nullable<Timestamptz>>, _>(out, &self.paused_at)?;
         sql.bind::<Array<Nullable<Text>>, _>(out, &self.paused_by)?;
         sql.bind::<Array<Jsonb>, _>(out, &self.step_terms)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.tracestate)?;
         Ok(())
     }
 }
@@ -655,6 +660,7 @@ struct Commands<'a> {
     body: Vec<&'a [u8]>,
     traceparent: Vec<Option<&'a str>>,
     created_at: Vec<DateTime<Utc>>,
+    tracestate: Vec<Option<&'a str>>,
 }
 
 impl<'a> Commands<'a> {
@@ -667,6 +673,7 @@ impl<'a> Commands<'a> {
             self.body.push(&m.body);
             self.traceparent.push(m.traceparent.as_deref());
             self.created_at.push(m.created_at);
+            self.tracestate.push(m.tracestate.as_deref());
         }
     }
 
@@ -678,6 +685,7 @@ impl<'a> Commands<'a> {
         sql.bind::<Array<Binary>, _>(out, &self.body)?;
         sql.bind::<Array<Nullable<Text>>, _>(out, &self.traceparent)?;
         sql.bind::<Array<Timestamptz>, _>(out, &self.created_at)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.tracestate)?;
         Ok(())
     }
 }

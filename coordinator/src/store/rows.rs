@@ -24,6 +24,7 @@ pub struct SagaRow {
     pub deadline: Option<DateTime<Utc>>,
     pub check_back_at: Option<DateTime<Utc>>,
     pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
@@ -70,6 +71,7 @@ pub struct OutboxRow {
     pub kind: String,
     pub body: Vec<u8>,
     pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -135,6 +137,7 @@ impl SagaRow {
                 timer: check_timer,
             },
             traceparent: self.traceparent,
+            tracestate: self.tracestate,
             created_at: self.created_at,
             updated_at: self.updated_at,
             version: self.version,
@@ -171,6 +174,7 @@ impl OutboxRow {
             attempt: addressed.attempt,
             body: self.body,
             traceparent: self.traceparent,
+            tracestate: self.tracestate,
             created_at: self.created_at,
         })
     }

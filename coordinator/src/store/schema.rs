@@ -10,6 +10,7 @@ diesel::table! {
         deadline -> Nullable<Timestamptz>,
         check_back_at -> Nullable<Timestamptz>,
         traceparent -> Nullable<Text>,
+        tracestate -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         version -> Int8,
@@ -72,6 +73,7 @@ diesel::table! {
         kind -> Text,
         body -> Bytea,
         traceparent -> Nullable<Text>,
+        tracestate -> Nullable<Text>,
         created_at -> Timestamptz,
     }
 }

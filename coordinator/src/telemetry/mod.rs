@@ -29,6 +29,18 @@ pub fn saga_traceparent(caller: Option<&str>, saga_id: Uuid) -> String {
         .to_string()
 }
 
+/// The `tracestate` a new saga keeps and passes on: the caller's, if it came with a valid
+/// `traceparent` (it belongs to that trace) and is well formed (W3C: at most 512 printable ASCII
+/// characters); else none.
+pub fn saga_tracestate(caller: Option<&str>, tracestate: Option<&str>) -> Option<String> {
+    caller.and_then(TraceParent::parse)?;
+    let tracestate = tracestate?.trim();
+    let well_formed = !tracestate.is_empty()
+        && tracestate.len() <= 512
+        && tracestate.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    well_formed.then(|| tracestate.to_owned())
+}
+
 /// The `traceparent` a command carries: with spans exported, the span of the command's attempt
 /// (so the participant's span is its child); without, the saga's context as stored.
 pub fn command_traceparent(saga: &Saga, command: &Command) -> Option<String> {
@@ -72,6 +84,19 @@ mod tests {
             let own = TraceParent::parse(&saga_traceparent(caller, id)).expect("valid");
             assert!(own.roots(id), "{caller:?}");
         }
+    }
+
+    #[test]
+    fn a_saga_keeps_the_callers_tracestate_only_with_its_traceparent_and_well_formed() {
+        let state = Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
+        assert_eq!(saga_tracestate(Some(CALLER), state).as_deref(), state);
+        assert_eq!(saga_tracestate(None, state), None);
+        assert_eq!(saga_tracestate(Some("garbage"), state), None);
+        assert_eq!(saga_tracestate(Some(CALLER), None), None);
+        assert_eq!(saga_tracestate(Some(CALLER), Some("  ")), None);
+        assert_eq!(saga_tracestate(Some(CALLER), Some("a=\u{e9}")), None);
+        let long = "a=".to_owned() + &"b".repeat(511);
+        assert_eq!(saga_tracestate(Some(CALLER), Some(&long)), None);
     }
 
     #[test]

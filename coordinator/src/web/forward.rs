@@ -18,7 +18,7 @@ use crate::web::error::ApiError;
 pub const FORWARDED_BY: &str = "x-saga-forwarded-by";
 
 /// Headers a forwarded request keeps.
-const KEPT: [&str; 3] = ["authorization", "content-type", "traceparent"];
+const KEPT: [&str; 4] = ["authorization", "content-type", "traceparent", "tracestate"];
 /// Headers of the owner's answer that are passed back.
 const ANSWERED: [&str; 3] = ["content-type", "location", "retry-after"];
 

@@ -76,28 +76,32 @@ async fn submit_here(
     if let Some(refusal) = state.check_back_hosts.refusal(&definition) {
         return Ok(Err(ApiError::Invalid(vec![refusal])));
     }
-    let traceparent = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (traceparent, tracestate) = (header("traceparent"), header("tracestate"));
     let registry = match state.registry() {
         Ok(registry) => registry,
         Err(e) => return Ok(Err(e)),
     };
-    Ok(Ok(match registry.submit(definition, traceparent).await? {
-        Submitted::Started(saga) => HttpResponse::Created()
-            .insert_header(("Location", format!("/api/v1/sagas/{}", saga.id)))
-            .json(saga_document(&saga)),
-        Submitted::Existing(existing) => HttpResponse::Ok().json(saga_document(&existing)),
-        Submitted::KeyTaken(existing) => {
-            return Ok(Err(ApiError::Conflict(format!(
-                "key {:?} was already used by saga {} with a different definition",
-                existing.definition.key.as_deref().unwrap_or_default(),
-                existing.id
-            ))))
-        }
-    }))
+    Ok(Ok(
+        match registry.submit(definition, traceparent, tracestate).await? {
+            Submitted::Started(saga) => HttpResponse::Created()
+                .insert_header(("Location", format!("/api/v1/sagas/{}", saga.id)))
+                .json(saga_document(&saga)),
+            Submitted::Existing(existing) => HttpResponse::Ok().json(saga_document(&existing)),
+            Submitted::KeyTaken(existing) => {
+                return Ok(Err(ApiError::Conflict(format!(
+                    "key {:?} was already used by saga {} with a different definition",
+                    existing.definition.key.as_deref().unwrap_or_default(),
+                    existing.id
+                ))))
+            }
+        },
+    ))
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {

@@ -1,0 +1,2 @@
+ALTER TABLE outbox DROP COLUMN tracestate;
+ALTER TABLE sagas DROP COLUMN tracestate;
