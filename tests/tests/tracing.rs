@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use e2e::{eventually, CoordinatorProcess, OtlpReceiver, ReceivedSpan, TestDb, TestNamespace};
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::trace::{Span as _, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
+};
 use opentelemetry::{global, Context};
 use participants::client::{Client, RetryPolicy, SagaRequest, StepRequest};
 use participants::{BoxError, Command, Outcome, Participant, ParticipantHandle, Settings};
@@ -83,6 +85,9 @@ async fn start_coordinator(
     CoordinatorProcess::start_on_with(BIN, db, ns, env).await
 }
 
+/// A vendor's entry in the caller's W3C `tracestate`.
+const TRACESTATE: &str = "congo=t61rcWkgMzE";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_sagas_spans_join_the_callers_trace_across_a_coordinator_crash() {
     let receiver = OtlpReceiver::start().await;
@@ -137,8 +142,16 @@ async fn one_sagas_spans_join_the_callers_trace_across_a_coordinator_crash() {
         Outcome::failure("no courier")
     });
 
-    // The caller's span: the saga is submitted inside it, through the SDK's client.
-    let caller = global::tracer("caller").start("place order");
+    // The caller's span: the saga is submitted inside it, through the SDK's client. Its trace came
+    // from upstream with a vendor's `tracestate`, which every span of the saga must keep.
+    let upstream = Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("a trace id"),
+        SpanId::from_hex("00f067aa0ba902b7").expect("a span id"),
+        TraceFlags::SAMPLED,
+        true,
+        TRACESTATE.parse::<TraceState>().expect("a tracestate"),
+    ));
+    let caller = global::tracer("caller").start_with_context("place order", &upstream);
     let caller_context = Context::current_with_span(caller);
     let client = Client::new(&format!("http://{}", first.http_addr())).expect("client");
     let request = SagaRequest::new("traced-order")
@@ -244,6 +257,9 @@ async fn one_sagas_spans_join_the_callers_trace_across_a_coordinator_crash() {
         "a span was exported twice: {spans:#?}"
     );
     assert_eq!(spans.len(), 20, "{spans:#?}");
+    for span in &spans {
+        assert_eq!(span.span.trace_state, TRACESTATE, "{span:#?}");
+    }
     let by_id: HashMap<String, &ReceivedSpan> = spans.iter().map(|s| (s.span_id(), *s)).collect();
     let caller_id = caller_span.span_id().to_string();
     assert!(by_id.contains_key(&caller_id), "the caller's span");

@@ -93,7 +93,7 @@ pub fn attempt_ended(saga: &Saga, span: AttemptSpan) {
     };
     let id = attempt_span_id(saga.id, span.step, span.kind, span.attempt);
     exporting.send(SpanData {
-        span_context: own(stored, id),
+        span_context: own(saga, stored, id),
         parent_span_id: saga_span(saga.id, stored).span_id(),
         parent_span_is_remote: false,
         span_kind: SpanKind::Producer,
@@ -133,7 +133,7 @@ pub fn saga_stopped(saga: &Saga, ended_at: DateTime<Utc>, events_: Vec<SpanEvent
         (remote(stored).span_id(), true)
     };
     exporting.send(SpanData {
-        span_context: own(stored, saga_span_id(saga.id)),
+        span_context: own(saga, stored, saga_span_id(saga.id)),
         parent_span_id,
         parent_span_is_remote,
         span_kind: SpanKind::Internal,
@@ -158,14 +158,19 @@ fn sampled(saga: &Saga) -> Option<(&'static super::export::Exporting, TraceParen
         .then_some((exporting, stored))
 }
 
-/// A span of the saga's trace with id `id`, sampled.
-fn own(stored: TraceParent, id: [u8; 8]) -> SpanContext {
+/// A span of the saga's trace with id `id`, sampled, with the caller's `tracestate`.
+fn own(saga: &Saga, stored: TraceParent, id: [u8; 8]) -> SpanContext {
+    let state = saga
+        .tracestate
+        .as_deref()
+        .and_then(|s| s.parse::<TraceState>().ok())
+        .unwrap_or_default();
     SpanContext::new(
         TraceId::from_bytes(stored.trace_id),
         SpanId::from_bytes(id),
         TraceFlags::SAMPLED,
         false,
-        TraceState::default(),
+        state,
     )
 }
 

@@ -401,8 +401,8 @@ impl Client {
             request = request.bearer_auth(token);
         }
         // The caller's trace: a saga submitted from a traced request joins it.
-        if let Some(traceparent) = crate::telemetry::current_traceparent() {
-            request = request.header(contract::properties::TRACEPARENT, traceparent);
+        for (name, value) in crate::telemetry::current_trace_headers() {
+            request = request.header(name, value);
         }
         if let Some(body) = body {
             request = request.json(body);

@@ -47,6 +47,8 @@ pub struct Command<P = Value> {
     pub redelivered: bool,
     /// The W3C `traceparent` header, when the saga carries one.
     pub traceparent: Option<String>,
+    /// The W3C `tracestate` header, when the saga was submitted with one.
+    pub tracestate: Option<String>,
 }
 
 impl<P> Command<P> {
@@ -79,6 +81,7 @@ impl<P> Command<P> {
             action_output: self.action_output,
             redelivered: self.redelivered,
             traceparent: self.traceparent,
+            tracestate: self.tracestate,
         }
     }
 }
@@ -89,7 +92,7 @@ impl Command<Value> {
     pub(crate) fn from_body(
         body: CommandBody,
         redelivered: bool,
-        traceparent: Option<String>,
+        (traceparent, tracestate): (Option<String>, Option<String>),
     ) -> Option<Command<Value>> {
         let step = match body.kind {
             CommandKind::Check => body.step.unwrap_or_default(),
@@ -110,6 +113,7 @@ impl Command<Value> {
             action_output: body.action_output.filter(|v| !v.is_null()),
             redelivered,
             traceparent,
+            tracestate,
         })
     }
 }

@@ -72,12 +72,15 @@ pub fn install(default_service_name: &str) -> Result<Option<SdkTracerProvider>, 
     Ok(Some(provider))
 }
 
-/// The context a stored or received `traceparent` names (as a remote parent); an empty one for
-/// none or a malformed one.
-pub(crate) fn continued(traceparent: Option<&str>) -> Context {
+/// The context a stored or received `traceparent` names (as a remote parent), with the
+/// `tracestate` that came with it; an empty one for none or a malformed one.
+pub(crate) fn continued(traceparent: Option<&str>, tracestate: Option<&str>) -> Context {
     traceparent
         .map(|traceparent| {
-            let carrier = HashMap::from([(contract::properties::TRACEPARENT, traceparent)]);
+            let mut carrier = HashMap::from([(contract::properties::TRACEPARENT, traceparent)]);
+            if let Some(tracestate) = tracestate {
+                carrier.insert(contract::properties::TRACESTATE, tracestate);
+            }
             TraceContextPropagator::new().extract(&Carrier(carrier))
         })
         .unwrap_or_default()
@@ -85,7 +88,10 @@ pub(crate) fn continued(traceparent: Option<&str>) -> Context {
 
 /// The handler's span for `command`, started as the child of the context the command carried.
 pub(crate) fn handler_context<P>(participant: &str, command: &Command<P>) -> Context {
-    let parent = continued(command.traceparent.as_deref());
+    let parent = continued(
+        command.traceparent.as_deref(),
+        command.tracestate.as_deref(),
+    );
     let tracer = global::tracer(SCOPE);
     let mut attributes = vec![
         KeyValue::new("saga.id", command.saga_id.to_string()),
@@ -131,7 +137,30 @@ pub(crate) fn traceparent(context: &Context) -> Option<String> {
         .map(|s| s.to_owned())
 }
 
-/// The caller's current `traceparent`, for a request to the coordinator.
+/// The W3C headers of `context`'s span (`traceparent`, and `tracestate` when it has one), for a
+/// reply or a request to the coordinator; none without a valid span.
+pub(crate) fn trace_headers(context: &Context) -> Vec<(&'static str, String)> {
+    if !context.span().span_context().is_valid() {
+        return Vec::new();
+    }
+    let mut carrier = Carrier(HashMap::new());
+    TraceContextPropagator::new().inject_context(context, &mut carrier);
+    let mut headers: Vec<(&'static str, String)> = carrier
+        .0
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .collect();
+    // traceparent first, as a person reading the headers expects.
+    headers.sort_by_key(|(name, _)| *name != contract::properties::TRACEPARENT);
+    headers
+}
+
+/// The caller's current [`trace_headers`], for a request to the coordinator.
+pub(crate) fn current_trace_headers() -> Vec<(&'static str, String)> {
+    trace_headers(&Context::current())
+}
+
+/// The caller's current `traceparent`, kept with an outbox row.
 pub(crate) fn current_traceparent() -> Option<String> {
     traceparent(&Context::current())
 }
@@ -154,9 +183,33 @@ impl Injector for Carrier<String> {
         // Only the W3C fields are kept: the AMQP headers and requests carry these two.
         let key = match key {
             "traceparent" => contract::properties::TRACEPARENT,
-            "tracestate" => "tracestate",
+            "tracestate" => contract::properties::TRACESTATE,
             _ => return,
         };
         self.0.insert(key, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const TRACESTATE: &str = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+
+    #[test]
+    fn a_received_tracestate_goes_on_with_its_traceparent() {
+        assert_eq!(
+            trace_headers(&continued(Some(TRACEPARENT), Some(TRACESTATE))),
+            vec![
+                ("traceparent", TRACEPARENT.to_owned()),
+                ("tracestate", TRACESTATE.to_owned())
+            ]
+        );
+        assert_eq!(
+            trace_headers(&continued(Some(TRACEPARENT), None)),
+            vec![("traceparent", TRACEPARENT.to_owned())]
+        );
+        assert!(trace_headers(&continued(None, Some(TRACESTATE))).is_empty());
     }
 }

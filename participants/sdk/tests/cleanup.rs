@@ -53,6 +53,7 @@ fn command(saga: Uuid, step: &str, kind: CommandKind) -> Command<()> {
         action_output: None,
         redelivered: false,
         traceparent: None,
+        tracestate: None,
     }
 }
 

@@ -275,7 +275,7 @@ impl OutboxRelay {
             }
         };
         // In the context of the request that enqueued it.
-        let context = crate::telemetry::continued(row.traceparent.as_deref());
+        let context = crate::telemetry::continued(row.traceparent.as_deref(), None);
         match self.client.submit(&request).with_context(context).await {
             Ok(saga) => (Delivery::Sent, RowUpdate::sent(row.id, saga.id)),
             Err(e) if is_permanent(&e) => {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use contract::properties::{CONTENT_TYPE, PERSISTENT, TRACEPARENT};
+use contract::properties::{CONTENT_TYPE, PERSISTENT, TRACEPARENT, TRACESTATE};
 use contract::{broker, names, CommandBody};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -442,17 +442,19 @@ impl Job {
         if delivery.properties.reply_to().is_none() {
             return Err("the command has no reply_to".into());
         }
-        let traceparent =
+        let header = |name: &str| {
             delivery.properties.headers().as_ref().and_then(|headers| {
-                match headers.inner().get(TRACEPARENT) {
+                match headers.inner().get(name) {
                     Some(AMQPValue::LongString(s)) => {
                         Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
                     }
                     Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
                     _ => None,
                 }
-            });
-        Command::from_body(body, delivery.redelivered, traceparent)
+            })
+        };
+        let trace = (header(TRACEPARENT), header(TRACESTATE));
+        Command::from_body(body, delivery.redelivered, trace)
             .ok_or_else(|| "an action or compensation without a step".to_string())
     }
 
@@ -525,12 +527,12 @@ impl Job {
             properties = properties.with_correlation_id(id.clone());
         }
         // The handler's span, so the coordinator's side can follow the answer to it.
-        if let Some(traceparent) = crate::telemetry::traceparent(context) {
+        let trace = crate::telemetry::trace_headers(context);
+        if !trace.is_empty() {
             let mut headers = FieldTable::default();
-            headers.insert(
-                TRACEPARENT.into(),
-                AMQPValue::LongString(traceparent.as_str().into()),
-            );
+            for (name, value) in trace {
+                headers.insert(name.into(), AMQPValue::LongString(value.as_str().into()));
+            }
             properties = properties.with_headers(headers);
         }
         let confirm = self
