@@ -9,7 +9,8 @@
 # Each round prints one line per run: sagas/s, the load's p99, each read's p99 (ms), and for the
 # purging run its sagas and size on disk before and after (deleted rows leave free space in the
 # tables, reused by new rows: the size does not shrink). RATE: SAGA_RETENTION_RATE of the purging run
-# (default the coordinator's). The copy needs as much disk again as SEEDED_DB: check `df -h`.
+# (default the coordinator's). The copy needs as much disk again as SEEDED_DB: check `df -h`. The
+# copy gets one unmeasured run of the same load first, to warm the cache (WARM=0: not).
 set -euo pipefail
 seeded=${1:?SEEDED_DB}; rounds=${2:?ROUNDS}; shift 2
 bin=${BIN:-target/release}
@@ -38,6 +39,9 @@ for i in $(seq "$rounds"); do
   echo "round $i ($(uptime | sed 's/.*load/load/'))"
   echo "  seeded:  $(run --database-url "$server/$seeded" "$@")"
   psql_q "DROP DATABASE IF EXISTS \"$copy\"" && psql_q "CREATE DATABASE \"$copy\" TEMPLATE \"$seeded\""
+  # The copy's files are new to Postgres' cache: the same load, unmeasured and without retention,
+  # first (WARM=0 skips it), so that the purging run differs from the seeded one by the purge.
+  [ "${WARM:-1}" = 0 ] || run --database-url "$server/$copy" "$@" > /dev/null
   before="$(sagas "$copy") sagas, $(size "$copy")"
   figures=$(run --database-url "$server/$copy" "${retain[@]}" "$@")
   echo "  purging: $figures | $before -> $(sagas "$copy") sagas, $(size "$copy")"
