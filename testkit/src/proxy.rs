@@ -1,5 +1,6 @@
 //! A TCP proxy in front of RabbitMQ or Postgres, to cut the coordinator's connections on demand and
-//! stand in for a server that is away ([`TcpProxy::outage`]) without stopping the shared one.
+//! stand in for a server that is away ([`TcpProxy::outage`]) without stopping the shared one, or
+//! whose answers stop coming back ([`TcpProxy::hold_server_to_client`]).
 //!
 //! It runs on a thread and runtime of its own, so it keeps forwarding whatever the test thread does.
 
@@ -8,13 +9,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 
 #[derive(Default)]
 struct State {
     paused: AtomicBool,
+    /// `true` while server→client bytes are held (see [`TcpProxy::hold_server_to_client`]).
+    held: watch::Sender<bool>,
     accepted: AtomicUsize,
     active: AtomicUsize,
     severed: AtomicUsize,
@@ -159,6 +163,20 @@ impl TcpProxy {
         self.state.paused.store(false, Ordering::SeqCst);
     }
 
+    /// The server's answers stop coming back: on every connection, open or new, bytes from the
+    /// client still reach the server, but bytes from the server wait in the proxy (in order) until
+    /// [`TcpProxy::release`]. The client sees a server that takes everything and says nothing (for
+    /// AMQP: publishes reach the broker, their confirms and every delivery stay away). A held
+    /// connection whose client goes away is closed, so the server sees the client leave.
+    pub fn hold_server_to_client(&self) {
+        self.state.held.send_replace(true);
+    }
+
+    /// Ends [`TcpProxy::hold_server_to_client`]: what was held is delivered, and forwarding goes on.
+    pub fn release(&self) {
+        self.state.held.send_replace(false);
+    }
+
     /// Connections accepted and forwarded since the start.
     pub fn accepted(&self) -> usize {
         self.state.accepted.load(Ordering::SeqCst)
@@ -193,10 +211,10 @@ async fn accept_loop(listener: TcpListener, target: String, state: Arc<State>) {
         state.active.fetch_add(1, Ordering::SeqCst);
         let guard = ActiveGuard(state.clone());
         let target = target.clone();
+        let held = state.held.subscribe();
         let task = tokio::spawn(async move {
             let _guard = guard;
-            let mut client = client;
-            let mut upstream = match TcpStream::connect(&target).await {
+            let upstream = match TcpStream::connect(&target).await {
                 Ok(u) => u,
                 Err(e) => {
                     eprintln!("testkit proxy: connecting to {target}: {e}");
@@ -205,12 +223,47 @@ async fn accept_loop(listener: TcpListener, target: String, state: Arc<State>) {
             };
             let _ = client.set_nodelay(true);
             let _ = upstream.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            forward(client, upstream, held).await;
         });
         let mut connections = state.connections.lock().unwrap_or_else(|e| e.into_inner());
         connections.retain(|h| !h.is_finished());
         connections.push(task.abort_handle());
     }
+}
+
+/// Forwards both ways as `tokio::io::copy_bidirectional` does (an end of file is passed on as a
+/// shutdown, the first error ends both directions), except that server→client bytes wait while
+/// `held` is `true`.
+async fn forward(client: TcpStream, upstream: TcpStream, mut held: watch::Receiver<bool>) {
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = upstream.into_split();
+    // Set once the client stopped sending: a held answer has nobody left to wait for it.
+    let (client_done, mut client_gone) = watch::channel(false);
+    let client_to_server = async move {
+        let copied = tokio::io::copy(&mut from_client, &mut to_server).await;
+        client_done.send_replace(true);
+        copied?;
+        to_server.shutdown().await
+    };
+    let server_to_client = async move {
+        let mut buf = vec![0u8; 8 * 1024];
+        loop {
+            let n = from_server.read(&mut buf).await?;
+            // Checked after the read: bytes that were on their way when the hold began wait too.
+            if *held.borrow() {
+                tokio::select! {
+                    // An error means the proxy is being dropped: nothing is held any more.
+                    _ = held.wait_for(|held| !held) => {}
+                    _ = client_gone.wait_for(|gone| *gone) => return Ok(()),
+                }
+            }
+            if n == 0 {
+                return to_client.shutdown().await;
+            }
+            to_client.write_all(&buf[..n]).await?;
+        }
+    };
+    let _: std::io::Result<((), ())> = tokio::try_join!(client_to_server, server_to_client);
 }
 
 impl Drop for TcpProxy {

@@ -1,16 +1,16 @@
-//! The real binary as a process: SIGKILL mid-flight and resume, a paused saga across a SIGKILL,
-//! SIGTERM, `migrate`.
+//! The real binary as a process: SIGKILL mid-flight and resume, SIGKILL between a commit and its
+//! publish and between a publish and its confirm, a paused saga across a SIGKILL, SIGTERM, `migrate`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use contract::CommandKind;
 use e2e::api::{expect_json, idempotency_key, state, step};
-use e2e::defs::saga;
+use e2e::defs::{saga, step_with};
 use e2e::process::run_to_completion;
 use e2e::{
-    eventually, Behaviour, CoordinatorProcess, FakeParticipant, ReceivedCommand, Reply, TestDb,
-    TestNamespace, BULK_TIMEOUT, SAGA_TIMEOUT,
+    eventually, Api, Behaviour, CoordinatorProcess, FakeParticipant, ReceivedCommand, Reply,
+    TcpProxy, TestDb, TestNamespace, BULK_TIMEOUT, SAGA_TIMEOUT,
 };
 use serde_json::{json, Value};
 
@@ -24,6 +24,11 @@ async fn new_db() -> TestDb {
 
 async fn start_process(db: &TestDb, ns: &TestNamespace) -> CoordinatorProcess {
     CoordinatorProcess::start_on(BIN, db, ns).await
+}
+
+/// The binary on `db` and `ns`, reaching RabbitMQ through `proxy`.
+async fn start_via(db: &TestDb, ns: &TestNamespace, proxy: &TcpProxy) -> CoordinatorProcess {
+    CoordinatorProcess::start_on_with(BIN, db, ns, vec![("SAGA_AMQP_URL", proxy.amqp_url())]).await
 }
 
 /// Whether a participant answered this command with `success`.
@@ -150,6 +155,212 @@ async fn sigkill_mid_flight_then_restart_finishes_every_saga_without_losing_effe
             assert!(known.contains(&c.saga_id().to_string()), "{c:?}");
         }
     }
+}
+
+/// The sagas of the tests that kill the process at a precise point: a handful, each of three steps.
+const FEW: usize = 5;
+const STEPS: [(&str, &str); 3] = [("s1", "p1"), ("s2", "p2"), ("s3", "p3")];
+
+/// Three steps answered at once. A command lost in the crash would show up as a second attempt
+/// after the step's timeout: kept short for that, but far above a fake participant's answer on a
+/// loaded machine, so that no attempt is spent otherwise.
+fn three_quick_steps(name: &str) -> Value {
+    let limits = json!({
+        "timeout_ms": 5000,
+        "retry": {"max_attempts": 3, "initial_backoff_ms": 100, "max_backoff_ms": 200, "multiplier": 2.0},
+    });
+    saga(
+        name,
+        STEPS
+            .iter()
+            .map(|(s, p)| step_with(s, p, limits.clone()))
+            .collect(),
+    )
+}
+
+/// `p1`, `p2`, `p3`, in the order of [`STEPS`], each answering `success` with its default output.
+async fn quick_participants(ns: &TestNamespace) -> Vec<FakeParticipant> {
+    let mut all = Vec::new();
+    for (_, p) in STEPS {
+        all.push(FakeParticipant::always_succeed(ns, p).await);
+    }
+    all
+}
+
+/// The event types of a spent attempt.
+const RETRY_EVENTS: [&str; 4] = ["timed_out", "dead_lettered", "retry_scheduled", "gave_up"];
+
+/// Every saga of `ids` commits, and each of its steps took effect exactly once. A participant may
+/// have received the step's action more than once (the contract allows duplicates), but always as
+/// attempt 1 under the step's one idempotency key: copies of one command, one effect. A lost command
+/// would show up as a second attempt (its timeout spent), and so would a coordinator that lost track
+/// of one and sent it anew. So the document counts one attempt with the participant's output, the
+/// event log shows no retry, and nothing else (no compensation, no other saga's command) was sent.
+async fn each_committed_with_one_effect_per_step(
+    api: &Api,
+    ids: &[String],
+    participants: &[FakeParticipant],
+) {
+    for id in ids {
+        let doc = api.wait_for_state(id, &["committed"], SAGA_TIMEOUT).await;
+        for ((s, p), participant) in STEPS.iter().zip(participants) {
+            let key = idempotency_key(id, Some(s), CommandKind::Action);
+            let received: Vec<ReceivedCommand> = participant
+                .commands_for(id)
+                .into_iter()
+                .filter(|c| c.step() == *s)
+                .collect();
+            assert!(!received.is_empty(), "saga {id}: {p} never received {s}");
+            for c in &received {
+                assert!(c.is_action(), "saga {id} committed, yet {p} got {c:?}");
+                assert_eq!(
+                    (c.attempt(), c.idempotency_key()),
+                    (1, key.as_str()),
+                    "saga {id}: {s} went out as another attempt or command: {c:?}"
+                );
+            }
+            let step_doc = step(&doc, s);
+            assert_eq!(state(step_doc), "succeeded", "{doc:#}");
+            assert_eq!(
+                step_doc["attempts"], 1,
+                "saga {id}: {s} was retried: {doc:#}"
+            );
+            assert_eq!(
+                step_doc["output"],
+                json!({"by": p, "key": key}),
+                "the participant's output is kept: {doc:#}"
+            );
+        }
+        let retries: Vec<Value> = api
+            .events(id)
+            .await
+            .into_iter()
+            .filter(|e| {
+                RETRY_EVENTS.contains(&e["type"].as_str().unwrap_or(""))
+                    || e["attempt"].as_u64().is_some_and(|a| a != 1)
+            })
+            .collect();
+        assert!(
+            retries.is_empty(),
+            "saga {id} spent an attempt: {retries:#?}"
+        );
+    }
+    for p in participants {
+        for c in p.commands() {
+            assert!(ids.iter().any(|id| id == c.saga_id()), "{c:?}");
+        }
+        assert!(p.errors().is_empty(), "{}: {:?}", p.name(), p.errors());
+    }
+}
+
+/// Killed between commit and publish. RabbitMQ is away, so the sagas are stored and their first
+/// step dispatched (the transition that sends it is committed) while not one command has gone out;
+/// then the process dies. Nothing in memory survives: the next process, with the broker back, must
+/// find those commands and send them (none is lost: every saga commits) as the attempts they were
+/// (none is applied twice: one attempt per step, each action once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_commit_and_publish_loses_no_command_and_applies_none_twice() {
+    let db = new_db().await;
+    let ns = TestNamespace::new();
+    let proxy = TcpProxy::to_rabbitmq();
+    let mut first = start_via(&db, &ns, &proxy).await;
+    let participants = quick_participants(&ns).await;
+    eventually(
+        "the coordinator to connect through the proxy",
+        SAGA_TIMEOUT,
+        async || (proxy.active() >= 1).then_some(()),
+    )
+    .await;
+    proxy.outage();
+    let mut ids = Vec::new();
+    for i in 0..FEW {
+        ids.push(
+            first
+                .api()
+                .submit_id(&three_quick_steps(&format!("unpublished-{i}")))
+                .await,
+        );
+    }
+    for id in &ids {
+        let doc = eventually("the first step dispatched", SAGA_TIMEOUT, async || {
+            let doc = first.api().saga(id).await;
+            (state(step(&doc, "s1")) == "running").then_some(doc)
+        })
+        .await;
+        assert_eq!(step(&doc, "s1")["attempts"], 1, "{doc:#}");
+        assert_eq!(state(step(&doc, "s2")), "pending", "{doc:#}");
+    }
+    let received: usize = participants.iter().map(|p| p.commands().len()).sum();
+    assert_eq!(received, 0, "nothing was published before the kill");
+
+    first.kill();
+    proxy.resume();
+    let second = start_via(&db, &ns, &proxy).await;
+    each_committed_with_one_effect_per_step(second.api(), &ids, &participants).await;
+}
+
+/// Killed between publish and confirm. The proxy passes the coordinator's bytes to RabbitMQ but
+/// holds RabbitMQ's: the first commands reach the participants, while neither their publisher
+/// confirms nor the participants' replies get back. Then the process dies. The next process cannot
+/// know those commands went out: sending them again is allowed (a duplicate of the same attempt),
+/// but none may be lost and none may go out as a new attempt, so every saga commits with each step
+/// applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_publish_and_confirm_loses_no_command_and_applies_none_twice() {
+    let db = new_db().await;
+    let ns = TestNamespace::new();
+    let proxy = TcpProxy::to_rabbitmq();
+    let mut first = start_via(&db, &ns, &proxy).await;
+    let participants = quick_participants(&ns).await;
+    // Held from the start, the connection could not even be opened, and a participant's queue is
+    // declared (which needs the broker's answer) before the first command to it: the hold begins
+    // once the coordinator is connected and a saga has gone through all three.
+    eventually(
+        "the coordinator to connect through the proxy",
+        SAGA_TIMEOUT,
+        async || (proxy.active() >= 1).then_some(()),
+    )
+    .await;
+    let warm_up = first.api().submit_id(&three_quick_steps("warm-up")).await;
+    first
+        .api()
+        .wait_for_state(&warm_up, &["committed"], SAGA_TIMEOUT)
+        .await;
+    proxy.hold_server_to_client();
+    let mut ids = Vec::new();
+    for i in 0..FEW {
+        ids.push(
+            first
+                .api()
+                .submit_id(&three_quick_steps(&format!("unconfirmed-{i}")))
+                .await,
+        );
+    }
+    // Published: p1 has every first command. Unconfirmed: nothing came back, not even the replies.
+    eventually(
+        "p1 to receive every first command",
+        SAGA_TIMEOUT,
+        async || {
+            ids.iter()
+                .all(|id| !participants[0].commands_for(id).is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    for id in &ids {
+        let doc = first.api().saga(id).await;
+        assert_eq!(
+            state(step(&doc, "s1")),
+            "running",
+            "no reply got back: {doc:#}"
+        );
+    }
+
+    first.kill();
+    proxy.release();
+    let second = start_via(&db, &ns, &proxy).await;
+    ids.push(warm_up);
+    each_committed_with_one_effect_per_step(second.api(), &ids, &participants).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
