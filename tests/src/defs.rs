@@ -37,3 +37,22 @@ pub fn merge(target: &mut Value, extra: Value) {
 pub fn fast_retry(max_attempts: u32) -> Value {
     json!({"max_attempts": max_attempts, "initial_backoff_ms": 10, "max_backoff_ms": 50, "multiplier": 2.0})
 }
+
+/// The steps of the fault tests, in order: `s1`, `s2`, `s3` at participants `p1`, `p2`, `p3`.
+pub const QUICK_STEPS: [(&str, &str); 3] = [("s1", "p1"), ("s2", "p2"), ("s3", "p3")];
+
+/// A saga of [`QUICK_STEPS`], each with a reply timeout of `timeout_ms` and three quick attempts: a
+/// command lost to a fault shows up as a second attempt one timeout later.
+pub fn three_quick_steps(name: &str, timeout_ms: u64) -> Value {
+    let limits = json!({
+        "timeout_ms": timeout_ms,
+        "retry": {"max_attempts": 3, "initial_backoff_ms": 100, "max_backoff_ms": 200, "multiplier": 2.0},
+    });
+    saga(
+        name,
+        QUICK_STEPS
+            .iter()
+            .map(|(s, p)| step_with(s, p, limits.clone()))
+            .collect(),
+    )
+}

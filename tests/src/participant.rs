@@ -281,6 +281,19 @@ impl FakeParticipant {
         .await
     }
 
+    /// [`FakeParticipant::always_succeed`] for each participant of `steps` (step, participant), in
+    /// their order.
+    pub async fn always_succeed_each(
+        ns: &TestNamespace,
+        steps: &[(&str, &str)],
+    ) -> Vec<FakeParticipant> {
+        let mut all = Vec::new();
+        for (_, p) in steps {
+            all.push(Self::always_succeed(ns, p).await);
+        }
+        all
+    }
+
     /// The output [`FakeParticipant::always_succeed`] replies with.
     pub fn default_output(participant: &str, cmd: &ReceivedCommand) -> Value {
         json!({"by": participant, "key": cmd.idempotency_key()})

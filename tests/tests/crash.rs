@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use contract::CommandKind;
 use e2e::api::{expect_json, idempotency_key, state, step};
-use e2e::defs::{saga, step_with};
+use e2e::defs::{saga, three_quick_steps, QUICK_STEPS};
 use e2e::process::run_to_completion;
 use e2e::{
     eventually, Api, Behaviour, CoordinatorProcess, FakeParticipant, ReceivedCommand, Reply,
@@ -159,33 +159,6 @@ async fn sigkill_mid_flight_then_restart_finishes_every_saga_without_losing_effe
 
 /// The sagas of the tests that kill the process at a precise point: a handful, each of three steps.
 const FEW: usize = 5;
-const STEPS: [(&str, &str); 3] = [("s1", "p1"), ("s2", "p2"), ("s3", "p3")];
-
-/// Three steps answered at once. A command lost in the crash would show up as a second attempt
-/// after the step's timeout: kept short for that, but far above a fake participant's answer on a
-/// loaded machine, so that no attempt is spent otherwise.
-fn three_quick_steps(name: &str) -> Value {
-    let limits = json!({
-        "timeout_ms": 5000,
-        "retry": {"max_attempts": 3, "initial_backoff_ms": 100, "max_backoff_ms": 200, "multiplier": 2.0},
-    });
-    saga(
-        name,
-        STEPS
-            .iter()
-            .map(|(s, p)| step_with(s, p, limits.clone()))
-            .collect(),
-    )
-}
-
-/// `p1`, `p2`, `p3`, in the order of [`STEPS`], each answering `success` with its default output.
-async fn quick_participants(ns: &TestNamespace) -> Vec<FakeParticipant> {
-    let mut all = Vec::new();
-    for (_, p) in STEPS {
-        all.push(FakeParticipant::always_succeed(ns, p).await);
-    }
-    all
-}
 
 /// The event types of a spent attempt.
 const RETRY_EVENTS: [&str; 4] = ["timed_out", "dead_lettered", "retry_scheduled", "gave_up"];
@@ -203,7 +176,7 @@ async fn each_committed_with_one_effect_per_step(
 ) {
     for id in ids {
         let doc = api.wait_for_state(id, &["committed"], SAGA_TIMEOUT).await;
-        for ((s, p), participant) in STEPS.iter().zip(participants) {
+        for ((s, p), participant) in QUICK_STEPS.iter().zip(participants) {
             let key = idempotency_key(id, Some(s), CommandKind::Action);
             let received: Vec<ReceivedCommand> = participant
                 .commands_for(id)
@@ -264,7 +237,7 @@ async fn sigkill_between_commit_and_publish_loses_no_command_and_applies_none_tw
     let ns = TestNamespace::new();
     let proxy = TcpProxy::to_rabbitmq();
     let mut first = start_via(&db, &ns, &proxy).await;
-    let participants = quick_participants(&ns).await;
+    let participants = FakeParticipant::always_succeed_each(&ns, &QUICK_STEPS).await;
     eventually(
         "the coordinator to connect through the proxy",
         SAGA_TIMEOUT,
@@ -277,7 +250,7 @@ async fn sigkill_between_commit_and_publish_loses_no_command_and_applies_none_tw
         ids.push(
             first
                 .api()
-                .submit_id(&three_quick_steps(&format!("unpublished-{i}")))
+                .submit_id(&three_quick_steps(&format!("unpublished-{i}"), 5000))
                 .await,
         );
     }
@@ -311,7 +284,7 @@ async fn sigkill_between_publish_and_confirm_loses_no_command_and_applies_none_t
     let ns = TestNamespace::new();
     let proxy = TcpProxy::to_rabbitmq();
     let mut first = start_via(&db, &ns, &proxy).await;
-    let participants = quick_participants(&ns).await;
+    let participants = FakeParticipant::always_succeed_each(&ns, &QUICK_STEPS).await;
     // Held from the start, the connection could not even be opened, and a participant's queue is
     // declared (which needs the broker's answer) before the first command to it: the hold begins
     // once the coordinator is connected and a saga has gone through all three.
@@ -321,7 +294,10 @@ async fn sigkill_between_publish_and_confirm_loses_no_command_and_applies_none_t
         async || (proxy.active() >= 1).then_some(()),
     )
     .await;
-    let warm_up = first.api().submit_id(&three_quick_steps("warm-up")).await;
+    let warm_up = first
+        .api()
+        .submit_id(&three_quick_steps("warm-up", 5000))
+        .await;
     first
         .api()
         .wait_for_state(&warm_up, &["committed"], SAGA_TIMEOUT)
@@ -332,7 +308,7 @@ async fn sigkill_between_publish_and_confirm_loses_no_command_and_applies_none_t
         ids.push(
             first
                 .api()
-                .submit_id(&three_quick_steps(&format!("unconfirmed-{i}")))
+                .submit_id(&three_quick_steps(&format!("unconfirmed-{i}"), 5000))
                 .await,
         );
     }

@@ -10,39 +10,15 @@ use std::time::Duration;
 use coordinator::app::Coordinator;
 use coordinator::config::Settings;
 use e2e::api::{state, step};
-use e2e::defs::{saga, step_with};
+use e2e::defs::{three_quick_steps, QUICK_STEPS};
 use e2e::{
     eventually, Api, FakeParticipant, TcpProxy, TestApp, TestNamespace, BULK_TIMEOUT, SAGA_TIMEOUT,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Longer than a step's whole retry budget below: three attempts of 1 s plus the backoffs.
 const OUTAGE: Duration = Duration::from_secs(7);
 const SAGAS: usize = 30;
-const STEPS: [(&str, &str); 3] = [("s1", "p1"), ("s2", "p2"), ("s3", "p3")];
-
-/// Three steps, each with a 1 s reply timeout and three quick attempts.
-fn three_quick_steps(name: &str) -> Value {
-    let limits = json!({
-        "timeout_ms": 1000,
-        "retry": {"max_attempts": 3, "initial_backoff_ms": 100, "max_backoff_ms": 200, "multiplier": 2.0},
-    });
-    saga(
-        name,
-        STEPS
-            .iter()
-            .map(|(s, p)| step_with(s, p, limits.clone()))
-            .collect(),
-    )
-}
-
-async fn participants(ns: &TestNamespace) -> Vec<FakeParticipant> {
-    let mut all = Vec::new();
-    for (_, p) in STEPS {
-        all.push(FakeParticipant::always_succeed(ns, p).await);
-    }
-    all
-}
 
 fn commands(participants: &[FakeParticipant]) -> usize {
     participants.iter().map(|p| p.commands().len()).sum()
@@ -56,7 +32,7 @@ async fn all_committed_at_first_attempt(
 ) {
     for id in ids {
         let done = api.wait_for_state(id, &["committed"], BULK_TIMEOUT).await;
-        for (s, _) in STEPS {
+        for (s, _) in QUICK_STEPS {
             assert_eq!(
                 step(&done, s)["attempts"],
                 1,
@@ -76,7 +52,7 @@ async fn all_committed_at_first_attempt(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rabbitmq_outage_longer_than_the_retry_budget_compensates_nothing() {
     let app = TestApp::builder().via_proxy().start().await;
-    let participants = participants(&app.ns).await;
+    let participants = FakeParticipant::always_succeed_each(&app.ns, &QUICK_STEPS).await;
     eventually(
         "the coordinator to connect through the proxy",
         SAGA_TIMEOUT,
@@ -86,7 +62,7 @@ async fn a_rabbitmq_outage_longer_than_the_retry_budget_compensates_nothing() {
     let mut ids = Vec::new();
     for i in 0..SAGAS {
         ids.push(
-            app.submit_id(&three_quick_steps(&format!("outage-{i}")))
+            app.submit_id(&three_quick_steps(&format!("outage-{i}"), 1000))
                 .await,
         );
     }
@@ -109,7 +85,7 @@ async fn a_rabbitmq_outage_longer_than_the_retry_budget_compensates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_saga_deadline_still_fires_during_a_rabbitmq_outage() {
     let app = TestApp::builder().via_proxy().start().await;
-    let _participants = participants(&app.ns).await;
+    let _participants = FakeParticipant::always_succeed_each(&app.ns, &QUICK_STEPS).await;
     eventually(
         "the coordinator to connect through the proxy",
         SAGA_TIMEOUT,
@@ -117,7 +93,7 @@ async fn the_saga_deadline_still_fires_during_a_rabbitmq_outage() {
     )
     .await;
     app.proxy().outage();
-    let mut definition = three_quick_steps("deadline");
+    let mut definition = three_quick_steps("deadline", 1000);
     definition["timeout_ms"] = json!(1500);
     let id = app.submit_id(&definition).await;
     let compensating = eventually(
@@ -159,9 +135,10 @@ async fn start(settings: Settings) -> (StopOnDrop, Api) {
     (coordinator, api)
 }
 
-/// Commands still in the outbox after a restart are unconfirmed too: they wait for the broker.
+/// Commands committed but never published before a restart are sent by the restarted coordinator
+/// (its sagas await them), and are unconfirmed until then: they wait for the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commands_left_in_the_outbox_by_a_restart_during_a_rabbitmq_outage_do_not_time_out() {
+async fn commands_unpublished_at_a_restart_during_a_rabbitmq_outage_do_not_time_out() {
     let db = tokio::task::spawn_blocking(e2e::test_db)
         .await
         .expect("creating the test database");
@@ -169,7 +146,7 @@ async fn commands_left_in_the_outbox_by_a_restart_during_a_rabbitmq_outage_do_no
     let proxy = TcpProxy::to_rabbitmq();
     let settings = settings(db.url(), &proxy.amqp_url(), &ns);
     let (coordinator, api) = start(settings.clone()).await;
-    let participants = participants(&ns).await;
+    let participants = FakeParticipant::always_succeed_each(&ns, &QUICK_STEPS).await;
     eventually(
         "the coordinator to connect through the proxy",
         SAGA_TIMEOUT,
@@ -180,7 +157,7 @@ async fn commands_left_in_the_outbox_by_a_restart_during_a_rabbitmq_outage_do_no
     let mut ids = Vec::new();
     for i in 0..SAGAS {
         ids.push(
-            api.submit_id(&three_quick_steps(&format!("restart-{i}")))
+            api.submit_id(&three_quick_steps(&format!("restart-{i}"), 1000))
                 .await,
         );
     }
@@ -209,11 +186,11 @@ async fn a_postgres_outage_longer_than_the_retry_budget_compensates_nothing() {
         &ns,
     ))
     .await;
-    let participants = participants(&ns).await;
+    let participants = FakeParticipant::always_succeed_each(&ns, &QUICK_STEPS).await;
     let mut ids = Vec::new();
     for i in 0..SAGAS {
         ids.push(
-            api.submit_id(&three_quick_steps(&format!("pg-outage-{i}")))
+            api.submit_id(&three_quick_steps(&format!("pg-outage-{i}"), 1000))
                 .await,
         );
     }
