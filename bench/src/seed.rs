@@ -275,10 +275,10 @@ WITH numbered AS (
     INSERT INTO saga_minute_count_changes (minute, started, finished)
     SELECT minute, sum(started), sum(finished) FROM (
         SELECT date_trunc('minute', created_at, 'UTC') AS minute, 1 AS started, 0 AS finished
-          FROM sagas_in WHERE created_at >= now() - interval '2 days'
+          FROM sagas_in WHERE created_at >= now() - make_interval(mins => $9)
         UNION ALL
         SELECT date_trunc('minute', finished_at, 'UTC'), 0, 1
-          FROM sagas_in WHERE finished_at >= now() - interval '2 days'
+          FROM sagas_in WHERE finished_at >= now() - make_interval(mins => $9)
     ) AS m
     GROUP BY minute
 ), steps_in AS (
@@ -329,6 +329,8 @@ pub fn run(opts: &SeedOptions) -> anyhow::Result<()> {
             .bind::<Double, _>(MIX[2].1)
             .bind::<Jsonb, _>(&definition)
             .bind::<Integer, _>(i32::try_from(partitions.n.max(1)).unwrap_or(64))
+            // The minutes the overview's chart keeps: older ones are never folded.
+            .bind::<Integer, _>(coordinator::store::MINUTES_KEPT)
             .execute(&mut conn)
             .context("writing a chunk")?;
         written += n;

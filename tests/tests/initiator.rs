@@ -615,15 +615,16 @@ async fn an_outbox_row_submits_its_saga_in_the_trace_that_enqueued_it() {
         .api
         .request(
             reqwest::Method::GET,
-            &format!("/dashboard/api/sagas/{saga_id}/trace"),
+            &format!("/dashboard/api/sagas/{saga_id}/stored"),
         )
         .send()
         .await
-        .expect("the saga's trace");
+        .expect("the saga's stored parts");
     let trace = e2e::api::expect_json(trace, reqwest::StatusCode::OK).await;
     assert_eq!(trace["trace_id"], trace_id, "{trace}");
     assert!(
-        trace["url"].is_null(),
+        trace["trace_url"].is_null(),
         "no SAGA_TRACE_URL_TEMPLATE: {trace}"
     );
+    assert_eq!(trace["definition"]["name"], "place-order", "{trace}");
 }

@@ -40,6 +40,14 @@ pub struct HttpCheckBack {
     client: Option<reqwest::Client>,
 }
 
+/// The W3C trace context a check-back request carries: the attempt's `traceparent` and the
+/// saga's `tracestate`, which is sent only beside a `traceparent`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceHeaders<'a> {
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+}
+
 impl HttpCheckBack {
     pub fn new() -> Self {
         let client = reqwest::Client::builder()
@@ -67,7 +75,7 @@ impl HttpCheckBack {
         saga_id: Uuid,
         attempt: u32,
         timeout: Duration,
-        trace: (Option<&str>, Option<&str>),
+        trace: TraceHeaders<'_>,
     ) -> Reply {
         let (outcome, error) = match self.get(url, saga_id, timeout, trace).await {
             Ok(CheckBackOutcome::Committed) => (Outcome::Committed, None),
@@ -90,7 +98,7 @@ impl HttpCheckBack {
         url: &str,
         saga_id: Uuid,
         timeout: Duration,
-        (traceparent, tracestate): (Option<&str>, Option<&str>),
+        trace: TraceHeaders<'_>,
     ) -> Result<CheckBackOutcome, String> {
         let client = self
             .client
@@ -100,9 +108,9 @@ impl HttpCheckBack {
             .get(url)
             .query(&[("saga_id", saga_id.to_string())])
             .timeout(timeout);
-        if let Some(traceparent) = traceparent {
+        if let Some(traceparent) = trace.traceparent {
             request = request.header(contract::properties::TRACEPARENT, traceparent);
-            if let Some(tracestate) = tracestate {
+            if let Some(tracestate) = trace.tracestate {
                 request = request.header(contract::properties::TRACESTATE, tracestate);
             }
         }

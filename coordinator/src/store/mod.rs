@@ -46,6 +46,7 @@ pub use events::{render as render_event, StoredEvent};
 pub use migrations::{prepare, PrepareError, MIGRATION_LOCK_KEY};
 pub use persist::{Persist, Written};
 pub use search::{Cursor, ListFilter, SagaFilter};
+pub use state_counts::MINUTES_KEPT;
 pub use writer::Writer;
 
 /// The schema, embedded from `schema/migrations`; public for the test databases of the e2e harness.

@@ -124,19 +124,6 @@ pub(crate) fn handler_ended(context: &Context, outcome: &Outcome) {
     span.end();
 }
 
-/// The `traceparent` of `context`'s span, if it has a valid one.
-pub(crate) fn traceparent(context: &Context) -> Option<String> {
-    if !context.span().span_context().is_valid() {
-        return None;
-    }
-    let mut carrier = Carrier(HashMap::new());
-    TraceContextPropagator::new().inject_context(context, &mut carrier);
-    carrier
-        .0
-        .remove(contract::properties::TRACEPARENT)
-        .map(|s| s.to_owned())
-}
-
 /// The W3C headers of `context`'s span (`traceparent`, and `tracestate` when it has one), for a
 /// reply or a request to the coordinator; none without a valid span.
 pub(crate) fn trace_headers(context: &Context) -> Vec<(&'static str, String)> {
@@ -162,7 +149,10 @@ pub(crate) fn current_trace_headers() -> Vec<(&'static str, String)> {
 
 /// The caller's current `traceparent`, kept with an outbox row.
 pub(crate) fn current_traceparent() -> Option<String> {
-    traceparent(&Context::current())
+    current_trace_headers()
+        .into_iter()
+        .find(|(name, _)| *name == contract::properties::TRACEPARENT)
+        .map(|(_, value)| value)
 }
 
 /// W3C headers as the propagator reads and writes them.

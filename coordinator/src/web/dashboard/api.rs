@@ -142,19 +142,11 @@ async fn stored_saga(state: &AppState, id: &str) -> Result<Saga, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))
 }
 
-/// `GET /dashboard/api/sagas/{id}/definition`: the saga as submitted, defaults applied.
-pub async fn definition(
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let saga = stored_saga(&state, &id).await?;
-    Ok(HttpResponse::Ok().json(saga.definition.as_ref()))
-}
-
-/// `GET /dashboard/api/sagas/{id}/trace`: `{"trace_id", "url"}`, the saga's trace id (from the
-/// `traceparent` it is stored with; `null` for a saga stored without one) and its link
-/// (`SAGA_TRACE_URL_TEMPLATE` with the id in place of `{trace_id}`, `null` if unset).
-pub async fn trace(
+/// `GET /dashboard/api/sagas/{id}/stored`: what the saga page needs beyond the API's document, from
+/// one read: `definition`, the saga as submitted with defaults applied (for the step payloads);
+/// `trace_id`, from the `traceparent` it is stored with (`null` for a saga stored without one);
+/// `trace_url`, `SAGA_TRACE_URL_TEMPLATE` with the id in place of `{trace_id}` (`null` if unset).
+pub async fn stored(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -164,11 +156,15 @@ pub async fn trace(
         .as_deref()
         .and_then(TraceParent::parse)
         .map(TraceParent::trace_id_hex);
-    let url = match (&trace_id, &state.trace_url_template) {
+    let trace_url = match (&trace_id, &state.trace_url_template) {
         (Some(trace_id), Some(template)) => Some(template.replace("{trace_id}", trace_id)),
         _ => None,
     };
-    Ok(HttpResponse::Ok().json(json!({"trace_id": trace_id, "url": url})))
+    Ok(HttpResponse::Ok().json(json!({
+        "definition": saga.definition.as_ref(),
+        "trace_id": trace_id,
+        "trace_url": trace_url,
+    })))
 }
 
 /// `GET /dashboard/api/dead-letters`: the head of `{ns}.dead-letters`, left in the queue.

@@ -43,8 +43,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/dashboard/login"),
     ("POST", "/dashboard/logout"),
     ("GET", "/dashboard/api/overview"),
-    ("GET", "/dashboard/api/sagas/{id}/definition"),
-    ("GET", "/dashboard/api/sagas/{id}/trace"),
+    ("GET", "/dashboard/api/sagas/{id}/stored"),
     ("GET", "/dashboard/api/dead-letters"),
     ("GET", "/dashboard/api/stream"),
 ];
@@ -63,8 +62,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::scope("/dashboard/api")
                 .wrap(from_fn(auth::require_token))
                 .route("/overview", web::get().to(api::overview))
-                .route("/sagas/{id}/definition", web::get().to(api::definition))
-                .route("/sagas/{id}/trace", web::get().to(api::trace))
+                .route("/sagas/{id}/stored", web::get().to(api::stored))
                 .route("/dead-letters", web::get().to(api::dead_letters))
                 .route("/stream", web::get().to(stream::changes)),
         );

@@ -1185,15 +1185,14 @@
       if (stopped) return;
       try {
         const base = `/api/v1/sagas/${encodeURIComponent(id)}`;
-        const [doc, events, definition, trace] = await Promise.all([
+        const [doc, events, stored] = await Promise.all([
           call(base),
           call(`${base}/events`),
-          call(`/dashboard/api/sagas/${encodeURIComponent(id)}/definition`),
-          call(`/dashboard/api/sagas/${encodeURIComponent(id)}/trace`),
+          call(`/dashboard/api/sagas/${encodeURIComponent(id)}/stored`),
         ]);
         if (stopped) return;
         saga = doc;
-        render(doc, events.items || [], definition, trace);
+        render(doc, events.items || [], stored.definition, { trace_id: stored.trace_id, url: stored.trace_url });
         startStream();
       } catch (err) {
         if (err instanceof Unauthorized) return;
