@@ -64,7 +64,7 @@ pub async fn run(
         let started = tokio::time::Instant::now();
         let wait = match purge_batch(&policy, &store, &instance, &metrics, pace.batch()).await {
             // More is waiting: go on once what was deleted had its share of a second.
-            Ok(deleted) if deleted >= pace.batch() => pace.after(deleted, started),
+            Ok(round) if round.more_waiting => pace.after(round.deleted, started),
             Ok(_) => every,
             Err(e) => {
                 log::warn!(
@@ -80,17 +80,34 @@ pub async fn run(
     }
 }
 
-/// One batch per final state with a retention; answers how many sagas went (a full batch of any
-/// state: more is waiting).
+/// What one round of deletions did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Round {
+    /// Sagas deleted, of every state: what the pace counts.
+    deleted: u32,
+    /// Some state filled its share of the batch: more of it is waiting.
+    more_waiting: bool,
+}
+
+/// Each state's share of a batch: a round deletes at most one batch however many final states
+/// have a retention, so that `SAGA_RETENTION_RATE` holds for all of them together.
+fn share_of_batch(batch: u32, states: usize) -> u32 {
+    let states = u32::try_from(states.max(1)).unwrap_or(u32::MAX);
+    (batch / states).max(1)
+}
+
+/// One round: each final state with a retention deletes up to its share of `batch`.
 async fn purge_batch(
     policy: &RetentionPolicy,
     store: &Store,
     instance: &str,
     metrics: &Metrics,
     batch: u32,
-) -> Result<u32, StoreError> {
-    let mut deleted = 0;
-    for (state, keep) in policy.rules() {
+) -> Result<Round, StoreError> {
+    let rules = policy.rules();
+    let share = share_of_batch(batch, rules.len());
+    let mut round = Round::default();
+    for (state, keep) in rules {
         let Ok(keep) = chrono::Duration::from_std(keep) else {
             continue;
         };
@@ -98,16 +115,18 @@ async fn purge_batch(
         let owner = instance.to_owned();
         let purged = store
             .interact(move |db| {
-                db.purge_finished(&owner, state.as_str(), finished_before, i64::from(batch))
+                db.purge_finished(&owner, state.as_str(), finished_before, i64::from(share))
             })
             .await?;
         if purged > 0 {
             log::debug!("retention: deleted {purged} {} sagas", state.as_str());
             metrics.observe_purged(state.as_str(), purged);
         }
-        deleted = deleted.max(u32::try_from(purged).unwrap_or(u32::MAX));
+        let purged = u32::try_from(purged).unwrap_or(u32::MAX);
+        round.deleted = round.deleted.saturating_add(purged);
+        round.more_waiting |= purged >= share;
     }
-    Ok(deleted)
+    Ok(round)
 }
 
 #[cfg(test)]
@@ -137,5 +156,19 @@ mod tests {
         };
         assert!(forever.keeps_everything());
         assert!(!policy.keeps_everything());
+    }
+
+    #[test]
+    fn the_final_states_share_one_batch_so_the_rate_holds_for_all_of_them() {
+        assert_eq!(share_of_batch(100, 3), 33);
+        assert_eq!(share_of_batch(100, 1), 100);
+        assert_eq!(share_of_batch(2, 3), 1, "each state still deletes");
+        assert_eq!(share_of_batch(100, 0), 100);
+        // A round of three full shares is paced as the sagas it deleted, not as one state's.
+        let pace = Pace::new(500, MAX_BATCH);
+        let share = share_of_batch(pace.batch(), 3);
+        let started = tokio::time::Instant::now();
+        let wait = pace.after(3 * share, started);
+        assert!(wait > Duration::from_millis(150), "{wait:?}");
     }
 }
