@@ -224,23 +224,12 @@ impl Committed {
 
 /// Parts the commands of `saga` into those that travel through RabbitMQ and the attempts of the
 /// check-backs asked over HTTP (when its check-back is a URL).
-fn split_http_checks(saga: &Saga, commands: Vec<Command>) -> (Vec<Command>, Vec<u32>) {
+pub(super) fn split_http_checks(saga: &Saga, commands: Vec<Command>) -> (Vec<Command>, Vec<u32>) {
     let over_http = matches!(saga.definition.check_back, Some(CheckBack::Url(_)));
     let (http, amqp): (Vec<Command>, Vec<Command>) = commands
         .into_iter()
         .partition(|c| over_http && c.kind == CommandKind::Check);
     (amqp, http.into_iter().map(|c| c.attempt).collect())
-}
-
-/// What a saga loaded from Postgres sends again ([`super::Registry::resume`]): every command it
-/// awaits through RabbitMQ, none while it is paused (a paused saga dispatches nothing; a command
-/// of it that was lost counts as unanswered when its timeout runs out after the resume). A
-/// check-back to a URL is asked again by its timeout instead.
-pub(super) fn to_send_again(saga: &Saga) -> Vec<Command> {
-    if saga.pause.is_some() {
-        return Vec::new();
-    }
-    split_http_checks(saga, machine::awaited_commands(saga)).0
 }
 
 /// One debug line per committed event-log entry, spelled as the events API spells it: what a
@@ -301,38 +290,6 @@ mod tests {
         let later = now + chrono::Duration::seconds(2);
         let asking = applied(&prepared, Event::TimerFired, later);
         (prepared, asking, later)
-    }
-
-    #[test]
-    fn a_loaded_saga_sends_again_what_it_awaits_unless_paused_or_asked_over_http() {
-        let now = Utc::now();
-        let saga = submitted(
-            json!({"name": "n", "steps": [
-                {"name": "a", "participant": "p", "action": "x"},
-                {"name": "b", "participant": "p", "action": "x"}]}),
-            now,
-        );
-        let started = applied(&saga, Event::Start, now);
-        assert_eq!(to_send_again(&started.saga), started.commands);
-        let paused = applied(
-            &started.saga,
-            Event::Pause {
-                by: crate::saga::PausedBy::Operator,
-            },
-            now,
-        );
-        assert!(
-            to_send_again(&paused.saga).is_empty(),
-            "nothing while paused"
-        );
-
-        let (_, asking, _) = first_check_back(json!({"participant": "initiator"}));
-        assert_eq!(to_send_again(&asking.saga), asking.commands);
-        let (_, asking, _) = first_check_back(json!({"url": "http://initiator/check"}));
-        assert!(
-            to_send_again(&asking.saga).is_empty(),
-            "its timeout asks again"
-        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::amqp::Settlement;
 use crate::metrics::Metrics;
 use crate::outgoing::{command_message, OutgoingCommand};
 use crate::saga::definition::SagaDefinition;
-use crate::saga::machine::{Decision, Event};
+use crate::saga::machine::{awaited_commands, Decision, Event};
 use crate::saga::{Pause, PausedBy, Saga};
 use crate::store::{Store, StoreError, Writer};
 use actor::{Deliver, SagaActor};
@@ -179,10 +179,7 @@ impl Registry {
         let tracestate = saga.tracestate.clone();
         actix_rt::spawn(async move {
             let asker = registry.inner.http_check_back.clone();
-            let trace = check_back::TraceHeaders {
-                traceparent: traceparent.as_deref(),
-                tracestate: tracestate.as_deref(),
-            };
+            let trace = (traceparent.as_deref(), tracestate.as_deref());
             let reply = asker.ask(&url, saga_id, attempt, timeout, trace).await;
             if let Err(e) = registry.operate(saga_id, Event::Reply(reply)).await {
                 // The attempt's reply timeout is durable: the machine asks again when it fires.
@@ -275,11 +272,12 @@ impl Registry {
     /// with the same message id and idempotency key: whether they were published is not known
     /// here (the previous owner crashed, lost the partition or handed it over; or this instance's
     /// own commit went through although its answer was lost, which a conflict then revealed). The
-    /// actor starts first, so that a reply finds it ([`commit::to_send_again`] says what goes).
-    /// Answers the actor and the commands sent.
+    /// actor starts first, so that a reply finds it. Answers the actor and the commands sent.
     fn resume(&self, saga: Saga) -> (Option<Addr<SagaActor>>, usize) {
         let now = Utc::now();
-        let messages: Vec<OutgoingCommand> = commit::to_send_again(&saga)
+        let (commands, _asked_over_http) =
+            commit::split_http_checks(&saga, awaited_commands(&saga));
+        let messages: Vec<OutgoingCommand> = commands
             .iter()
             .map(|command| command_message(&saga, command, now))
             .collect();
