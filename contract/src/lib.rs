@@ -10,7 +10,7 @@
 //! - [`reply`]: the reply body, participant to coordinator, and its validating parse.
 //! - [`kind`]: [`CommandKind`] (`action`, `compensation`, `check`).
 //! - [`outcome`]: [`Outcome`], what a reply says.
-//! - [`idempotency`]: the key every attempt of one command shares, and each attempt's message id.
+//! - [`idempotency`]: the key every attempt of one command shares.
 //! - [`names`]: exchange and queue names, the queue type ([`names::QueueType`]) and the queue
 //!   arguments participants must match.
 //! - [`broker`]: `SAGA_AMQP_URL` as a list of cluster nodes, and its redacted form for logs.
@@ -29,7 +29,7 @@ pub mod properties;
 pub mod reply;
 
 pub use command::CommandBody;
-pub use idempotency::{command_message_id, idempotency_key};
+pub use idempotency::idempotency_key;
 pub use kind::CommandKind;
 pub use outcome::Outcome;
 pub use reply::{holds_nul, ReplyBody};

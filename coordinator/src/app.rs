@@ -222,7 +222,7 @@ async fn start(
         .map(|_| Arbiter::new())
         .collect();
     // With no threads of their own, actors run on this thread, beside the AMQP consumer and the
-    // command relay: a reply then reaches its saga without waking another thread.
+    // outbox relay: a reply then reaches its saga without waking another thread.
     let actor_arbiters = if arbiters.is_empty() {
         vec![Arbiter::current()]
     } else {
@@ -231,7 +231,7 @@ async fn start(
     let sendings = Sendings::default();
     let registry = Registry::new(
         actor_arbiters,
-        writer,
+        writer.clone(),
         store.clone(),
         relay_tx,
         changes,
@@ -347,8 +347,11 @@ async fn start(
         inbound_tx,
         ownership.watch_owned(),
     );
+    // The relay holds the last handle to the writer besides the actors'.
     let relay = relay::spawn(
+        store.clone(),
         ownership.clone(),
+        writer,
         relay_rx,
         outbound_tx,
         published_rx,

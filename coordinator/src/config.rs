@@ -65,7 +65,7 @@ pub struct Settings {
     #[arg(long, env = "SAGA_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,
 
-    /// Postgres connections in the pool (HTTP reads, recovery, retention and bulk actions share it; the
+    /// Postgres connections in the pool (HTTP reads, recovery and the outbox sweep share it; the
     /// writer threads have connections of their own).
     #[arg(long, env = "SAGA_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -75,7 +75,7 @@ pub struct Settings {
     pub amqp_prefetch: u16,
 
     /// Threads of their own for saga actors; 0 runs them on the main thread, beside the AMQP
-    /// consumer and the command relay. A transition costs the actor microseconds and a thread switch
+    /// consumer and the outbox relay. A transition costs the actor microseconds and a thread switch
     /// costs tens of them, so 0 was fastest on 2 cores (docs/benchmark.md); more threads only help
     /// when the main thread is saturated.
     #[arg(long, env = "SAGA_ACTOR_THREADS", default_value_t = 0)]

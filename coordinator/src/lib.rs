@@ -8,7 +8,7 @@ pub mod cli;
 pub mod config;
 mod logging;
 pub mod metrics;
-pub mod outgoing;
+pub mod outbox;
 pub mod partition;
 pub mod runtime;
 pub mod saga;

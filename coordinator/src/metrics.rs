@@ -3,9 +3,8 @@
 //! Saga and step metrics are derived in one place, [`Metrics::observe_transition`], from what the
 //! runtime already has after a transition is committed: the saga before and after it and the event
 //! log entries the state machine wrote. Values that are cheap to read when asked (sagas in flight per
-//! state, the broker connection, dead letters) are set at scrape time from a [`Snapshot`] instead
-//! of being tracked, so they are right even after a crash or a reload. The unconfirmed commands
-//! (`saga_outbox_*`, named when commands were stored in an outbox table) are the relay's, set by it.
+//! state, the outbox backlog, the broker connection, dead letters) are set at scrape time from a
+//! [`Snapshot`] instead of being tracked, so they are right even after a crash or a reload.
 //!
 //! Labels are low-cardinality on purpose: saga name, participant, command kind, outcome and state.
 //! Never a saga id. Every metric is listed in `docs/metrics.md`.
@@ -93,6 +92,8 @@ fn write_buckets() -> Histogram {
 pub struct Snapshot {
     /// Unfinished sagas per (saga name, state), from Postgres; `None` if it could not be read.
     pub in_flight: Option<Vec<(String, SagaState, i64)>>,
+    /// Outbox rows not yet confirmed, and the age of the oldest, from Postgres.
+    pub outbox: Option<OutboxBacklog>,
     /// Sagas with a live actor in this coordinator.
     pub actors: usize,
     pub amqp_connected: bool,
@@ -100,10 +101,10 @@ pub struct Snapshot {
     pub dead_letters: Option<u32>,
 }
 
-/// The commands this coordinator handed to RabbitMQ and has no confirm for yet (the relay's).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct CommandBacklog {
-    pub commands: i64,
+/// The outbox as Postgres sees it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutboxBacklog {
+    pub rows: i64,
     pub oldest_age_seconds: f64,
 }
 
@@ -297,7 +298,7 @@ impl Metrics {
         );
         m.registry.register(
             "outbox_backlog",
-            "Commands committed but not yet confirmed by RabbitMQ (this coordinator's)",
+            "Commands committed but not yet confirmed by RabbitMQ",
             m.outbox_backlog.clone(),
         );
         m.registry.register(
@@ -312,7 +313,7 @@ impl Metrics {
         );
         m.registry.register(
             "outbox_oldest_age_seconds",
-            "Age of the oldest unconfirmed command (0 when there is none)",
+            "Age of the oldest unconfirmed command (0 when the outbox is empty)",
             m.outbox_oldest_age.clone(),
         );
         m.registry.register(
@@ -558,7 +559,7 @@ impl Metrics {
     }
 
     /// The writer committed (or failed) a batch of transitions that had waited `waits` since they
-    /// were handed to it.
+    /// were handed to it. Batches that only delete confirmed outbox rows are not counted.
     pub fn observe_batch(&self, waits: impl ExactSizeIterator<Item = std::time::Duration>) {
         if waits.len() == 0 {
             return;
@@ -569,15 +570,9 @@ impl Metrics {
         }
     }
 
-    /// A publish failed; the command goes again later.
+    /// A publish failed; the outbox row stays and goes out again later.
     pub fn observe_publish_failure(&self) {
         self.outbox_publish_failures.inc();
-    }
-
-    /// The relay's commands awaiting a confirm now.
-    pub fn observe_unconfirmed(&self, backlog: &CommandBacklog) {
-        self.outbox_backlog.set(backlog.commands);
-        self.outbox_oldest_age.set(backlog.oldest_age_seconds);
     }
 
     /// The text exposition (OpenMetrics) with the scrape-time values of `snapshot`.
@@ -593,6 +588,10 @@ impl Metrics {
                     })
                     .set(count);
             }
+        }
+        if let Some(outbox) = snapshot.outbox {
+            self.outbox_backlog.set(outbox.rows);
+            self.outbox_oldest_age.set(outbox.oldest_age_seconds);
         }
         self.actors
             .set(i64::try_from(snapshot.actors).unwrap_or(i64::MAX));
@@ -725,6 +724,10 @@ mod tests {
         let m = Metrics::new();
         let snapshot = || Snapshot {
             in_flight: Some(vec![("order".into(), SagaState::Running, 3)]),
+            outbox: Some(OutboxBacklog {
+                rows: 7,
+                oldest_age_seconds: 1.5,
+            }),
             actors: 3,
             amqp_connected: true,
             dead_letters: Some(2),
@@ -732,6 +735,7 @@ mod tests {
         let text = m.render(snapshot()).expect("encodes");
         for line in [
             r#"saga_sagas_in_flight{saga="order",state="running"} 3"#,
+            "saga_outbox_backlog 7",
             "saga_amqp_connected 1",
             "saga_dead_letters 2",
         ] {

@@ -4,7 +4,7 @@
 //! `saga/` names nothing of the wire, so the machine takes its own [`Reply`] and [`CommandKind`];
 //! `amqp/` names nothing of the domain and speaks only the contract (`coordinator/tests/layering.rs` checks both). A
 //! reply crosses here on its way from the consumer to its saga (`app::dispatch_inbound`), a command
-//! kind on its way into an outgoing command (`outgoing::command_message`). The tests also hold each
+//! kind on its way into an outbox message (`outbox::command_message`). The tests also hold each
 //! domain spelling to the contract's, since the event log stores outcomes by their serde names.
 
 use crate::saga::{CommandKind, Outcome, Reply};

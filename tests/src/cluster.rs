@@ -853,4 +853,13 @@ impl ClusterDb {
             .unwrap_or_else(|e| panic!("reading the sagas: {e:#}"));
         rows.into_iter().map(|r| r.id).collect()
     }
+
+    /// Outbox rows not yet confirmed by RabbitMQ.
+    pub async fn outbox_rows(&self) -> i64 {
+        let row: Number = self
+            .with(|c| sql_query("SELECT count(*) AS n FROM outbox").get_result(c))
+            .await
+            .unwrap_or_else(|e| panic!("reading the outbox: {e:#}"));
+        row.n.unwrap_or(0)
+    }
 }

@@ -3,17 +3,17 @@
 //! It turns the AMQP side of the contract (sections 3 and 4) into plain tokio channels, so the rest of
 //! the coordinator can be written and tested without a broker:
 //!
-//! - `outbound`: commands to publish. Each one is answered by exactly one [`PublishResult`] on
+//! - `outbound`: outbox messages to publish. Each one is answered by exactly one [`PublishResult`] on
 //!   `published`, `Ok` only once RabbitMQ confirmed it (publisher confirms, `mandatory`), so the caller
-//!   forgets a command only when it is safely in a participant queue.
+//!   deletes an outbox row only when the command is safely in a participant queue.
 //! - `inbound`: replies and dead-lettered commands as [`InboundDelivery`]s. The caller settles each one
 //!   through its oneshot after it committed the effect, so a crash in between redelivers the message
 //!   instead of losing it.
 //!
 //! One supervisor task owns the connection: it connects with backoff, declares the topology, runs the
 //! publisher and two consumers, and starts over whenever the connection fails. Nothing is buffered
-//! while disconnected: the caller keeps every command until it is confirmed, so publishes are refused
-//! at once and the caller re-sends them later.
+//! while disconnected: the outbox in Postgres already is the buffer, so publishes are refused at once
+//! and the caller re-sends them later.
 
 mod consumer;
 pub mod dead_letters;
@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::outgoing::OutgoingCommand;
+use crate::outbox::OutboxMessage;
 use crate::partition::Partitions;
 
 /// How to reach RabbitMQ and which names to use there.
@@ -115,12 +115,12 @@ pub struct InboundDelivery {
     pub settle: oneshot::Sender<Settlement>,
 }
 
-/// The fate of one command handed to `outbound`.
+/// The fate of one outbox message handed to `outbound`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishResult {
-    pub command_id: i64,
+    pub outbox_id: i64,
     /// `Ok` once the broker confirmed the message into a queue; `Err` with the reason otherwise
-    /// (the caller keeps the command and sends it again later).
+    /// (the caller keeps the outbox row and sends it again later).
     pub result: Result<(), String>,
 }
 
@@ -167,7 +167,7 @@ impl BrokerHandle {
 /// The reply queues of the partitions in `owned` are consumed, and follow it as it changes.
 pub fn start(
     settings: AmqpSettings,
-    outbound: mpsc::UnboundedReceiver<OutgoingCommand>,
+    outbound: mpsc::UnboundedReceiver<OutboxMessage>,
     published: mpsc::UnboundedSender<PublishResult>,
     inbound: mpsc::Sender<InboundDelivery>,
     owned: watch::Receiver<BTreeSet<u32>>,

@@ -1,4 +1,4 @@
-//! Publishing outgoing commands as contract commands (section 4), with publisher confirms.
+//! Publishing outbox messages as contract commands (section 4), with publisher confirms.
 //!
 //! [`Publisher::publish`] hands back a future that sends the message and then waits for its confirm,
 //! so the caller can pipeline many messages and track them concurrently: lapin answers a publish only
@@ -17,7 +17,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use super::names::QueueType;
 use super::{names, short, topology, BrokerError, Context};
-use crate::outgoing::OutgoingCommand;
+use crate::outbox::OutboxMessage;
 
 /// How long declaring a participant's queue may take before the connection is presumed dead.
 const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -90,7 +90,7 @@ impl Publisher {
     pub(super) async fn publish(
         &mut self,
         connection: &Connection,
-        message: &OutgoingCommand,
+        message: &OutboxMessage,
     ) -> Result<Sending, PublishError> {
         self.ensure_participant(connection, &message.participant)
             .await?;
@@ -181,7 +181,7 @@ impl Publisher {
 
 /// The contract's command properties (section 4).
 fn properties(
-    message: &OutgoingCommand,
+    message: &OutboxMessage,
     reply_to: &ShortString,
 ) -> Result<BasicProperties, BrokerError> {
     let id = short(&message.message_id.to_string())?;
@@ -231,7 +231,7 @@ pub(super) enum Confirmed {
 }
 
 impl Confirmed {
-    /// What it means for the command: `Err` keeps it for another send.
+    /// What it means for the outbox row.
     pub(super) fn into_result(self) -> Result<(), String> {
         match self {
             Confirmed::Stored => Ok(()),

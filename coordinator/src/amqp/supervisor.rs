@@ -25,7 +25,7 @@ use super::{
     names, redact_url, short, topology, AmqpSettings, BrokerError, Context, InboundDelivery,
     PublishResult,
 };
-use crate::outgoing::OutgoingCommand;
+use crate::outbox::OutboxMessage;
 
 /// First reconnection delay; doubles per consecutive failure.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -55,7 +55,7 @@ enum SessionEnd {
 
 /// A published message waiting for its confirm.
 struct Unconfirmed {
-    command_id: i64,
+    outbox_id: i64,
     participant: String,
     /// The command's saga and attempt, for the line saying it was not routed.
     saga_id: uuid::Uuid,
@@ -78,7 +78,7 @@ struct Session {
 /// The broker task's state across connections.
 pub(super) struct Supervisor {
     settings: AmqpSettings,
-    outbound: mpsc::UnboundedReceiver<OutgoingCommand>,
+    outbound: mpsc::UnboundedReceiver<OutboxMessage>,
     /// `false` once every `outbound` sender is gone.
     outbound_open: bool,
     published: mpsc::UnboundedSender<PublishResult>,
@@ -97,7 +97,7 @@ impl Supervisor {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         settings: AmqpSettings,
-        outbound: mpsc::UnboundedReceiver<OutgoingCommand>,
+        outbound: mpsc::UnboundedReceiver<OutboxMessage>,
         published: mpsc::UnboundedSender<PublishResult>,
         inbound: mpsc::Sender<InboundDelivery>,
         connected: watch::Sender<bool>,
@@ -194,7 +194,7 @@ impl Supervisor {
     }
 
     /// Runs `work` while refusing every outbound message at once, since nothing can be published
-    /// now and the caller keeps it anyway. `None` when the task has to stop instead.
+    /// now and the caller's outbox keeps it anyway. `None` when the task has to stop instead.
     async fn while_disconnected<F: Future>(&mut self, work: F) -> Option<F::Output> {
         tokio::pin!(work);
         loop {
@@ -240,7 +240,7 @@ impl Supervisor {
                                 seq,
                                 // Moved, not copied: the message is done with once published.
                                 Unconfirmed {
-                                    command_id: message.id,
+                                    outbox_id: message.id,
                                     participant: message.participant,
                                     saga_id: message.saga_id,
                                     saga_name: message.saga_name,
@@ -270,7 +270,7 @@ impl Supervisor {
                                 step = message.step.as_deref(),
                                 attempt = message.attempt,
                                 trace_id = logfmt::trace_id(message.traceparent.as_deref());
-                                "cannot publish command {}: {reason}",
+                                "cannot publish outbox message {}: {reason}",
                                 message.id
                             );
                             self.answer(message.id, Err(reason));
@@ -345,7 +345,7 @@ impl Supervisor {
                 }
                 let unconfirmed = format!("connection lost before the broker confirmed: {reason}");
                 for (_, message) in outstanding.drain() {
-                    self.answer(message.command_id, Err(unconfirmed.clone()));
+                    self.answer(message.outbox_id, Err(unconfirmed.clone()));
                 }
                 close_quietly(&session.connection, "connection lost").await;
                 SessionEnd::Lost(reason)
@@ -379,7 +379,7 @@ impl Supervisor {
                 }
                 for (_, message) in outstanding.drain() {
                     let reason = "shut down before the broker confirmed".to_owned();
-                    self.answer(message.command_id, Err(reason));
+                    self.answer(message.outbox_id, Err(reason));
                 }
                 close_quietly(&session.connection, "coordinator shutting down").await;
                 SessionEnd::Stop
@@ -457,8 +457,8 @@ impl Supervisor {
                     step = message.step.as_deref(),
                     attempt = message.attempt,
                     trace_id = logfmt::trace_id(message.traceparent.as_deref());
-                    "command {} was not routed: {reason}",
-                    message.command_id
+                    "outbox message {} was not routed: {reason}",
+                    message.outbox_id
                 );
                 publisher.forget_participant(&message.participant);
                 None
@@ -466,17 +466,17 @@ impl Supervisor {
             Confirmed::Unsent(reason) | Confirmed::Nacked(reason) => Some(reason.clone()),
             Confirmed::Stored | Confirmed::Failed(_) => None,
         };
-        self.answer(message.command_id, outcome.into_result());
+        self.answer(message.outbox_id, outcome.into_result());
         lost
     }
 
-    fn answer(&self, command_id: i64, result: Result<(), String>) {
+    fn answer(&self, outbox_id: i64, result: Result<(), String>) {
         if self
             .published
-            .send(PublishResult { command_id, result })
+            .send(PublishResult { outbox_id, result })
             .is_err()
         {
-            log::debug!("nobody receives publish results any more (command {command_id})");
+            log::debug!("nobody receives publish results any more (outbox message {outbox_id})");
         }
     }
 }

@@ -30,7 +30,7 @@ struct Harness {
     /// Deleted, with the queues of every participant sent to, when the harness is dropped.
     ns: TestNamespace,
     handle: Option<BrokerHandle>,
-    outbound: mpsc::UnboundedSender<OutgoingCommand>,
+    outbound: mpsc::UnboundedSender<OutboxMessage>,
     published: mpsc::UnboundedReceiver<PublishResult>,
     inbound: mpsc::Receiver<InboundDelivery>,
     /// The partitions whose reply queues are consumed (none unless a test says so).
@@ -86,7 +86,7 @@ impl Harness {
             .expect("broker task alive");
     }
 
-    fn send(&mut self, message: OutgoingCommand) {
+    fn send(&mut self, message: OutboxMessage) {
         self.ns.register_participant(&message.participant);
         self.outbound.send(message).expect("broker task alive");
     }
@@ -148,8 +148,8 @@ fn command(kind: CommandKind, step: Option<&str>, attempt: u32) -> CommandBody {
     }
 }
 
-fn outgoing(id: i64, participant: &str, command: &CommandBody) -> OutgoingCommand {
-    OutgoingCommand {
+fn outbox(id: i64, participant: &str, command: &CommandBody) -> OutboxMessage {
+    OutboxMessage {
         id,
         saga_id: command.saga_id,
         saga_name: command.saga_name.clone(),
@@ -250,7 +250,7 @@ async fn declares_the_contract_topology() {
 
     // The first command to a participant declares its queue.
     let cmd = command(CommandKind::Action, Some("charge"), 1);
-    h.send(outgoing(1, "payments", &cmd));
+    h.send(outbox(1, "payments", &cmd));
     assert_eq!(h.next_published().await.result, Ok(()));
 
     // Participants (and operators) redeclare with exactly the contract's arguments.
@@ -314,13 +314,13 @@ async fn publishes_commands_with_the_contract_properties() {
     let (_conn, channel) = participant().await;
 
     let cmd = command(CommandKind::Compensation, Some("reserve"), 2);
-    let mut message = outgoing(7, "inventory", &cmd);
+    let mut message = outbox(7, "inventory", &cmd);
     message.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
     h.send(message.clone());
     assert_eq!(
         h.next_published().await,
         PublishResult {
-            command_id: 7,
+            outbox_id: 7,
             result: Ok(())
         }
     );
@@ -367,7 +367,7 @@ async fn publishes_commands_with_the_contract_properties() {
     let mut sent = Vec::new();
     for id in 100..150 {
         let check = command(CommandKind::Check, None, 1);
-        let message = outgoing(id, "orders", &check);
+        let message = outbox(id, "orders", &check);
         sent.push(message.message_id.to_string());
         h.send(message);
     }
@@ -375,7 +375,7 @@ async fn publishes_commands_with_the_contract_properties() {
     for _ in 100..150 {
         let result = h.next_published().await;
         assert_eq!(result.result, Ok(()));
-        confirmed.push(result.command_id);
+        confirmed.push(result.outbox_id);
     }
     confirmed.sort_unstable();
     assert_eq!(confirmed, (100..150).collect::<Vec<_>>());
@@ -397,12 +397,12 @@ async fn publishes_commands_with_the_contract_properties() {
         )
         .await
         .expect("delete");
-    h.send(outgoing(8, "inventory", &cmd));
+    h.send(outbox(8, "inventory", &cmd));
     let result = h.next_published().await;
-    assert_eq!(result.command_id, 8);
+    assert_eq!(result.outbox_id, 8);
     assert!(result.result.is_err(), "{result:?}");
     // ... and the next attempt declares the queue again.
-    h.send(outgoing(9, "inventory", &cmd));
+    h.send(outbox(9, "inventory", &cmd));
     assert_eq!(h.next_published().await.result, Ok(()));
     assert_eq!(
         message_count(&channel, &names::participant_queue(&ns, "inventory")).await,
@@ -543,7 +543,7 @@ async fn commands_a_participant_rejects_come_back_as_dead_lettered() {
     let (_conn, channel) = participant().await;
 
     let cmd = command(CommandKind::Action, Some("reserve"), 3);
-    h.send(outgoing(1, "inventory", &cmd));
+    h.send(outbox(1, "inventory", &cmd));
     assert_eq!(h.next_published().await.result, Ok(()));
 
     let got = get_one(&channel, &names::participant_queue(&ns, "inventory")).await;
@@ -584,18 +584,18 @@ async fn reconnects_after_the_connection_is_severed() {
     let (_conn, channel) = participant().await;
 
     let cmd = command(CommandKind::Action, Some("charge"), 1);
-    h.send(outgoing(1, "payments", &cmd));
+    h.send(outbox(1, "payments", &cmd));
     assert_eq!(h.next_published().await.result, Ok(()));
 
     // Severed with the broker unreachable: disconnected, and publishes are refused at once.
     proxy.pause();
     proxy.sever();
     h.wait_connected(false).await;
-    h.send(outgoing(2, "payments", &cmd));
+    h.send(outbox(2, "payments", &cmd));
     assert_eq!(
         h.next_published().await,
         PublishResult {
-            command_id: 2,
+            outbox_id: 2,
             result: Err("not connected".into())
         }
     );
@@ -603,7 +603,7 @@ async fn reconnects_after_the_connection_is_severed() {
     // Reachable again: it reconnects by itself and publishing works.
     proxy.resume();
     h.wait_connected(true).await;
-    h.send(outgoing(3, "payments", &cmd));
+    h.send(outbox(3, "payments", &cmd));
     assert_eq!(h.next_published().await.result, Ok(()));
 
     // Severed while reachable: down and up again, consumers included. Going down is seen as a
@@ -616,7 +616,7 @@ async fn reconnects_after_the_connection_is_severed() {
         .expect("the drop is noticed")
         .expect("broker task alive");
     h.wait_connected(true).await;
-    h.send(outgoing(4, "payments", &cmd));
+    h.send(outbox(4, "payments", &cmd));
     assert_eq!(h.next_published().await.result, Ok(()));
     assert_eq!(
         message_count(&channel, &names::participant_queue(&ns, "payments")).await,
@@ -648,11 +648,11 @@ async fn refuses_publishes_while_the_broker_is_unreachable() {
     let mut h = Harness::start(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")).await;
     let cmd = command(CommandKind::Action, Some("charge"), 1);
     for id in 1..=3 {
-        h.send(outgoing(id, "payments", &cmd));
+        h.send(outbox(id, "payments", &cmd));
         assert_eq!(
             h.next_published().await,
             PublishResult {
-                command_id: id,
+                outbox_id: id,
                 result: Err("not connected".into())
             }
         );
@@ -682,7 +682,7 @@ async fn without_an_inbound_receiver_replies_stay_queued_and_publishing_goes_on(
     }
 
     let cmd = command(CommandKind::Action, Some("charge"), 1);
-    h.send(outgoing(1, "payments", &cmd));
+    h.send(outbox(1, "payments", &cmd));
     assert_eq!(h.next_published().await.result, Ok(()));
     assert!(*h.connected().borrow());
     h.shutdown().await;
@@ -877,7 +877,7 @@ async fn a_quorum_namespace_declares_every_queue_as_quorum_and_works_as_classic(
     let (conn, channel) = participant().await;
 
     let cmd = command(CommandKind::Action, Some("reserve"), 1);
-    h.send(outgoing(1, "inventory", &cmd));
+    h.send(outbox(1, "inventory", &cmd));
     assert_eq!(h.next_published().await.result, Ok(()));
 
     // The contract's quorum arguments are accepted; the classic ones (no x-queue-type) are not,
@@ -1031,7 +1031,7 @@ async fn a_list_of_urls_fails_over_to_the_next_node() {
     assert_eq!(second.accepted(), 0, "the second was not needed yet");
 
     let cmd = command(CommandKind::Action, Some("charge"), 1);
-    h.send(outgoing(1, "payments", &cmd));
+    h.send(outbox(1, "payments", &cmd));
     assert_eq!(h.next_published().await.result, Ok(()));
 
     // The node goes away for good: the next connections try the others in turn.
@@ -1044,7 +1044,7 @@ async fn a_list_of_urls_fails_over_to_the_next_node() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    h.send(outgoing(2, "payments", &cmd));
+    h.send(outbox(2, "payments", &cmd));
     assert_eq!(h.next_published().await.result, Ok(()));
     h.shutdown().await;
 }

@@ -1,10 +1,10 @@
 //! Check-backs over HTTP (contract, section 5): `GET {url}?saga_id={id}` answering
 //! `{"outcome": "committed" | "aborted" | "pending"}`.
 //!
-//! Check-backs to a participant travel as `check` commands through RabbitMQ like every other
-//! command; only the URL form is executed here. A coordinator taking the saga over does not ask
-//! again at once: if it crashed with a request out, the attempt's durable reply timeout fires after
-//! the restart and the machine asks again, so nothing is lost by keeping the request in memory.
+//! Check-backs to a participant travel as `check` commands through the outbox like every other
+//! command; only the URL form is executed here. It is not written to the outbox: if the coordinator
+//! crashes with a request out, the attempt's durable reply timeout fires after the restart and the
+//! machine asks again, so nothing is lost by keeping the request in memory.
 //!
 //! The URL comes from a client, so the request stays narrow: redirects are not followed (a 3xx is
 //! no answer), the answer is read only up to [`MAX_ANSWER_BYTES`], and the check-back's timeout

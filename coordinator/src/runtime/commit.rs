@@ -1,11 +1,11 @@
 //! The one way a transition takes effect: from the machine's decision to a committed transition,
 //! and everything its commit sets off.
 //!
-//! Every transition goes this way, a submission's first as much as an actor's: the transition goes
-//! to the writer as one [`Persist`], and only once it is durable does anything leave the saga: the
-//! change notice, the metrics, a new saga's actor, its commands made into messages and handed to
-//! the relay, and the check-backs to a URL (HTTP requests). Commands are not written: what a crash
-//! loses of them, the steps' state brings back (`saga::machine::awaited_commands`). The types keep that order: only a [`Committed`], which the
+//! Every transition goes this way, a submission's first as much as an actor's: its commands become
+//! outbox rows (a check-back to a URL is an HTTP request instead, made after the commit), the
+//! transition and its rows go to the writer as one [`Persist`], and only once they are durable does
+//! anything leave the saga: the change notice, the metrics, a new saga's actor, the commands handed
+//! to the relay and the check-backs. The types keep that order: only a [`Committed`], which the
 //! writer's `Saved` answer makes, can [`Committed::take_effect`].
 //!
 //! The actor awaits the write as an actix future, which cannot borrow the actor across the wait; so
@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use super::Registry;
 use crate::logging::saga_log;
-use crate::outgoing::command_message;
-use crate::saga::machine::{self, Command, Decision, Event, Transition};
+use crate::outbox::{command_message, OutboxMessage};
+use crate::saga::machine::{self, Decision, Event, Transition};
 use crate::saga::LogEntry;
 use crate::saga::{CheckBack, CommandKind, Saga, SagaState};
 use crate::store::leases::Lease;
@@ -59,8 +59,6 @@ struct AfterCommit {
     saga: Saga,
     log: Vec<LogEntry>,
     now: DateTime<Utc>,
-    /// The commands to publish.
-    commands: Vec<Command>,
     /// Attempts of the check-backs to ask over HTTP: the saga's check-back is a URL.
     http_checks: Vec<u32>,
     is_new: bool,
@@ -78,6 +76,8 @@ pub(super) enum NotCommitted {
 #[must_use = "a committed transition must take effect: its commands wait for it"]
 pub(super) struct Committed {
     then: AfterCommit,
+    /// The outbox rows as inserted (with their ids).
+    outbox: Vec<OutboxMessage>,
 }
 
 impl Commit {
@@ -114,12 +114,21 @@ impl Commit {
             commands,
             log,
         } = transition;
-        let (commands, http_checks) = split_http_checks(&saga, commands);
+        // A check-back to a URL is an HTTP request made after the commit, not an outbox row.
+        let over_http = matches!(saga.definition.check_back, Some(CheckBack::Url(_)));
+        let mut http_checks = Vec::new();
+        let mut outbox = Vec::with_capacity(commands.len());
+        for command in &commands {
+            if over_http && command.kind == CommandKind::Check {
+                http_checks.push(command.attempt);
+            } else {
+                outbox.push(command_message(&saga, command, now));
+            }
+        }
         let then = AfterCommit {
             saga: saga.clone(),
             log: log.clone(),
             now,
-            commands,
             http_checks,
             is_new,
         };
@@ -128,6 +137,7 @@ impl Commit {
                 saga,
                 steps,
                 log,
+                outbox,
                 is_new,
                 state_before,
                 // Set by `write` from the lease this instance holds.
@@ -171,9 +181,9 @@ impl Commit {
                 metrics.observe_fenced_write();
             }
             match written {
-                Ok(Written::Saved { version }) => {
+                Ok(Written::Saved { version, outbox }) => {
                     then.saga.version = version;
-                    Ok(Committed { then })
+                    Ok(Committed { then, outbox })
                 }
                 Ok(Written::Duplicate(existing)) => Err(NotCommitted::Duplicate(existing)),
                 Err(e) => Err(NotCommitted::Failed(e)),
@@ -188,14 +198,14 @@ impl Committed {
     /// command goes out so that a reply finds it; the commands, to the relay; the check-backs over
     /// HTTP. Answers the saga as committed (with its new version).
     pub(super) fn take_effect(self, registry: &Registry, before: &Saga) -> Saga {
+        let Committed { then, outbox } = self;
         let AfterCommit {
             saga,
             log,
             now,
-            commands,
             http_checks,
             is_new,
-        } = self.then;
+        } = then;
         registry.inner.changes.send(&saga);
         registry
             .inner
@@ -206,12 +216,7 @@ impl Committed {
         if is_new && !saga.state.is_final() {
             registry.adopt(saga.clone());
         }
-        registry.publish(
-            commands
-                .iter()
-                .map(|command| command_message(&saga, command, now))
-                .collect(),
-        );
+        registry.publish(outbox);
         if let Some(CheckBack::Url(url)) = &saga.definition.check_back {
             let timeout = Duration::from_millis(saga.definition.check_back_timeout_ms);
             for attempt in http_checks {
@@ -220,16 +225,6 @@ impl Committed {
         }
         saga
     }
-}
-
-/// Parts the commands of `saga` into those that travel through RabbitMQ and the attempts of the
-/// check-backs asked over HTTP (when its check-back is a URL).
-pub(super) fn split_http_checks(saga: &Saga, commands: Vec<Command>) -> (Vec<Command>, Vec<u32>) {
-    let over_http = matches!(saga.definition.check_back, Some(CheckBack::Url(_)));
-    let (http, amqp): (Vec<Command>, Vec<Command>) = commands
-        .into_iter()
-        .partition(|c| over_http && c.kind == CommandKind::Check);
-    (amqp, http.into_iter().map(|c| c.attempt).collect())
 }
 
 /// One debug line per committed event-log entry, spelled as the events API spells it: what a
@@ -293,18 +288,18 @@ mod tests {
     }
 
     #[test]
-    fn a_check_back_to_a_url_is_asked_over_http_after_the_commit_not_through_rabbitmq() {
+    fn a_check_back_to_a_url_is_asked_over_http_after_the_commit_not_through_the_outbox() {
         let (prepared, asking, now) = first_check_back(json!({"url": "http://initiator/check"}));
         let commit = Commit::change(&prepared, asking, now);
-        assert!(commit.then.commands.is_empty());
+        assert!(commit.persist.outbox.is_empty());
         assert_eq!(commit.then.http_checks, vec![1]);
     }
 
     #[test]
-    fn a_check_back_to_a_participant_is_a_command() {
+    fn a_check_back_to_a_participant_is_an_outbox_row() {
         let (prepared, asking, now) = first_check_back(json!({"participant": "initiator"}));
         let commit = Commit::change(&prepared, asking, now);
-        assert_eq!(commit.then.commands.len(), 1);
+        assert_eq!(commit.persist.outbox.len(), 1);
         assert!(commit.then.http_checks.is_empty());
     }
 
@@ -320,7 +315,7 @@ mod tests {
         let start = Commit::start(applied(&saga, Event::Start, now), now);
         assert!(start.persist.is_new);
         assert_eq!(start.persist.steps, vec![0, 1]);
-        assert_eq!(start.then.commands.len(), 1, "step a is dispatched");
+        assert_eq!(start.persist.outbox.len(), 1, "step a is dispatched");
         assert_eq!(start.then.saga, start.persist.saga);
 
         let running = start.persist.saga;

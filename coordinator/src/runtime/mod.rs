@@ -1,4 +1,4 @@
-//! Runs sagas: the registry of saga actors, and the relay of their commands to RabbitMQ.
+//! Runs sagas: the registry of saga actors, and the outbox relay.
 //!
 //! The registry starts one [`actor::SagaActor`] per unfinished saga (at submission, and at start-up
 //! for every unfinished saga in Postgres), routes replies and operator requests to it, and forgets it
@@ -35,9 +35,9 @@ use uuid::Uuid;
 
 use crate::amqp::Settlement;
 use crate::metrics::Metrics;
-use crate::outgoing::{command_message, OutgoingCommand};
+use crate::outbox::OutboxMessage;
 use crate::saga::definition::SagaDefinition;
-use crate::saga::machine::{awaited_commands, Decision, Event};
+use crate::saga::machine::{Decision, Event};
 use crate::saga::{Pause, PausedBy, Saga};
 use crate::store::{Store, StoreError, Writer};
 use actor::{Deliver, SagaActor};
@@ -90,7 +90,7 @@ struct Inner {
     stopping: AtomicBool,
     writer: Writer,
     store: Store,
-    relay: mpsc::UnboundedSender<Vec<OutgoingCommand>>,
+    relay: mpsc::UnboundedSender<Vec<OutboxMessage>>,
     http_check_back: check_back::HttpCheckBack,
     changes: changes::Changes,
     metrics: Arc<Metrics>,
@@ -116,7 +116,7 @@ impl Registry {
         arbiters: Vec<ArbiterHandle>,
         writer: Writer,
         store: Store,
-        relay: mpsc::UnboundedSender<Vec<OutgoingCommand>>,
+        relay: mpsc::UnboundedSender<Vec<OutboxMessage>>,
         changes: changes::Changes,
         metrics: Arc<Metrics>,
         sendings: sending::Sendings,
@@ -153,13 +153,12 @@ impl Registry {
         self.inner.paused_names.clone()
     }
 
-    /// Hands the commands of committed transitions to the relay for publishing.
-    fn publish(&self, commands: Vec<OutgoingCommand>) {
-        self.inner.sendings.unconfirmed(&commands);
-        if !commands.is_empty() && self.inner.relay.send(commands).is_err() {
-            // The relay is gone (shutting down): the steps still await these commands, and
-            // whoever takes the sagas over next sends them.
-            log::warn!("the command relay has stopped; commands will be sent after a restart");
+    /// Hands committed outbox rows to the relay for publishing.
+    fn publish(&self, outbox: Vec<OutboxMessage>) {
+        self.inner.sendings.unconfirmed(&outbox);
+        if !outbox.is_empty() && self.inner.relay.send(outbox).is_err() {
+            // The relay is gone (shutting down): the rows stay in Postgres and go out after a restart.
+            log::warn!("outbox relay stopped; commands will be published after a restart");
         }
     }
 
@@ -255,39 +254,16 @@ impl Registry {
             .interact(move |db| db.load_unfinished_in(partition))
             .await?;
         self.inner.sendings.taken_over(Utc::now());
-        let count = sagas.len();
-        let sent = sagas
-            .into_iter()
-            .map(|saga| self.resume(saga).1)
-            .sum::<usize>();
-        if count > 0 {
+        if !sagas.is_empty() {
             log::info!(
-                "resuming {count} unfinished saga(s) of partition {partition}, sending again the {sent} command(s) they await"
+                "resuming {} unfinished saga(s) of partition {partition}",
+                sagas.len()
             );
         }
-        Ok(())
-    }
-
-    /// Starts an actor for a saga loaded from Postgres and sends again every command it awaits,
-    /// with the same message id and idempotency key: whether they were published is not known
-    /// here (the previous owner crashed, lost the partition or handed it over; or this instance's
-    /// own commit went through although its answer was lost, which a conflict then revealed). The
-    /// actor starts first, so that a reply finds it. Answers the actor and the commands sent.
-    fn resume(&self, saga: Saga) -> (Option<Addr<SagaActor>>, usize) {
-        let now = Utc::now();
-        let (commands, _asked_over_http) =
-            commit::split_http_checks(&saga, awaited_commands(&saga));
-        let messages: Vec<OutgoingCommand> = commands
-            .iter()
-            .map(|command| command_message(&saga, command, now))
-            .collect();
-        let actor = self.adopt(saga);
-        if actor.is_none() {
-            return (None, 0);
+        for saga in sagas {
+            self.adopt(saga);
         }
-        let sent = messages.len();
-        self.publish(messages);
-        (actor, sent)
+        Ok(())
     }
 
     /// Stops the actors of a partition given up or lost (each after the event it is handling,
@@ -345,7 +321,7 @@ impl Registry {
         }
         let loaded = self.inner.store.interact(move |db| db.load(id)).await?;
         Ok(match loaded {
-            Some(saga) if !saga.state.is_final() => self.resume(saga).0,
+            Some(saga) if !saga.state.is_final() => self.adopt(saga),
             _ => None,
         })
     }

@@ -94,7 +94,7 @@ impl Ownership {
     }
 
     /// Whether this instance reports what every instance would read alike from the database and
-    /// the broker (sagas in flight per state, dead letters): the owner of partition 0
+    /// the broker (sagas in flight per state, the outbox, dead letters): the owner of partition 0
     /// does, so a dashboard summing over instances counts them once.
     pub fn reports_shared_gauges(&self) -> bool {
         self.held().contains_key(&0)

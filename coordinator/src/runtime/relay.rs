@@ -1,51 +1,63 @@
-//! The command relay: gets the commands of committed transitions to RabbitMQ, and forgets each
-//! once RabbitMQ confirmed it.
+//! The outbox relay: gets committed commands to RabbitMQ, and forgets them once confirmed.
 //!
-//! Commands come from the registry after their transition committed, and from a partition just
-//! taken over (every command its sagas await). Nothing here is durable, and need not be: a command
-//! follows from its step's state, so a crash loses only what the next owner of the saga sends
-//! again (`saga::machine::awaited_commands`). Until then the relay keeps each command in memory:
-//! one RabbitMQ refused, or could not take while it was away, goes again every
-//! [`RETRY_EVERY`] while its saga's partition is still held here. A command is never on its way
-//! twice at once.
+//! Fresh rows come straight from the actors after their transaction commits (the fast path). A sweep
+//! re-reads the outbox table every second for rows that are not on their way: those left by a crash,
+//! or whose publish failed while the broker was away. A row is deleted only after RabbitMQ confirmed
+//! it, so every command goes out at least once. Confirmed rows are deleted by the writer together
+//! with its next batch of transitions, so under load deleting them costs no commit of its own.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::amqp::PublishResult;
-use crate::metrics::{CommandBacklog, Metrics};
-use crate::outgoing::OutgoingCommand;
+use crate::metrics::Metrics;
+use crate::outbox::OutboxMessage;
 use crate::runtime::ownership::Ownership;
 use crate::runtime::sending::Sendings;
+use crate::store::{Store, Writer};
 
-/// How often commands that were not published are handed to the publisher again, and the
-/// backlog gauges brought up to date.
-const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often the outbox table is swept, and how old a row must be to be picked up by the sweep.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const SWEEP_BATCH: i64 = 5_000;
+/// Confirmed rows are deleted in batches, at least this often.
+const DELETE_EVERY: Duration = Duration::from_millis(20);
 
-/// Commands whose partition `ownership` no longer holds are dropped: their new owner sends them.
+/// Only rows of partitions `ownership` holds are swept: the others are their owners' to send.
+// Each argument is a channel end or a handle the relay serves; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
+    store: Store,
     ownership: Ownership,
-    mut fresh: mpsc::UnboundedReceiver<Vec<OutgoingCommand>>,
-    outbound: mpsc::UnboundedSender<OutgoingCommand>,
+    writer: Writer,
+    mut fresh: mpsc::UnboundedReceiver<Vec<OutboxMessage>>,
+    outbound: mpsc::UnboundedSender<OutboxMessage>,
     mut results: mpsc::UnboundedReceiver<PublishResult>,
     metrics: Arc<Metrics>,
     sendings: Sendings,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut unconfirmed = Unconfirmed::default();
-        let mut retry = tokio::time::interval(RETRY_EVERY);
+        // Rows handed to the publisher and not yet deleted or failed: never sent twice at once.
+        // The value is when the row was committed, for the publish latency, and which attempt it
+        // is, whose reply timeout runs from the confirm.
+        let mut on_the_way: HashMap<i64, OnTheWay> = HashMap::new();
+        let mut confirmed: Vec<i64> = Vec::new();
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        let mut flush = tokio::time::interval(DELETE_EVERY);
+        // At most one deletion under way; confirms arriving meanwhile wait for the next one.
+        let mut deleting = FuturesUnordered::new();
         loop {
             tokio::select! {
                 batch = fresh.recv() => {
                     let Some(batch) = batch else { break };
-                    for command in batch {
-                        let command = unconfirmed.hold(command);
-                        if outbound.send(command).is_err() {
+                    for message in batch {
+                        if !hand_over(&mut on_the_way, &outbound, message) {
                             return;
                         }
                     }
@@ -54,167 +66,107 @@ pub fn spawn(
                     let Some(result) = result else { break };
                     match result.result {
                         Ok(()) => {
-                            let command = unconfirmed.confirmed(result.command_id);
-                            metrics.observe_published(command.as_ref().map(|c| c.created_at));
-                            if let Some(c) = command {
-                                sendings.confirmed(c.saga_id, Sendings::key(&c), Utc::now());
+                            let row = on_the_way.get(&result.outbox_id);
+                            metrics.observe_published(row.map(|r| r.created_at));
+                            if let Some(row) = row {
+                                sendings.confirmed(row.saga_id, row.attempt.clone(), Utc::now());
                             }
+                            confirmed.push(result.outbox_id);
                         }
                         Err(reason) => {
                             metrics.observe_publish_failure();
-                            match unconfirmed.failed(result.command_id) {
-                                Some(c) => log::debug!(
-                                    saga_id:% = c.saga_id,
-                                    saga = c.saga_name.as_str(),
-                                    step = c.step.as_deref(),
-                                    attempt = c.attempt,
-                                    trace_id = logfmt::trace_id(c.traceparent.as_deref());
-                                    "command {} not published, sending again later: {reason}",
-                                    c.message_id
+                            match on_the_way.remove(&result.outbox_id) {
+                                Some(row) => log::debug!(
+                                    saga_id:% = row.saga_id,
+                                    saga = row.saga_name.as_str(),
+                                    step = row.attempt.as_ref().map(|a| a.0.as_str()),
+                                    attempt = row.attempt.as_ref().map(|a| a.2),
+                                    trace_id = logfmt::trace_id(row.traceparent.as_deref());
+                                    "outbox row {} not published: {reason}",
+                                    result.outbox_id
                                 ),
                                 None => log::debug!(
-                                    "command {} not published: {reason}",
-                                    result.command_id
+                                    "outbox row {} not published: {reason}",
+                                    result.outbox_id
                                 ),
                             }
                         }
                     }
                 }
-                _ = retry.tick() => {
-                    for command in unconfirmed.again(|saga_id| ownership.owns(saga_id)) {
-                        if outbound.send(command).is_err() {
-                            return;
+                _ = flush.tick(), if !confirmed.is_empty() && deleting.is_empty() => {
+                    let ids = std::mem::take(&mut confirmed);
+                    let writer = writer.clone();
+                    deleting.push(async move {
+                        let done = writer.forget_outbox(ids.clone()).await;
+                        (ids, done)
+                    });
+                }
+                Some((ids, done)) = deleting.next(), if !deleting.is_empty() => match done {
+                    Ok(()) => {
+                        for id in ids {
+                            on_the_way.remove(&id);
                         }
                     }
-                    metrics.observe_unconfirmed(&unconfirmed.backlog(Utc::now()));
+                    Err(e) => {
+                        log::warn!("cannot delete confirmed outbox rows ({e}); will try again");
+                        confirmed.extend(ids);
+                    }
+                },
+                _ = sweep.tick() => {
+                    let before = Utc::now() - chrono::Duration::from_std(SWEEP_EVERY).unwrap_or_default();
+                    let partitions = ownership.partitions();
+                    let owned: Vec<u32> = ownership.leases().iter().map(|l| l.partition).collect();
+                    if owned.is_empty() {
+                        continue;
+                    }
+                    let found = store
+                        .interact(move |db| db.pending_outbox(before, SWEEP_BATCH, partitions, owned))
+                        .await;
+                    match found {
+                        Ok(rows) => {
+                            // Rows left by a crash are unconfirmed: their attempts cannot time out.
+                            sendings.unconfirmed(&rows);
+                            for message in rows {
+                                if !hand_over(&mut on_the_way, &outbound, message) {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => log::warn!("outbox sweep failed: {e}"),
+                    }
                 }
             }
         }
     })
 }
 
-/// The commands handed to the relay and not yet confirmed by RabbitMQ, by the relay's number.
-#[derive(Default)]
-struct Unconfirmed {
-    next_id: i64,
-    commands: HashMap<i64, Held>,
+/// Sends a row to the publisher unless it is already on its way; `false` once the publisher is gone.
+/// A row handed to the publisher.
+struct OnTheWay {
+    created_at: DateTime<Utc>,
+    saga_id: uuid::Uuid,
+    attempt: Option<(String, crate::saga::CommandKind, u32)>,
+    /// For the line saying it was not published, which names its saga as every such line does.
+    saga_name: String,
+    traceparent: Option<String>,
 }
 
-struct Held {
-    command: OutgoingCommand,
-    /// With the publisher now (`false`: refused, to be sent again).
-    on_its_way: bool,
-}
-
-impl Unconfirmed {
-    /// Numbers a new command and keeps it until confirmed; answers the copy to publish.
-    fn hold(&mut self, mut command: OutgoingCommand) -> OutgoingCommand {
-        self.next_id += 1;
-        command.id = self.next_id;
-        self.commands.insert(
-            command.id,
-            Held {
-                command: command.clone(),
-                on_its_way: true,
-            },
-        );
-        command
-    }
-
-    /// RabbitMQ has it: forgotten.
-    fn confirmed(&mut self, id: i64) -> Option<OutgoingCommand> {
-        self.commands.remove(&id).map(|held| held.command)
-    }
-
-    /// Not published: kept for the next round.
-    fn failed(&mut self, id: i64) -> Option<&OutgoingCommand> {
-        let held = self.commands.get_mut(&id)?;
-        held.on_its_way = false;
-        Some(&held.command)
-    }
-
-    /// The commands to send again, now on their way; those of sagas no longer `owned` here are
-    /// dropped.
-    fn again(&mut self, owned: impl Fn(uuid::Uuid) -> bool) -> Vec<OutgoingCommand> {
-        self.commands.retain(|_, held| owned(held.command.saga_id));
-        self.commands
-            .values_mut()
-            .filter(|held| !held.on_its_way)
-            .map(|held| {
-                held.on_its_way = true;
-                held.command.clone()
-            })
-            .collect()
-    }
-
-    /// How many commands wait for a confirm, and the age of the oldest.
-    fn backlog(&self, now: DateTime<Utc>) -> CommandBacklog {
-        let oldest = self.commands.values().map(|h| h.command.created_at).min();
-        CommandBacklog {
-            commands: i64::try_from(self.commands.len()).unwrap_or(i64::MAX),
-            oldest_age_seconds: oldest
-                .map(|at| (now - at).num_milliseconds().max(0) as f64 / 1000.0)
-                .unwrap_or(0.0),
+fn hand_over(
+    on_the_way: &mut HashMap<i64, OnTheWay>,
+    outbound: &mpsc::UnboundedSender<OutboxMessage>,
+    message: OutboxMessage,
+) -> bool {
+    match on_the_way.entry(message.id) {
+        Entry::Occupied(_) => true,
+        Entry::Vacant(slot) => {
+            slot.insert(OnTheWay {
+                created_at: message.created_at,
+                saga_id: message.saga_id,
+                attempt: Sendings::key(&message),
+                saga_name: message.saga_name.clone(),
+                traceparent: message.traceparent.clone(),
+            });
+            outbound.send(message).is_ok()
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn command(saga_id: uuid::Uuid, attempt: u32) -> OutgoingCommand {
-        OutgoingCommand {
-            id: 0,
-            saga_id,
-            saga_name: "s".into(),
-            message_id: contract::command_message_id(
-                saga_id,
-                Some("a"),
-                contract::CommandKind::Action,
-                attempt,
-            ),
-            participant: "p".into(),
-            kind: contract::CommandKind::Action,
-            step: Some("a".into()),
-            attempt,
-            body: Vec::new(),
-            traceparent: None,
-            tracestate: None,
-            created_at: Utc::now(),
-        }
-    }
-
-    #[test]
-    fn a_command_is_kept_until_confirmed_and_a_refused_one_goes_again_while_its_saga_is_owned() {
-        let mut unconfirmed = Unconfirmed::default();
-        let (mine, moved) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-        let first = unconfirmed.hold(command(mine, 1)).id;
-        let second = unconfirmed.hold(command(mine, 2)).id;
-        let elsewhere = unconfirmed.hold(command(moved, 1)).id;
-        assert_ne!(first, second);
-        assert_eq!(unconfirmed.backlog(Utc::now()).commands, 3);
-
-        // Nothing refused: nothing to send again, even for a saga that moved.
-        assert!(unconfirmed.again(|saga| saga == mine).is_empty());
-        assert_eq!(
-            unconfirmed.backlog(Utc::now()).commands,
-            2,
-            "the moved saga's command is dropped"
-        );
-        assert!(unconfirmed.failed(elsewhere).is_none());
-
-        unconfirmed.failed(second);
-        let again = unconfirmed.again(|saga| saga == mine);
-        assert_eq!(again.iter().map(|c| c.id).collect::<Vec<_>>(), [second]);
-        assert!(
-            unconfirmed.again(|saga| saga == mine).is_empty(),
-            "on its way once at a time"
-        );
-
-        assert_eq!(unconfirmed.confirmed(first).map(|c| c.attempt), Some(1));
-        assert_eq!(unconfirmed.confirmed(second).map(|c| c.attempt), Some(2));
-        assert_eq!(unconfirmed.backlog(Utc::now()).commands, 0);
-        assert_eq!(unconfirmed.backlog(Utc::now()).oldest_age_seconds, 0.0);
     }
 }

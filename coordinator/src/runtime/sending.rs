@@ -3,9 +3,9 @@
 //! of the coordinator's own broker (contract, section 4).
 //!
 //! Kept in memory only, so it costs no write per command. A command is `unconfirmed` from the moment
-//! its transition committed (or its saga was taken over, when every command the saga awaits goes
-//! again) until RabbitMQ confirms it; reply timeouts are held anyway until the broker has been
-//! connected for [`REPLY_GRACE`]. The same grace follows the
+//! its transition committed (or the sweep found its row) until RabbitMQ confirms it; after a restart
+//! nothing is known until the sweep has found the rows still in the outbox, and reply timeouts are
+//! held anyway until the broker has been connected for [`REPLY_GRACE`]. The same grace follows the
 //! last transition Postgres refused: replies are requeued while it is away, and must win when it
 //! is back.
 
@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::outgoing::OutgoingCommand;
+use crate::outbox::OutboxMessage;
 use crate::saga::machine::Sending;
 use crate::saga::{CommandKind, Saga};
 
@@ -35,8 +35,9 @@ struct State {
     consuming_since: Option<DateTime<Utc>>,
     /// When Postgres last refused a transition: replies were requeued, not lost, until then.
     store_failed_at: Option<DateTime<Utc>>,
-    /// When this instance last took partitions from another (or after its own restart): its
-    /// partitions' replies may be waiting in their queues.
+    /// When this instance last took partitions from another (or after its own restart): what the
+    /// previous owner published, and what it left unpublished, is not known until the sweep has
+    /// run, and its partitions' replies may be waiting in their queues.
     taken_over_at: Option<DateTime<Utc>>,
 }
 
@@ -46,7 +47,7 @@ pub struct Sendings {
     state: Arc<Mutex<State>>,
 }
 
-fn key(message: &OutgoingCommand) -> Option<Sent> {
+fn key(message: &OutboxMessage) -> Option<Sent> {
     let step = message.step.clone()?;
     Some((step, message.kind.into(), message.attempt))
 }
@@ -60,7 +61,7 @@ impl Sendings {
     }
 
     /// Committed commands, not yet confirmed (a confirm already heard is kept).
-    pub fn unconfirmed(&self, messages: &[OutgoingCommand]) {
+    pub fn unconfirmed(&self, messages: &[OutboxMessage]) {
         let mut state = self.state();
         for message in messages {
             if let Some(key) = key(message) {
@@ -84,7 +85,7 @@ impl Sendings {
     }
 
     /// The key the relay keeps for a row until its confirm.
-    pub fn key(message: &OutgoingCommand) -> Option<Sent> {
+    pub fn key(message: &OutboxMessage) -> Option<Sent> {
         key(message)
     }
 
@@ -174,10 +175,10 @@ mod tests {
             crate::saga::machine::Decision::Apply(t) => t,
             other => panic!("starts: {other:?}"),
         };
-        let messages: Vec<OutgoingCommand> = transition
+        let messages: Vec<OutboxMessage> = transition
             .commands
             .iter()
-            .map(|c| crate::outgoing::command_message(&transition.saga, c, saga.created_at))
+            .map(|c| crate::outbox::command_message(&transition.saga, c, saga.created_at))
             .collect();
         sendings.unconfirmed(&messages);
         let now = Utc::now();
@@ -186,7 +187,7 @@ mod tests {
             [(0, CommandKind::Action, 1)]
         );
         sendings.confirmed(saga.id, Sendings::key(&messages[0]), now);
-        // The same command handed over again (a takeover) does not make it unconfirmed again.
+        // A later sweep finding the row before its deletion does not make it unconfirmed again.
         sendings.unconfirmed(&messages);
         let sending = sendings.for_saga(&saga, now);
         assert!(sending.unconfirmed.is_empty());

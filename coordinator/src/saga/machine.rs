@@ -45,7 +45,7 @@ pub type Attempt = (usize, CommandKind, u32);
 /// A step's reply timeout counts only time during which the participant could have answered.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sending {
-    /// Attempts whose command waits to be published, not yet confirmed by RabbitMQ: they cannot
+    /// Attempts whose command waits in the outbox, not yet confirmed by RabbitMQ: they cannot
     /// time out yet.
     pub unconfirmed: Vec<Attempt>,
     /// Attempts RabbitMQ confirmed, and when: each times out no earlier than its confirm plus the
@@ -145,51 +145,6 @@ pub enum Decision {
     Ignore(String),
     /// An operator request the saga's state does not allow (the API answers 409).
     Reject(String),
-}
-
-/// The commands of `saga` that are out and not answered: every step attempt and check-back whose
-/// reply timeout is armed, with that timeout as its deadline.
-///
-/// Commands are not stored: they follow from the saga's state. A coordinator that takes a saga
-/// over (after a crash, or from another coordinator) sends these again, because it cannot know
-/// which of them reached RabbitMQ. Every command a transition emits is among them right after it,
-/// and nothing else is (the property tests check both).
-pub fn awaited_commands(saga: &Saga) -> Vec<Command> {
-    let reply_due = |timer: Option<Timer>| {
-        timer
-            .filter(|t| t.purpose == TimerPurpose::ReplyTimeout)
-            .map(|t| t.due_at)
-    };
-    let mut commands: Vec<Command> = saga
-        .steps
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
-            let deadline = reply_due(s.timer)?;
-            let (kind, attempt) = match s.state {
-                StepState::Running => (CommandKind::Action, s.attempts),
-                StepState::Compensating => (CommandKind::Compensation, s.compensation_attempts),
-                _ => return None,
-            };
-            Some(Command {
-                step: Some(i),
-                kind,
-                attempt,
-                deadline,
-            })
-        })
-        .collect();
-    if saga.state == SagaState::Prepared {
-        if let Some(deadline) = reply_due(saga.check_back.timer) {
-            commands.push(Command {
-                step: None,
-                kind: CommandKind::Check,
-                attempt: saga.check_back.attempts,
-                deadline,
-            });
-        }
-    }
-    commands
 }
 
 /// Decides what `event` does to `saga`.

@@ -3,8 +3,8 @@
 //! A batch of transitions of different sagas is written by a single statement: data-modifying CTEs
 //! insert the new sagas and their steps, update the changed sagas (with the optimistic `version`
 //! check) and their changed steps, append the changes of the counts per state and per minute
-//! (`state_counts.rs`), append the event log and mark the sagas a bulk action changed as `applied`
-//! in it. Commands are not written: they follow from the steps' state (`outgoing.rs`). A single
+//! (`state_counts.rs`), append the event log, insert the outbox rows, mark the sagas a bulk action
+//! changed as `applied` in it, and delete the outbox rows RabbitMQ confirmed. A single
 //! statement is atomic on its own, so it runs without `BEGIN` and `COMMIT`: one round trip to
 //! Postgres and one commit per batch, whatever its size.
 //!
@@ -12,10 +12,10 @@
 //! statement text never changes, so diesel prepares it once per connection and Postgres plans it once
 //! (the writer's connections ask for the generic plan, see [`super::writer_pool`]); planning a
 //! statement this size on every batch would cost more than running it. The
-//! event log and the steps of a saga are written only if its own row was (a transition
+//! event log, the steps and the outbox of a saga are written only if its own row was (a transition
 //! whose saga changed elsewhere, or a new saga whose idempotency key is taken, writes nothing).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use diesel::pg::{Pg, PgConnection};
@@ -23,7 +23,7 @@ use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::serialize::ToSql;
 use diesel::sql_types::{
-    Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    Array, BigInt, Binary, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
 };
 use diesel::sql_types::{HasSqlType, Untyped};
 use serde_json::Value;
@@ -136,21 +136,38 @@ WITH fenced AS (
          WITH ORDINALITY AS v(saga_id, at, kind, step, attempt, detail, epoch, n)
     WHERE v.saga_id IN (SELECT id FROM written)
     ORDER BY v.n
+), commands AS (
+    INSERT INTO outbox (saga_id, message_id, participant, kind, body, traceparent, created_at,
+                        tracestate)
+    SELECT v.* FROM unnest($?::uuid[], $?::uuid[], $?::text[], $?::text[], $?::bytea[],
+                           $?::text[], $?::timestamptz[], $?::text[])
+         AS v(saga_id, message_id, participant, kind, body, traceparent, created_at, tracestate)
+    WHERE v.saga_id IN (SELECT id FROM written)
+    RETURNING message_id, id
 ), bulk_applied AS (
     UPDATE bulk_action_sagas AS b SET outcome = 'applied', done_at = now()
     FROM unnest($?::uuid[], $?::uuid[]) AS v(bulk_action_id, saga_id)
     WHERE b.bulk_action_id = v.bulk_action_id AND b.saga_id = v.saga_id AND b.outcome IS NULL
       AND v.saga_id IN (SELECT id FROM changed_sagas)
+), confirmed AS (
+    DELETE FROM outbox WHERE id = ANY($?::bigint[])
 )
-SELECT id AS saga_id, NULL::integer AS live_partition FROM written
+SELECT id AS saga_id, NULL::uuid AS message_id, NULL::bigint AS outbox_id,
+       NULL::integer AS live_partition FROM written
 UNION ALL
-SELECT NULL, partition FROM fenced"#;
+SELECT NULL, message_id, id, NULL FROM commands
+UNION ALL
+SELECT NULL, NULL, NULL, partition FROM fenced"#;
 
-/// What the statement answers: the sagas it wrote, and the partitions the writer still holds.
+/// What the statement answers: the sagas it wrote, and the ids of the outbox rows it inserted.
 #[derive(QueryableByName)]
 struct Answer {
     #[diesel(sql_type = Nullable<SqlUuid>)]
     saga_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    message_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    outbox_id: Option<i64>,
     /// A partition the writer still holds (see `saga_fence`).
     #[diesel(sql_type = Nullable<Integer>)]
     live_partition: Option<i32>,
@@ -167,13 +184,14 @@ pub(super) enum Outcome {
     Fenced,
 }
 
-/// Writes the transitions (of distinct sagas, at most one epoch per partition) in one statement,
-/// fenced: only transitions whose partition `writer` still holds with the epoch they carry are
-/// written.
+/// Writes the transitions (of distinct sagas, at most one epoch per partition) and deletes the
+/// confirmed outbox rows `forget`, in one statement, fenced: only transitions whose partition
+/// `writer` still holds with the epoch they carry are written.
 pub(super) fn write(
     conn: &mut PgConnection,
     writer: &str,
     persists: &[&Persist],
+    forget: &[i64],
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut fence = Fence {
         writer,
@@ -184,6 +202,7 @@ pub(super) fn write(
     let mut new_steps = NewSteps::default();
     let mut changed_steps = ChangedSteps::default();
     let mut events = Events::default();
+    let mut commands = Commands::default();
     let mut bulk_applied = BulkApplied::default();
     for p in persists {
         if let Some(bulk_action) = p.bulk_action {
@@ -203,7 +222,9 @@ pub(super) fn write(
             }
         }
         events.push(p);
+        commands.push(p);
     }
+    let command_count = commands.message_id.len();
     let answers: Vec<Answer> = WriteBatch {
         fence,
         new_sagas,
@@ -211,18 +232,29 @@ pub(super) fn write(
         new_steps,
         changed_steps,
         events,
+        commands,
         bulk_applied,
+        forget,
     }
     .load(conn)?;
 
     let mut written = HashSet::with_capacity(persists.len());
+    let mut outbox_ids = HashMap::with_capacity(command_count);
     let mut live = HashSet::new();
     for answer in answers {
-        match (answer.saga_id, answer.live_partition) {
-            (Some(saga), _) => {
+        match (
+            answer.saga_id,
+            answer.message_id,
+            answer.outbox_id,
+            answer.live_partition,
+        ) {
+            (Some(saga), _, _, _) => {
                 written.insert(saga);
             }
-            (None, Some(partition)) => {
+            (None, Some(message), Some(id), _) => {
+                outbox_ids.insert(message, id);
+            }
+            (None, None, None, Some(partition)) => {
                 live.insert(partition);
             }
             _ => return Err(StoreError::Corrupt("an unexpected answer row".into())),
@@ -241,12 +273,24 @@ pub(super) fn write(
                     Outcome::Conflict
                 });
             }
+            let mut outbox = p.outbox.clone();
+            for message in &mut outbox {
+                message.id = outbox_ids
+                    .get(&message.message_id)
+                    .copied()
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "outbox row {} not inserted",
+                            message.message_id
+                        ))
+                    })?;
+            }
             let version = if p.is_new {
                 p.saga.version
             } else {
                 p.saga.version + 1
             };
-            Ok(Outcome::Saved(Written::Saved { version }))
+            Ok(Outcome::Saved(Written::Saved { version, outbox }))
         })
         .collect()
 }
@@ -259,7 +303,9 @@ struct WriteBatch<'a> {
     new_steps: NewSteps<'a>,
     changed_steps: ChangedSteps<'a>,
     events: Events<'a>,
+    commands: Commands<'a>,
     bulk_applied: BulkApplied,
+    forget: &'a [i64],
 }
 
 /// The sagas whose transition is a bulk action's, to be marked `applied` in it.
@@ -292,8 +338,10 @@ impl QueryFragment<Pg> for WriteBatch<'_> {
         self.new_steps.walk(&mut out, &mut sql)?;
         self.changed_steps.walk(&mut out, &mut sql)?;
         self.events.walk(&mut out, &mut sql)?;
+        self.commands.walk(&mut out, &mut sql)?;
         sql.bind::<Array<SqlUuid>, _>(&mut out, &self.bulk_applied.bulk_action)?;
-        sql.bind::<Array<SqlUuid>, _>(&mut out, &self.bulk_applied.saga)
+        sql.bind::<Array<SqlUuid>, _>(&mut out, &self.bulk_applied.saga)?;
+        sql.bind::<Array<BigInt>, _>(&mut out, self.forget)
     }
 }
 
@@ -598,6 +646,46 @@ impl<'a> Events<'a> {
         sql.bind::<Array<Nullable<Integer>>, _>(out, &self.attempt)?;
         sql.bind::<Array<Jsonb>, _>(out, &self.detail)?;
         sql.bind::<Array<BigInt>, _>(out, &self.epoch)?;
+        Ok(())
+    }
+}
+
+/// Columns of the outbox insert.
+#[derive(Default)]
+struct Commands<'a> {
+    saga_id: Vec<Uuid>,
+    message_id: Vec<Uuid>,
+    participant: Vec<&'a str>,
+    kind: Vec<&'static str>,
+    body: Vec<&'a [u8]>,
+    traceparent: Vec<Option<&'a str>>,
+    created_at: Vec<DateTime<Utc>>,
+    tracestate: Vec<Option<&'a str>>,
+}
+
+impl<'a> Commands<'a> {
+    fn push(&mut self, p: &'a Persist) {
+        for m in &p.outbox {
+            self.saga_id.push(m.saga_id);
+            self.message_id.push(m.message_id);
+            self.participant.push(&m.participant);
+            self.kind.push(m.kind.as_str());
+            self.body.push(&m.body);
+            self.traceparent.push(m.traceparent.as_deref());
+            self.created_at.push(m.created_at);
+            self.tracestate.push(m.tracestate.as_deref());
+        }
+    }
+
+    fn walk<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, sql: &mut Statement) -> QueryResult<()> {
+        sql.bind::<Array<SqlUuid>, _>(out, &self.saga_id)?;
+        sql.bind::<Array<SqlUuid>, _>(out, &self.message_id)?;
+        sql.bind::<Array<Text>, _>(out, &self.participant)?;
+        sql.bind::<Array<Text>, _>(out, &self.kind)?;
+        sql.bind::<Array<Binary>, _>(out, &self.body)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.traceparent)?;
+        sql.bind::<Array<Timestamptz>, _>(out, &self.created_at)?;
+        sql.bind::<Array<Nullable<Text>>, _>(out, &self.tracestate)?;
         Ok(())
     }
 }

@@ -1,9 +1,10 @@
 //! Aggregate reads for the metrics endpoint: cheap counts, taken when Prometheus scrapes.
 
-use diesel::dsl::count_star;
+use chrono::{DateTime, Utc};
+use diesel::dsl::{count_star, min};
 use diesel::prelude::*;
 
-use super::schema::sagas;
+use super::schema::{outbox, sagas};
 use super::{final_states, Queries, StoreError};
 use crate::saga::SagaState;
 
@@ -23,5 +24,13 @@ impl Queries {
                 Ok((name, state, n))
             })
             .collect()
+    }
+
+    /// Outbox rows not yet confirmed, and when the oldest was written.
+    pub fn outbox_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+        let mut conn = self.conn()?;
+        Ok(outbox::table
+            .select((count_star(), min(outbox::created_at)))
+            .first(&mut conn)?)
     }
 }

@@ -1,10 +1,9 @@
 //! Postgres persistence: the only module that knows diesel.
 //!
 //! Sagas are stored as a row of `sagas` (definition and saga state), one row per step in `saga_steps`
-//! (progress and durable timers) and an append-only `saga_events` log. Commands are not stored: a
-//! transition is committed before the commands it decided on are published, and those commands
-//! follow from the steps' state (`saga::machine::awaited_commands`), which is what makes "state
-//! first, then message" hold across crashes (see [`writer`]).
+//! (progress and durable timers), an append-only `saga_events` log, and `outbox` rows for commands
+//! that RabbitMQ has not confirmed yet. A transition and the commands it produces are written in one
+//! transaction (see [`writer`]), which is what makes "state first, then message" hold across crashes.
 
 pub mod alerts;
 mod batch;
@@ -38,9 +37,11 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::outbox::OutboxMessage;
+use crate::partition::Partitions;
 use crate::saga::{Saga, SagaState};
-use rows::{EventRow, SagaRow, StepRow};
-use schema::{saga_events, saga_steps, sagas};
+use rows::{EventRow, OutboxRow, SagaRow, StepRow};
+use schema::{outbox, saga_events, saga_steps, sagas};
 
 pub use events::{render as render_event, StoredEvent};
 pub use migrations::{prepare, PrepareError, MIGRATION_LOCK_KEY};
@@ -241,6 +242,42 @@ impl Queries {
             .select(EventRow::as_select())
             .load(&mut conn)?;
         Ok(rows.into_iter().map(EventRecord::from).collect())
+    }
+
+    /// Outbox rows not yet confirmed, oldest first, created before `created_before` (younger ones are
+    /// still on their way through the relay's fast path).
+    /// Only rows of sagas in the `owned` partitions (of `partitions`) are read: the others are
+    /// their owners' to send.
+    pub fn pending_outbox(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: i64,
+        partitions: Partitions,
+        owned: Vec<u32>,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        use diesel::sql_types::{Array, Bool, Integer};
+        let owned: Vec<i32> = owned
+            .into_iter()
+            .filter_map(|p| i32::try_from(p).ok())
+            .collect();
+        let count = i32::try_from(partitions.count()).unwrap_or(i32::MAX);
+        // The partition of the row's saga, by the formula of `Partitions::of`.
+        let in_owned = diesel::dsl::sql::<Bool>(
+            "(get_byte(uuid_send(saga_id), 14) * 256 + get_byte(uuid_send(saga_id), 15)) % ",
+        )
+        .bind::<Integer, _>(count)
+        .sql(" = ANY(")
+        .bind::<Array<Integer>, _>(owned)
+        .sql(")");
+        let mut conn = self.conn()?;
+        let rows: Vec<OutboxRow> = outbox::table
+            .filter(outbox::created_at.lt(created_before))
+            .filter(in_owned)
+            .order(outbox::id.asc())
+            .limit(limit)
+            .select(OutboxRow::as_select())
+            .load(&mut conn)?;
+        rows.into_iter().map(OutboxRow::into_message).collect()
     }
 
     /// Joins saga rows with their steps (one query for the whole batch).

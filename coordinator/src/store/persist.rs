@@ -5,6 +5,7 @@
 use uuid::Uuid;
 
 use super::leases::Lease;
+use crate::outbox::OutboxMessage;
 use crate::saga::LogEntry;
 use crate::saga::{Saga, SagaState};
 
@@ -16,6 +17,7 @@ pub struct Persist {
     /// Positions of the steps whose progress changed.
     pub steps: Vec<usize>,
     pub log: Vec<LogEntry>,
+    pub outbox: Vec<OutboxMessage>,
     /// A new saga: insert it, unless its idempotency key is taken.
     pub is_new: bool,
     /// The saga's state before the transition (a new saga's is the one it is inserted in): the
@@ -31,8 +33,11 @@ pub struct Persist {
 
 #[derive(Debug)]
 pub enum Written {
-    /// Committed: the saga's new version.
-    Saved { version: i64 },
+    /// Committed: the saga's new version, and the outbox rows with their ids.
+    Saved {
+        version: i64,
+        outbox: Vec<OutboxMessage>,
+    },
     /// A new saga whose (name, key) an earlier saga already has; that saga is returned instead.
     Duplicate(Box<Saga>),
 }

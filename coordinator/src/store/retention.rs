@@ -1,5 +1,5 @@
 //! History retention (issue 15): finished sagas past their state's retention are deleted, with
-//! their steps, event log and alerts, in small batches
+//! their steps, event log, alerts and any outbox row left behind, in small batches
 //! (`runtime/retention.rs` decides when). Only sagas of partitions the caller leases at that moment
 //! are taken (checked by the statement, against Postgres' clock), so with several coordinators each
 //! saga is purged by one of them. A final saga is never written again, so a purge cannot race a
@@ -31,6 +31,8 @@ WITH doomed AS (
     DELETE FROM saga_events WHERE saga_id IN (SELECT id FROM doomed)
 ), alerts AS (
     DELETE FROM saga_alerts WHERE saga_id IN (SELECT id FROM doomed)
+), outbox_rows AS (
+    DELETE FROM outbox WHERE saga_id IN (SELECT id FROM doomed)
 ), purged AS (
     DELETE FROM sagas WHERE id IN (SELECT id FROM doomed) RETURNING 1
 ), counted AS (

@@ -41,7 +41,7 @@ impl Db {
     }
 
     /// A saga created at `created` in `state`, last written at `updated` (its finish, if final),
-    /// in `partition`, with two steps, three events and an alert.
+    /// in `partition`, with two steps, three events, an alert and an outbox row.
     fn saga(
         &self,
         state: &str,
@@ -67,22 +67,31 @@ impl Db {
              VALUES ('{id}', '{created}', 'submitted', '{{}}'),
                     ('{id}', '{created}', 'dispatched', '{{}}'),
                     ('{id}', '{updated}', 'finished', '{{}}');
-             INSERT INTO saga_alerts (saga_id, reason) VALUES ('{id}', 'stuck');",
+             INSERT INTO saga_alerts (saga_id, reason) VALUES ('{id}', 'stuck');
+             INSERT INTO outbox (saga_id, message_id, participant, kind, body, created_at)
+             VALUES ('{id}', gen_random_uuid(), 'shop', 'action', '\\x00', '{updated}');",
             created = created.to_rfc3339(),
             updated = updated.to_rfc3339(),
         ));
         id
     }
 
-    /// Rows left in each table for `id`: sagas, steps, events, alerts.
-    fn rows_of(&self, id: Uuid) -> [i64; 4] {
+    /// Rows left in each table for `id`: sagas, steps, events, alerts, outbox.
+    fn rows_of(&self, id: Uuid) -> [i64; 5] {
         #[derive(QueryableByName)]
         struct N {
             #[diesel(sql_type = BigInt)]
             n: i64,
         }
         let mut conn = self.pool.get().expect("connection");
-        ["sagas", "saga_steps", "saga_events", "saga_alerts"].map(|table| {
+        [
+            "sagas",
+            "saga_steps",
+            "saga_events",
+            "saga_alerts",
+            "outbox",
+        ]
+        .map(|table| {
             let column = if table == "sagas" { "id" } else { "saga_id" };
             let rows: Vec<N> = diesel::sql_query(format!(
                 "SELECT count(*) AS n FROM {table} WHERE {column} = '{id}'"
@@ -125,10 +134,10 @@ fn only_final_sagas_of_the_state_past_the_cutoff_go_with_every_row_of_theirs() {
         3
     );
     for id in doomed {
-        assert_eq!(db.rows_of(id), [0; 4], "every row of {id} went");
+        assert_eq!(db.rows_of(id), [0; 5], "every row of {id} went");
     }
     for id in kept {
-        assert_eq!(db.rows_of(id), [1, 2, 3, 1], "{id} is whole");
+        assert_eq!(db.rows_of(id), [1, 2, 3, 1, 1], "{id} is whole");
     }
     let committed = q.count_by_state().expect("counts");
     assert!(

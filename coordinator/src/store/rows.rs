@@ -8,8 +8,9 @@ use diesel::prelude::*;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::schema::{saga_events, saga_steps, sagas};
+use super::schema::{outbox, saga_events, saga_steps, sagas};
 use super::StoreError;
+use crate::outbox::OutboxMessage;
 use crate::saga::{
     CheckBackProgress, Pause, Saga, SagaDefinition, StepProgress, Timer, TimerPurpose,
 };
@@ -58,6 +59,20 @@ pub struct EventRow {
     pub step: Option<String>,
     pub attempt: Option<i32>,
     pub detail: Value,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = outbox)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub saga_id: Uuid,
+    pub message_id: Uuid,
+    pub participant: String,
+    pub kind: String,
+    pub body: Vec<u8>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    pub created_at: DateTime<Utc>,
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -133,6 +148,34 @@ impl SagaRow {
                 }),
                 _ => None,
             },
+        })
+    }
+}
+
+/// The part of a stored command body that says which attempt of which saga it is.
+#[derive(serde::Deserialize)]
+struct Addressed {
+    saga_name: String,
+    step: Option<String>,
+    attempt: u32,
+}
+
+impl OutboxRow {
+    pub fn into_message(self) -> Result<OutboxMessage, StoreError> {
+        let addressed: Addressed = serde_json::from_slice(&self.body).map_err(corrupt)?;
+        Ok(OutboxMessage {
+            id: self.id,
+            saga_id: self.saga_id,
+            saga_name: addressed.saga_name,
+            message_id: self.message_id,
+            participant: self.participant,
+            kind: self.kind.parse().map_err(corrupt)?,
+            step: addressed.step,
+            attempt: addressed.attempt,
+            body: self.body,
+            traceparent: self.traceparent,
+            tracestate: self.tracestate,
+            created_at: self.created_at,
         })
     }
 }

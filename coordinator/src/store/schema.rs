@@ -64,6 +64,26 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    outbox (id) {
+        id -> Int8,
+        saga_id -> Uuid,
+        message_id -> Uuid,
+        participant -> Text,
+        kind -> Text,
+        body -> Bytea,
+        traceparent -> Nullable<Text>,
+        tracestate -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(saga_steps -> sagas (saga_id));
 diesel::joinable!(saga_events -> sagas (saga_id));
-diesel::allow_tables_to_appear_in_same_query!(sagas, saga_steps, saga_events, paused_saga_names);
+diesel::allow_tables_to_appear_in_same_query!(
+    sagas,
+    saga_steps,
+    saga_events,
+    outbox,
+    paused_saga_names
+);

@@ -8,9 +8,11 @@ use testkit::TestDb;
 use uuid::Uuid;
 
 use super::*;
+use crate::outbox::{command_message, OutboxMessage};
 use crate::saga::machine::{self, Context, Decision, Event};
 use crate::saga::SagaState;
 use crate::store::leases::Lease;
+use crate::store::schema::outbox;
 use crate::store::test_db::SCHEMA;
 use crate::store::Queries;
 
@@ -69,11 +71,17 @@ fn started(key: Option<&str>) -> Persist {
     let Decision::Apply(start) = machine::handle(&saga, Event::Start, &mut ctx) else {
         panic!("a new saga starts");
     };
+    let outbox = start
+        .commands
+        .iter()
+        .map(|c| command_message(&start.saga, c, now))
+        .collect();
     Persist {
         steps: (0..start.saga.steps.len()).collect(),
         fence: fence_of(&start.saga),
         saga: start.saga,
         log: start.log,
+        outbox,
         is_new: true,
         state_before: SagaState::Running,
         bulk_action: None,
@@ -87,6 +95,7 @@ fn bare_change(saga: Saga) -> Persist {
         saga,
         steps: Vec::new(),
         log: Vec::new(),
+        outbox: Vec::new(),
         is_new: false,
         state_before: SagaState::Running,
         bulk_action: None,
@@ -94,14 +103,22 @@ fn bare_change(saga: Saga) -> Persist {
 }
 
 /// Runs one batch exactly as a writer thread would, and collects the answers.
-fn run_batch(pool: &Pool, persists: Vec<Persist>) -> Vec<Result<Written, String>> {
-    let (kept, answers) = commit_batch(pool, persists);
+fn run_batch(
+    pool: &Pool,
+    persists: Vec<Persist>,
+    forget: Vec<i64>,
+) -> Vec<Result<Written, String>> {
+    let (kept, answers) = commit_batch(pool, persists, forget);
     assert!(kept, "the connection stays with the writer");
     answers
 }
 
 /// Hands one batch to `commit` and collects the answers; `true` if the writer kept its connection.
-fn commit_batch(pool: &Pool, persists: Vec<Persist>) -> (bool, Vec<Result<Written, String>>) {
+fn commit_batch(
+    pool: &Pool,
+    persists: Vec<Persist>,
+    forget: Vec<i64>,
+) -> (bool, Vec<Result<Written, String>>) {
     let mut jobs = Vec::new();
     let mut answers = Vec::new();
     for persist in persists {
@@ -113,7 +130,12 @@ fn commit_batch(pool: &Pool, persists: Vec<Persist>) -> (bool, Vec<Result<Writte
         });
         answers.push(answer);
     }
-    let kept = commit(pool.get(), INSTANCE, jobs);
+    let (done, forgotten) = oneshot::channel();
+    let kept = commit(pool.get(), INSTANCE, jobs, vec![(forget, done)]);
+    forgotten
+        .blocking_recv()
+        .expect("answered")
+        .expect("confirmed outbox rows deleted");
     let answers = answers
         .into_iter()
         .map(|a| {
@@ -125,16 +147,24 @@ fn commit_batch(pool: &Pool, persists: Vec<Persist>) -> (bool, Vec<Result<Writte
     (kept.is_some(), answers)
 }
 
-/// The saga's new version.
-fn saved(written: &Result<Written, String>) -> i64 {
+fn saved(written: &Result<Written, String>) -> (i64, Vec<OutboxMessage>) {
     match written {
-        Ok(Written::Saved { version }) => *version,
+        Ok(Written::Saved { version, outbox }) => (*version, outbox.clone()),
         other => panic!("expected a saved transition, got {other:?}"),
     }
 }
 
+fn outbox_ids(pool: &Pool) -> Vec<i64> {
+    let mut conn = pool.get().expect("connection");
+    outbox::table
+        .select(outbox::id)
+        .order(outbox::id)
+        .load(&mut conn)
+        .expect("outbox rows")
+}
+
 #[test]
-fn a_batch_commits_every_saga_but_the_stale_one() {
+fn a_batch_commits_every_saga_but_the_stale_one_and_deletes_confirmed_rows() {
     let db = TestDatabase::new();
     let store = Queries::new(db.pool.clone());
 
@@ -143,20 +173,30 @@ fn a_batch_commits_every_saga_but_the_stale_one() {
     let second = started(None);
     let mut duplicate = started(Some("k-1"));
     duplicate.saga.definition = Arc::clone(&first.saga.definition);
-    let answers = run_batch(&db.pool, vec![first.clone(), second.clone(), duplicate]);
-    let first_version = saved(&answers[0]);
-    saved(&answers[1]);
+    let answers = run_batch(
+        &db.pool,
+        vec![first.clone(), second.clone(), duplicate],
+        Vec::new(),
+    );
+    let (first_version, first_outbox) = saved(&answers[0]);
+    let (_, second_outbox) = saved(&answers[1]);
     match &answers[2] {
         Ok(Written::Duplicate(existing)) => assert_eq!(existing.id, first.saga.id),
         other => panic!("expected the duplicate to be refused, got {other:?}"),
     }
+    assert_eq!(first_outbox.len(), 1);
+    assert!(first_outbox[0].id > 0);
+    assert_eq!(
+        outbox_ids(&db.pool),
+        vec![first_outbox[0].id, second_outbox[0].id]
+    );
     assert_eq!(
         store.load(first.saga.id).expect("load"),
         Some(first.saga.clone())
     );
 
     // The first saga moves on (its step gets an output that is JSON null, another a timer and an
-    // error); the second one is written with a stale version.
+    // error); the second one is written with a stale version. Its first command was confirmed.
     let mut moved = first.saga.clone();
     moved.version = first_version;
     moved.updated_at = Utc::now().trunc_subsecs(6);
@@ -174,6 +214,7 @@ fn a_batch_commits_every_saga_but_the_stale_one() {
                 saga: moved.clone(),
                 steps: vec![0, 1],
                 log: first.log.clone(),
+                outbox: first.outbox.clone(),
                 is_new: false,
                 state_before: SagaState::Running,
                 bulk_action: None,
@@ -183,13 +224,15 @@ fn a_batch_commits_every_saga_but_the_stale_one() {
                 saga: stale,
                 steps: vec![0],
                 log: Vec::new(),
+                outbox: Vec::new(),
                 is_new: false,
                 state_before: SagaState::Running,
                 bulk_action: None,
             },
         ],
+        vec![first_outbox[0].id],
     );
-    let version = saved(&answers[0]);
+    let (version, outbox) = saved(&answers[0]);
     assert_eq!(version, first_version + 1);
     assert!(
         matches!(answers[1], Err(ref e) if e.contains("changed by another writer")),
@@ -204,6 +247,10 @@ fn a_batch_commits_every_saga_but_the_stale_one() {
         "a stale write changes nothing"
     );
     assert_eq!(
+        outbox_ids(&db.pool),
+        vec![second_outbox[0].id, outbox[0].id]
+    );
+    assert_eq!(
         store.events(first.saga.id).expect("events").len(),
         2 * first.log.len()
     );
@@ -212,53 +259,69 @@ fn a_batch_commits_every_saga_but_the_stale_one() {
 #[test]
 fn the_prepared_batch_statement_keeps_writing_on_one_connection() {
     // Postgres switches a prepared statement to its generic plan after a few runs: the same
-    // connection must keep writing correctly, empty parts (no new saga, no event) included.
+    // connection must keep writing correctly, empty parts (no new saga, no outbox row) included.
     let db = TestDatabase::new();
     let store = Queries::new(db.pool.clone());
     let first = started(None);
-    let answers = run_batch(&db.pool, vec![first.clone()]);
-    let mut version = saved(&answers[0]);
+    let answers = run_batch(&db.pool, vec![first.clone()], Vec::new());
+    let (mut version, mut outbox) = saved(&answers[0]);
     let mut saga = first.saga.clone();
     for round in 1..=8u32 {
         saga.version = version;
         saga.updated_at = Utc::now().trunc_subsecs(6);
         saga.steps[0].attempts = round;
         saga.steps[2].output = Some(json!({ "round": round }));
-        let log = if round % 2 == 0 {
-            first.log.clone()
+        let commands = if round % 2 == 0 {
+            first.outbox.clone()
         } else {
             Vec::new()
         };
+        let forget = outbox.iter().map(|m| m.id).collect();
         let answers = run_batch(
             &db.pool,
             vec![Persist {
                 fence: fence_of(&saga.clone()),
                 saga: saga.clone(),
                 steps: vec![0, 2],
-                log,
+                log: first.log.clone(),
+                outbox: commands
+                    .into_iter()
+                    .map(|mut m| {
+                        m.message_id = Uuid::new_v4();
+                        m
+                    })
+                    .collect(),
                 is_new: false,
                 state_before: SagaState::Running,
                 bulk_action: None,
             }],
+            forget,
         );
-        version = saved(&answers[0]);
+        (version, outbox) = saved(&answers[0]);
         assert_eq!(version, i64::from(round) + first.saga.version);
     }
     saga.version = version;
     assert_eq!(store.load(saga.id).expect("load"), Some(saga.clone()));
     assert_eq!(
+        outbox_ids(&db.pool),
+        outbox.iter().map(|m| m.id).collect::<Vec<_>>(),
+        "each round deleted the rows the round before inserted"
+    );
+    assert_eq!(
         store.events(saga.id).expect("events").len(),
-        5 * first.log.len(),
-        "the first transition's events and those of the four even rounds"
+        9 * first.log.len()
     );
 }
 
 /// A batch whose statement fails as a whole falls back to one transaction per transition: the saga
-/// that made it fail gets the error, every other one is committed.
+/// that made it fail gets the error, every other one is committed, and the confirmed outbox rows are
+/// still deleted.
 #[test]
 fn a_saga_that_fails_the_batch_statement_fails_alone() {
     let db = TestDatabase::new();
     let store = Queries::new(db.pool.clone());
+    let earlier = started(None);
+    let (_, earlier_outbox) = saved(&run_batch(&db.pool, vec![earlier], Vec::new())[0]);
 
     let (good, bad, also_good) = (started(None), started(None), started(None));
     // Stands in for whatever Postgres may refuse in one saga's rows.
@@ -277,28 +340,32 @@ fn a_saga_that_fails_the_batch_statement_fails_alone() {
         ))
         .expect("trigger");
 
-    let (kept, answers) =
-        commit_batch(&db.pool, vec![good.clone(), bad.clone(), also_good.clone()]);
+    let (kept, answers) = commit_batch(
+        &db.pool,
+        vec![good.clone(), bad.clone(), also_good.clone()],
+        vec![earlier_outbox[0].id],
+    );
     assert!(
         !kept,
         "after a failed statement the writer takes a fresh connection"
     );
-    saved(&answers[0]);
+    let (_, good_outbox) = saved(&answers[0]);
     assert!(
         matches!(answers[1], Err(ref e) if e.contains("refused by the test")),
         "{:?}",
         answers[1]
     );
-    saved(&answers[2]);
+    let (_, also_good_outbox) = saved(&answers[2]);
     assert_eq!(store.load(good.saga.id).expect("load"), Some(good.saga));
     assert_eq!(store.load(bad.saga.id).expect("load"), None);
     assert_eq!(
         store.load(also_good.saga.id).expect("load"),
         Some(also_good.saga)
     );
-    assert!(
-        store.events(bad.saga.id).expect("events").is_empty(),
-        "the bad saga left nothing"
+    assert_eq!(
+        outbox_ids(&db.pool),
+        vec![good_outbox[0].id, also_good_outbox[0].id],
+        "the confirmed row is gone, the bad saga left none"
     );
 }
 
@@ -321,14 +388,16 @@ fn two_transitions_of_one_saga_in_a_batch_are_written_in_order() {
                 saga: moved.clone(),
                 steps: vec![0],
                 log: first.log.clone(),
+                outbox: Vec::new(),
                 is_new: false,
                 state_before: SagaState::Running,
                 bulk_action: None,
             },
         ],
+        Vec::new(),
     );
-    let created = saved(&answers[0]);
-    let version = saved(&answers[1]);
+    let (created, _) = saved(&answers[0]);
+    let (version, _) = saved(&answers[1]);
     assert_eq!(version, created + 1);
     moved.version = version;
     assert_eq!(store.load(moved.id).expect("load"), Some(moved.clone()));
@@ -363,7 +432,7 @@ fn a_write_under_a_lease_another_instance_took_is_refused_and_the_rest_of_the_ba
         ))
         .expect("taken over");
 
-    let answers = run_batch(&db.pool, vec![lost.clone(), kept.clone()]);
+    let answers = run_batch(&db.pool, vec![lost.clone(), kept.clone()], Vec::new());
     assert_eq!(
         answers[0].as_ref().err().map(String::as_str),
         Some(
@@ -396,7 +465,7 @@ fn a_write_under_a_lease_another_instance_took_is_refused_and_the_rest_of_the_ba
             late.fence.partition
         ))
         .expect("expired");
-    let answers = run_batch(&db.pool, vec![late.clone()]);
+    let answers = run_batch(&db.pool, vec![late.clone()], Vec::new());
     assert!(answers[0].is_err(), "{:?}", answers[0].as_ref().ok());
 }
 
@@ -476,7 +545,7 @@ fn extreme_numbers_in_a_payload_read_back_as_written() {
     ]);
     std::sync::Arc::make_mut(&mut persist.saga.definition).payload = extremes.clone();
     let id = persist.saga.id;
-    let answers = run_batch(&db.pool, vec![persist]);
+    let answers = run_batch(&db.pool, vec![persist], vec![]);
     saved(&answers[0]);
     let loaded = store.load(id).expect("readable").expect("stored");
     assert_eq!(loaded.definition.payload, extremes);
@@ -490,8 +559,8 @@ fn a_bulk_actions_transition_marks_its_saga_applied_only_when_written() {
     let store = Queries::new(db.pool.clone());
     let first = started(None);
     let second = started(None);
-    let answers = run_batch(&db.pool, vec![first.clone(), second.clone()]);
-    let first_version = saved(&answers[0]);
+    let answers = run_batch(&db.pool, vec![first.clone(), second.clone()], Vec::new());
+    let (first_version, _) = saved(&answers[0]);
     let new = crate::store::bulk_actions::NewBulkAction {
         id: Uuid::now_v7(),
         action: "pause".into(),
@@ -511,7 +580,7 @@ fn a_bulk_actions_transition_marks_its_saga_applied_only_when_written() {
         bulk_action: Some(new.id),
         ..bare_change(saga)
     };
-    let answers = run_batch(&db.pool, vec![change(paused), change(stale)]);
+    let answers = run_batch(&db.pool, vec![change(paused), change(stale)], Vec::new());
     saved(&answers[0]);
     assert!(answers[1].is_err(), "the stale transition is refused");
 
@@ -554,10 +623,11 @@ fn the_batch_counts_the_states_and_minutes_it_writes() {
     let answers = run_batch(
         &db.pool,
         vec![first.clone(), started(Some("counted")), second.clone()],
+        Vec::new(),
     );
-    let first_version = saved(&answers[0]);
+    let (first_version, _) = saved(&answers[0]);
     assert!(matches!(answers[1], Ok(Written::Duplicate(_))));
-    let second_version = saved(&answers[2]);
+    let (second_version, _) = saved(&answers[2]);
 
     // The first commits (a final state); the second's transition is stale and writes nothing.
     let mut committed = first.saga.clone();
@@ -567,7 +637,11 @@ fn the_batch_counts_the_states_and_minutes_it_writes() {
     let mut stale = second.saga.clone();
     stale.version = second_version + 5;
     stale.state = SagaState::Compensating;
-    let answers = run_batch(&db.pool, vec![bare_change(committed), bare_change(stale)]);
+    let answers = run_batch(
+        &db.pool,
+        vec![bare_change(committed), bare_change(stale)],
+        Vec::new(),
+    );
     saved(&answers[0]);
     assert!(answers[1].is_err(), "the stale transition is refused");
 

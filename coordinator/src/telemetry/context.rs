@@ -7,7 +7,7 @@
 //! are stored with the saga as a `traceparent` (`sagas.traceparent`). A saga submitted without one
 //! gets a new trace whose stored parent is the saga span itself: that marks it as the trace's root.
 //!
-//! Pure: no I/O, no OpenTelemetry types; the runtime and `outgoing.rs` use it whether or not spans
+//! Pure: no I/O, no OpenTelemetry types; the runtime and the outbox use it whether or not spans
 //! are exported.
 
 use sha2::{Digest, Sha256};

@@ -1,10 +1,8 @@
-//! Outgoing commands: the messages a committed transition sends to participants.
+//! Outbox messages: commands that a committed transition produced and that still have to be published.
 //!
-//! They are not stored. A message is made from the saga after the transition that decided on it
-//! has committed, and it can be made again from the stored saga at any time: a coordinator that
-//! takes a saga over sends again what the saga awaits (`saga::machine::awaited_commands`), with the
-//! same `message_id`. This type is what travels between the runtime, the relay and the AMQP
-//! publisher; it knows neither diesel nor lapin.
+//! A row is written in the same Postgres transaction as the transition it follows from, and deleted once
+//! RabbitMQ has confirmed it. This type is what travels between the persistence layer, the relay and
+//! the AMQP publisher; it knows neither diesel nor lapin.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -12,13 +10,13 @@ use uuid::Uuid;
 use crate::saga::CommandKind;
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct OutgoingCommand {
-    /// The relay's number for this send, which the publisher's answer names (0 until handed over).
+pub struct OutboxMessage {
+    /// The outbox row's id (assigned by Postgres; 0 before insertion).
     pub id: i64,
     pub saga_id: Uuid,
     /// The saga's name, as in the body: for the log lines about this command.
     pub saga_name: String,
-    /// AMQP `message_id` and `correlation_id`: one per attempt, the same on every send of it.
+    /// AMQP `message_id` and `correlation_id`: unique per attempt.
     pub message_id: Uuid,
     /// Routing key on `{ns}.commands`; also names the queue `{ns}.participant.{participant}`.
     pub participant: String,
@@ -34,8 +32,6 @@ pub struct OutgoingCommand {
     pub traceparent: Option<String>,
     /// The saga's `tracestate`, sent as the `tracestate` header when present.
     pub tracestate: Option<String>,
-    /// When the transition that decided on it committed (or the saga was taken over): the
-    /// publish latency runs from here.
     pub created_at: DateTime<Utc>,
 }
 
@@ -45,8 +41,8 @@ pub fn command_message(
     saga: &crate::saga::Saga,
     command: &crate::saga::machine::Command,
     now: DateTime<Utc>,
-) -> OutgoingCommand {
-    use contract::{command_message_id, idempotency_key, CommandBody};
+) -> OutboxMessage {
+    use contract::{idempotency_key, CommandBody};
     use serde_json::{Map, Value};
 
     let def = &saga.definition;
@@ -94,11 +90,11 @@ pub fn command_message(
         outputs,
         action_output,
     };
-    OutgoingCommand {
+    OutboxMessage {
         id: 0,
         saga_id: saga.id,
         saga_name: def.name.clone(),
-        message_id: command_message_id(saga.id, step_name.as_deref(), kind, command.attempt),
+        message_id: Uuid::now_v7(),
         participant,
         kind,
         step: step_name,
