@@ -135,8 +135,7 @@ async fn start(settings: Settings) -> (StopOnDrop, Api) {
     (coordinator, api)
 }
 
-/// Commands committed but never published before a restart are sent by the restarted coordinator
-/// (its sagas await them), and are unconfirmed until then: they wait for the broker.
+/// Commands still in the outbox after a restart are unconfirmed too: they wait for the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_unpublished_at_a_restart_during_a_rabbitmq_outage_do_not_time_out() {
     let db = tokio::task::spawn_blocking(e2e::test_db)

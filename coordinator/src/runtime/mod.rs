@@ -178,7 +178,10 @@ impl Registry {
         let tracestate = saga.tracestate.clone();
         actix_rt::spawn(async move {
             let asker = registry.inner.http_check_back.clone();
-            let trace = (traceparent.as_deref(), tracestate.as_deref());
+            let trace = check_back::TraceHeaders {
+                traceparent: traceparent.as_deref(),
+                tracestate: tracestate.as_deref(),
+            };
             let reply = asker.ask(&url, saga_id, attempt, timeout, trace).await;
             if let Err(e) = registry.operate(saga_id, Event::Reply(reply)).await {
                 // The attempt's reply timeout is durable: the machine asks again when it fires.
