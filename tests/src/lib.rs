@@ -53,7 +53,7 @@ pub use shop::{order_policy, steady_faults, ShopDbs, ShopProcess};
 pub use testkit::{amqp_host_port, amqp_url, pg_server_url};
 pub use testkit::{db, namespace, proxy};
 pub use testkit::{DeadLetter, Schema, TcpProxy, TestDb, TestNamespace};
-pub use wait::eventually;
+pub use wait::{connected_through, eventually};
 
 use std::time::Duration;
 

@@ -40,3 +40,14 @@ pub fn eventually_blocking<T>(
         std::thread::sleep(POLL);
     }
 }
+
+/// Waits until a coordinator has connected through `proxy`: a fault injected before that would
+/// stop the connection from opening at all instead of cutting it.
+pub async fn connected_through(proxy: &crate::TcpProxy) {
+    eventually(
+        "the coordinator to connect through the proxy",
+        crate::SAGA_TIMEOUT,
+        async || (proxy.active() >= 1).then_some(()),
+    )
+    .await;
+}

@@ -7,7 +7,10 @@ use std::time::Duration;
 use contract::CommandKind;
 use e2e::api::{idempotency_key, state, step};
 use e2e::defs::{fast_retry, saga, step_with};
-use e2e::{eventually, Behaviour, FakeParticipant, Reply, TestApp, BULK_TIMEOUT, SAGA_TIMEOUT};
+use e2e::{
+    connected_through, eventually, Behaviour, FakeParticipant, Reply, TestApp, BULK_TIMEOUT,
+    SAGA_TIMEOUT,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -252,12 +255,7 @@ async fn every_saga_finishes_despite_losing_the_rabbitmq_connection() {
     let received = |participants: &[FakeParticipant]| -> usize {
         participants.iter().map(|p| p.commands().len()).sum()
     };
-    eventually(
-        "the coordinator to connect through the proxy",
-        SAGA_TIMEOUT,
-        async || (app.proxy().active() >= 1).then_some(()),
-    )
-    .await;
+    connected_through(app.proxy()).await;
 
     let mut ids = Vec::new();
     for i in 0..30 {

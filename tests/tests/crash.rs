@@ -9,8 +9,8 @@ use e2e::api::{expect_json, idempotency_key, state, step};
 use e2e::defs::{saga, three_quick_steps, QUICK_STEPS};
 use e2e::process::run_to_completion;
 use e2e::{
-    eventually, Api, Behaviour, CoordinatorProcess, FakeParticipant, ReceivedCommand, Reply,
-    TcpProxy, TestDb, TestNamespace, BULK_TIMEOUT, SAGA_TIMEOUT,
+    connected_through, eventually, Api, Behaviour, CoordinatorProcess, FakeParticipant,
+    ReceivedCommand, Reply, TcpProxy, TestDb, TestNamespace, BULK_TIMEOUT, SAGA_TIMEOUT,
 };
 use serde_json::{json, Value};
 
@@ -238,12 +238,7 @@ async fn sigkill_between_commit_and_publish_loses_no_command_and_applies_none_tw
     let proxy = TcpProxy::to_rabbitmq();
     let mut first = start_via(&db, &ns, &proxy).await;
     let participants = FakeParticipant::always_succeed_each(&ns, &QUICK_STEPS).await;
-    eventually(
-        "the coordinator to connect through the proxy",
-        SAGA_TIMEOUT,
-        async || (proxy.active() >= 1).then_some(()),
-    )
-    .await;
+    connected_through(&proxy).await;
     proxy.outage();
     let mut ids = Vec::new();
     for i in 0..FEW {
@@ -288,12 +283,7 @@ async fn sigkill_between_publish_and_confirm_loses_no_command_and_applies_none_t
     // Held from the start, the connection could not even be opened, and a participant's queue is
     // declared (which needs the broker's answer) before the first command to it: the hold begins
     // once the coordinator is connected and a saga has gone through all three.
-    eventually(
-        "the coordinator to connect through the proxy",
-        SAGA_TIMEOUT,
-        async || (proxy.active() >= 1).then_some(()),
-    )
-    .await;
+    connected_through(&proxy).await;
     let warm_up = first
         .api()
         .submit_id(&three_quick_steps("warm-up", 5000))

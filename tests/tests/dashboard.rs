@@ -1677,4 +1677,17 @@ async fn a_sagas_page_shows_its_trace_id_linked_to_the_tracing_ui() {
         json!({"text": trace_id, "href": format!("http://jaeger.example:16686/trace/{trace_id}")})
     );
     browser.close().await;
+
+    // The page's one read names no saga: a clear 404, for an unknown id and for a malformed one.
+    for unknown in [uuid::Uuid::now_v7().to_string(), "not-a-saga".to_string()] {
+        let response = app
+            .request(
+                Method::GET,
+                &format!("/dashboard/api/sagas/{unknown}/stored"),
+            )
+            .send()
+            .await
+            .expect("reading an unknown saga");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{unknown}");
+    }
 }

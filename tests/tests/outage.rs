@@ -12,7 +12,8 @@ use coordinator::config::Settings;
 use e2e::api::{state, step};
 use e2e::defs::{three_quick_steps, QUICK_STEPS};
 use e2e::{
-    eventually, Api, FakeParticipant, TcpProxy, TestApp, TestNamespace, BULK_TIMEOUT, SAGA_TIMEOUT,
+    connected_through, eventually, Api, FakeParticipant, TcpProxy, TestApp, TestNamespace,
+    BULK_TIMEOUT, SAGA_TIMEOUT,
 };
 use serde_json::json;
 
@@ -53,12 +54,7 @@ async fn all_committed_at_first_attempt(
 async fn a_rabbitmq_outage_longer_than_the_retry_budget_compensates_nothing() {
     let app = TestApp::builder().via_proxy().start().await;
     let participants = FakeParticipant::always_succeed_each(&app.ns, &QUICK_STEPS).await;
-    eventually(
-        "the coordinator to connect through the proxy",
-        SAGA_TIMEOUT,
-        async || (app.proxy().active() >= 1).then_some(()),
-    )
-    .await;
+    connected_through(app.proxy()).await;
     let mut ids = Vec::new();
     for i in 0..SAGAS {
         ids.push(
@@ -86,12 +82,7 @@ async fn a_rabbitmq_outage_longer_than_the_retry_budget_compensates_nothing() {
 async fn the_saga_deadline_still_fires_during_a_rabbitmq_outage() {
     let app = TestApp::builder().via_proxy().start().await;
     let _participants = FakeParticipant::always_succeed_each(&app.ns, &QUICK_STEPS).await;
-    eventually(
-        "the coordinator to connect through the proxy",
-        SAGA_TIMEOUT,
-        async || (app.proxy().active() >= 1).then_some(()),
-    )
-    .await;
+    connected_through(app.proxy()).await;
     app.proxy().outage();
     let mut definition = three_quick_steps("deadline", 1000);
     definition["timeout_ms"] = json!(1500);
@@ -146,12 +137,7 @@ async fn commands_unpublished_at_a_restart_during_a_rabbitmq_outage_do_not_time_
     let settings = settings(db.url(), &proxy.amqp_url(), &ns);
     let (coordinator, api) = start(settings.clone()).await;
     let participants = FakeParticipant::always_succeed_each(&ns, &QUICK_STEPS).await;
-    eventually(
-        "the coordinator to connect through the proxy",
-        SAGA_TIMEOUT,
-        async || (proxy.active() >= 1).then_some(()),
-    )
-    .await;
+    connected_through(&proxy).await;
     proxy.outage();
     let mut ids = Vec::new();
     for i in 0..SAGAS {
