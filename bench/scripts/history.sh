@@ -10,7 +10,9 @@
 # purging run its sagas and size on disk before and after (deleted rows leave free space in the
 # tables, reused by new rows: the size does not shrink). RATE: SAGA_RETENTION_RATE of the purging run
 # (default the coordinator's). The copy needs as much disk again as SEEDED_DB: check `df -h`. The
-# copy gets one unmeasured run of the same load first, to warm the cache (WARM=0: not).
+# copy gets one unmeasured run of the same load first, to warm the cache (WARM=0: not). COPY=0: no
+# copy; the purging run purges SEEDED_DB itself, right after its seeded run (which warms the cache),
+# for a database too large to copy: one round only, and SEEDED_DB keeps what the purge left.
 set -euo pipefail
 seeded=${1:?SEEDED_DB}; rounds=${2:?ROUNDS}; shift 2
 bin=${BIN:-target/release}
@@ -35,16 +37,22 @@ run() { "$bin/bench" --probe-reads --stats-settle-ms 0 --json-only "$@" 2>/dev/n
 retain=(--coordinator-env SAGA_RETAIN_COMMITTED=30d --coordinator-env SAGA_RETAIN_COMPENSATED=30d
         --coordinator-env SAGA_RETAIN_ABORTED=30d)
 [ -n "${RATE:-}" ] && retain+=(--coordinator-env "SAGA_RETENTION_RATE=$RATE")
+if [ "${COPY:-1}" = 0 ]; then
+  [ "$rounds" = 1 ] || { echo "COPY=0 purges SEEDED_DB: one round only" >&2; exit 2; }
+  copy=$seeded
+fi
 for i in $(seq "$rounds"); do
   echo "round $i ($(uptime | sed 's/.*load/load/'))"
   echo "  seeded:  $(run --database-url "$server/$seeded" "$@")"
-  psql_q "DROP DATABASE IF EXISTS \"$copy\"" && psql_q "CREATE DATABASE \"$copy\" TEMPLATE \"$seeded\""
-  # The copy's files are new to Postgres' cache: the same load, unmeasured and without retention,
-  # first (WARM=0 skips it), so that the purging run differs from the seeded one by the purge.
-  [ "${WARM:-1}" = 0 ] || run --database-url "$server/$copy" "$@" > /dev/null
+  if [ "$copy" != "$seeded" ]; then
+    psql_q "DROP DATABASE IF EXISTS \"$copy\"" && psql_q "CREATE DATABASE \"$copy\" TEMPLATE \"$seeded\""
+    # The copy's files are new to Postgres' cache: the same load, unmeasured and without retention,
+    # first (WARM=0 skips it), so that the purging run differs from the seeded one by the purge.
+    [ "${WARM:-1}" = 0 ] || run --database-url "$server/$copy" "$@" > /dev/null
+  fi
   before="$(sagas "$copy") sagas, $(size "$copy")"
   figures=$(run --database-url "$server/$copy" "${retain[@]}" "$@")
   echo "  purging: $figures | $before -> $(sagas "$copy") sagas, $(size "$copy")"
-  psql_q "DROP DATABASE \"$copy\""
+  [ "$copy" = "$seeded" ] || psql_q "DROP DATABASE \"$copy\""
   echo "  empty:   $(run "$@")"
 done

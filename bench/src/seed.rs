@@ -1,9 +1,9 @@
 //! `bench seed`: fills a coordinator database with a year of history, for measuring what history
-//! costs (issue 15). The sagas are three-step orders in a shop's mix of outcomes, created at random
-//! over `--days`, each with the steps and event log the coordinator would have written for that
-//! outcome. Postgres generates the rows itself (`INSERT ... SELECT` over `generate_series`, in
-//! chunks), so ten million sagas take minutes and no rows cross the wire.
-
+//! costs (issue 15). The sagas are three-step orders, each carrying its order as payload, in a
+//! shop's mix of outcomes, created at random over `--days`, each with the steps and event log the
+//! coordinator would have written for that outcome. Postgres generates the rows itself (`INSERT ...
+//! SELECT` over `generate_series`, in chunks), so ten million sagas take minutes and no rows cross
+//! the wire.
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -263,7 +263,16 @@ WITH numbered AS (
 ), sagas_in AS (
     INSERT INTO sagas (id, name, idempotency_key, definition, state, created_at, updated_at, version, partition,
                        step_terms)
-    SELECT id, 'place-order', 'order-' || g, $7 || jsonb_build_object('key', 'order-' || g), state, created, created + took, 8,
+    SELECT id, 'place-order', 'order-' || g,
+           $7 || jsonb_build_object('key', 'order-' || g, 'payload', jsonb_build_object(
+               'order', 'order-' || g, 'customer', 'c-' || substr(md5(g::text), 1, 10),
+               'currency', 'EUR', 'total_cents', 1999 * (1 + g % 3) + 4500,
+               'lines', jsonb_build_array(
+                   jsonb_build_object('sku', 'A-' || g % 997, 'qty', 1 + g % 3, 'price_cents', 1999),
+                   jsonb_build_object('sku', 'B-' || g % 89, 'qty', 1, 'price_cents', 4500)),
+               'ship_to', jsonb_build_object('name', 'Customer ' || g % 100003,
+                   'street', (g % 300) || ' Long Street', 'city', 'Springfield', 'postcode', lpad((g % 99999)::text, 5, '0')))),
+           state, created, created + took, 8,
            (get_byte(uuid_send(id), 14) * 256 + get_byte(uuid_send(id), 15)) % $8, saga_step_terms($7)
     FROM shaped
     RETURNING id, state, created_at, updated_at, finished_at

@@ -91,6 +91,14 @@ fn seeded_sagas_are_whole_and_readable() {
     let parsed: coordinator::saga::SagaDefinition =
         serde_json::from_value(definition.definition).expect("the coordinator reads it back");
     assert_eq!(parsed.steps.len(), 3);
+    // Each saga carries its own order, as a shop's would: rows of the size real ones have.
+    assert_eq!(
+        parsed.payload["order"].as_str(),
+        parsed.key.as_deref(),
+        "{:#}",
+        parsed.payload
+    );
+    assert_eq!(parsed.payload["lines"].as_array().map(Vec::len), Some(2));
     // The overview's counts and the search's terms, which the seed writes as the coordinator would.
     let checks: Checks = diesel::sql_query(
         "SELECT (SELECT count(*) FROM (SELECT state, count(*) AS sagas FROM sagas GROUP BY state) a

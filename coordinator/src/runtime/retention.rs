@@ -60,12 +60,23 @@ pub async fn run(
 ) {
     let every = policy.every;
     let pace = Pace::new(policy.rate, MAX_BATCH);
+    // Sagas deleted since their leftover commands were last swept.
+    let mut unswept = 0u64;
     loop {
         let started = tokio::time::Instant::now();
         let wait = match purge_batch(&policy, &store, &instance, &metrics, pace.batch()).await {
             // More is waiting: go on once what was deleted had its share of a second.
-            Ok(round) if round.more_waiting => pace.after(round.deleted, started),
-            Ok(_) => every,
+            Ok(round) if round.more_waiting => {
+                unswept += u64::from(round.deleted);
+                pace.after(round.deleted, started)
+            }
+            Ok(round) => {
+                unswept += u64::from(round.deleted);
+                if unswept > 0 && sweep_commands(&store).await {
+                    unswept = 0;
+                }
+                every
+            }
             Err(e) => {
                 log::warn!(
                     "retention: cannot delete old sagas now ({e}); trying again in {every:?}"
@@ -76,6 +87,23 @@ pub async fn run(
         tokio::select! {
             _ = &mut stop => return,
             _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Deletes the commands that purged sagas left in the outbox, once a backlog is done: one scan
+/// of the outbox, not one per batch (`store/retention.rs`). Answers whether it could.
+async fn sweep_commands(store: &Store) -> bool {
+    match store.interact(|db| db.purge_orphaned_commands()).await {
+        Ok(swept) => {
+            if swept > 0 {
+                log::info!("retention: deleted {swept} commands of purged sagas from the outbox");
+            }
+            true
+        }
+        Err(e) => {
+            log::warn!("retention: cannot delete the commands of purged sagas now ({e})");
+            false
         }
     }
 }

@@ -133,11 +133,23 @@ fn only_final_sagas_of_the_state_past_the_cutoff_go_with_every_row_of_theirs() {
             .expect("purged"),
         3
     );
-    for id in doomed {
-        assert_eq!(db.rows_of(id), [0; 5], "every row of {id} went");
+    for id in &doomed {
+        assert_eq!(
+            db.rows_of(*id),
+            [0, 0, 0, 0, 1],
+            "every row of {id} went but its command"
+        );
     }
-    for id in kept {
-        assert_eq!(db.rows_of(id), [1, 2, 3, 1, 1], "{id} is whole");
+    for id in &kept {
+        assert_eq!(db.rows_of(*id), [1, 2, 3, 1, 1], "{id} is whole");
+    }
+    // The commands they left go in a statement of their own: those of living sagas stay.
+    assert_eq!(q.purge_orphaned_commands().expect("purged"), 3);
+    for id in &doomed {
+        assert_eq!(db.rows_of(*id), [0; 5], "every row of {id} went");
+    }
+    for id in &kept {
+        assert_eq!(db.rows_of(*id), [1, 2, 3, 1, 1], "{id} is whole");
     }
     let committed = q.count_by_state().expect("counts");
     assert!(

@@ -1,6 +1,6 @@
-//! The list's search against the real Postgres, each test in a database of its own: every filter
-//! alone and combined, and pages in both directions. Sagas are written as rows, with the ids and
-//! times each test needs.
+//! The list's search (and the overview's in-flight list) against the real Postgres, each test in a
+//! database of its own: every filter alone and combined, and pages in both directions. Sagas are
+//! written as rows, with the ids and times each test needs.
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use diesel::connection::SimpleConnection;
@@ -443,5 +443,83 @@ fn the_writer_stores_the_terms_the_sql_function_gives_older_rows() {
             "step:refund",
             "step:reserve"
         ])
+    );
+}
+
+/// The overview's in-flight list reads each state on its own (`dashboard.rs`): merged, it is the
+/// newest of all the asked states, never a final one, cut at the limit, and filtered by name.
+#[test]
+fn the_in_flight_list_merges_its_states_newest_first() {
+    use crate::store::dashboard::InFlightFilter;
+    let db = db();
+    let start = Utc::now().trunc_subsecs(3) - Duration::days(3);
+    let at = |minutes| start + Duration::minutes(minutes);
+    let mut unfinished = Vec::new();
+    for (i, state) in [
+        "failed",
+        "running",
+        "compensating",
+        "prepared",
+        "failed",
+        "running",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let minutes = i64::try_from(i).expect("few") * 10;
+        unfinished.push((state, db.write(&row("order", state, at(minutes)))));
+        // A finished saga between each two: never listed.
+        db.write(&row("order", "committed", at(minutes + 5)));
+    }
+    let refund = db.write(&row("refund", "running", at(100)));
+    let q = db.queries();
+    let listed = |filter: InFlightFilter| -> Vec<Uuid> {
+        q.in_flight(&filter)
+            .expect("listed")
+            .into_iter()
+            .map(|s| s.id)
+            .collect()
+    };
+    let ids = |of: &[&str]| -> Vec<Uuid> {
+        let chosen: Vec<Uuid> = unfinished
+            .iter()
+            .filter(|(state, _)| of.contains(state))
+            .map(|(_, id)| *id)
+            .collect();
+        newest_first(&chosen)
+    };
+
+    let mut all = vec![refund];
+    all.extend(ids(&["failed", "running", "compensating", "prepared"]));
+    let everything = InFlightFilter {
+        limit: 100,
+        ..InFlightFilter::default()
+    };
+    assert_eq!(listed(everything.clone()), all);
+    assert_eq!(
+        listed(InFlightFilter {
+            limit: 4,
+            ..everything.clone()
+        }),
+        all[..4],
+        "the newest four of every state together"
+    );
+    assert_eq!(
+        listed(InFlightFilter {
+            states: vec![
+                crate::saga::SagaState::Failed,
+                crate::saga::SagaState::Prepared
+            ],
+            ..everything.clone()
+        }),
+        ids(&["failed", "prepared"])
+    );
+    assert_eq!(
+        listed(InFlightFilter {
+            name: Some("ORD".into()),
+            ..everything
+        }),
+        ids(&["failed", "running", "compensating", "prepared"]),
+        "the name contains the text, in any case"
     );
 }
