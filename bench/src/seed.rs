@@ -4,6 +4,7 @@
 //! coordinator would have written for that outcome. Postgres generates the rows itself (`INSERT ...
 //! SELECT` over `generate_series`, in chunks), so ten million sagas take minutes and no rows cross
 //! the wire.
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -271,7 +272,8 @@ WITH numbered AS (
                    jsonb_build_object('sku', 'A-' || g % 997, 'qty', 1 + g % 3, 'price_cents', 1999),
                    jsonb_build_object('sku', 'B-' || g % 89, 'qty', 1, 'price_cents', 4500)),
                'ship_to', jsonb_build_object('name', 'Customer ' || g % 100003,
-                   'street', (g % 300) || ' Long Street', 'city', 'Springfield', 'postcode', lpad((g % 99999)::text, 5, '0')))),
+                   'street', (g % 300) || ' Long Street', 'city', 'Springfield',
+                   'postcode', lpad((g % 99999)::text, 5, '0')))),
            state, created, created + took, 8,
            (get_byte(uuid_send(id), 14) * 256 + get_byte(uuid_send(id), 15)) % $8, saga_step_terms($7)
     FROM shaped

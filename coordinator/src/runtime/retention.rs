@@ -65,17 +65,17 @@ pub async fn run(
     loop {
         let started = tokio::time::Instant::now();
         let wait = match purge_batch(&policy, &store, &instance, &metrics, pace.batch()).await {
-            // More is waiting: go on once what was deleted had its share of a second.
-            Ok(round) if round.more_waiting => {
-                unswept += u64::from(round.deleted);
-                pace.after(round.deleted, started)
-            }
             Ok(round) => {
                 unswept += u64::from(round.deleted);
-                if unswept > 0 && sweep_commands(&store).await {
-                    unswept = 0;
+                if round.more_waiting {
+                    // Go on once what was deleted had its share of a second.
+                    pace.after(round.deleted, started)
+                } else {
+                    if unswept > 0 && sweep_commands(&store).await {
+                        unswept = 0;
+                    }
+                    every
                 }
-                every
             }
             Err(e) => {
                 log::warn!(
